@@ -1,0 +1,53 @@
+"""Backends behind one small protocol and a registry: dispatch is a dict lookup.
+
+A backend is named in the YAML (`backend.name`). Its module is imported only
+when a run needs it, so `trainer validate` never pays for torch.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from trainer.config import Config
+from trainer.errors import UserError
+
+
+class Backend(Protocol):
+    name: str
+
+    def check(self, config: Config) -> list[tuple[tuple, str]]:
+        """Problems with this config that only this backend has, as (path, message) pairs."""
+
+    def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
+        """Train, write the run directory, and return it."""
+
+
+_REGISTRY: dict[str, str] = {}
+
+
+def register(name: str, target: str) -> None:
+    """Register a backend class by import path, "package.module:ClassName"."""
+    _REGISTRY[name] = target
+
+
+def known_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown backend {name!r}; the known backends are: {', '.join(known_backends())}.")
+    module_name, _, class_name = _REGISTRY[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"backend {name!r} needs the Python package {exc.name!r}, which is not installed. "
+            "Reinstall trainer with its dependencies: pip install -e ."
+        ) from None
+    return getattr(module, class_name)()
+
+
+register("peft", "trainer.backends.peft:PeftBackend")
+register("autotrain", "trainer.backends.autotrain:AutoTrainBackend")

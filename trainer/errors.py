@@ -1,0 +1,50 @@
+"""Problems with what the user gave us, and the one exception that carries them.
+
+A `UserError` is printed as its problems, never as a traceback, and the CLI exits 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the user's input: what, where, and how to fix it."""
+
+    message: str
+    path: str = ""  # dotted config path such as "training.learning_rate", or "" for the whole file
+    file: str | None = None
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+
+    def location(self) -> str:
+        parts = [p for p in (self.file, self.line, self.column) if p is not None]
+        return ":".join(str(p) for p in parts)
+
+    def __str__(self) -> str:
+        head = self.location()
+        body = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{head}: {body}" if head else body
+
+
+class UserError(Exception):
+    """Bad input from the user. Carries every problem found, so all are reported at once."""
+
+    def __init__(self, problems: list[Problem] | str, title: str | None = None):
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        self.problems = list(problems)
+        self.title = title
+        super().__init__(self.render())
+
+    def render(self, limit: int = 50) -> str:
+        lines = []
+        if self.title:
+            lines.append(self.title)
+        shown = self.problems[:limit]
+        for problem in shown:
+            text = str(problem)
+            lines.append(("  " + text.replace("\n", "\n    ")) if self.title else text)
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more problems")
+        return "\n".join(lines)

@@ -12,8 +12,9 @@ from trainer.hardware import Hardware
 
 def preflight(config: Config, config_file: str):
     """Everything that can be known before loading a model, checked before loading it."""
-    backend = get_backend(config.backend.name)
-    found = check_hardware(config, Hardware.detect()) + backend.check(config)
+    found = check_hardware(config, Hardware.detect())
+    backend = None if found else get_backend(config.backend.name)
+    found += backend.check(config) if backend else []
     if found:
         problems = [Problem(message, ".".join(map(str, path)), config_file) for path, message in found]
         raise UserError(problems, title=f"{config_file}: {len(problems)} problem(s) with running this config here; nothing was run.")

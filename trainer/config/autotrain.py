@@ -236,6 +236,7 @@ def translate_document(doc: Document) -> tuple[Document, list[str]]:
     for ours, theirs in origin.items():
         theirs_path = tuple(theirs.split("."))
         mark = doc.mark(theirs_path)
+        out.aliases[tuple(ours.split("."))] = theirs
         for i in range(1, len(ours.split(".")) + 1):
             out.marks.setdefault(tuple(ours.split(".")[:i]), mark)
         if theirs_path in doc.env_refs:

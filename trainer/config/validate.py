@@ -106,10 +106,10 @@ def _apply_override(doc: Document, override: str) -> None:
 
 def schema_problems(doc: Document, data: Any) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(load_schema())
-    problems: list[Problem] = []
+    problems = _non_finite(doc, data, ())
+    reported = {p.path for p in problems}
     for error in validator.iter_errors(data):
-        problems.extend(_translate(doc, error))
-    problems.extend(_non_finite(doc, data, ()))
+        problems.extend(p for p in _translate(doc, error) if p.path not in reported)
     return problems
 
 
@@ -137,7 +137,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Problem
         out = []
         for key in missing:
             sub = schema.get("properties", {}).get(key, {})
-            hint = f" ({sub['description']})" if "description" in sub else ""
+            hint = f" ({sub['description'].rstrip('.')})" if "description" in sub else ""
             example = f" For example: {key}: {sub['examples'][0]}" if sub.get("examples") else ""
             where = f"under `{dotted(path)}`" if path else "at the top level"
             out.append(doc.problem(path, f"the key `{key}` is missing {where}{hint}.{example}"))
@@ -172,10 +172,13 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Problem
 
 
 def _bounds_text(schema: dict) -> str:
-    low = schema.get("minimum", schema.get("exclusiveMinimum"))
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    if low is not None and high is not None:
-        return f" (allowed: {low} to {high})"
+    high = schema.get("maximum")
+    if high is None:
+        return ""
+    if "minimum" in schema:
+        return f" (allowed: {schema['minimum']} to {high})"
+    if "exclusiveMinimum" in schema:
+        return f" (allowed: above {schema['exclusiveMinimum']}, up to {high})"
     return ""
 
 
@@ -200,8 +203,37 @@ def _did_you_mean(word: Any, options: Iterable[Any]) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
+# Names other tools (TRL, Axolotl, AutoTrain, LLaMA-Factory) use for our keys.
+OTHER_TOOLS_NAMES = {
+    "lr": "training.learning_rate",
+    "num_epochs": "training.epochs",
+    "num_train_epochs": "training.epochs",
+    "micro_batch_size": "training.batch_size",
+    "per_device_train_batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation",
+    "lr_scheduler": "training.scheduler",
+    "lr_scheduler_type": "training.scheduler",
+    "lora_r": "training.lora.r",
+    "lora_alpha": "training.lora.alpha",
+    "lora_dropout": "training.lora.dropout",
+    "lora_target_modules": "training.lora.target_modules",
+    "sequence_len": "data.max_seq_length",
+    "max_length": "data.max_seq_length",
+    "cutoff_len": "data.max_seq_length",
+    "base_model": "model.name_or_path",
+    "model_name_or_path": "model.name_or_path",
+    "output_dir": "output.dir",
+    "datasets": "data.train",
+    "dataset": "data.train",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+}
+
+
 def _unknown_key(path: tuple, key: str, allowed: list[str]) -> str:
     here = f"under `{dotted(path)}`" if path else "at the top level"
+    if key in OTHER_TOOLS_NAMES:
+        return f"unknown key `{key}` {here}. trainer calls this `{OTHER_TOOLS_NAMES[key]}`."
     hint = _did_you_mean(key, allowed)
     if not hint:
         home = _section_with_key(key)

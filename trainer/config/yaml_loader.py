@@ -40,6 +40,7 @@ class Document:
     env_refs: dict[Path, str] = field(default_factory=dict)  # original text of values with ${VAR}
     problems: list = field(default_factory=list)  # problems found while reading (duplicate keys, ...)
     overridden: set = field(default_factory=set)  # paths set on the command line with --set
+    aliases: dict[Path, str] = field(default_factory=dict)  # how the user's file named a translated key
 
     def mark(self, path: Path, key: bool = False) -> tuple[int, int] | None:
         """The position of `path`, or of its nearest ancestor that has one."""
@@ -59,7 +60,10 @@ class Document:
         if tuple(path) in self.overridden:
             return Problem(message, dotted(path), "--set")
         line, column = self.mark(path, key) or (None, None)
-        return Problem(message, dotted(path), self.file, line, column)
+        name = dotted(path)
+        if tuple(path) in self.aliases:
+            name = f"{self.aliases[tuple(path)]} (trainer: {name})"
+        return Problem(message, name, self.file, line, column)
 
 
 class _Fatal(Exception):
@@ -162,11 +166,11 @@ class _Builder:
         self.doc.marks.setdefault(path, _pos(node))
         if isinstance(node, yaml.MappingNode):
             if node.tag != f"{_YAML_TAG}map":
-                raise _Fatal(f"the tag {node.tag} is not allowed: a config holds plain values, lists and sections.", _pos(node))
+                raise _tag_refused(node)
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != f"{_YAML_TAG}seq":
-                raise _Fatal(f"the tag {node.tag} is not allowed: a config holds plain values, lists and sections.", _pos(node))
+                raise _tag_refused(node)
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         return self._scalar(node, path)
 
@@ -210,11 +214,7 @@ class _Builder:
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            raise _Fatal(
-                f"the tag {node.tag} is not allowed: a config holds plain values, lists and sections "
-                "(tags such as !!python/object could run code, so they are refused).",
-                _pos(node),
-            )
+            raise _tag_refused(node)
         if node.tag == f"{_YAML_TAG}timestamp":
             return node.value  # a date is just text to us
         value = self.constructor.construct_object(node)
@@ -255,6 +255,15 @@ class _Builder:
             if isinstance(typed, (bool, int, float)) or typed is None:
                 return typed
         return expanded
+
+
+def _tag_refused(node: yaml.Node) -> _Fatal:
+    tag = node.tag.replace(_YAML_TAG, "!!")
+    return _Fatal(
+        f"the tag {tag} is not allowed: a config holds plain values, lists and sections "
+        "(tags such as !!python/object could run code, so they are refused). Remove the tag.",
+        _pos(node),
+    )
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:

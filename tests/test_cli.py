@@ -1,0 +1,85 @@
+"""The command line as a user meets it."""
+import json
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO, run_trainer
+from trainer import __version__
+from trainer.config.presets import PRESETS
+
+
+def test_version():
+    result = run_trainer("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"trainer {__version__}"
+
+
+def test_help_everywhere():
+    for args in ([], ["validate"], ["init"], ["schema"], ["convert"], ["download-demo-model"]):
+        result = run_trainer(*args, "--help")
+        assert result.returncode == 0, args
+        assert "usage: trainer" in result.stdout
+
+
+def test_no_arguments_prints_help_and_exits_2():
+    result = run_trainer()
+    assert result.returncode == 2 and "usage: trainer" in result.stdout
+
+
+def test_schema_prints_the_json_schema():
+    result = run_trainer("schema")
+    schema = json.loads(result.stdout)
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert "training" in schema["properties"]
+
+
+def test_validate_print_gives_normalised_yaml():
+    result = run_trainer("validate", "--config", "configs/quickstart.yaml", "--print")
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(result.stdout)
+    assert data["training"]["scheduler"] == "cosine"  # a default, filled in
+    assert data["model"]["name_or_path"].startswith("${TRAINER_CACHE")
+
+
+def test_validate_does_not_import_torch_or_transformers():
+    code = (
+        "import sys; from trainer.cli import main; rc = main(['validate', '--config', 'configs/quickstart.yaml']);"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules];"
+        "print(heavy); sys.exit(rc or bool(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("[]")
+
+
+def test_init_writes_each_preset_and_it_validates(tmp_path):
+    for preset in PRESETS:
+        out = tmp_path / f"{preset}.yaml"
+        result = run_trainer("init", "--preset", preset, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert out.read_text().lstrip().startswith("#")  # commented for a newcomer
+        check = run_trainer("validate", "--config", str(out))
+        assert check.returncode == 0, check.stderr
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "x.yaml"
+    out.write_text("keep me")
+    result = run_trainer("init", "-o", str(out))
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert out.read_text() == "keep me"
+
+
+def test_qlora_is_refused_up_front_on_a_machine_without_cuda(tmp_path):
+    # This machine (and CI) has no GPU: the run must stop before any model loading, naming the key.
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this check is about machines without CUDA")
+    result = run_trainer("--config", "configs/llama3.1-8b-qlora-gpu.yaml")
+    assert result.returncode == 2
+    assert "training.method: qlora requires an NVIDIA GPU (CUDA), and this run would use cpu" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
 
+    p = sub.add_parser("data", help="check the data and report tokens, problems and steps", description="Read the data the config names, check every record, and report problems (with file and line), token statistics with the model's tokenizer, truncation, duplicates, steps per epoch and padding. Exit code 2 when there are problems and data.on_invalid is error.")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
 
     p = sub.add_parser("convert", help="translate another tool's config into trainer's", description="Translate another tool's config file into trainer's YAML and print it.")
@@ -74,6 +78,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "validate": _validate,
         "init": _init,
         "schema": _schema,
+        "data": _data,
         "convert": _convert,
         "download-demo-model": _download_demo_model,
     }[command](args)
@@ -121,6 +126,31 @@ def _init(args: argparse.Namespace) -> int:
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write(text)
     print(f"Wrote {args.output} (preset {args.preset}). Check it with: trainer validate --config {args.output}", file=sys.stderr)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.config import load_config
+    from trainer.data.pipeline import prepare_data
+    from trainer.data.report import build_report, render_report
+    from trainer.models import load_tokenizer
+
+    config = load_config(args.config, args.overrides)
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    data = prepare_data(config, tokenizer, stop_on_problems=False)
+    report = build_report(config, data)
+    if args.json:
+        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept,
+                   "problems": [str(p) for p in s.problems]} for s in data.splits]
+        print(json.dumps({"splits": splits, **report.to_dict()}, indent=2))
+    else:
+        print(render_report(config, data, report))
+    problems = sum(len(s.problems) for s in data.splits)
+    if problems and config.data.on_invalid == "error":
+        print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

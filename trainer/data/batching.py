@@ -1,0 +1,114 @@
+"""Batches that waste little on padding, and packed rows whose examples never see each other.
+
+Without packing, examples are grouped by length (shuffled in large groups,
+sorted inside each group, and the batches shuffled again), so each batch pads
+little but the order still changes every epoch. With packing, examples are put
+into rows of max_seq_length; each example keeps its own position ids (from 0)
+and a block-diagonal causal mask stops attention across examples.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from trainer.data.tokenize import IGNORE, Tokenized
+
+GROUP_BATCHES = 50  # how many batches' worth of examples are sorted together
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    group = batch_size * GROUP_BATCHES
+    batches = []
+    for begin in range(0, len(order), group):
+        chunk = sorted(order[begin : begin + group], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pack_examples(lengths: Sequence[int], max_length: int, seed: int, epoch: int) -> list[list[int]]:
+    """Rows of example indices, each row at most max_length tokens (first-fit on a shuffled, longest-first order)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep their shuffled order
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max_length - lengths[i])
+    rng.shuffle(rows)
+    return rows
+
+
+def padding_fraction(batches: list[list[list[int]]] | list[list[int]], lengths: Sequence[int], packed: bool = False, row_length: int | None = None) -> float:
+    """Share of the computed positions that are padding. For packed batches, each batch is a list of rows."""
+    real = padded = 0
+    for batch in batches:
+        if packed:
+            row_lengths = [sum(lengths[i] for i in row) for row in batch]
+        else:
+            row_lengths = [lengths[i] for i in batch]
+        width = max(row_lengths)
+        real += sum(row_lengths)
+        padded += width * len(row_lengths)
+    return 1 - real / padded if padded else 0.0
+
+
+def collate_padded(examples: Sequence[Tokenized], pad_id: int):
+    """Right-padded tensors: input_ids, labels (IGNORE on padding), attention_mask."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, dtype=None, with_mask: bool = True):
+    """Packed rows: position ids restart at each example; a 4-D additive mask keeps examples apart.
+
+    `with_mask=False` leaves the mask out for flash-attention, which separates examples by their position ids.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, e in enumerate(row):
+            n = len(e.input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at : at + n] = torch.tensor(e.labels)
+            positions[r, at : at + n] = torch.arange(n)
+            segment[r, at : at + n] = s
+            at += n
+    batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    if with_mask:
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+        allowed = same & causal
+        # padding rows attend to themselves only, so no row of the softmax is empty
+        allowed |= torch.eye(width, dtype=torch.bool)
+        mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
+        batch["attention_mask"] = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    return batch

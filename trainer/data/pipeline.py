@@ -1,0 +1,112 @@
+"""From the config's data section to tokenized train and validation sets, with the report of what happened."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from trainer.config import Config
+from trainer.data.formats import Example, columns_for, detect_format, to_example
+from trainer.data.records import Record, read_records
+from trainer.data.templates import resolve_template
+from trainer.data.tokenize import Tokenized, Tokenizer
+from trainer.errors import Problem, UserError
+
+SHOWN_PROBLEMS = 20
+
+
+@dataclass
+class SplitReport:
+    source: str
+    detection: str
+    records: int  # readable records plus unreadable lines: everything in the input
+    kept: int
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    train: list[Tokenized]
+    validation: list[Tokenized]
+    splits: list[SplitReport]
+    template: str
+    held_out: bool  # validation was split off the training data
+
+
+def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
+    records, problems = read_records(ref)
+    overrides = config.data.columns.to_dict()
+    if config.data.format == "auto":
+        if not records:
+            raise UserError(f"{ref}: no readable examples." + (f" First problem: {problems[0]}" if problems else ""))
+        fmt, detection = detect_format(records, overrides)
+    else:
+        fmt, detection = config.data.format, f"format {config.data.format} (set in the config)"
+    names = columns_for(fmt, overrides)
+    examples = []
+    for record in records:
+        example, found = to_example(record, fmt, names, config.data.train_on)
+        problems += found
+        if example is not None:
+            examples.append(example)
+    bad_records = len({(p.file, p.line) for p in problems})
+    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems)
+    return examples, report
+
+
+def split_validation(examples: list, share: float, seed: int) -> tuple[list, list]:
+    if share <= 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = min(len(examples) - 1, max(1, round(share * len(examples))))
+    held = set(order[:n])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> PreparedData:
+    """Load, check, split and tokenize. With on_invalid: error, any problem stops here, listed (unless the caller reports them)."""
+    train_examples, train_report = load_examples(config.data.train, config)
+    splits = [train_report]
+    held_out = config.data.validation is None
+    if held_out:
+        train_examples, validation_examples = split_validation(train_examples, config.data.validation_split, config.training.seed)
+    else:
+        validation_examples, validation_report = load_examples(config.data.validation, config)
+        splits.append(validation_report)
+
+    template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
+    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length)
+    tokenized = []
+    for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
+        out = []
+        for example in examples:
+            result, problem = encode(example)
+            if problem:
+                report.problems.append(problem)
+                report.kept -= 1
+            else:
+                out.append(result)
+        tokenized.append(out)
+    if config.data.on_invalid == "error" and stop_on_problems:
+        _stop_on_problems(splits)
+    if not tokenized[0]:
+        raise UserError(f"{config.data.train}: no usable training examples are left.")
+    return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out)
+
+
+_NO_TEMPLATE = resolve_template("chatml", None)
+
+
+def _stop_on_problems(splits: list[SplitReport]) -> None:
+    problems = [p for s in splits for p in s.problems]
+    if not problems:
+        return
+    shown = problems[:SHOWN_PROBLEMS]
+    rest = len(problems) - len(shown)
+    title = (
+        f"{len(problems)} problem(s) in the data; nothing was trained. Fix them, or set data.on_invalid: skip "
+        "to leave those examples out (they are listed in the report)."
+    )
+    if rest:
+        shown = shown + [Problem(f"... and {rest} more problem(s): run `trainer data --config ...` with on_invalid: skip to list every one.")]
+    raise UserError(shown, title=title)

@@ -1,0 +1,164 @@
+"""The data report (`trainer data`): what was read, what is wrong, and what training will cost in tokens and steps."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass
+
+from trainer.config import Config
+from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
+from trainer.data.pipeline import PreparedData
+from trainer.data.tokenize import Tokenized
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    count: int
+    minimum: int
+    mean: float
+    p50: float
+    p90: float
+    maximum: int
+    total: int
+
+    @classmethod
+    def of(cls, values: list[int]) -> "TokenStats":
+        if not values:
+            return cls(0, 0, 0.0, 0.0, 0.0, 0, 0)
+        ordered = sorted(values)
+        return cls(len(values), ordered[0], statistics.fmean(values), _quantile(ordered, 0.5), _quantile(ordered, 0.9), ordered[-1], sum(values))
+
+
+def _quantile(ordered: list[int], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    at = (len(ordered) - 1) * q
+    low = math.floor(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+@dataclass(frozen=True)
+class DataReport:
+    tokens: TokenStats  # per training example, after truncation
+    trained: TokenStats  # trained (in-the-loss) tokens per training example
+    truncated: int  # examples longer than max_seq_length
+    trained_lost: int  # trained tokens cut off by truncation
+    duplicates: int  # training examples identical to an earlier one
+    overlap: int  # validation examples that also appear in the training data
+    steps_per_epoch: int
+    padding_unpacked: float
+    padding_packed: float
+    rows_packed: int
+    seconds_per_epoch: float | None  # from a measured throughput on this device, when one is known
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def build_report(config: Config, data: PreparedData) -> DataReport:
+    train = data.train
+    lengths = [len(e.input_ids) for e in train]
+    batch = config.training.batch_size
+    seed = config.training.seed
+    batches = length_grouped_batches(lengths, batch, seed, 0)
+    rows = pack_examples(lengths, config.data.max_seq_length, seed, 0)
+    packed_batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+    per_epoch = len(packed_batches) if config.data.packing else len(batches)
+    steps = math.ceil(per_epoch / config.training.gradient_accumulation)
+    seen: set = set()
+    duplicates = 0
+    for e in train:
+        duplicates += e.input_ids in seen
+        seen.add(e.input_ids)
+    trained_per_epoch = sum(e.trained for e in train)
+    throughput = known_throughput(config)
+    return DataReport(
+        tokens=TokenStats.of(lengths),
+        trained=TokenStats.of([e.trained for e in train]),
+        truncated=sum(e.full_length > config.data.max_seq_length for e in train),
+        trained_lost=sum(e.trained_lost for e in train),
+        duplicates=duplicates,
+        overlap=sum(e.input_ids in seen for e in data.validation),
+        steps_per_epoch=steps,
+        padding_unpacked=padding_fraction(batches, lengths),
+        padding_packed=padding_fraction(packed_batches, lengths, packed=True),
+        rows_packed=len(rows),
+        seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
+    )
+
+
+def throughput_file() -> str:
+    from trainer.demo import cache_dir
+
+    return str(cache_dir() / "throughput.json")
+
+
+def known_throughput(config: Config) -> float | None:
+    """Trained tokens per second measured by an earlier run of the same model and method on this machine."""
+    try:
+        with open(throughput_file(), encoding="utf-8") as handle:
+            table = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return table.get(throughput_key(config))
+
+
+def throughput_key(config: Config) -> str:
+    return f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}|{config.data.max_seq_length}"
+
+
+def render_report(config: Config, data: PreparedData, report: DataReport) -> str:
+    out = []
+    for split in data.splits:
+        out.append(f"{split.source}: {split.detection}")
+        out.append(f"  {split.records} records, {split.kept} usable, {len(split.problems)} problem(s)")
+        skipped_lines = sorted({p.line for p in split.problems if p.line is not None})
+        if split.problems and config.data.on_invalid == "skip":
+            out.append(f"  skipped (on_invalid: skip): {len(skipped_lines)} record(s), lines {_ranges(skipped_lines)}")
+        for problem in split.problems[:20]:
+            out.append(f"  {problem}")
+        if len(split.problems) > 20:
+            out.append(f"  ... and {len(split.problems) - 20} more")
+    held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
+    out.append(f"Examples: {len(data.train)} for training, {len(data.validation)} for validation{held}")
+    out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")
+    t, r = report.tokens, report.trained
+    out.append("")
+    out.append(f"{'tokens per example':<22}{'min':>8}{'mean':>9}{'p50':>9}{'p90':>9}{'max':>8}")
+    out.append(f"{'  all':<22}{t.minimum:>8}{t.mean:>9.1f}{t.p50:>9.1f}{t.p90:>9.1f}{t.maximum:>8}")
+    out.append(f"{'  trained (in loss)':<22}{r.minimum:>8}{r.mean:>9.1f}{r.p50:>9.1f}{r.p90:>9.1f}{r.maximum:>8}")
+    share = r.total / t.total if t.total else 0
+    out.append(f"Total tokens: {t.total}; trained tokens: {r.total} ({share:.1%} of all)")
+    out.append(
+        f"Longer than max_seq_length ({config.data.max_seq_length}): {report.truncated} example(s), "
+        f"truncated; {report.trained_lost} trained token(s) lost"
+    )
+    out.append(f"Duplicates in training data: {report.duplicates}; validation examples also in training: {report.overlap}")
+    out.append("")
+    effective = config.training.batch_size * config.training.gradient_accumulation
+    mode = "packed" if config.data.packing else "length-grouped"
+    out.append(f"Steps per epoch: {report.steps_per_epoch} ({mode} batches of {config.training.batch_size}, effective batch {effective})")
+    out.append(
+        f"Padding: {report.padding_unpacked:.1%} of positions with length-grouped batches; "
+        f"{report.padding_packed:.1%} with packing ({report.rows_packed} rows of {config.data.max_seq_length})"
+    )
+    if report.seconds_per_epoch is not None:
+        epochs = config.training.epochs or (config.training.max_steps / max(report.steps_per_epoch, 1))
+        out.append(f"Estimated time: {report.seconds_per_epoch * epochs / 60:.1f} min ({report.seconds_per_epoch / 60:.1f} min per epoch, from an earlier run on this machine)")
+    else:
+        out.append("Estimated time: not known yet; it is measured by the first training run on this machine.")
+    return "\n".join(out)
+
+
+def _ranges(numbers: list[int]) -> str:
+    parts = []
+    for n in numbers:
+        if parts and parts[-1][1] == n - 1:
+            parts[-1][1] = n
+        else:
+            parts.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts) or "-"

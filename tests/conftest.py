@@ -31,3 +31,54 @@ data:
 training:
   epochs: 1
 """
+
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def make_char_tokenizer(chat_template: str | None = None):
+    """A tiny real tokenizer: one id per character, plus the special tokens of the built-in templates.
+
+    Ids: specials 0-10, then printable ASCII and newline from 11, so tests can read label lists.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars + ["<unk>"])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[2:]})
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+@pytest.fixture
+def char_tokenizer():
+    return make_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer, from the GGUF that `make test` fetches."""
+    from trainer.demo import demo_model_path
+    from trainer.models import load_tokenizer
+
+    path = demo_model_path()
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `trainer download-demo-model` (make test does this)")
+    return load_tokenizer(str(path))
+
+
+def tiny_llama(vocab_size: int = 128, seed: int = 0, attn: str = "sdpa"):
+    """A 2-layer Llama with hidden size 64, random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config._attn_implementation = attn
+    return LlamaForCausalLM(config).eval()

@@ -69,7 +69,11 @@ def _read_jsonl(path: Path) -> tuple[list[Record], list[Problem]]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                problems.append(Problem(f"invalid JSON: {exc.msg} at column {exc.colno}. Each line must be one complete JSON object.", "", name, number))
+                if exc.pos >= len(text.rstrip("\r\n")):
+                    what = "the line ends before the JSON object is complete (in a .jsonl file each example is one line)"
+                else:
+                    what = f"{exc.msg} at column {exc.pos + 1}"
+                problems.append(Problem(f"invalid JSON: {what}.", "", name, number))
                 continue
             if not isinstance(value, dict):
                 problems.append(Problem(f"each line must be a JSON object ({{...}}), not {_kind(value)}.", "", name, number))

@@ -122,7 +122,7 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         for problem in split.problems[:20]:
             out.append(f"  {problem}")
         if len(split.problems) > 20:
-            out.append(f"  ... and {len(split.problems) - 20} more")
+            out.append(f"  ... and {len(split.problems) - 20} more problem(s)")
     held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
     out.append(f"Examples: {len(data.train)} for training, {len(data.validation)} for validation{held}")
     out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")

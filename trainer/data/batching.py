@@ -99,6 +99,9 @@ def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, dtype=None,
             n = len(e.input_ids)
             ids[r, at : at + n] = torch.tensor(e.input_ids)
             labels[r, at : at + n] = torch.tensor(e.labels)
+            # An example's first token is never predicted on its own (nothing precedes it); in a packed row
+            # it would be predicted from the previous example, so it is kept out of the loss.
+            labels[r, at] = IGNORE
             positions[r, at : at + n] = torch.arange(n)
             segment[r, at : at + n] = s
             at += n

@@ -36,7 +36,7 @@ BUILT_IN = {"chatml": (CHATML, "<|im_end|>"), "zephyr": (ZEPHYR, None), "llama3"
 class ChatTemplate:
     name: str  # "tokenizer", a built-in name, or "custom"
     jinja: str
-    turn_end: str | None  # the text that closes an assistant turn (None: the tokenizer's EOS token)
+    turn_end: str | None  # the text that closes an assistant turn (None: the turn's last special token)
 
 
 def resolve_template(setting: str, tokenizer) -> ChatTemplate:

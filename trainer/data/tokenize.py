@@ -40,8 +40,8 @@ class Tokenizer:
         self.template = template
         self.train_on = train_on
         self.max_length = max_length
-        end = template.turn_end or tokenizer.eos_token
-        self.turn_end_ids = self.encode(end) if end else []
+        self.turn_end_ids = self.encode(template.turn_end) if template.turn_end else []
+        self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -78,12 +78,21 @@ class Tokenizer:
         return self._truncated(example, full_ids, labels), None
 
     def _turn_end(self, ids: list[int], start: int, end: int) -> int:
-        """The end of an assistant turn: just after its last turn-end token(s), so they are learned but later scaffolding is not."""
+        """The end of an assistant turn: just after the token(s) that close it, so the model learns to stop,
+        but not the template's scaffolding after them (such as a newline before the next turn).
+
+        A built-in template names its closing text; for others it is the turn's last special token
+        (the EOS or end-of-turn token); a turn without one is learned whole.
+        """
         n = len(self.turn_end_ids)
         if n:
             for pos in range(end - n, start - 1, -1):
                 if ids[pos : pos + n] == self.turn_end_ids:
                     return pos + n
+            return end
+        for pos in range(end - 1, start - 1, -1):
+            if ids[pos] in self.special_ids:
+                return pos + 1
         return end
 
     def _truncated(self, example: Example, ids: list[int], labels: list[int]) -> Tokenized:

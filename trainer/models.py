@@ -12,13 +12,26 @@ def is_gguf(name_or_path: str) -> bool:
     return name_or_path.lower().endswith(".gguf")
 
 
-def _gguf_cache(path: Path) -> Path:
-    """Where the tokenizer read from a GGUF file is kept, so the (slow) GGUF parse happens once."""
+def _gguf_cache(path: Path, what: str = "tokenizer") -> Path:
+    """Where the tokenizer or the dequantised model read from a GGUF file is kept, so the slow GGUF parse happens once."""
     from trainer.demo import cache_dir
 
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "gguf-tokenizers" / f"{path.stem}-{key}"
+    return cache_dir() / f"gguf-{what}s" / f"{path.stem}-{key}"
+
+
+def _save_once(obj, final: Path) -> None:
+    """save_pretrained into a temporary folder, then rename: a killed save never looks finished."""
+    import shutil
+
+    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    obj.save_pretrained(partial)
+    if final.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -34,9 +47,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
                 tokenizer = AutoTokenizer.from_pretrained(cached)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-                partial = cached.with_name(cached.name + ".partial")
-                tokenizer.save_pretrained(partial)
-                os.replace(partial, cached) if not cached.exists() else None
+                _save_once(tokenizer, cached)
         else:
             tokenizer = AutoTokenizer.from_pretrained(
                 str(path) if path.exists() else name_or_path, revision=revision, trust_remote_code=trust_remote_code
@@ -60,3 +71,94 @@ def _load_failure(what: str, name_or_path: str, exc: Exception) -> str:
             "download the model where there is internet and point model.name_or_path at the local folder or .gguf file"
         )
     return message + "."
+
+
+def torch_dtype(config, device: str):
+    """The dtype the base weights are loaded in: model.dtype, or for auto, bf16 on a GPU that can and fp32 elsewhere."""
+    import torch
+
+    if config.model.dtype != "auto":
+        return getattr(torch, config.model.dtype)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def mixed_precision(config, device: str) -> str:
+    """accelerate's mixed_precision for training.precision."""
+    import torch
+
+    precision = config.training.precision
+    if precision == "auto":
+        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def load_model(config, device: str):
+    """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = config.model
+    kwargs = {"dtype": torch_dtype(config, device), "trust_remote_code": m.trust_remote_code}
+    if m.attn_implementation != "auto":
+        kwargs["attn_implementation"] = m.attn_implementation
+    if config.training.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    path = Path(os.path.expanduser(m.name_or_path))
+    try:
+        if is_gguf(m.name_or_path):
+            cached = _gguf_cache(path, "model")
+            if not (cached / "config.json").is_file():
+                dequantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+                # The weights are plain float32 once dequantised; drop the GGUF marker so they can be saved.
+                dequantised.hf_quantizer = None
+                if hasattr(dequantised.config, "quantization_config"):
+                    del dequantised.config.quantization_config
+                _save_once(dequantised, cached)
+                del dequantised
+            model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else m.name_or_path, revision=m.revision, **kwargs)
+    except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
+        raise UserError(_load_failure("weights", m.name_or_path, exc)) from None
+    if config.training.method != "qlora":
+        model.to(device)
+    return model
+
+
+def add_adapter(model, config):
+    """Wrap the model for the configured method: LoRA/DoRA/QLoRA adapters through peft, or every weight trainable."""
+    t = config.training
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if t.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if t.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    elif t.gradient_checkpointing:
+        model.enable_input_require_grads()
+    targets = t.lora.target_modules
+    lora = LoraConfig(
+        r=t.lora.r,
+        lora_alpha=t.lora.alpha,
+        lora_dropout=t.lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        use_dora=t.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:  # peft names the target modules it could not find
+        raise UserError(f"training.lora.target_modules: {exc}") from None

@@ -1,0 +1,193 @@
+"""The built-in backend: our own training loop on transformers + peft + accelerate.
+
+Lifecycle: setup (data, model, optimizer, resume) -> train (loop.py) -> save
+(model, card, curves) -> cleanup. Only the main process writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import checkpoint
+from trainer.config import Config
+from trainer.data.pipeline import PreparedData, prepare_data
+from trainer.errors import UserError
+from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, state_from_json, state_to_json, train_loop
+from trainer.rundir import MetricsLog, plot_losses, record_throughput, write_model_card
+
+
+@dataclass
+class Run:
+    config: Config
+    run_dir: Path
+    accelerator: object
+    tokenizer: object
+    model: object  # the peft-wrapped (or full) model
+    loss_module: object  # the same model behind LossOnTrainedTokens, prepared by accelerate
+    trainable: list
+    optimizer: object
+    scheduler: object
+    data: PreparedData
+    state: TrainState
+    total_steps: int
+    pad_id: int
+    flash: bool
+    metrics: MetricsLog | None
+
+    def save_checkpoint(self, name: str, seconds: float | None) -> None:
+        if seconds is not None:
+            self.state.seconds = seconds
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpoint.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self.scheduler,
+                                       state_to_json(self.state), self.config.to_yaml())
+            if name.startswith("step-"):
+                checkpoint.prune(self.run_dir, self.config.training.keep_last)
+        self.accelerator.wait_for_everyone()
+
+
+class PeftBackend:
+    name = "peft"
+
+    def check(self, config: Config) -> list[tuple[tuple, str]]:
+        return []
+
+    def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
+        run = setup(config, run_dir, resume)
+        say = _say(run)
+        try:
+            state = train_loop(run)
+        except StopRequested:
+            raise UserError(
+                f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. "
+                "Continue with the same command plus --resume."
+            ) from None
+        if state.stopped_early and (checkpoint.checkpoints_dir(run_dir) / "best").is_dir():
+            checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler)
+        if run.accelerator.is_main_process:
+            save_outputs(run)
+            say(f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
+        run.accelerator.wait_for_everyone()
+        return run_dir
+
+
+def _say(run: Run):
+    def say(text: str) -> None:
+        if run.accelerator.is_main_process:
+            print(text, file=sys.stderr, flush=True)
+
+    return say
+
+
+def setup(config: Config, run_dir: Path, resume: bool) -> Run:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from trainer.hardware import Hardware
+    from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
+
+    t = config.training
+    device = Hardware.detect().device(config.backend.peft.device)
+    accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+    say = lambda text: accelerator.is_main_process and print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+    newest = _resume_point(run_dir, resume) if accelerator.is_main_process else None
+    set_seed(t.seed)
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    data = prepare_data(config, tokenizer)
+    say(f"Data: {len(data.train)} training and {len(data.validation)} validation examples, "
+        f"{sum(e.trained for e in data.train)} trained tokens per epoch")
+
+    say(f"Loading {config.model.name_or_path} on {device} ...")
+    model = add_adapter(load_model(config, device), config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    total_params = sum(p.numel() for p in model.parameters())
+    say(f"Method {t.method}: {sum(p.numel() for p in trainable):,} trainable of {total_params:,} parameters")
+
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, fused=device == "cuda")
+    elif t.optimizer == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, lr=t.learning_rate)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9)
+
+    per_epoch = len(epoch_plan(data.train, config, 0)) // accelerator.num_processes or 1
+    steps_per_epoch = math.ceil(per_epoch / t.gradient_accumulation)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+
+    loss_module = accelerator.prepare(LossOnTrainedTokens(model))
+    optimizer = accelerator.prepare(optimizer)
+    state = TrainState()
+    if newest is not None:
+        state = state_from_json(checkpoint.load_checkpoint(newest, model, optimizer, scheduler))
+        say(f"Resuming from {newest} (step {state.step} of {total_steps})")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    return Run(config, run_dir, accelerator, tokenizer, model, loss_module, trainable, optimizer, scheduler, data, state,
+               total_steps, tokenizer.pad_token_id, config.model.attn_implementation == "flash_attention_2", metrics)
+
+
+def _resume_point(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from, or None to start fresh; refuses to overwrite an earlier run silently."""
+    checkpoint.remove_partial_saves(run_dir)
+    found = checkpoint.complete_checkpoints(run_dir)
+    if resume:
+        return found[-1] if found else None
+    if found or (run_dir / "model").exists():
+        raise UserError(
+            f"output.dir {run_dir} already holds a run. Add --resume (or resume: auto) to continue it, "
+            "or choose another output.dir (e.g. --set output.dir=runs/new) to start fresh."
+        )
+    return None
+
+
+def save_outputs(run: Run) -> None:
+    """The run directory: model (adapter or weights) with its tokenizer, optionally merged, card, metrics, curves."""
+    cfg, run_dir, state = run.config, run.run_dir, run.state
+    model_dir = run_dir / "model"
+    tmp = run_dir / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.model.save_pretrained(tmp)
+    run.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+    if cfg.output.merge_adapter and cfg.training.method != "full":
+        merged = run.model.merge_and_unload()
+        shutil.rmtree(run_dir / "merged", ignore_errors=True)
+        merged.save_pretrained(run_dir / "merged")
+        run.tokenizer.save_pretrained(run_dir / "merged")
+    speed = state.trained_tokens / state.seconds if state.seconds else 0.0
+    summary = {
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / max(len(epoch_plan(run.data.train, cfg, state.epoch)), 1), 3),
+        "final_train_loss": round(state.history[-1][1], 4) if state.history else None,
+        "final_eval_loss": round(state.last_eval_loss, 4) if state.last_eval_loss is not None else None,
+        "best_eval_loss": round(state.best_eval_loss, 4) if state.best_eval_loss is not None else None,
+        "best_step": state.best_step,
+        "stopped_early": state.stopped_early,
+        "trained_tokens": state.trained_tokens,
+        "train_seconds": round(state.seconds, 1),
+        "trained_tokens_per_second": round(speed, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    plot_losses(run.metrics, run_dir / "loss.png")
+    write_model_card(run_dir, cfg, summary)
+    if speed:
+        from trainer.data.report import throughput_key
+
+        record_throughput(throughput_key(cfg), speed)

@@ -1,0 +1,144 @@
+"""Checkpoints that are complete or absent, never half-written.
+
+A checkpoint is written into a temporary folder beside its final place, each
+file flushed to disk, and then renamed in one step: a kill during a save leaves
+only a temporary folder, which the next run removes. Everything needed to
+continue exactly is in it: the trainable weights, optimizer and scheduler
+state, every RNG state, the position in the data and the normalised config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import UserError
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def remove_partial_saves(run_dir: Path) -> None:
+    folder = checkpoints_dir(run_dir)
+    if folder.is_dir():
+        for leftover in folder.glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, name: str, model, optimizer, scheduler, state: dict, config_yaml: str) -> Path:
+    """Write checkpoints/<name> atomically and return its path."""
+    from safetensors.torch import save_file
+
+    folder = checkpoints_dir(run_dir)
+    final = folder / name
+    tmp = folder / f".tmp-{name}-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # written last: marks completeness
+        _fsync_tree(tmp)
+        if final.exists():
+            old = folder / f".tmp-old-{name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write the checkpoint {final}: {exc.strerror or exc}. "
+            "Free some disk space or choose another output.dir; the last complete checkpoint is kept."
+        ) from None
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise UserError(f"{path}: the checkpoint does not match the model ({missing[0]} is not a parameter); was the config changed?")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    set_rng_state(extra["rng"])
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (and any named in `keep`)."""
+    steps = complete_checkpoints(run_dir)
+    for old in steps[:-keep_last] if keep_last else steps:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,244 @@
+"""The training loop, top to bottom: accumulate, clip, step, log, evaluate, checkpoint.
+
+The loss of an optimizer step is the sum of the token losses in its whole
+accumulation window divided by the number of trained tokens in that window, so
+every trained token counts the same however the examples fall into batches.
+Only the positions in the loss go through the LM head: on chat data most
+tokens are prompt, and their logits (vocabulary-sized) would be most of the
+memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from trainer.data.batching import collate_packed, collate_padded, length_grouped_batches, pack_examples
+from trainer.data.tokenize import IGNORE, Tokenized
+
+
+class LossOnTrainedTokens(nn.Module):
+    """Summed cross-entropy over the trained positions only, and how many there were.
+
+    It wraps the model so that distributed wrappers (DDP) see one forward call.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.decoder = causal_lm.get_decoder()
+        self.head = causal_lm.get_output_embeddings()
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        logits = self.head(hidden[:, :-1][keep])  # (trained tokens, vocab): the only logits computed
+        loss_sum = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss_sum, keep.sum()
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    trained_tokens: int = 0
+    seconds: float = 0.0  # training time before this process started
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    last_eval_loss: float | None = None
+    history: list = field(default_factory=list)  # (step, loss) of every optimizer step
+
+
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved."""
+
+
+def epoch_plan(examples: list[Tokenized], config, epoch: int) -> list[list]:
+    """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
+    t, d = config.training, config.data
+    lengths = [len(e.input_ids) for e in examples]
+    if d.packing:
+        rows = [[examples[i] for i in row] for row in pack_examples(lengths, d.max_seq_length, t.seed, epoch)]
+        return [rows[i : i + t.batch_size] for i in range(0, len(rows), t.batch_size)]
+    return [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, t.batch_size, t.seed, epoch)]
+
+
+def collate(batch: list, config, pad_id: int, flash: bool) -> dict:
+    if config.data.packing:
+        return collate_packed(batch, pad_id, with_mask=not flash)
+    return collate_padded(batch, pad_id)
+
+
+def trained_in(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+class Progress:
+    """A live line on a terminal; plain log lines every `log_every` steps elsewhere (CI, files, the UI)."""
+
+    def __init__(self, total: int, log_every: int):
+        self.total = total
+        self.log_every = log_every
+        self.tty = sys.stderr.isatty()
+
+    def update(self, state: TrainState, loss: float, tokens_per_second: float, seconds_left: float) -> None:
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(seconds_left, 0)))
+        line = f"step {state.step}/{self.total}  loss {loss:.4f}  {tokens_per_second:.0f} trained tok/s  ETA {eta}"
+        if self.tty:
+            print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
+        elif state.step % self.log_every == 0 or state.step == self.total:
+            print(line, file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
+
+
+class SignalGuard:
+    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def evaluate(run, examples: list[Tokenized]) -> float | None:
+    """Mean loss per trained token over `examples` (None without a validation set)."""
+    if not examples:
+        return None
+    run.loss_module.eval()
+    acc = run.accelerator
+    batches = epoch_plan(examples, run.config, epoch=0)[acc.process_index :: acc.num_processes]
+    total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    with torch.no_grad():
+        for batch in batches:
+            tensors = {k: v.to(acc.device) for k, v in collate(batch, run.config, run.pad_id, run.flash).items()}
+            with acc.autocast():
+                loss_sum, count = run.loss_module(**tensors)
+            total += torch.stack([loss_sum.double(), count.double()])
+    total = acc.reduce(total, "sum")
+    run.loss_module.train()
+    return float(total[0] / total[1]) if total[1] > 0 else None
+
+
+def train_loop(run) -> TrainState:
+    """Train from run.state to run.total_steps (or an early stop), checkpointing on the way."""
+    cfg, acc, state = run.config, run.accelerator, run.state
+    t = cfg.training
+    progress = Progress(run.total_steps, cfg.logging.log_every)
+    started, tokens_at_start = time.perf_counter(), state.trained_tokens
+    run.loss_module.train()
+    with SignalGuard() as guard:
+        while state.step < run.total_steps and not state.stopped_early:
+            plan = epoch_plan(run.data.train, cfg, state.epoch)[acc.process_index :: acc.num_processes]
+            window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
+            batches = [{k: v.to(acc.device) for k, v in collate(b, cfg, run.pad_id, run.flash).items()} for b in window]
+            window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()
+
+            loss_total = 0.0
+            for i, batch in enumerate(batches):
+                sync = i == len(batches) - 1
+                with acc.no_sync(run.loss_module) if not sync else contextlib.nullcontext():
+                    with acc.autocast():
+                        loss_sum, _ = run.loss_module(**batch)
+                    # sum over the window / trained tokens in the window; DDP averages over processes, so scale back up
+                    loss = loss_sum * acc.num_processes / max(window_tokens, 1)
+                    acc.backward(loss)
+                loss_total += loss_sum.item()
+            if t.max_grad_norm > 0:
+                acc.clip_grad_norm_(run.trainable, t.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+
+            state.step += 1
+            state.batch_in_epoch += len(window)
+            state.trained_tokens += int(window_tokens)
+            step_loss = acc.reduce(torch.tensor(loss_total, device=acc.device), "sum").item() / max(window_tokens, 1)
+            state.history.append([state.step, step_loss])
+            epoch_done = state.batch_in_epoch >= len(plan)
+            if epoch_done:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+
+            elapsed = state.seconds + time.perf_counter() - started
+            speed = (state.trained_tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
+            if acc.is_main_process:
+                if state.step % cfg.logging.log_every == 0 or state.step == run.total_steps:
+                    run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(len(plan), 1), 4),
+                                      loss=step_loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
+                                      trained_tokens_per_second=round(speed, 2))
+                progress.update(state, step_loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
+
+            last = state.step >= run.total_steps
+            if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
+                _evaluate_and_track(run, progress)
+            if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or guard.requested:
+                run.save_checkpoint(f"step-{state.step}", elapsed)
+            if guard.requested:
+                raise StopRequested()
+    state.seconds += time.perf_counter() - started
+    return state
+
+
+def _evaluate_and_track(run, progress: Progress) -> None:
+    state, stopping = run.state, run.config.training.early_stopping
+    eval_loss = evaluate(run, run.data.validation)
+    if eval_loss is None:
+        return
+    state.last_eval_loss = eval_loss
+    improved = state.best_eval_loss is None or eval_loss < state.best_eval_loss - (stopping.min_delta if stopping else 0.0)
+    if improved:
+        state.best_eval_loss, state.best_step, state.evals_without_improvement = eval_loss, state.step, 0
+        if stopping:
+            run.save_checkpoint("best", None)
+    else:
+        state.evals_without_improvement += 1
+    if run.accelerator.is_main_process:
+        run.metrics.write(step=state.step, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
+        progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+    if stopping and state.evals_without_improvement >= stopping.patience:
+        state.stopped_early = True
+        progress.message(
+            f"early stopping at step {state.step}: no improvement for {stopping.patience} evaluation(s); "
+            f"the best checkpoint (step {state.best_step}, loss {state.best_eval_loss:.4f}) is the result"
+        )
+
+
+def state_to_json(state: TrainState) -> dict:
+    return asdict(state)
+
+
+def state_from_json(data: dict) -> TrainState:
+    return TrainState(**data)

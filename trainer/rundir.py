@@ -1,0 +1,124 @@
+"""What a run leaves behind: metrics.jsonl, loss.png, the model card, and the measured throughput."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from trainer import __version__
+from trainer.config import Config
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step or evaluation, appended and flushed as it happens."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_step is not None and path.exists():
+            # entries written after the checkpoint we resume from belong to the lost part of the run
+            self.rows = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("step", 0) <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def write(self, **row) -> None:
+        row = {"time": round(time.time(), 3), **row}
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["step"], r[key]) for r in self.rows if key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_losses(metrics: MetricsLog, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps, losses = metrics.series("loss")
+    if steps:
+        ax.plot(steps, losses, label="training loss", color="#1f77b4")
+    steps, losses = metrics.series("eval_loss")
+    if steps:
+        ax.plot(steps, losses, "o-", label="validation loss", color="#d62728")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per trained token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_model_card(run_dir: Path, config: Config, summary: dict) -> None:
+    t = config.training
+    adapter = t.method != "full"
+    base = config.model.name_or_path
+    load = (
+        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained({base!r})  # for a .gguf base add gguf_file=...\n"
+        "model = PeftModel.from_pretrained(base, \"model\")\ntokenizer = AutoTokenizer.from_pretrained(\"model\")\n```"
+        if adapter
+        else "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        "model = AutoModelForCausalLM.from_pretrained(\"model\")\ntokenizer = AutoTokenizer.from_pretrained(\"model\")\n```"
+    )
+    final = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    text = f"""---
+library_name: {"peft" if adapter else "transformers"}
+base_model: {base}
+tags: [trainer, {t.method}]
+---
+
+# Fine-tuned {os.path.basename(base)}
+
+Trained with [trainer](https://pypi.org/project/trainer/) {__version__}, method **{t.method}**, on `{config.data.train}`.
+
+## Use it
+
+From this folder: `trainer chat --run .` or `trainer generate --run . --prompt "..."`. In Python:
+
+{load}
+{"A merged copy (no peft needed) is in `merged/`." if config.output.merge_adapter and adapter else ""}
+
+## Training
+
+| setting | value |
+| --- | --- |
+| base model | `{base}` |
+| method | {t.method}{f" (r={t.lora.r}, alpha={t.lora.alpha:g}, dropout={t.lora.dropout:g}, targets={t.lora.target_modules})" if adapter else ""} |
+| data | `{config.data.train}` (validation: `{config.data.validation or f"{config.data.validation_split:.0%} held out"}`) |
+| learned from | {config.data.train_on} tokens, max length {config.data.max_seq_length}, packing {config.data.packing} |
+| length | {f"{t.epochs:g} epochs" if t.epochs else f"{t.max_steps} steps"}, batch {t.batch_size} x {t.gradient_accumulation} |
+| optimizer | {t.optimizer}, learning rate {t.learning_rate:g}, {t.scheduler} schedule, warm-up {t.warmup_ratio:g} |
+| precision | {t.precision}, seed {t.seed} |
+
+The full configuration is in `config.yaml`; per-step metrics in `metrics.jsonl`; curves in `loss.png`.
+
+## Results
+
+| metric | value |
+| --- | --- |
+{final}
+"""
+    (run_dir / "README.md").write_text(text, encoding="utf-8")
+
+
+def record_throughput(key: str, trained_tokens_per_second: float) -> None:
+    """Remember this machine's speed so `trainer data` can estimate the time of the next run."""
+    from trainer.data.report import throughput_file
+
+    path = Path(throughput_file())
+    try:
+        table = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        table = {}
+    table[key] = round(trained_tokens_per_second, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(table, indent=2))
+    os.replace(tmp, path)

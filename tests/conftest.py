@@ -82,3 +82,48 @@ def tiny_llama(vocab_size: int = 128, seed: int = 0, attn: str = "sdpa"):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     config._attn_implementation = attn
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A folder with a tiny random Llama (2 layers, hidden 64) and the character tokenizer with the chatml template."""
+    from trainer.data.templates import CHATML
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = make_char_tokenizer(CHATML)
+    model = tiny_llama(vocab_size=len(tokenizer))
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+TINY_DATA = [
+    {"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+    for w in ("red", "blue", "green", "pink", "gold", "grey", "teal", "navy", "ruby", "jade", "lime", "rose")
+]
+
+
+def tiny_config(tmp_path, model_dir, **training) -> Path:
+    """A config training the tiny model on 12 short examples; keyword arguments override training.*."""
+    import json
+
+    import yaml
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TINY_DATA))
+    config = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "validation": str(data), "max_seq_length": 64},
+        "training": {"max_steps": 6, "batch_size": 4, "learning_rate": 0.01, "warmup_ratio": 0.0, "seed": 1, **training},
+        "output": {"dir": str(tmp_path / "run")},
+        "logging": {"log_every": 1},
+    }
+    for key in [k for k in training if "." in k]:
+        section, name = key.split(".", 1)
+        config["training"].pop(key)
+        config.setdefault(section, {})[name] = training[key]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

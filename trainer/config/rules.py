@@ -171,8 +171,9 @@ HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
 ]
 
 
-def check_config(cfg: Config) -> list[tuple[tuple, str]]:
-    return [found for rule in CONFIG_RULES for found in rule(cfg)]
+def check_config(cfg: Config, check_files: bool = True) -> list[tuple[tuple, str]]:
+    chosen = [r for r in CONFIG_RULES if check_files or r is not local_files_exist]
+    return [found for rule in chosen for found in rule(cfg)]
 
 
 def check_hardware(cfg: Config, hw: Hardware) -> list[tuple[tuple, str]]:

@@ -31,12 +31,15 @@ _TYPE_WORDS = {
 }
 
 
-def load_config(filename: str, overrides: Iterable[str] = ()) -> Config:
-    """Read, check and normalise the config file `filename`. Raises UserError listing every problem."""
-    return parse_config(read_text_file(filename), filename, overrides)
+def load_config(filename: str, overrides: Iterable[str] = (), check_files: bool = True) -> Config:
+    """Read, check and normalise the config file `filename`. Raises UserError listing every problem.
+
+    `check_files=False` skips the checks that the files it names exist (for a finished run's config.yaml).
+    """
+    return parse_config(read_text_file(filename), filename, overrides, check_files)
 
 
-def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = ()) -> Config:
+def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (), check_files: bool = True) -> Config:
     doc = read_yaml(text, file)
     notices: list[str] = []
     if doc.data is None:
@@ -51,10 +54,10 @@ def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (
         doc, notices = autotrain.translate_document(doc)
     for override in overrides:
         _apply_override(doc, override)
-    return check(doc, notices)
+    return check(doc, notices, check_files)
 
 
-def check(doc: Document, notices: list[str] | None = None) -> Config:
+def check(doc: Document, notices: list[str] | None = None, check_files: bool = True) -> Config:
     schema = load_schema()
     data = coerce_numbers(schema, doc.data)
     problems = list(doc.problems)
@@ -62,7 +65,7 @@ def check(doc: Document, notices: list[str] | None = None) -> Config:
     if problems:
         raise UserError(_sorted(problems), title=_title(doc.file, problems))
     config = build_config(apply_defaults(schema, data), doc.env_refs)
-    problems = [doc.problem(path, message) for path, message in rules.check_config(config)]
+    problems = [doc.problem(path, message) for path, message in rules.check_config(config, check_files)]
     if problems:
         raise UserError(_sorted(problems), title=_title(doc.file, problems))
     for notice in notices or ():

@@ -1,0 +1,44 @@
+"""The loss: only trained positions reach the LM head, and accumulation weights every trained token the same."""
+import torch
+
+from conftest import tiny_llama
+from trainer.data.batching import collate_padded
+from trainer.data.tokenize import IGNORE, Tokenized
+from trainer.loop import LossOnTrainedTokens
+
+M = IGNORE
+
+
+def ex(ids, labels):
+    return Tokenized(tuple(ids), tuple(labels), "f", 1, len(ids), 0)
+
+
+EXAMPLES = [ex([5, 6, 7, 8, 9], [M, M, 7, 8, 9]), ex([10, 11, 12], [M, 11, 12]), ex([13, 14, 15, 16], [M, M, M, 16]),
+            ex([17, 18, 19, 20, 21, 22], [M, 18, 19, 20, 21, 22])]
+
+
+def test_trained_positions_loss_equals_full_logits_loss():
+    model = tiny_llama()
+    batch = collate_padded(EXAMPLES, pad_id=0)
+    loss_sum, count = LossOnTrainedTokens(model)(**batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=M, reduction="sum")
+    assert count == 11
+    assert torch.allclose(loss_sum, full, atol=1e-5)
+
+
+def test_window_loss_weights_tokens_not_batches():
+    """Two micro-batches of 2 with the window weighting give the same gradient as one batch of 4."""
+    def grads(batches):
+        model = tiny_llama(seed=3)
+        module = LossOnTrainedTokens(model)
+        window = sum(int((b["labels"][:, 1:] != M).sum()) for b in batches)
+        for b in batches:
+            loss_sum, _ = module(**b)
+            (loss_sum / window).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole = grads([collate_padded(EXAMPLES, 0)])
+    split = grads([collate_padded(EXAMPLES[:2], 0), collate_padded(EXAMPLES[2:], 0)])
+    for a, b in zip(whole, split):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -1,0 +1,158 @@
+"""The PEFT backend on a tiny model: what a user gets in the run directory, and that it can be trusted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_trainer, tiny_config
+from trainer.checkpoint import complete_checkpoints
+from trainer.cli import main
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_lora_run_leaves_a_usable_run_directory(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8)
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "README.md", "summary.json", "model/adapter_config.json",
+                 "model/adapter_model.safetensors", "model/tokenizer.json"):
+        assert (run / name).is_file(), name
+    trajectory = [loss for _, loss in losses(run)]
+    assert len(trajectory) == 8 and trajectory[-1] < trajectory[0]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, run / "model")
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    for name, value in model.get_base_model().state_dict().items():  # the base weights are untouched
+        plain = name.replace(".base_layer", "")
+        if "lora_" not in name and plain in original:
+            assert torch.equal(value, original[plain]), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["final_eval_loss"] is not None
+    assert "learning_rate: 0.01" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("method", ["dora", "full"])
+def test_other_methods_train(tmp_path, tiny_model_dir, method):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(tmp_path, tiny_model_dir, method=method, max_steps=6, learning_rate=0.003)
+    assert main(["--config", str(config)]) == 0
+    trajectory = [loss for _, loss in losses(tmp_path / "run")]
+    assert trajectory[-1] < trajectory[0]
+    if method == "full":
+        AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+
+
+def test_merged_model_matches_the_adapter(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(tmp_path, tiny_model_dir, **{"output.merge_adapter": True, "output.dir": str(tmp_path / "run")})
+    assert main(["--config", str(config)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "run" / "model").eval()
+    ids = torch.tensor([[2, 97, 95, 81, 94, 11, 84, 85, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, save_every=2, keep_last=10)
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    uninterrupted = losses(run)
+    assert [c.name for c in complete_checkpoints(run)] == ["step-2", "step-4", "step-6", "step-8"]
+    # Pretend the run died just after step 4: later checkpoints and outputs never existed.
+    import shutil
+
+    for later in ("step-6", "step-8"):
+        shutil.rmtree(run / "checkpoints" / later)
+    shutil.rmtree(run / "model")
+    assert main(["--config", str(config), "--resume"]) == 0
+    resumed = losses(run)
+    assert [s for s, _ in resumed] == list(range(1, 9))
+    assert [loss for _, loss in resumed[4:]] == pytest.approx([loss for _, loss in uninterrupted[4:]], abs=1e-6)
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_model_dir, capsys):
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=1)
+    assert main(["--config", str(config)]) == 0
+    assert main(["--config", str(config)]) == 2
+    assert "already holds a run. Add --resume" in capsys.readouterr().err
+    assert main(["--config", str(config), "--resume"]) == 0  # a finished run: nothing left to train
+
+
+def test_early_stopping_keeps_the_best(tmp_path, tiny_model_dir):
+    # min_delta is larger than any possible gain: the first evaluation is the best, then patience runs out
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=30, eval_every=1, early_stopping={"patience": 2, "min_delta": 100.0})
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] is True
+    assert (summary["steps"], summary["best_step"]) == (3, 1)
+    best = load_file(run / "checkpoints" / "best" / "trainable.safetensors")
+    returned = load_file(run / "model" / "adapter_model.safetensors")
+    assert sorted(k.replace(".default", "") for k in best) == sorted(returned)
+    for name, value in best.items():
+        assert torch.equal(value, returned[name.replace(".default", "")])
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "Continue with the same command plus --resume" in err and "Traceback" not in err
+    saved = complete_checkpoints(tmp_path / "run")
+    assert saved, err
+    step = int(saved[-1].name.split("-")[1])
+    assert 3 <= step < 400
+    result = run_trainer("--config", str(config), "--resume", "--set", "training.max_steps=" + str(step + 2))
+    assert result.returncode == 0, result.stderr
+    assert f"Resuming from {saved[-1]} (step {step}" in result.stderr
+
+
+def test_kill_during_checkpoint_save_never_leaves_a_broken_checkpoint(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, save_every=1, keep_last=3, learning_rate=0.001)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config), "--resume"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill at the moment a save is in progress
+            if checkpoints.is_dir() and any(p.name.startswith(".tmp-step") for p in checkpoints.iterdir()):
+                break
+            time.sleep(0.001)
+        proc.kill()
+        proc.wait()
+        kills += 1
+        for folder in complete_checkpoints(tmp_path / "run"):
+            assert (folder / "trainable.safetensors").is_file() and (folder / "optimizer.pt").is_file()
+            load_file(folder / "trainable.safetensors")
+            torch.load(folder / "optimizer.pt", weights_only=False)
+    assert kills == 3
+    done = run_trainer("--config", str(config), "--resume", "--set", "training.max_steps=20")
+    assert done.returncode == 0, done.stderr
+    assert not any(p.name.startswith(".tmp") for p in checkpoints.iterdir())

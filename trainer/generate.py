@@ -1,0 +1,163 @@
+"""Using a result: load a run directory's model and answer prompts, in batches or as a streaming chat."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.config import Config, load_config
+from trainer.errors import UserError
+
+
+@dataclass
+class Loaded:
+    config: Config
+    model: object
+    tokenizer: object
+    device: str
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
+    """The fine-tuned model of a run directory (either backend writes the same layout)."""
+    from trainer.hardware import Hardware
+    from trainer.models import load_model, load_tokenizer
+
+    run_dir = Path(run_dir).expanduser()
+    model_dir = run_dir / "model"
+    if not (run_dir / "config.yaml").is_file() or not model_dir.is_dir():
+        raise UserError(f"{run_dir} is not a finished run directory (it needs config.yaml and model/). Train first: trainer --config x.yaml")
+    config = load_config(str(run_dir / "config.yaml"), check_files=False)
+    device = Hardware.detect().device(device if device != "auto" else config.backend.peft.device)
+    tokenizer = load_tokenizer(str(model_dir))
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_model(config.replace(training=config.training.replace(method="lora")), device)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = load_model(config.replace(model=config.model.replace(name_or_path=str(model_dir))), device)
+    model.eval()
+    return Loaded(config, model, tokenizer, device)
+
+
+def load_base(config: Config, device: str = "auto") -> Loaded:
+    """The untuned base model of a config, for the baselines."""
+    from trainer.hardware import Hardware
+    from trainer.models import load_model, load_tokenizer
+
+    device = Hardware.detect().device(device if device != "auto" else config.backend.peft.device)
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    model = load_model(config.replace(training=config.training.replace(method="lora")), device)
+    model.eval()
+    return Loaded(config, model, tokenizer, device)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float  # this answer's share of its batch's wall time
+
+
+def render_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+
+
+def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8, template: str | None = None) -> list[Answer]:
+    """Greedy answers to each conversation (its last turn a user turn), in batches with left padding."""
+    import torch
+
+    tok = loaded.tokenizer
+    tok.padding_side = "left"
+    eos = _stop_ids(tok)
+    answers: list[Answer] = []
+    order = sorted(range(len(conversations)), key=lambda i: -len(str(conversations[i])))  # similar lengths together
+    results: dict[int, Answer] = {}
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin : begin + batch_size]
+        prompts = [render_prompt(tok, conversations[i], template) for i in chunk]
+        encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            output = loaded.model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                           pad_token_id=tok.pad_token_id)
+        seconds = (time.perf_counter() - started) / len(chunk)
+        width = encoded["input_ids"].shape[1]
+        for row, i in enumerate(chunk):
+            new = output[row, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in eos), len(new))
+            results[i] = Answer(tok.decode(new[:cut], skip_special_tokens=True).strip(), int(encoded["attention_mask"][row].sum()),
+                                min(cut + 1, len(new)), seconds)
+    answers = [results[i] for i in range(len(conversations))]
+    return answers
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def read_prompts(path: str) -> list[list[dict]]:
+    """A .jsonl of {"messages": [...]} (the final assistant turn, if any, is dropped) or {"prompt": "..."}."""
+    conversations = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+            if isinstance(row, dict) and isinstance(row.get("messages"), list):
+                messages = [m for m in row["messages"]]
+                while messages and messages[-1].get("role") == "assistant":
+                    messages.pop()
+                conversations.append(messages)
+            elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                conversations.append([{"role": "user", "content": row["prompt"]}])
+            else:
+                raise UserError(f"{path}:{number}: each line needs \"messages\" (a list) or \"prompt\" (text).")
+    return conversations
+
+
+def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
+    """An interactive chat on the terminal, streaming each answer as it is generated."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    tok = loaded.tokenizer
+    history = [{"role": "system", "content": system}] if system else []
+    print("Chatting with the fine-tuned model. Empty line or Ctrl-D to quit, /reset to forget the conversation.", file=sys.stderr)
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        if text == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": text})
+        encoded = tok(render_prompt(tok, history), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
+                                                                           do_sample=False, eos_token_id=_stop_ids(tok),
+                                                                           pad_token_id=tok.pad_token_id))
+        thread.start()
+        print("model> ", end="", flush=True)
+        reply = ""
+        for piece in streamer:
+            reply += piece
+            print(piece, end="", flush=True)
+        thread.join()
+        print()
+        history.append({"role": "assistant", "content": reply.strip()})

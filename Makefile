@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test validate bench clean
+.PHONY: install demo test bench bench-train clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/validate_startup.py
+
+bench-train: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/trainer download-demo-model
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,8 @@
 """A run's lifecycle: check the machine, pick the backend, train, report where the result is."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from trainer.backends import get_backend
@@ -24,4 +26,15 @@ def preflight(config: Config, config_file: str):
 def run(config: Config, config_file: str, resume: bool = False) -> Path:
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
-    return backend.train(config, run_dir, resume or config.resume == "auto")
+    run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
+    if config.evaluation.after_training and _is_main_process():
+        from trainer.evaluation.report import write_report
+        from trainer.evaluation.runner import evaluate_run
+
+        evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
+        print(write_report(run_dir, evaluation, config))
+    return run_dir
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"

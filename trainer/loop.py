@@ -157,7 +157,7 @@ def train_loop(run) -> TrainState:
     cfg, acc, state = run.config, run.accelerator, run.state
     t = cfg.training
     progress = Progress(run.total_steps, cfg.logging.log_every)
-    started, tokens_at_start = time.perf_counter(), state.trained_tokens
+    started, tokens_at_start, seconds_before = time.perf_counter(), state.trained_tokens, state.seconds
     run.loss_module.train()
     with SignalGuard() as guard:
         while state.step < run.total_steps and not state.stopped_early:
@@ -192,7 +192,7 @@ def train_loop(run) -> TrainState:
                 state.epoch += 1
                 state.batch_in_epoch = 0
 
-            elapsed = state.seconds + time.perf_counter() - started
+            elapsed = seconds_before + time.perf_counter() - started
             speed = (state.trained_tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
             if acc.is_main_process:
                 if state.step % cfg.logging.log_every == 0 or state.step == run.total_steps:
@@ -208,7 +208,7 @@ def train_loop(run) -> TrainState:
                 run.save_checkpoint(f"step-{state.step}", elapsed)
             if guard.requested:
                 raise StopRequested()
-    state.seconds += time.perf_counter() - started
+    state.seconds = seconds_before + time.perf_counter() - started
     return state
 
 

@@ -33,14 +33,15 @@ class MetricsLog:
         return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_losses(metrics: MetricsLog, path: Path) -> None:
+def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
+    """Training loss of every step (from the run's history) and each validation loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps, losses = metrics.series("loss")
+    steps, losses = [h[0] for h in history], [h[1] for h in history]
     if steps:
         ax.plot(steps, losses, label="training loss", color="#1f77b4")
     steps, losses = metrics.series("eval_loss")

@@ -72,6 +72,11 @@ class PeftBackend:
         if run.accelerator.is_main_process:
             save_outputs(run)
             say(f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
+            if config.output.push_to_hub is not None:
+                from trainer.hub import push_run
+
+                target = config.output.push_to_hub
+                say(f"Uploaded to {push_run(run_dir, target.repo_id, target.private)}")
         run.accelerator.wait_for_everyone()
         return run_dir
 
@@ -185,7 +190,7 @@ def save_outputs(run: Run) -> None:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    plot_losses(run.metrics, run_dir / "loss.png")
+    plot_losses(state.history, run.metrics, run_dir / "loss.png")
     write_model_card(run_dir, cfg, summary)
     if speed:
         from trainer.data.report import throughput_key

@@ -1,0 +1,31 @@
+"""The quickstart on the real SmolLM2-135M-Instruct, shortened: train, generate, evaluate."""
+import json
+
+import pytest
+
+from conftest import run_trainer
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_shortened(tmp_path):
+    run = tmp_path / "quickstart"
+    overrides = ["--set", "training.epochs=null", "--set", "training.max_steps=4", "--set", f"output.dir={run}",
+                 "--set", "evaluation.max_examples=6", "--set", "evaluation.max_new_tokens=48", "--set", "evaluation.after_training=true"]
+    result = run_trainer("--config", "configs/quickstart.yaml", *overrides, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["final_eval_loss"] < 2.0
+    report = json.loads((run / "eval.json").read_text())
+    assert set(report) >= {"base_zero_shot", "base_few_shot", "tuned", "summary"}
+    for system in ("base_zero_shot", "base_few_shot", "tuned"):
+        assert {"json_list_f1", "loss", "prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example"} <= set(report[system])
+    assert report["base_few_shot"]["prompt_tokens_mean"] > 2.5 * report["base_zero_shot"]["prompt_tokens_mean"]
+    assert (run / "eval.md").read_text().count("**Reference:**") == 5 and (run / "eval.png").is_file()
+    assert "The fine-tuned model" in result.stdout
+
+    answer = run_trainer("generate", "--run", str(run), "--max-new-tokens", "40", "--prompt",
+                         "Title: Toast\n\nIngredients: [\"2 slices bread\", \"1 Tbsp. butter\"]\n\nGeneric ingredients: ",
+                         "--system", "You are a helpful recipe assistant. You are to extract the generic ingredients from each of the recipes provided.")
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.strip()

@@ -56,7 +56,7 @@ def test_push_uploads_the_model_not_the_checkpoints_and_writes_no_token(tmp_path
     create = next(r for r in fake_hub if r.url.path == "/api/repos/create")
     commit = next(r for r in fake_hub if "/commit/" in r.url.path)
     assert create.headers["authorization"] == commit.headers["authorization"] == f"Bearer {CANARY}"
-    assert json.loads(create.content)["private"] is True
+    assert json.loads(create.content)["visibility"] == "private"
     body = commit.content.decode()
     for name in ("model/adapter_config.json", "model/adapter_model.safetensors", "README.md", "config.yaml"):
         assert name in body

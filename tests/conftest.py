@@ -16,6 +16,21 @@ def run_trainer(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: 
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests get their own TRAINER_CACHE (so measured throughputs of tiny models never reach the user's),
+    sharing the user's downloaded demo model and its converted copies, which are slow to make."""
+    from trainer.demo import cache_dir
+
+    real = cache_dir()
+    private = tmp_path_factory.mktemp("trainer-cache")
+    for name in ("models", "gguf-models", "gguf-tokenizers"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        (private / name).symlink_to(real / name)
+    os.environ["TRAINER_CACHE"] = str(private)
+    yield private
+
+
 @pytest.fixture
 def in_repo(monkeypatch):
     """Relative paths in configs (data/recipes/...) are read from the repository root."""

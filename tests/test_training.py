@@ -24,9 +24,10 @@ def test_lora_run_leaves_a_usable_run_directory(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8)
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, **{"logging.report_to": "tensorboard"})
     assert main(["--config", str(config)]) == 0
     run = tmp_path / "run"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "README.md", "summary.json", "model/adapter_config.json",
                  "model/adapter_model.safetensors", "model/tokenizer.json"):
         assert (run / name).is_file(), name

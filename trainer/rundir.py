@@ -11,10 +11,18 @@ from trainer.config import Config
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per logged step or evaluation, appended and flushed as it happens."""
+    """metrics.jsonl: one JSON object per logged step or evaluation, appended and flushed as it happens.
 
-    def __init__(self, path: Path, resume_step: int | None):
+    With `tensorboard=True` the same numbers also go to TensorBoard event files in <run>/tensorboard.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool = False):
         self.path = path
+        self.board = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(log_dir=str(path.parent / "tensorboard"), purge_step=resume_step)
         self.rows: list[dict] = []
         if resume_step is not None and path.exists():
             # entries written after the checkpoint we resume from belong to the lost part of the run
@@ -27,6 +35,11 @@ class MetricsLog:
         self.rows.append(row)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    self.board.add_scalar(key if key.startswith("eval") else f"train/{key}", value, row["step"])
+            self.board.flush()
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         points = [(r["step"], r[key]) for r in self.rows if key in r]

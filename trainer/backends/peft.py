@@ -139,7 +139,9 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     if newest is not None:
         state = state_from_json(checkpoint.load_checkpoint(newest, model, optimizer, scheduler))
         say(f"Resuming from {newest} (step {state.step} of {total_steps})")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None) if accelerator.is_main_process else None
+    metrics = None
+    if accelerator.is_main_process:
+        metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None, config.logging.report_to == "tensorboard")
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, tokenizer, model, loss_module, trainable, optimizer, scheduler, data, state,

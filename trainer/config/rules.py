@@ -102,6 +102,11 @@ def push_to_hub_needs_token(cfg: Config) -> Found:
         )
 
 
+def tensorboard_needs_package(cfg: Config) -> Found:
+    if cfg.logging.report_to == "tensorboard" and not has_package("tensorboard"):
+        yield ("logging", "report_to"), "tensorboard logging requires the tensorboard package; install it with `pip install 'trainer[tensorboard]'`, or set logging.report_to: none."
+
+
 def output_dir_is_a_folder(cfg: Config) -> Found:
     if os.path.isfile(os.path.expanduser(cfg.output.dir)):
         yield ("output", "dir"), f"{cfg.output.dir!r} is a file; the run directory must be a folder. Choose another output.dir."
@@ -115,6 +120,7 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     packing_honours_train_on,
     local_files_exist,
     push_to_hub_needs_token,
+    tensorboard_needs_package,
     output_dir_is_a_folder,
 ]
 

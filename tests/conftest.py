@@ -38,6 +38,18 @@ def in_repo(monkeypatch):
     return REPO
 
 
+def read_expectations(path: Path) -> dict[str, list[str]]:
+    """expected.txt of a corpus: "name: regex" lines, several per name allowed."""
+    from collections import defaultdict
+
+    out = defaultdict(list)
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, pattern = line.partition(": ")
+            out[name].append(pattern)
+    return out
+
+
 MINIMAL = """\
 model:
   name_or_path: gpt2

@@ -1,24 +1,14 @@
 """Every broken config in tests/broken_configs gets its expected message and exit code 2, never a traceback."""
 import re
-from collections import defaultdict
 
 import pytest
 
-from conftest import REPO, run_trainer
+from conftest import REPO, read_expectations, run_trainer
 
 CORPUS = REPO / "tests" / "broken_configs"
 
 
-def _expected() -> dict[str, list[str]]:
-    out = defaultdict(list)
-    for line in (CORPUS / "expected.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, pattern = line.partition(": ")
-            out[name].append(pattern)
-    return out
-
-
-EXPECTED = _expected()
+EXPECTED = read_expectations(CORPUS / "expected.txt")
 
 
 def test_corpus_is_complete():

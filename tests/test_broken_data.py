@@ -1,26 +1,16 @@
 """Every broken data file in tests/broken_data gets its expected message with its line number, and exit code 2."""
 import re
 import textwrap
-from collections import defaultdict
 
 import pytest
 
-from conftest import REPO, make_char_tokenizer, run_trainer
+from conftest import REPO, read_expectations, make_char_tokenizer, run_trainer
 from trainer.cli import main
 
 CORPUS = REPO / "tests" / "broken_data"
 
 
-def _expected() -> dict[str, list[str]]:
-    out = defaultdict(list)
-    for line in (CORPUS / "expected.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, pattern = line.partition(": ")
-            out[name].append(pattern)
-    return out
-
-
-EXPECTED = _expected()
+EXPECTED = read_expectations(CORPUS / "expected.txt")
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,8 @@ def get_backend(name: str) -> Backend:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UserError(f"the {name} backend is not available in this version of trainer; set backend.name: peft.") from None
         raise UserError(
             f"backend {name!r} needs the Python package {exc.name!r}, which is not installed. "
             "Reinstall trainer with its dependencies: pip install -e ."

@@ -188,10 +188,13 @@ def _bounds_text(schema: dict) -> str:
 def _show(doc: Document, path: tuple, value: Any) -> str:
     if path in doc.env_refs:
         return f"the value from {doc.env_refs[path]}"  # never echo what came from the environment
-    text = repr(value) if isinstance(value, str) else str(value).replace("True", "true").replace("False", "false").replace("None", "null")
-    if isinstance(value, (dict, list)):
-        text = json_type(value) == "object" and "a section" or "a list"
-        return text
+    if isinstance(value, dict):
+        return "a section"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -115,6 +115,14 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.run_config, args.overrides)
     run_dir = engine.run(config, args.run_config, resume=args.resume)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        final = json.loads(summary.read_text())
+        if final.get("final_eval_loss") is not None:
+            print(f"Final validation loss: {final['final_eval_loss']:.4f} after {final['steps']} steps "
+                  f"({final['train_seconds'] / 60:.1f} min, {final['trained_tokens_per_second']:.0f} trained tokens/s)")
     print(f"Run directory: {run_dir}")
     return 0
 

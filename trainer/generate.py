@@ -18,6 +18,13 @@ class Loaded:
     tokenizer: object
     device: str
 
+    @property
+    def template(self) -> str | None:
+        """The chat template the model was trained with (data.chat_template), used for every prompt."""
+        from trainer.data.templates import resolve_template
+
+        return resolve_template(self.config.data.chat_template, self.tokenizer).jinja
+
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
     """The fine-tuned model of a run directory (either backend writes the same layout)."""
@@ -66,14 +73,14 @@ def render_prompt(tokenizer, messages: list[dict], template: str | None = None) 
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
-def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8, template: str | None = None) -> list[Answer]:
+def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8) -> list[Answer]:
     """Greedy answers to each conversation (its last turn a user turn), in batches with left padding."""
     import torch
 
     tok = loaded.tokenizer
     tok.padding_side = "left"
     eos = _stop_ids(tok)
-    answers: list[Answer] = []
+    template = loaded.template
     order = sorted(range(len(conversations)), key=lambda i: -len(str(conversations[i])))  # similar lengths together
     results: dict[int, Answer] = {}
     for begin in range(0, len(order), batch_size):
@@ -91,8 +98,7 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
             results[i] = Answer(tok.decode(new[:cut], skip_special_tokens=True).strip(), int(encoded["attention_mask"][row].sum()),
                                 min(cut + 1, len(new)), seconds)
-    answers = [results[i] for i in range(len(conversations))]
-    return answers
+    return [results[i] for i in range(len(conversations))]
 
 
 def _stop_ids(tokenizer) -> list[int]:
@@ -147,7 +153,7 @@ def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": text})
-        encoded = tok(render_prompt(tok, history), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+        encoded = tok(render_prompt(tok, history, loaded.template), return_tensors="pt", add_special_tokens=False).to(loaded.device)
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
                                                                            do_sample=False, eos_token_id=_stop_ids(tok),

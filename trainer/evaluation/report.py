@@ -68,7 +68,10 @@ def write_report(run_dir: Path, evaluation: dict, config) -> str:
 
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    return "\n".join(text + [""] + words)
+    examples = ["", "Examples (reference, then the fine-tuned model's answer):"]
+    for i, case in enumerate(cases[:3]):
+        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    fine-tuned: {results['tuned']['answers'][i]}"]
+    return "\n".join(text + [""] + words + examples)
 
 
 def _bar_chart(path: Path, results: dict, metric: str) -> None:

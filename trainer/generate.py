@@ -23,6 +23,8 @@ class Loaded:
         """The chat template the model was trained with (data.chat_template), used for every prompt."""
         from trainer.data.templates import resolve_template
 
+        if self.config.data.format == "text":
+            return None  # trained on plain text: prompts are plain text too
         return resolve_template(self.config.data.chat_template, self.tokenizer).jinja
 
 
@@ -70,6 +72,8 @@ class Answer:
 
 
 def render_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        return "\n".join(m["content"] for m in messages)
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 

@@ -44,14 +44,22 @@ def test_lora_run_leaves_a_usable_run_directory(tmp_path, tiny_model_dir):
             assert torch.equal(value, original[plain]), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["final_eval_loss"] is not None
+    from matplotlib.image import imread
+
+    from trainer.config import load_config
+
+    assert imread(run / "loss.png").shape[2] in (3, 4)
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert load_config(str(run / "config.yaml")).training.max_steps == 8
+    assert "## Results" in (run / "README.md").read_text()
     assert "learning_rate: 0.01" in (run / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("method", ["dora", "full"])
-def test_other_methods_train(tmp_path, tiny_model_dir, method):
+@pytest.mark.parametrize("method, checkpointing", [("dora", False), ("full", False), ("lora", True)])
+def test_other_methods_train(tmp_path, tiny_model_dir, method, checkpointing):
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config(tmp_path, tiny_model_dir, method=method, max_steps=6, learning_rate=0.003)
+    config = tiny_config(tmp_path, tiny_model_dir, method=method, max_steps=6, learning_rate=0.003, gradient_checkpointing=checkpointing)
     assert main(["--config", str(config)]) == 0
     trajectory = [loss for _, loss in losses(tmp_path / "run")]
     assert trajectory[-1] < trajectory[0]
@@ -157,3 +165,13 @@ def test_kill_during_checkpoint_save_never_leaves_a_broken_checkpoint(tmp_path, 
     done = run_trainer("--config", str(config), "--resume", "--set", "training.max_steps=20")
     assert done.returncode == 0, done.stderr
     assert not any(p.name.startswith(".tmp") for p in checkpoints.iterdir())
+
+
+def test_missing_model_is_named_and_offline_is_explained(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir)
+    text = config.read_text().replace(str(tiny_model_dir), "someone/no-such-model")
+    config.write_text(text)
+    result = run_trainer("--config", str(config), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "could not load the tokenizer of 'someone/no-such-model'" in result.stderr
+    assert "the Hugging Face Hub may be unreachable" in result.stderr and "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ endif
 
 demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
-	$(VENV)/bin/trainer --config configs/quickstart.yaml
+	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
 
 test: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model

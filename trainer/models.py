@@ -98,6 +98,9 @@ def load_model(config, device: str):
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress line is the one to watch
 
     m = config.model
     kwargs = {"dtype": torch_dtype(config, device), "trust_remote_code": m.trust_remote_code}

@@ -66,6 +66,13 @@ class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved."""
 
 
+def shard(plan: list, accelerator) -> list:
+    """This process's share of an epoch's micro-batches; every process gets the same number (collectives must match)."""
+    n = accelerator.num_processes
+    usable = len(plan) - len(plan) % n if len(plan) >= n else len(plan)
+    return plan[:usable][accelerator.process_index :: n]
+
+
 def epoch_plan(examples: list[Tokenized], config, epoch: int) -> list[list]:
     """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
     t, d = config.training, config.data
@@ -137,18 +144,18 @@ def evaluate(run, examples: list[Tokenized]) -> float | None:
     """Mean loss per trained token over `examples` (None without a validation set)."""
     if not examples:
         return None
-    run.loss_module.eval()
     acc = run.accelerator
+    module = acc.unwrap_model(run.loss_module).eval()  # no DDP wrapper: evaluation needs no gradient sync
     batches = epoch_plan(examples, run.config, epoch=0)[acc.process_index :: acc.num_processes]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     with torch.no_grad():
         for batch in batches:
             tensors = {k: v.to(acc.device) for k, v in collate(batch, run.config, run.pad_id, run.flash).items()}
             with acc.autocast():
-                loss_sum, count = run.loss_module(**tensors)
+                loss_sum, count = module(**tensors)
             total += torch.stack([loss_sum.double(), count.double()])
     total = acc.reduce(total, "sum")
-    run.loss_module.train()
+    module.train()
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
@@ -161,7 +168,7 @@ def train_loop(run) -> TrainState:
     run.loss_module.train()
     with SignalGuard() as guard:
         while state.step < run.total_steps and not state.stopped_early:
-            plan = epoch_plan(run.data.train, cfg, state.epoch)[acc.process_index :: acc.num_processes]
+            plan = shard(epoch_plan(run.data.train, cfg, state.epoch), acc)
             window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
             batches = [{k: v.to(acc.device) for k, v in collate(b, cfg, run.pad_id, run.flash).items()} for b in window]
             window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()

@@ -17,7 +17,7 @@ from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
 from trainer.errors import UserError
-from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, state_from_json, state_to_json, train_loop
+from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
 from trainer.rundir import MetricsLog, plot_losses, record_throughput, write_model_card
 
 
@@ -103,7 +103,11 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
     say = lambda text: accelerator.is_main_process and print(text, file=sys.stderr, flush=True)  # noqa: E731
 
-    newest = _resume_point(run_dir, resume) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        _check_run_dir(run_dir, resume)
+    accelerator.wait_for_everyone()
+    found = checkpoint.complete_checkpoints(run_dir)
+    newest = found[-1] if resume and found else None
     set_seed(t.seed)
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer)
@@ -128,7 +132,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     else:
         optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9)
 
-    per_epoch = len(epoch_plan(data.train, config, 0)) // accelerator.num_processes or 1
+    per_epoch = len(shard(epoch_plan(data.train, config, 0), accelerator)) or 1
     steps_per_epoch = math.ceil(per_epoch / t.gradient_accumulation)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -148,18 +152,16 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
                total_steps, tokenizer.pad_token_id, config.model.attn_implementation == "flash_attention_2", metrics)
 
 
-def _resume_point(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to continue from, or None to start fresh; refuses to overwrite an earlier run silently."""
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Clear what a killed save left, and refuse to overwrite an earlier run silently."""
     checkpoint.remove_partial_saves(run_dir)
-    found = checkpoint.complete_checkpoints(run_dir)
     if resume:
-        return found[-1] if found else None
-    if found or (run_dir / "model").exists():
+        return
+    if checkpoint.complete_checkpoints(run_dir) or (run_dir / "model").exists():
         raise UserError(
             f"output.dir {run_dir} already holds a run. Add --resume (or resume: auto) to continue it, "
             "or choose another output.dir (e.g. --set output.dir=runs/new) to start fresh."
         )
-    return None
 
 
 def save_outputs(run: Run) -> None:

@@ -121,7 +121,7 @@ def run_trl(steps: int, work: Path) -> dict:
 
     args = SFTConfig(output_dir=str(work / "trl-run"), max_steps=steps, per_device_train_batch_size=BATCH,
                      gradient_accumulation_steps=ACCUM, learning_rate=LR, max_length=MAX_LEN, logging_steps=1000,
-                     save_strategy="no", report_to=[], use_cpu=True, warmup_ratio=0.0, seed=42)
+                     save_strategy="no", report_to=[], use_cpu=True, warmup_steps=0, seed=42)
     lora = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
                          callbacks=[Clock()])

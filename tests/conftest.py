@@ -143,7 +143,8 @@ def tiny_config(tmp_path, model_dir, **training) -> Path:
     config = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": str(data), "validation": str(data), "max_seq_length": 64},
-        "training": {"max_steps": 6, "batch_size": 4, "learning_rate": 0.01, "warmup_ratio": 0.0, "seed": 1, **training},
+        # fp32 unless a test says otherwise: exact comparisons must not depend on whether this CPU has bf16
+        "training": {"max_steps": 6, "batch_size": 4, "learning_rate": 0.01, "warmup_ratio": 0.0, "seed": 1, "precision": "fp32", **training},
         "output": {"dir": str(tmp_path / "run")},
         "logging": {"log_every": 1},
     }

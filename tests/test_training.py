@@ -55,11 +55,13 @@ def test_lora_run_leaves_a_usable_run_directory(tmp_path, tiny_model_dir):
     assert "learning_rate: 0.01" in (run / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("method, checkpointing", [("dora", False), ("full", False), ("lora", True)])
-def test_other_methods_train(tmp_path, tiny_model_dir, method, checkpointing):
+@pytest.mark.parametrize("method, checkpointing, precision", [("dora", False, "fp32"), ("full", False, "fp32"), ("lora", True, "fp32"),
+                                                             ("lora", False, "bf16"), ("full", False, "bf16")])
+def test_other_methods_train(tmp_path, tiny_model_dir, method, checkpointing, precision):
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config(tmp_path, tiny_model_dir, method=method, max_steps=6, learning_rate=0.003, gradient_checkpointing=checkpointing)
+    config = tiny_config(tmp_path, tiny_model_dir, method=method, max_steps=6, learning_rate=0.003,
+                         gradient_checkpointing=checkpointing, precision=precision)
     assert main(["--config", str(config)]) == 0
     trajectory = [loss for _, loss in losses(tmp_path / "run")]
     assert trajectory[-1] < trajectory[0]

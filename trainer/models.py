@@ -73,24 +73,34 @@ def _load_failure(what: str, name_or_path: str, exc: Exception) -> str:
     return message + "."
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def torch_dtype(config, device: str):
-    """The dtype the base weights are loaded in: model.dtype, or for auto, bf16 on a GPU that can and fp32 elsewhere."""
+    """The dtype the base weights are loaded in: model.dtype, or for auto, bf16 where the device computes in bf16
+    natively (frozen weights only: a full fine-tune keeps float32 weights on a CPU), else float32."""
     import torch
 
     if config.model.dtype != "auto":
         return getattr(torch, config.model.dtype)
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+    if native_bf16(device) and (device == "cuda" or config.training.method != "full") and mixed_precision(config, device) == "bf16":
         return torch.bfloat16
     return torch.float32
 
 
 def mixed_precision(config, device: str) -> str:
-    """accelerate's mixed_precision for training.precision."""
-    import torch
-
+    """accelerate's mixed_precision for training.precision; auto is bf16 where the device computes in it natively."""
     precision = config.training.precision
     if precision == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if native_bf16(device) else "no"
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 

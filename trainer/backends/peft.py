@@ -100,6 +100,11 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
 
     t = config.training
     device = Hardware.detect().device(config.backend.peft.device)
+    if not torch.distributed.is_initialized():
+        # accelerate keeps its settings process-wide; a second run in the same process (tests, notebooks) may differ
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
     say = lambda text: accelerator.is_main_process and print(text, file=sys.stderr, flush=True)  # noqa: E731
 

@@ -69,7 +69,7 @@ def run_bare(steps: int, work: Path) -> dict:
     from trainer.config import parse_config
     from trainer.data.pipeline import prepare_data
     from trainer.loop import LossOnTrainedTokens, collate, epoch_plan, trained_in
-    from trainer.models import add_adapter, load_model, load_tokenizer
+    from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
 
     config = parse_config(config_text(work / "bare-run", steps))
     tokenizer = load_tokenizer(config.model.name_or_path)
@@ -83,12 +83,14 @@ def run_bare(steps: int, work: Path) -> dict:
         epoch += 1
     batches = batches[: steps * ACCUM]
     tokens = sum(trained_in(b) for b in batches)
+    bf16 = mixed_precision(config, "cpu") == "bf16"  # the same precision trainer's loop picks on this CPU
     started = time.perf_counter()
     for i in range(0, len(batches), ACCUM):
         window = batches[i : i + ACCUM]
         count = sum(trained_in(b) for b in window)
         for b in window:
-            loss_sum, _ = module(**b)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss_sum, _ = module(**b)
             (loss_sum / count).backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MAX_LEN, BATCH, ACCUM, LR, R, ALPHA = 512, 4, 2, 2e-4, 16, 32
+MAX_LEN, BATCH, ACCUM, LR, R, ALPHA = 512, 4, 2, 2e-4, 16, 32  # BATCH x ACCUM = 8 examples per step for every system
 TRAIN = REPO / "data" / "recipes" / "train.jsonl"
 
 
@@ -166,9 +166,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=13, help="optimizer steps (13 = one epoch of the recipe set)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--systems", default="ours,trl,bare")
+    parser.add_argument("--micro-batch", type=int, default=BATCH,
+                        help="micro-batch of ours and bare (the effective batch stays 8: accumulation = 8 / this); TRL keeps 4x2")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global BATCH, ACCUM
+    if args.child and args.child != "trl":
+        BATCH, ACCUM = args.micro_batch, 8 // args.micro_batch
     if args.child:
         return child(args.child, args.steps, args.work)
     systems = args.systems.split(",")
@@ -176,7 +181,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for system in systems:
             with tempfile.TemporaryDirectory() as work:
-                out = subprocess.run([sys.executable, __file__, "--child", system, "--steps", str(args.steps), "--work", work],
+                out = subprocess.run([sys.executable, __file__, "--child", system, "--steps", str(args.steps), "--work", work,
+                                      "--micro-batch", str(args.micro_batch)],
                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
@@ -186,7 +192,8 @@ def main() -> None:
                 print(f"round {round_ + 1} {system}: {result['trained_tokens'] / result['seconds']:.1f} trained tok/s, "
                       f"peak RSS {result['peak_rss_gb']:.2f} GB", flush=True)
     trained_share, padding = all_tokens_and_padding(args.steps)
-    print(f"\nworkload: SmolLM2-135M LoRA r={R} all-linear, {args.steps} steps of {BATCH}x{ACCUM} examples, max length {MAX_LEN}")
+    print(f"\nworkload: SmolLM2-135M LoRA r={R} all-linear, {args.steps} steps of 8 examples (ours/bare: micro-batches of "
+          f"{args.micro_batch}; trl: 4x2), max length {MAX_LEN}")
     print(f"trained tokens are {trained_share:.1%} of all tokens; trainer's length-grouped padding: {padding:.1%}\n")
     speed = {}
     print(f"{'system':<6}{'trained tok/s':>15}{'all tok/s':>12}{'peak RSS GB':>13}")

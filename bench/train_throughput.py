@@ -98,10 +98,9 @@ def run_bare(steps: int, work: Path) -> dict:
 
 
 def run_trl(steps: int, work: Path) -> dict:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from trainer.config import parse_config

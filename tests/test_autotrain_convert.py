@@ -1,7 +1,7 @@
 """AutoTrain Advanced LLM YAML files are read as ours."""
 import pytest
 
-from conftest import REPO, run_trainer
+from conftest import run_trainer
 from trainer.config import parse_config
 from trainer.config.autotrain import FIELDS, translate
 from trainer.errors import UserError

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import MINIMAL, REPO
+from conftest import MINIMAL
 from trainer.config import parse_config
 from trainer.data.formats import Message
 from trainer.data.pipeline import load_examples, split_validation

@@ -1,6 +1,5 @@
 """The PEFT backend on a tiny model: what a user gets in the run directory, and that it can be trusted."""
 import json
-import os
 import signal
 import subprocess
 import sys

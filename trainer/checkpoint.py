@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -139,6 +138,3 @@ def _fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-
-def read_state(path: Path) -> dict[str, Any]:
-    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))

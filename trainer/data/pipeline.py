@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trainer.config import Config
 from trainer.data.formats import Example, columns_for, detect_format, to_example
-from trainer.data.records import Record, read_records
+from trainer.data.records import read_records
 from trainer.data.templates import resolve_template
 from trainer.data.tokenize import Tokenized, Tokenizer
 from trainer.errors import Problem, UserError

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from trainer.config import Config
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
 from trainer.data.pipeline import PreparedData
-from trainer.data.tokenize import Tokenized
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def child(system: str, steps: int, work: str) -> None:
 
 
 def main() -> None:
+    global BATCH, ACCUM
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=13, help="optimizer steps (13 = one epoch of the recipe set)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -170,7 +171,6 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global BATCH, ACCUM
     if args.child and args.child != "trl":
         BATCH, ACCUM = args.micro_batch, 8 // args.micro_batch
     if args.child:

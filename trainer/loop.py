@@ -166,9 +166,12 @@ def train_loop(run) -> TrainState:
     progress = Progress(run.total_steps, cfg.logging.log_every)
     started, tokens_at_start, seconds_before = time.perf_counter(), state.trained_tokens, state.seconds
     run.loss_module.train()
+    plans: dict[int, list] = {}  # this epoch's batches, planned once (not at every step)
     with SignalGuard() as guard:
         while state.step < run.total_steps and not state.stopped_early:
-            plan = shard(epoch_plan(run.data.train, cfg, state.epoch), acc)
+            if state.epoch not in plans:
+                plans = {state.epoch: shard(epoch_plan(run.data.train, cfg, state.epoch), acc)}
+            plan = plans[state.epoch]
             window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
             batches = [{k: v.to(acc.device) for k, v in collate(b, cfg, run.pad_id, run.flash).items()} for b in window]
             window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()

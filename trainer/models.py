@@ -104,6 +104,25 @@ def mixed_precision(config, device: str) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
+def dequantised_gguf(path: Path) -> Path:
+    """A Hugging Face folder (float32 safetensors) of the model in a .gguf file, made once and cached."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not path.is_file():
+        raise UserError(f"model.name_or_path: no GGUF file at {str(path)!r}.")
+    cached = _gguf_cache(path, "model")
+    if not (cached / "config.json").is_file():
+        dequantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # The weights are plain float32 once dequantised; drop the GGUF marker so they can be saved.
+        dequantised.hf_quantizer = None
+        if hasattr(dequantised.config, "quantization_config"):
+            del dequantised.config.quantization_config
+        _save_once(dequantised, cached)
+        del dequantised
+    return cached
+
+
 def load_model(config, device: str):
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora)."""
     import torch
@@ -127,18 +146,11 @@ def load_model(config, device: str):
     path = Path(os.path.expanduser(m.name_or_path))
     try:
         if is_gguf(m.name_or_path):
-            cached = _gguf_cache(path, "model")
-            if not (cached / "config.json").is_file():
-                dequantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-                # The weights are plain float32 once dequantised; drop the GGUF marker so they can be saved.
-                dequantised.hf_quantizer = None
-                if hasattr(dequantised.config, "quantization_config"):
-                    del dequantised.config.quantization_config
-                _save_once(dequantised, cached)
-                del dequantised
-            model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(dequantised_gguf(path), **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else m.name_or_path, revision=m.revision, **kwargs)
+    except UserError:
+        raise
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
         raise UserError(_load_failure("weights", m.name_or_path, exc)) from None
     if config.training.method != "qlora":

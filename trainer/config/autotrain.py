@@ -1,9 +1,12 @@
-"""AutoTrain Advanced's LLM YAML, read as ours.
+"""AutoTrain Advanced's LLM YAML, read as ours and written from ours.
 
-`FIELDS` is the one table of how AutoTrain's keys map to ours; the reverse
-direction (writing AutoTrain YAML for the autotrain backend) reads the same
-table. The defaults are AutoTrain 0.8.36's own (trainers/clm/params.py), so a
-translated file trains what AutoTrain would have trained.
+`FIELDS` is the one table of how AutoTrain's keys map to ours, in both
+directions: `translate` reads an AutoTrain file (`trainer convert`, or a file
+given to `trainer --config`), `export` writes one for the autotrain backend
+(`trainer export --to autotrain`). The defaults are AutoTrain 0.8.36's own
+(trainers/clm/params.py), so a translated file trains what AutoTrain would have
+trained. `differences` lists what AutoTrain cannot do the way a config asks.
+docs/autotrain.md shows the same table (a test keeps the two in step).
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ class Field:
     ours: str | None  # dotted key in ours; None: read by a special case below
     default: Any = None  # AutoTrain's default when the key is absent (None: leave ours)
     to_ours: Callable[[Any], Any] = _same
+    to_autotrain: Callable[[Any], Any] | None = _same  # None: export() writes it (or leaves it out) itself
+    note: str = ""  # for the table in docs/autotrain.md
 
 
 def _optimizer(value: str) -> str:
@@ -38,6 +43,9 @@ def _precision(value: Any) -> str:
     return {None: "fp32", "none": "fp32", "fp16": "fp16", "bf16": "bf16"}.get(value, value)
 
 
+OPTIMIZER_OUT = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
+
+
 def _target_modules(value: Any) -> Any:
     if isinstance(value, str) and value != "all-linear":
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -45,12 +53,16 @@ def _target_modules(value: Any) -> Any:
 
 
 FIELDS: list[Field] = [
-    Field("base_model", "model.name_or_path"),
-    Field("project_name", "output.dir"),
+    Field("base_model", "model.name_or_path", to_autotrain=None,
+          note='a Hub id as is; a local folder or .gguf file as a folder transformers 4.48 reads'),  # export: a hub id, or the materialised local copy
+    Field("project_name", "output.dir", to_autotrain=None,
+          note="the run directory's name, as letters, digits and hyphens, at most 50 characters"),  # export: project_name(output.dir)
     Field("log", "logging.report_to", "none"),
-    Field("data.chat_template", "data.chat_template"),
+    Field("data.chat_template", "data.chat_template", to_autotrain=None,
+          note='`tokenizer` with a messages column; otherwise trainer renders the text itself and sends none'),  # export: set by the data hand-over
     Field("params.lr", "training.learning_rate", 3e-5),
-    Field("params.epochs", "training.epochs", 1),
+    Field("params.epochs", "training.epochs", 1, to_autotrain=None,
+          note='whole epochs: a fraction is rounded up; max_steps cannot be expressed'),  # export: whole epochs only
     Field("params.batch_size", "training.batch_size", 2),
     Field("params.gradient_accumulation", "training.gradient_accumulation", 4),
     Field("params.warmup_ratio", "training.warmup_ratio", 0.1),
@@ -58,19 +70,27 @@ FIELDS: list[Field] = [
     Field("params.max_grad_norm", "training.max_grad_norm", 1.0),
     Field("params.seed", "training.seed", 42),
     Field("params.scheduler", "training.scheduler", "linear"),
-    Field("params.optimizer", "training.optimizer", "adamw_torch", _optimizer),
-    Field("params.mixed_precision", "training.precision", None, _precision),
+    Field("params.optimizer", "training.optimizer", "adamw_torch", _optimizer, OPTIMIZER_OUT.get,
+          note='adamw = adamw_torch, adamw_8bit = adamw_bnb_8bit, sgd = sgd'),
+    Field("params.mixed_precision", "training.precision", None, _precision, None,
+          note='auto becomes bf16 where the machine computes in it natively, else none'),  # export: resolved for the machine
     Field("params.lora_r", "training.lora.r", 16),
-    Field("params.lora_alpha", "training.lora.alpha", 32),
+    Field("params.lora_alpha", "training.lora.alpha", 32, to_autotrain=round,
+          note="AutoTrain takes whole numbers only"),
     Field("params.lora_dropout", "training.lora.dropout", 0.05),
-    Field("params.target_modules", "training.lora.target_modules", "all-linear", _target_modules),
-    Field("params.merge_adapter", "output.merge_adapter", False),
-    Field("params.model_max_length", "data.max_seq_length", 2048),
-    Field("params.disable_gradient_checkpointing", "training.gradient_checkpointing", False, lambda v: not v),
+    Field("params.target_modules", "training.lora.target_modules", "all-linear", _target_modules,
+          lambda v: v if isinstance(v, str) else ",".join(v)),
+    # AutoTrain's merge deletes the adapter; trainer merges after collecting the result and keeps both.
+    Field("params.merge_adapter", "output.merge_adapter", False, to_autotrain=lambda v: False,
+          note="always false for AutoTrain: its merge deletes the adapter; trainer merges the collected adapter itself"),
+    Field("params.model_max_length", "data.max_seq_length", 2048, note="also written as params.block_size (AutoTrain packs to it)"),
+    Field("params.disable_gradient_checkpointing", "training.gradient_checkpointing", False, lambda v: not v, lambda v: not v,
+          note="negated"),
     Field("params.logging_steps", "logging.log_every", None, lambda v: v if v and v > 0 else 10),
     Field("params.save_total_limit", "training.keep_last", None),
-    Field("params.use_flash_attention_2", "model.attn_implementation", None, lambda v: "flash_attention_2" if v else "auto"),
-    # Read by the special cases in translate():
+    Field("params.use_flash_attention_2", "model.attn_implementation", None, lambda v: "flash_attention_2" if v else "auto",
+          lambda v: v == "flash_attention_2"),
+    # Read by the special cases in translate(), written by export():
     Field("task", None),
     Field("backend", None),
     Field("data.path", None),
@@ -242,3 +262,125 @@ def translate_document(doc: Document) -> tuple[Document, list[str]]:
         if theirs_path in doc.env_refs:
             out.env_refs[tuple(ours.split("."))] = doc.env_refs[theirs_path]
     return out, notices
+
+
+# --- ours -> AutoTrain -----------------------------------------------------------------------------------------------
+
+PROJECT_NAME_MAX = 50  # AutoTrain allows letters, digits and hyphens, at most 50 characters
+
+
+def project_name(output_dir: str) -> str:
+    """A valid AutoTrain project name from the run directory's name: `runs/My run_2` -> `My-run-2`."""
+    import re
+
+    name = os.path.basename(os.path.normpath(os.path.expanduser(str(output_dir))))
+    name = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[:PROJECT_NAME_MAX].strip("-")
+    return name or "trainer-run"
+
+
+def whole_epochs(config) -> int:
+    """AutoTrain trains whole epochs: a fraction is rounded up, and max_steps (which it cannot express) becomes 1."""
+    import math
+
+    return max(1, math.ceil(config.training.epochs)) if config.training.epochs else 1
+
+
+def differences(config) -> list[tuple[tuple, str]]:
+    """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
+    t, d, m = config.training, config.data, config.model
+    found = []
+    if t.method == "dora":
+        found.append((("training", "method"), "AutoTrain has no DoRA; it would train plain LoRA."))
+    if d.train_on == "assistant" and d.format != "text":
+        found.append((("data", "train_on"), "AutoTrain computes the loss on every token, prompts included; "
+                      "trainer's train_on: assistant trains on the answers only."))
+    found.append((("data", "packing"), "AutoTrain's SFT always packs examples into blocks of data.max_seq_length tokens "
+                  "that run across example boundaries (trainer " + ("packs each example in isolation" if d.packing
+                  else "keeps one example per row") + "), so training.batch_size counts blocks, not examples."))
+    if t.max_steps is not None:
+        found.append((("training", "max_steps"), "AutoTrain trains whole epochs and has no step limit; it would train 1 epoch."))
+    elif t.epochs is not None and t.epochs != int(t.epochs):
+        found.append((("training", "epochs"), f"AutoTrain trains whole epochs; it would train {whole_epochs(config)}."))
+    if t.early_stopping is not None:
+        found.append((("training", "early_stopping"), "AutoTrain has no early stopping; it trains every epoch."))
+    if t.eval_every is not None:
+        found.append((("training", "eval_every"), "AutoTrain is not given the validation set (0.8.36 crashes at the end of a "
+                      "LoRA run that has one, huggingface/autotrain-advanced#695); trainer measures the validation loss "
+                      "once, on the result."))
+    if t.save_every is not None:
+        found.append((("training", "save_every"), "AutoTrain keeps no checkpoints trainer can resume from."))
+    if t.optimizer == "sgd":
+        found.append((("training", "optimizer"), "AutoTrain's sgd has no momentum; trainer's uses momentum 0.9."))
+    if m.dtype not in ("auto", "float32"):
+        found.append((("model", "dtype"), "AutoTrain loads the base weights in float32 (or 4-bit for qlora)."))
+    if not float(t.lora.alpha).is_integer() and t.method != "full":
+        found.append((("training", "lora", "alpha"), f"AutoTrain takes a whole-number LoRA alpha; it would use {round(t.lora.alpha)}."))
+    if m.revision is not None:
+        found.append((("model", "revision"), "AutoTrain always loads the newest revision of a Hub model."))
+    return found
+
+
+def data_columns(config) -> tuple[str, str | None]:
+    """How the data goes to AutoTrain: (text column, AutoTrain chat_template).
+
+    Conversations go as a `messages` column when AutoTrain applies the same template trainer would (the
+    tokenizer's own); otherwise trainer renders each with its template into a `text` column, so that both
+    backends train on the same text.
+    """
+    if config.data.format != "text" and config.data.chat_template == "tokenizer":
+        return "messages", "tokenizer"
+    return "text", None
+
+
+def export(config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
+    """Our config -> AutoTrain 0.8.36 LLM YAML data (`autotrain --config`), for the data layout of write_data."""
+    ours = config.to_dict()
+    text_column, chat_template = data_columns(config)
+    params: dict = {}
+    out: dict = {
+        "task": "llm-sft",
+        "base_model": base_model or config.model.name_or_path,
+        "project_name": project_name(config.output.dir),
+        "backend": "local",
+        "data": {
+            "path": data_dir,
+            "train_split": "train",
+            "valid_split": None,  # see differences(): trainer measures the validation loss itself
+            "chat_template": chat_template,
+            "column_mapping": {"text_column": text_column},
+        },
+        "params": params,
+        # AutoTrain 0.8.36 reads hub.username and hub.token unconditionally (KeyError without them). trainer pushes
+        # the finished run itself, with HF_TOKEN from the environment, so no token is ever written here.
+        "hub": {"username": None, "token": None, "push_to_hub": False},
+    }
+    for field in FIELDS:
+        if field.ours is None or field.to_autotrain is None:
+            continue
+        value = _get(ours, field.ours)
+        if value is _MISSING or value is None:
+            continue
+        _put(out, field.autotrain, field.to_autotrain(value))
+    method = config.training.method
+    params["peft"] = method != "full"
+    params["quantization"] = "int4" if method == "qlora" else None
+    if method == "full":
+        for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules"):
+            params.pop(key, None)
+    params["epochs"] = whole_epochs(config)
+    params["block_size"] = config.data.max_seq_length
+    params["mixed_precision"] = mixed_precision
+    params["padding"] = "right"
+    return out
+
+
+def mapping_table() -> str:
+    """The FIELDS table as Markdown, for docs/autotrain.md."""
+    def shown(value: Any) -> str:
+        return "" if value is None else f"`{value}`"
+
+    rows = ["| AutoTrain key | trainer key | AutoTrain 0.8.36 default | notes |", "| --- | --- | --- | --- |"]
+    for field in FIELDS:
+        if field.ours is not None:
+            rows.append(f"| `{field.autotrain}` | `{field.ours}` | {shown(field.default)} | {field.note} |")
+    return "\n".join(rows) + "\n"

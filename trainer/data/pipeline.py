@@ -30,6 +30,7 @@ class PreparedData:
     splits: list[SplitReport]
     template: str
     held_out: bool  # validation was split off the training data
+    sources: tuple[list[Example], list[Example]] = ([], [])  # the examples behind train and validation, in order
 
 
 def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
@@ -76,9 +77,9 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
 
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length)
-    tokenized = []
+    tokenized, sources = [], []
     for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
-        out = []
+        out, kept = [], []
         for example in examples:
             result, problem = encode(example)
             if problem:
@@ -86,12 +87,15 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
                 report.kept -= 1
             else:
                 out.append(result)
+                kept.append(example)
         tokenized.append(out)
+        sources.append(kept)
     if config.data.on_invalid == "error" and stop_on_problems:
         _stop_on_problems(splits)
     if not tokenized[0]:
         raise UserError(f"{config.data.train}: no usable training examples are left.")
-    return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out)
+    return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
+                        (sources[0], sources[1]))
 
 
 _NO_TEMPLATE = resolve_template("chatml", None)

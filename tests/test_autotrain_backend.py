@@ -1,0 +1,283 @@
+"""The AutoTrain backend: translation both ways, differences, data layout, model hand-over, log following."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_char_tokenizer, run_trainer, tiny_llama
+from trainer.config import parse_config
+from trainer.config.autotrain import FIELDS, differences, export, mapping_table, project_name, translate
+
+NON_DEFAULT = """
+model: {name_or_path: org/model, attn_implementation: flash_attention_2}
+data: {train: data/recipes/train.jsonl, max_seq_length: 384, packing: true, train_on: all}
+training:
+  method: lora
+  lora: {r: 8, alpha: 24, dropout: 0.1, target_modules: [q_proj, v_proj]}
+  epochs: 3
+  batch_size: 3
+  gradient_accumulation: 5
+  learning_rate: 1.5e-4
+  scheduler: linear
+  warmup_ratio: 0.2
+  weight_decay: 0.01
+  max_grad_norm: 0.5
+  optimizer: adamw_8bit
+  precision: bf16
+  gradient_checkpointing: true
+  seed: 7
+  keep_last: 4
+output: {dir: runs/Recipe run_v2, merge_adapter: true}
+logging: {report_to: tensorboard, log_every: 3}
+backend: {name: autotrain}
+"""
+
+
+def config_of(text: str = NON_DEFAULT):
+    return parse_config(text, check_files=False)
+
+
+def test_every_mapped_field_survives_export_and_translation_back():
+    config = config_of()
+    document = export(config, mixed_precision="bf16")
+    back, _, _ = translate(document)
+    ours = config.to_dict()
+    checked = []
+    for field in FIELDS:
+        if field.ours is None or field.to_autotrain is None or field.ours == "output.merge_adapter":
+            continue
+        node_ours, node_back = ours, back
+        for part in field.ours.split("."):
+            node_ours, node_back = node_ours[part], node_back[part]
+        assert node_back == node_ours, field.autotrain
+        checked.append(field.autotrain)
+    assert len(checked) >= 18
+
+
+def test_export_writes_autotrain_0836_shape():
+    document = export(config_of(), base_model="/tmp/base", mixed_precision="bf16")
+    assert document["task"] == "llm-sft" and document["backend"] == "local"
+    assert document["base_model"] == "/tmp/base"
+    # 0.8.36 reads these unconditionally: KeyError without them
+    assert set(document["hub"]) == {"username", "token", "push_to_hub"} and document["hub"]["token"] is None
+    assert set(document["data"]) == {"path", "train_split", "valid_split", "chat_template", "column_mapping"}
+    p = document["params"]
+    assert p["peft"] is True and p["quantization"] is None  # int4 is AutoTrain's default: LoRA must say none
+    assert p["optimizer"] == "adamw_bnb_8bit" and p["target_modules"] == "q_proj,v_proj" and p["lora_alpha"] == 24
+    assert p["block_size"] == p["model_max_length"] == 384
+    assert p["disable_gradient_checkpointing"] is False and p["use_flash_attention_2"] is True
+    assert p["merge_adapter"] is False  # trainer merges after collecting; AutoTrain's merge deletes the adapter
+    assert p["epochs"] == 3 and p["mixed_precision"] == "bf16" and document["log"] == "tensorboard"
+
+
+def test_methods_map_to_peft_and_quantization():
+    assert export(config_of(NON_DEFAULT.replace("method: lora", "method: qlora")))["params"]["quantization"] == "int4"
+    full = export(config_of(NON_DEFAULT.replace("method: lora", "method: full")))["params"]
+    assert full["peft"] is False and "lora_r" not in full
+
+
+@pytest.mark.parametrize("output_dir, expected", [
+    ("runs/quickstart", "quickstart"),
+    ("runs/Recipe run_v2", "Recipe-run-v2"),
+    ("runs/__weird__//", "weird"),
+    ("runs/ünïcode.model", "n-code-model"),
+    ("runs/" + "x" * 80, "x" * 50),
+    ("runs/___", "trainer-run"),
+    ("/abs/path/a.b-c", "a-b-c"),
+])
+def test_project_name_is_valid_for_autotrain(output_dir, expected):
+    name = project_name(output_dir)
+    assert name == expected
+    assert 1 <= len(name) <= 50 and all(c.isalnum() and c.isascii() or c == "-" for c in name)
+
+
+DIFFERENCES = [
+    ("training: {method: dora, epochs: 1}", "training.method"),
+    ("training: {epochs: 1}\ndata: {train: x.jsonl, train_on: assistant}", "data.train_on"),
+    ("training: {max_steps: 10}", "training.max_steps"),
+    ("training: {epochs: 1.5}", "training.epochs"),
+    ("training: {epochs: 1, early_stopping: {patience: 2}}", "training.early_stopping"),
+    ("training: {epochs: 1, eval_every: 5}", "training.eval_every"),
+    ("training: {epochs: 1, save_every: 5}", "training.save_every"),
+    ("training: {epochs: 1, optimizer: sgd}", "training.optimizer"),
+    ("training: {epochs: 1, lora: {alpha: 16.5}}", "training.lora.alpha"),
+    ("model: {name_or_path: org/m, dtype: bfloat16}\ntraining: {epochs: 1}", "model.dtype"),
+    ("model: {name_or_path: org/m, revision: v1}\ntraining: {epochs: 1}", "model.revision"),
+]
+
+
+@pytest.mark.parametrize("snippet, key", DIFFERENCES)
+def test_each_difference_is_named(snippet, key):
+    text = "model: {name_or_path: org/m}\ndata: {train: x.jsonl}\n" + snippet
+    merged = {}
+    for part in (yaml.safe_load(text.split("\n")[0]), yaml.safe_load("\n".join(text.split("\n")[1:]))):
+        for section, value in part.items():
+            merged.setdefault(section, {}).update(value)
+    found = {".".join(path) for path, _ in differences(parse_config(yaml.safe_dump(merged), check_files=False))}
+    assert key in found
+
+
+def test_a_plain_text_run_differs_only_in_packing():
+    config = parse_config("model: {name_or_path: org/m}\ndata: {train: x.jsonl, format: text, train_on: all}\n"
+                          "training: {epochs: 2}\n", check_files=False)
+    assert [".".join(p) for p, _ in differences(config)] == ["data.packing"]
+
+
+def test_differences_stop_the_run_naming_each_field_with_exit_2(tmp_path):
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    (venv / "autotrain").write_text("")
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   f"training: {{method: dora, max_steps: 3, early_stopping: {{patience: 1}}}}\n"
+                   f"backend: {{name: autotrain, autotrain: {{python: {venv / 'python'}}}}}\n")
+    result = run_trainer("--config", str(cfg))
+    assert result.returncode == 2, result.stderr
+    for key in ("training.method", "training.max_steps", "training.early_stopping", "data.train_on", "data.packing"):
+        assert key in result.stderr
+    assert "allow_differences: true" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_environment_is_explained(tmp_path):
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   f"training: {{epochs: 1}}\nbackend: {{name: autotrain, autotrain: {{python: {tmp_path}/nope/python, "
+                   "allow_differences: true}}\n")
+    result = run_trainer("--config", str(cfg))
+    assert result.returncode == 2
+    assert "backend.autotrain.python" in result.stderr and "trainer backends setup autotrain" in result.stderr
+
+
+def test_export_command_prints_yaml_and_warns(tmp_path):
+    result = run_trainer("export", "--to", "autotrain", "--config", str(REPO / "configs" / "quickstart.yaml"))
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(result.stdout)
+    assert document["task"] == "llm-sft" and document["params"]["lr"] == 0.002
+    assert "data.train_on" in result.stderr and ".gguf" in result.stderr
+
+
+def test_docs_show_the_same_table():
+    assert mapping_table() in (REPO / "docs" / "autotrain.md").read_text()
+
+
+# --- data layout ---------------------------------------------------------------------------------------------------
+
+def _prepared(tmp_path, template: str, fmt: str = "auto"):
+    from trainer.data.pipeline import prepare_data
+    from trainer.data.templates import CHATML
+
+    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": f"a{i}"}]} for i in range(5)]
+    if fmt == "text":
+        rows = [{"text": f"plain {i}"} for i in range(5)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: {tmp_path}/d.jsonl, validation_split: 0.4, "
+                          f"chat_template: {template}, format: {fmt}{', train_on: all' if fmt == 'text' else ''}}}\ntraining: {{epochs: 1}}\n", check_files=False)
+    tokenizer = make_char_tokenizer(CHATML)
+    return config, tokenizer, prepare_data(config, tokenizer)
+
+
+def test_data_goes_as_messages_when_autotrain_applies_the_same_template(tmp_path):
+    from trainer.backends.autotrain import write_data
+
+    config, tokenizer, data = _prepared(tmp_path, "tokenizer")
+    write_data(config, tokenizer, data, tmp_path / "out")
+    train = [json.loads(l) for l in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    valid = [json.loads(l) for l in (tmp_path / "out" / "validation.jsonl").read_text().splitlines()]
+    assert len(train) == 3 and len(valid) == 2
+    assert train[0]["messages"][0] == {"role": "system", "content": "be brief"}
+    assert export(config)["data"]["column_mapping"] == {"text_column": "messages"}
+    assert export(config)["data"]["chat_template"] == "tokenizer"
+
+
+def test_data_goes_as_rendered_text_for_trainers_own_templates(tmp_path):
+    from trainer.backends.autotrain import write_data
+
+    config, tokenizer, data = _prepared(tmp_path, "zephyr")
+    write_data(config, tokenizer, data, tmp_path / "out")
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"text"} and first["text"].startswith("<|system|>\nbe brief</s>\n<|user|>\n")
+    assert export(config)["data"]["chat_template"] is None
+    assert export(config)["data"]["column_mapping"] == {"text_column": "text"}
+
+
+def test_plain_text_goes_as_text(tmp_path):
+    from trainer.backends.autotrain import write_data
+
+    config, tokenizer, data = _prepared(tmp_path, "tokenizer", fmt="text")
+    write_data(config, tokenizer, data, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])["text"].startswith("plain ")
+
+
+# --- model materialisation -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rope_model_dir(tmp_path_factory):
+    """A tiny Llama saved by transformers 5, with a rope_theta that is not the default (as SmolLM2's 100000)."""
+    from trainer.data.templates import CHATML
+
+    path = tmp_path_factory.mktemp("rope-llama")
+    tokenizer = make_char_tokenizer(CHATML)
+    model = tiny_llama(vocab_size=len(tokenizer))
+    model.config.rope_parameters = {"rope_type": "default", "rope_theta": 100000.0}
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_materialised_model_reads_as_transformers_448_expects(tmp_path, rope_model_dir):
+    from trainer.backends.autotrain import materialise_model
+    from trainer.models import load_tokenizer
+
+    saved = json.loads((rope_model_dir / "config.json").read_text())
+    assert "rope_theta" not in saved and saved["rope_parameters"]["rope_theta"] == 100000.0  # what 4.48 would miss
+    config = parse_config(f"model: {{name_or_path: {rope_model_dir}}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1}}\n", check_files=False)
+    tokenizer = load_tokenizer(str(rope_model_dir))
+    out = Path(materialise_model(config, tokenizer, tmp_path / "base"))
+    written = json.loads((out / "config.json").read_text())
+    assert written["rope_theta"] == 100000.0 and written["rope_scaling"] is None
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "<|im_start|>" in tok_config["chat_template"]
+    assert (out / "model.safetensors").is_symlink() and (out / "model.safetensors").resolve() == (rope_model_dir / "model.safetensors").resolve()
+
+
+def test_a_hub_id_is_passed_through(tmp_path):
+    from trainer.backends.autotrain import materialise_model
+
+    config = parse_config("model: {name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct}\ndata: {train: x.jsonl}\ntraining: {epochs: 1}\n", check_files=False)
+    assert materialise_model(config, None, tmp_path / "base") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert not (tmp_path / "base").exists()
+
+
+def test_legacy_config_keeps_scaled_rope():
+    from trainer.backends.autotrain import legacy_model_config
+
+    data = legacy_model_config({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}, "dtype": "bfloat16"})
+    assert data["rope_theta"] == 500000.0 and data["rope_scaling"]["rope_type"] == "llama3" and data["rope_scaling"]["factor"] == 32.0
+    assert data["torch_dtype"] == "bfloat16"
+
+
+# --- following AutoTrain's log -------------------------------------------------------------------------------------
+
+def test_log_follower_reads_losses_and_the_failure_it_logs(tmp_path):
+    from trainer.backends.autotrain import AutoTrainLog, _failure_text
+
+    log = AutoTrainLog(tmp_path / "a.log")
+    for line in [
+        "INFO     | 2026-11-24 05:50:01 | autotrain.trainers.common:on_log:226 - {'loss': 3.1234, 'grad_norm': 1.5, 'learning_rate': 0.0002, 'epoch': 0.5}",
+        "INFO     | 2026-11-24 05:50:02 | autotrain.trainers.common:on_log:226 - {'loss': 2.5, 'grad_norm': 1.1, 'learning_rate': 0.0001, 'epoch': 1.0}",
+        "INFO     | 2026-11-24 05:50:03 | autotrain.trainers.common:on_log:226 - {'train_runtime': 12.5, 'train_samples_per_second': 4.0, 'train_steps_per_second': 0.32, 'train_loss': 2.8, 'epoch': 1.0}",
+        "ERROR    | 2026-11-24 05:50:04 | autotrain.trainers.common:wrapper:216 - train has failed due to an exception: Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "FileNotFoundError: [Errno 2] No such file or directory: 'p/checkpoint-4/adapter_model.bin'",
+    ]:
+        log.feed(line)
+    log.close()
+    assert [row["loss"] for row in log.losses] == [3.1234, 2.5]
+    assert log.final["train_runtime"] == 12.5
+    assert log.failure is not None
+    assert _failure_text(log.failure).startswith("FileNotFoundError: [Errno 2] No such file or directory")
+    assert (tmp_path / "a.log").read_text().count("\n") == 6

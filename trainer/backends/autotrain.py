@@ -1,0 +1,481 @@
+"""The AutoTrain backend: the same YAML, trained by Hugging Face AutoTrain Advanced in its own environment.
+
+AutoTrain 0.8.36 pins transformers 4.48, peft 0.14, trl 0.13 and more, so it
+cannot live beside trainer's own dependencies: it gets a virtual environment of
+its own (`trainer backends setup autotrain`) and runs as a subprocess. The
+hand-over, in order:
+
+1. translate the config (trainer/config/autotrain.py: one table, both ways),
+   refusing what AutoTrain cannot do unless backend.autotrain.allow_differences;
+2. write the data trainer's pipeline accepted in AutoTrain's local layout;
+3. materialise a local or .gguf model as a folder transformers 4.48 can read;
+4. run `autotrain --config`, streaming its log, and fail on the failures it
+   only logs;
+5. collect the adapter into trainer's run-directory layout, measure the
+   validation loss the same way the peft backend does, and write the card.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import Config
+from trainer.config.autotrain import data_columns, differences, export, project_name
+from trainer.errors import UserError
+
+VERSION = "0.8.36"
+LOG_PREFIX = "[autotrain] "
+FAILURE_MARKER = "has failed due to an exception"  # AutoTrain's @monitor logs this and the process still exits 0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- its own environment -------------------------------------------------------------------------------------------
+
+def default_venv() -> Path:
+    from trainer.demo import cache_dir
+
+    return cache_dir() / f"autotrain-{VERSION}"
+
+
+def autotrain_python(config: Config | None = None) -> Path:
+    configured = config.backend.autotrain.python if config is not None else None
+    return Path(configured).expanduser() if configured else default_venv() / "bin" / "python"
+
+
+def _bin(python: Path, name: str) -> Path:
+    return python.parent / name
+
+
+def environment_problem(python: Path) -> str | None:
+    """Why the AutoTrain environment at `python` cannot run, or None when `autotrain --help` works."""
+    if not python.exists():
+        return f"AutoTrain's environment is not set up ({python} does not exist). Create it once with: trainer backends setup autotrain"
+    if not _bin(python, "autotrain").exists():
+        return f"{python.parent} has no `autotrain` command. Run: trainer backends setup autotrain"
+    return None
+
+
+def setup_environment(venv: Path | None = None, say=_say) -> Path:
+    """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts."""
+    venv = Path(venv or default_venv()).expanduser()
+    python = venv / "bin" / "python"
+    if not python.exists():
+        say(f"Creating a virtual environment for AutoTrain {VERSION} in {venv} ...")
+        _check_call([sys.executable, "-m", "venv", str(venv)], "could not create the virtual environment")
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+    import torch
+
+    if shutil.which("nvidia-smi") is None:
+        # Without an NVIDIA GPU, install the CPU build trainer itself runs on; an unpinned torch would pull
+        # several GB of CUDA packages that this machine cannot use.
+        version = torch.__version__.split("+")[0]
+        say(f"Installing torch {version} (CPU build) into it ...")
+        _check_call(pip + [f"torch=={version}"], "could not install torch")
+    say(f"Installing autotrain-advanced=={VERSION} (a few minutes) ...")
+    _check_call(pip + [f"autotrain-advanced=={VERSION}"], "could not install autotrain-advanced")
+    repaired = repair_torchvision(python)
+    if repaired:
+        say(repaired)
+    help_run = subprocess.run([str(venv / "bin" / "autotrain"), "--help"], capture_output=True, text=True,
+                              env=_child_env(python), timeout=600)
+    if help_run.returncode != 0:
+        raise UserError(f"AutoTrain was installed in {venv} but `autotrain --help` fails:\n{_tail(help_run.stderr or help_run.stdout)}")
+    say(f"AutoTrain {VERSION} is ready: {venv / 'bin' / 'autotrain'}")
+    return python
+
+
+def repair_torchvision(python: Path) -> str | None:
+    """PyPI's torchvision is built for PyPI's (CUDA) torch; beside a CPU-only torch its compiled operators fail to
+    load, and AutoTrain's imports (through accelerate and timm) fail with them. LLM training needs neither, so a
+    torchvision that does not import is removed, with timm, which cannot import without it."""
+    probe = subprocess.run([str(python), "-c", "import torchvision"], capture_output=True, text=True, env=_child_env(python))
+    if probe.returncode == 0 or "No module named 'torchvision'" in probe.stderr:
+        return None
+    reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
+    _check_call([str(python), "-m", "pip", "uninstall", "--yes", "torchvision", "timm"], "could not remove torchvision")
+    return (f"Removed torchvision and timm from AutoTrain's environment: PyPI's torchvision does not work with the "
+            f"CPU-only torch ({reason}), and LLM fine-tuning uses neither.")
+
+
+def _check_call(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"{what}: `{' '.join(cmd)}` exited with {done.returncode}:\n{_tail(done.stderr or done.stdout)}")
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _child_env(python: Path, config: Config | None = None) -> dict:
+    """AutoTrain's environment variables: its venv first on PATH (it launches `accelerate` by name), nothing of ours
+    on PYTHONPATH, and the Hub, token and CUDA settings passed through."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(python.parent.parent)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env["PAUSE_ON_FAILURE"] = "0"  # AutoTrain would otherwise try to pause a Hugging Face Space on failure
+    if config is not None:
+        env["ALLOW_REMOTE_CODE"] = "true" if config.model.trust_remote_code else "false"
+    return env
+
+
+# --- the hand-over -------------------------------------------------------------------------------------------------
+
+def write_data(config: Config, tokenizer, data, folder: Path) -> None:
+    """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
+    in the column data_columns() names: the conversations, or the text trainer's template renders from them."""
+    from trainer.data.templates import resolve_template
+    from trainer.data.tokenize import Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    column, _ = data_columns(config)
+    render = None
+    if column == "text" and config.data.format != "text":
+        render = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length).render
+    for name, examples in (("train", data.sources[0]), ("validation", data.sources[1])):
+        rows = []
+        for example in examples:
+            if example.text is not None:
+                rows.append({"text": example.text})
+                continue
+            messages = [{"role": m.role, "content": m.content} for m in example.messages]
+            rows.append({"messages": messages} if render is None else {"text": render(messages, False)})
+        if rows:
+            (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def materialise_model(config: Config, tokenizer, folder: Path) -> str:
+    """What AutoTrain's `base_model` should be: a Hub id as it is; a local folder or .gguf file as a folder that
+    transformers 4.48 reads exactly as trainer does (weights linked, config and tokenizer files rewritten)."""
+    from trainer.models import dequantised_gguf, is_gguf
+
+    name = config.model.name_or_path
+    path = Path(name).expanduser()
+    if is_gguf(name):
+        source = dequantised_gguf(path)
+    elif path.is_dir():
+        source = path
+    else:
+        return name  # a Hub id: AutoTrain downloads it itself
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.suffix == ".safetensors" or item.name in ("model.safetensors.index.json", "generation_config.json") or item.suffix == ".bin":
+            (folder / item.name).symlink_to(item.resolve())
+    model_config = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(legacy_model_config(model_config), indent=2))
+    save_legacy_tokenizer(tokenizer, folder)
+    return str(folder.resolve())
+
+
+def legacy_model_config(data: dict) -> dict:
+    """A transformers-5 config.json as transformers 4.48 expects it: 4.48 reads rope_theta and rope_scaling at the
+    top level and ignores rope_parameters, so without this it would silently use the default rope_theta (a
+    different model)."""
+    data = dict(data)
+    rope = data.get("rope_parameters")
+    if isinstance(rope, dict) and "layer_types" not in rope:
+        data.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+        if rope.get("rope_type", "default") != "default":
+            scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+            data.setdefault("rope_scaling", {**scaling, "type": scaling.get("rope_type")})
+        else:
+            data.setdefault("rope_scaling", None)
+    if "dtype" in data:
+        data.setdefault("torch_dtype", data["dtype"])
+    return data
+
+
+def save_legacy_tokenizer(tokenizer, folder: Path) -> None:
+    """Save the tokenizer so that transformers 4.48 loads it: transformers 5 names a `TokenizersBackend` class that
+    4.48 does not have, and keeps the chat template in a separate file 4.48 does not read."""
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    data = json.loads(path.read_text())
+    data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("backend", "is_local", "local_files_only"):
+        data.pop(key, None)
+    template = tokenizer.chat_template
+    if isinstance(template, str) and template:
+        data["chat_template"] = template
+    extra = data.pop("extra_special_tokens", None)
+    if isinstance(extra, list) and extra:
+        data.setdefault("additional_special_tokens", extra)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def mixed_precision_for(config: Config) -> str | None:
+    """AutoTrain's params.mixed_precision for training.precision on this machine (auto: bf16 where native)."""
+    from trainer.hardware import Hardware
+    from trainer.models import mixed_precision
+
+    value = mixed_precision(config, Hardware.detect().device("auto"))
+    return None if value == "no" else value
+
+
+def prepare_handover(config: Config, work: Path) -> tuple[dict, object, object]:
+    """Write data, model and autotrain.yml into `work`; return (AutoTrain YAML data, tokenizer, prepared data)."""
+    import yaml
+
+    from trainer.data.pipeline import prepare_data
+    from trainer.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
+    data = prepare_data(config, tokenizer)
+    write_data(config, tokenizer, data, work / "data")
+    base = materialise_model(config, tokenizer, work / "base-model")
+    document = export(config, base_model=base, data_dir="data", mixed_precision=mixed_precision_for(config))
+    (work / "autotrain.yml").write_text(
+        f"# Written by trainer for AutoTrain Advanced {VERSION}. Run it from this folder: autotrain --config autotrain.yml\n"
+        + yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return document, tokenizer, data
+
+
+# --- running it ----------------------------------------------------------------------------------------------------
+
+class AutoTrainLog:
+    """Follows AutoTrain's output: the loss lines (logged dicts), the failure it logs but does not exit with."""
+
+    _DICT = re.compile(r"(\{'(?:loss|train_runtime|eval_loss)'.*\})\s*$")
+
+    def __init__(self, path: Path):
+        self.file = open(path, "w", encoding="utf-8")
+        self.losses: list[dict] = []
+        self.final: dict = {}
+        self.failure: list[str] | None = None
+
+    def feed(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.failure is not None and len(self.failure) < 60:
+            self.failure.append(line)
+        if FAILURE_MARKER in line:
+            self.failure = [line]
+        match = self._DICT.search(line)
+        if match:
+            try:
+                logged = ast.literal_eval(match.group(1))
+            except (ValueError, SyntaxError):
+                return
+            if "train_runtime" in logged:
+                self.final = logged
+            elif "loss" in logged:
+                self.losses.append(logged)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -> None:
+    """`autotrain --config autotrain.yml` in `work`, as an argument list (no shell), in its own process group."""
+    cmd = [str(_bin(python, "autotrain")), "--config", "autotrain.yml"]
+    child = subprocess.Popen(cmd, cwd=work, env=_child_env(python, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, bufsize=1, errors="replace", start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for line in child.stdout:
+            line = line.rstrip("\n")
+            log.feed(line)
+            if line.strip():
+                print(LOG_PREFIX + line, file=sys.stderr, flush=True)
+        code = child.wait()
+    except KeyboardInterrupt:
+        _stop_group(child)
+        raise UserError("stopped: AutoTrain and its training processes were ended. AutoTrain cannot resume a run; "
+                        "start it again with the same command.") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        log.close()
+    if code != 0:
+        raise UserError(f"AutoTrain exited with status {code}. The end of its log ({work / 'autotrain.log'}):\n{_tail(chr(10).join(log.failure or []) or _last_lines(work / 'autotrain.log'))}")
+    if log.failure is not None:
+        raise UserError(f"AutoTrain reported a failure (and exited 0). From its log ({work / 'autotrain.log'}):\n{_failure_text(log.failure)}")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    """Ctrl-C / SIGTERM: stop AutoTrain and the accelerate/python processes it started (the whole group)."""
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last_lines(path: Path) -> str:
+    return _tail(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else ""
+
+
+def _failure_text(lines: list[str]) -> str:
+    """The exception AutoTrain logged: its last traceback line says what went wrong; keep a few lines around it."""
+    text = [l for l in lines if l.strip()]
+    errors = [l for l in text if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", l.strip())]
+    head = errors[-1].strip() if errors else text[0].strip()
+    return head + "\n" + _tail("\n".join(text), 12)
+
+
+# --- bringing the result back ---------------------------------------------------------------------------------------
+
+def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> dict:
+    """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
+    from trainer.rundir import MetricsLog, plot_losses, write_model_card
+
+    project = work / project_name(config.output.dir)
+    adapter = config.training.method != "full"
+    marker = "adapter_config.json" if adapter else "config.json"
+    if not (project / marker).is_file():
+        raise UserError(f"AutoTrain finished but wrote no model ({project / marker} is missing). Its log: {work / 'autotrain.log'}")
+    model_dir, tmp = run_dir / "model", run_dir / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for item in project.iterdir():
+        if item.is_file() and (item.name.startswith("adapter_") or item.suffix == ".safetensors" or item.name in ("config.json", "generation_config.json")):
+            shutil.copy2(item, tmp / item.name)
+    if adapter:
+        adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = config.model.name_or_path  # not the temporary materialised copy
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+    for name in ("training_params.json", "README.md"):
+        if (project / name).is_file():
+            shutil.copy2(project / name, work / f"autotrain-{name}")
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", None, config.logging.report_to == "tensorboard")
+    steps_per_log = max(1, int(config.logging.log_every))
+    history = []
+    for i, logged in enumerate(log.losses, start=1):
+        step = i * steps_per_log
+        history.append([step, float(logged["loss"])])
+        metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"))
+    final = log.final
+    steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
+    eval_loss = validation_loss(config, run_dir, data)
+    if eval_loss is not None:
+        metrics.write(step=steps, eval_loss=round(eval_loss, 6), perplexity=round(min(float("inf"), 2.718281828 ** eval_loss), 4))
+    seconds = float(final.get("train_runtime", 0.0))
+    epochs = float(final.get("epoch", 0.0))
+    tokens = round(sum(len(e.input_ids) for e in data.train) * epochs)  # AutoTrain trains on every token
+    summary = {
+        "backend": "autotrain",
+        "steps": steps,
+        "epochs": round(epochs, 3),
+        "final_train_loss": round(float(final.get("train_loss", history[-1][1] if history else 0.0)), 4) if (final or history) else None,
+        "final_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
+        "best_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
+        "best_step": steps if eval_loss is not None else None,
+        "stopped_early": False,
+        "trained_tokens": tokens,
+        "train_seconds": round(seconds, 1),
+        "trained_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    plot_losses(history, metrics, run_dir / "loss.png")
+    if config.output.merge_adapter and adapter:
+        merge(config, run_dir)
+    write_model_card(run_dir, config, summary)
+    return summary
+
+
+def validation_loss(config: Config, run_dir: Path, data) -> float | None:
+    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token)."""
+    if not data.validation:
+        return None
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from trainer.generate import load_run
+    from trainer.hardware import Hardware
+    from trainer.loop import LossOnTrainedTokens, evaluate
+    from trainer.models import mixed_precision
+
+    device = Hardware.detect().device(config.backend.peft.device)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+    loaded = load_run(run_dir, device)
+    module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
+    run = SimpleNamespace(accelerator=accelerator, loss_module=module, config=config, pad_id=pad_id, flash=False)
+    return evaluate(run, data.validation)
+
+
+def merge(config: Config, run_dir: Path) -> None:
+    from trainer.generate import load_run
+
+    loaded = load_run(run_dir, "cpu")
+    merged = loaded.model.merge_and_unload()
+    shutil.rmtree(run_dir / "merged", ignore_errors=True)
+    merged.save_pretrained(run_dir / "merged")
+    loaded.tokenizer.save_pretrained(run_dir / "merged")
+
+
+class AutoTrainBackend:
+    name = "autotrain"
+
+    def check(self, config: Config) -> list[tuple[tuple, str]]:
+        found = []
+        problem = environment_problem(autotrain_python(config))
+        if problem:
+            found.append((("backend", "autotrain", "python"), problem))
+        if not config.backend.autotrain.allow_differences:
+            found += [(path, message + " Set backend.autotrain.allow_differences: true to run it anyway (AutoTrain's way), "
+                       "or use backend.name: peft.") for path, message in differences(config)]
+        return found
+
+    def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
+        from trainer.backends.peft import _check_run_dir
+
+        for path, message in differences(config):
+            _say(f"warning: {'.'.join(path)}: {message}")
+        if resume and (run_dir / "model").is_dir() and (run_dir / "summary.json").is_file():
+            _say(f"{run_dir} already holds the finished AutoTrain run; nothing to resume.")
+            return run_dir
+        _check_run_dir(run_dir, resume)
+        if resume:
+            _say("AutoTrain cannot continue an interrupted run; it starts again from the beginning.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        work = run_dir / "autotrain"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        python = autotrain_python(config)
+        _, tokenizer, data = prepare_handover(config, work)
+        _say(f"Data: {len(data.train)} training and {len(data.validation)} validation examples; "
+             f"running AutoTrain {VERSION} ({work / 'autotrain.yml'}) ...")
+        log = AutoTrainLog(work / "autotrain.log")
+        run_autotrain(python, work, config, log)
+        summary = collect(config, run_dir, work, tokenizer, data, log)
+        shutil.rmtree(work / project_name(config.output.dir), ignore_errors=True)  # its copy is now in model/
+        _say(f"Done in {summary['train_seconds'] / 60:.1f} min of AutoTrain training. Run directory: {run_dir}")
+        if config.output.push_to_hub is not None:
+            from trainer.hub import push_run
+
+            target = config.output.push_to_hub
+            _say(f"Uploaded to {push_run(run_dir, target.repo_id, target.private)}")
+        return run_dir

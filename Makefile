@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test bench bench-train clean
+.PHONY: install demo test bench bench-train autotrain clean
 
 install: $(STAMP)
 
@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
+	$(VENV)/bin/trainer backends setup autotrain
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -35,7 +36,12 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/bin/trainer download-demo-model
+	$(VENV)/bin/trainer backends setup autotrain
 	$(PY) bench/train_throughput.py
+
+# AutoTrain Advanced in its own environment (it pins transformers 4.48 and more), for backend: autotrain
+autotrain: $(STAMP)
+	$(VENV)/bin/trainer backends setup autotrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,6 @@
 """The AutoTrain backend: translation both ways, differences, data layout, model hand-over, log following."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -266,8 +267,9 @@ def test_log_follower_reads_losses_and_the_failure_it_logs(tmp_path):
     from trainer.backends.autotrain import AutoTrainLog, _failure_text
 
     log = AutoTrainLog(tmp_path / "a.log")
-    for line in [
+    for line in [  # as 0.8.36 writes them: its logger's line, then the progress bar's copy of the same dict
         "INFO     | 2026-11-24 05:50:01 | autotrain.trainers.common:on_log:226 - {'loss': 3.1234, 'grad_norm': 1.5, 'learning_rate': 0.0002, 'epoch': 0.5}",
+        "{'loss': 3.1234, 'grad_norm': 1.5, 'learning_rate': 0.0002, 'epoch': 0.5}",
         "INFO     | 2026-11-24 05:50:02 | autotrain.trainers.common:on_log:226 - {'loss': 2.5, 'grad_norm': 1.1, 'learning_rate': 0.0001, 'epoch': 1.0}",
         "INFO     | 2026-11-24 05:50:03 | autotrain.trainers.common:on_log:226 - {'train_runtime': 12.5, 'train_samples_per_second': 4.0, 'train_steps_per_second': 0.32, 'train_loss': 2.8, 'epoch': 1.0}",
         "ERROR    | 2026-11-24 05:50:04 | autotrain.trainers.common:wrapper:216 - train has failed due to an exception: Traceback (most recent call last):",
@@ -280,4 +282,170 @@ def test_log_follower_reads_losses_and_the_failure_it_logs(tmp_path):
     assert log.final["train_runtime"] == 12.5
     assert log.failure is not None
     assert _failure_text(log.failure).startswith("FileNotFoundError: [Errno 2] No such file or directory")
-    assert (tmp_path / "a.log").read_text().count("\n") == 6
+    assert (tmp_path / "a.log").read_text().count("\n") == 7
+
+
+# --- the real thing: AutoTrain 0.8.36 in its own environment, as a subprocess --------------------------------------
+
+from trainer.demo import cache_dir  # noqa: E402
+
+# Read at import, before the test session points TRAINER_CACHE at a private folder: the environment takes minutes
+# to build, so it is made once per machine in the user's cache (as `trainer backends setup autotrain` does).
+AUTOTRAIN_VENV = cache_dir() / "autotrain-0.8.36"
+
+
+@pytest.fixture(scope="module")
+def autotrain_python():
+    from trainer.backends.autotrain import environment_problem
+
+    python = AUTOTRAIN_VENV / "bin" / "python"
+    if environment_problem(python) is not None:
+        result = run_trainer("backends", "setup", "autotrain", "--venv", str(AUTOTRAIN_VENV), timeout=3000)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return python
+
+
+def _autotrain_config(tmp_path, model_dir, python, **extra) -> Path:
+    config = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(REPO / "data/recipes/train.jsonl"), "validation": str(REPO / "data/recipes/validation.jsonl"),
+                 "max_seq_length": 256},
+        "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32", "lora": {"r": 4, "alpha": 8}},
+        "output": {"dir": str(tmp_path / "run")},
+        "logging": {"log_every": 2},
+        "backend": {"name": "autotrain", "autotrain": {"python": str(python), "allow_differences": True}},
+    }
+    for key, value in extra.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    path = tmp_path / "autotrain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(tmp_path, rope_model_dir, autotrain_python):
+    """transformers 4.48 (AutoTrain's) must read the materialised folder as exactly the model trainer trains."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.backends.autotrain import materialise_model
+    from trainer.models import load_tokenizer
+
+    config = parse_config(f"model: {{name_or_path: {rope_model_dir}}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1}}\n", check_files=False)
+    folder = materialise_model(config, load_tokenizer(str(rope_model_dir)), tmp_path / "base")
+    ids = [[11, 40, 41, 42, 43, 12, 50, 60, 70, 80, 90, 20, 30, 33, 44, 55, 66, 77, 88, 99] * 8]
+    script = (
+        "import json, sys, torch, transformers\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"model = AutoModelForCausalLM.from_pretrained({folder!r}, torch_dtype=torch.float32).eval()\n"
+        f"tok = AutoTokenizer.from_pretrained({folder!r})\n"
+        f"logits = model(torch.tensor({ids})).logits[0, -1].tolist()\n"
+        "print(json.dumps({'version': transformers.__version__, 'class': type(tok).__name__, 'logits': logits,"
+        " 'template': tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False)}))\n"
+    )
+    import subprocess
+
+    from trainer.backends.autotrain import _child_env
+
+    done = subprocess.run([str(autotrain_python), "-c", script], capture_output=True, text=True, env=_child_env(autotrain_python), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert theirs["version"] == "4.48.0" and theirs["class"] == "PreTrainedTokenizerFast"
+    assert theirs["template"] == "<|im_start|>user\nhi<|im_end|>\n"
+    ours = AutoModelForCausalLM.from_pretrained(rope_model_dir, dtype=torch.float32).eval()(torch.tensor(ids)).logits[0, -1]
+    assert torch.allclose(ours, torch.tensor(theirs["logits"]), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_autotrain_trains_and_the_result_is_a_trainer_run(tmp_path, rope_model_dir, autotrain_python):
+    cfg = _autotrain_config(tmp_path, rope_model_dir, autotrain_python)
+    result = run_trainer("--config", str(cfg), timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "[autotrain] " in result.stderr and "warning: data.packing" in result.stderr
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == "autotrain" and summary["steps"] >= 1 and summary["train_seconds"] > 0
+    assert 0 < summary["final_eval_loss"] < 10  # measured by trainer on the validation set, as the peft backend does
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in losses] == list(range(2, summary["steps"] + 1, 2))  # one row per logged step, none twice
+    assert any("eval_loss" in r for r in rows)
+    for name in ("config.yaml", "README.md", "loss.png", "autotrain/autotrain.yml", "autotrain/autotrain.log"):
+        assert (run / name).is_file(), name
+    assert "token" not in yaml.safe_load((run / "autotrain/autotrain.yml").read_text())["params"]
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(rope_model_dir)
+    model = PeftModel.from_pretrained(base, str(run / "model")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Ingredients of pancakes?"}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 8 or out[0, -1].item() in (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    trained = {k for k, v in model.named_parameters() if "lora_B" in k and v.abs().sum() > 0}
+    assert trained, "the adapter AutoTrain trained is all zeros"
+
+    answered = run_trainer("generate", "--run", str(run), "--prompt", "Ingredients of pancakes?", "--max-new-tokens", "5")
+    assert answered.returncode == 0, answered.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_failure_autotrain_only_logs_fails_the_run(tmp_path, rope_model_dir, autotrain_python):
+    """AutoTrain's @monitor logs an exception in training and exits 0; trainer must not report success."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for item in rope_model_dir.iterdir():
+        if item.name != "model.safetensors":
+            (broken / item.name).write_bytes(item.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    cfg = _autotrain_config(tmp_path, broken, autotrain_python)
+    result = run_trainer("--config", str(cfg), timeout=900)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "AutoTrain reported a failure (and exited 0)" in result.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is `folder` (AutoTrain and everything it started run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if Path(os.readlink(proc / "cwd")) == folder:
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, rope_model_dir, autotrain_python, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _autotrain_config(tmp_path, rope_model_dir, autotrain_python, **{"training.epochs": 500})
+    child = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(cfg)], cwd=REPO, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    work = (tmp_path / "run" / "autotrain").resolve()
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if "Starting to train" in line:
+            break
+    assert _processes_in(work), "AutoTrain's training process should be running in " + str(work)
+    child.send_signal(getattr(signal, sig))
+    rest, _ = child.communicate(timeout=60)
+    assert child.returncode == 2, "".join(seen)[-2000:] + rest[-2000:]
+    assert "AutoTrain and its training processes were ended" in rest
+    deadline = time.time() + 10
+    while _processes_in(work) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_in(work) == []

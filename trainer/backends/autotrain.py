@@ -70,29 +70,39 @@ def setup_environment(venv: Path | None = None, say=_say) -> Path:
     """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts."""
     venv = Path(venv or default_venv()).expanduser()
     python = venv / "bin" / "python"
+    if environment_problem(python) is None and _autotrain_help(python).returncode == 0:
+        say(f"AutoTrain {VERSION} is already set up: {venv / 'bin' / 'autotrain'}")
+        return python
     if not python.exists():
         say(f"Creating a virtual environment for AutoTrain {VERSION} in {venv} ...")
         _check_call([sys.executable, "-m", "venv", str(venv)], "could not create the virtual environment")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    import torch
-
     if shutil.which("nvidia-smi") is None:
-        # Without an NVIDIA GPU, install the CPU build trainer itself runs on; an unpinned torch would pull
-        # several GB of CUDA packages that this machine cannot use.
+        # Without an NVIDIA GPU, install the CPU build trainer itself runs on, and hold it there: AutoTrain does not
+        # pin torch, but torchvision (through timm) pins an exact torch, and pip would otherwise replace the CPU
+        # build with the newest CUDA build and several GB of CUDA packages this machine cannot use.
+        import torch
+
         version = torch.__version__.split("+")[0]
         say(f"Installing torch {version} (CPU build) into it ...")
         _check_call(pip + [f"torch=={version}"], "could not install torch")
+        constraints = venv / "constraints.txt"
+        constraints.write_text(f"torch=={version}\n")
+        pip += ["--constraint", str(constraints)]
     say(f"Installing autotrain-advanced=={VERSION} (a few minutes) ...")
     _check_call(pip + [f"autotrain-advanced=={VERSION}"], "could not install autotrain-advanced")
     repaired = repair_torchvision(python)
     if repaired:
         say(repaired)
-    help_run = subprocess.run([str(venv / "bin" / "autotrain"), "--help"], capture_output=True, text=True,
-                              env=_child_env(python), timeout=600)
+    help_run = _autotrain_help(python)
     if help_run.returncode != 0:
         raise UserError(f"AutoTrain was installed in {venv} but `autotrain --help` fails:\n{_tail(help_run.stderr or help_run.stdout)}")
     say(f"AutoTrain {VERSION} is ready: {venv / 'bin' / 'autotrain'}")
     return python
+
+
+def _autotrain_help(python: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(_bin(python, "autotrain")), "--help"], capture_output=True, text=True, env=_child_env(python), timeout=600)
 
 
 def repair_torchvision(python: Path) -> str | None:
@@ -127,6 +137,10 @@ def _child_env(python: Path, config: Config | None = None) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     env["PAUSE_ON_FAILURE"] = "0"  # AutoTrain would otherwise try to pause a Hugging Face Space on failure
+    if shutil.which("nvidia-smi") is None and "OMP_NUM_THREADS" not in env:
+        # On a CPU, `accelerate launch --cpu` (which AutoTrain runs) sets OMP_NUM_THREADS=1 unless it is already set:
+        # one core of however many there are. Give it the cores this process may use, as trainer's loop has.
+        env["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
     if config is not None:
         env["ALLOW_REMOTE_CODE"] = "true" if config.model.trust_remote_code else "false"
     return env
@@ -265,7 +279,7 @@ class AutoTrainLog:
             self.failure.append(line)
         if FAILURE_MARKER in line:
             self.failure = [line]
-        match = self._DICT.search(line)
+        match = self._DICT.search(line) if "on_log" in line else None  # its logger's line, not the progress bar's copy
         if match:
             try:
                 logged = ast.literal_eval(match.group(1))
@@ -368,7 +382,7 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
     steps_per_log = max(1, int(config.logging.log_every))
     history = []
     for i, logged in enumerate(log.losses, start=1):
-        step = i * steps_per_log
+        step = i * steps_per_log  # AutoTrain logs every logging_steps (= logging.log_every) steps
         history.append([step, float(logged["loss"])])
         metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"))
     final = log.final
@@ -378,7 +392,8 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
         metrics.write(step=steps, eval_loss=round(eval_loss, 6), perplexity=round(min(float("inf"), 2.718281828 ** eval_loss), 4))
     seconds = float(final.get("train_runtime", 0.0))
     epochs = float(final.get("epoch", 0.0))
-    tokens = round(sum(len(e.input_ids) for e in data.train) * epochs)  # AutoTrain trains on every token
+    # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
+    tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
     summary = {
         "backend": "autotrain",
         "steps": steps,

@@ -94,6 +94,14 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         _stop_on_problems(splits)
     if not tokenized[0]:
         raise UserError(f"{config.data.train}: no usable training examples are left.")
+    if not any(e.trained for e in tokenized[0]):
+        lost = sum(e.trained_lost for e in tokenized[0])
+        raise UserError(
+            f"{config.data.train}: no example has a token to learn from"
+            + (f": every answer is cut off by data.max_seq_length={config.data.max_seq_length} ({lost} answer tokens lost). "
+               "Raise data.max_seq_length (`trainer data --config ...` shows the lengths)." if lost else
+               ": check data.train_on and that the examples have assistant answers.")
+        )
     return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
                         (sources[0], sources[1]))
 

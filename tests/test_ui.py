@@ -1,0 +1,298 @@
+"""The web UI: the schema-driven form, the sandbox, the API (gradio_client) and a real browser (Chromium)."""
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+gr = pytest.importorskip("gradio", reason="the ui extra is installed by make test")
+
+from trainer.config import parse_config  # noqa: E402
+from trainer.config.presets import PRESETS, preset_text  # noqa: E402
+from trainer.config.schema import load_schema  # noqa: E402
+from ui.form import fields, from_config, to_document  # noqa: E402
+from ui.workspace import Workspace  # noqa: E402
+
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_round_trips_through_the_form(preset):
+    specs = fields(load_schema())
+    config = parse_config(preset_text(preset), check_files=False)
+    values = from_config(specs, config.to_dict())
+    again = parse_config(yaml.safe_dump(to_document(specs, values)), check_files=False)
+    assert again.to_dict() == config.to_dict()
+    assert from_config(specs, again.to_dict()) == values
+
+
+def test_a_new_schema_field_appears_in_the_form_without_ui_changes(tmp_path):
+    from ui.app import App, build
+
+    schema = copy.deepcopy(load_schema())
+    schema["properties"]["training"]["properties"]["label_smoothing"] = {
+        "title": "Label smoothing", "description": "A setting the UI code has never heard of.",
+        "type": "number", "minimum": 0, "maximum": 1, "default": 0.0}
+    app = App(Workspace(tmp_path, sandbox=False), schema=schema)
+    spec = next(s for s in app.specs if s.key == "training.label_smoothing")
+    assert spec.group == "Training" and spec.kind == "number" and spec.maximum == 1
+    demo = build(app)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert "field-training-label_smoothing" in ids
+    values = [0.1 if s.key == "training.label_smoothing" else None for s in app.specs]
+    assert to_document(app.specs, values) == {"training": {"label_smoothing": 0.1}}
+
+
+def test_every_schema_setting_has_exactly_one_field():
+    specs = fields(load_schema())
+    keys = [s.key for s in specs if s.kind != "toggle"]
+    assert len(keys) == len(set(keys))
+    assert {"model.name_or_path", "training.lora.target_modules", "evaluation.metrics", "training.early_stopping.patience"} <= set(keys)
+    assert {s.group for s in specs} == {"Model", "Data", "Training", "Output", "Backend", "Evaluation"}
+
+
+def test_errors_are_reported_at_their_field(tmp_path):
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=False))
+    values = app.preset_values("cpu-demo")
+    index = next(i for i, s in enumerate(app.specs) if s.key == "training.learning_rate")
+    values[index] = -1
+    _, problems, runnable = app.check(values)
+    assert runnable is None
+    assert "must be greater than 0" in problems["training.learning_rate"]
+
+
+@pytest.mark.parametrize("typed", ["../../etc/passwd", "/etc/passwd", "~/.ssh/id_rsa", "uploads/../../x.jsonl"])
+def test_the_sandbox_refuses_paths_outside_the_work_directory(tmp_path, typed):
+    workspace = Workspace(tmp_path, sandbox=True)
+    resolved, why = workspace.resolve(typed, "data")
+    assert resolved is None and "work directory" in why
+
+
+def test_the_sandbox_accepts_its_own_files_and_hub_ids(tmp_path):
+    workspace = Workspace(tmp_path, sandbox=True)
+    assert workspace.resolve("uploads/train.jsonl", "data") == (str(tmp_path / "uploads" / "train.jsonl"), None)
+    assert workspace.resolve("HuggingFaceH4/no_robots:train", "data") == ("HuggingFaceH4/no_robots:train", None)
+    assert workspace.resolve("/opt/venv/bin/python", "program")[0] is None
+
+
+def test_uploads_are_kept_under_the_work_directory_with_a_limit(tmp_path):
+    workspace = Workspace(tmp_path / "work", sandbox=True, max_upload_mb=0.001)
+    (tmp_path / "work").mkdir()
+    small = tmp_path / "../small.jsonl"
+    small.write_text('{"text": "hi"}\n')
+    saved = workspace.save_upload(str(small), "../../evil name.jsonl")
+    assert saved == tmp_path / "work" / "uploads" / "evil_name.jsonl"
+    big = tmp_path / "big.jsonl"
+    big.write_text("x" * 5000)
+    with pytest.raises(ValueError, match="limit"):
+        workspace.save_upload(str(big))
+    with pytest.raises(ValueError, match="upload a"):
+        workspace.save_upload(str(small), "script.sh")
+
+
+# --- the app started for real on 127.0.0.1 -------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui_server(tmp_path):
+    """`trainer ui` in its own process, with a fresh work directory; yields (url, workdir)."""
+    def start(sandbox: bool):
+        port = _free_port()
+        workdir = tmp_path / "work"
+        workdir.mkdir(exist_ok=True)
+        env = {**os.environ, "TRAINER_WORKDIR": str(workdir), "TRAINER_UI_SANDBOX": "1" if sandbox else "0"}
+        process = subprocess.Popen([sys.executable, "-m", "trainer", "ui", "--port", str(port)], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.5)
+        return url, workdir
+
+    started: list = []
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def tiny_run_yaml(model_dir: Path, data: str, out: str = "runs/tiny") -> str:
+    return yaml.safe_dump({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": data, "validation_split": 0.2, "max_seq_length": 64},
+        "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01, "precision": "fp32"},
+        "output": {"dir": out},
+        "logging": {"log_every": 1},
+    })
+
+
+def _tiny_chat_data(folder: Path) -> Path:
+    path = folder / "tiny.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("red", "blue", "green", "pink", "gold", "grey", "teal", "navy", "ruby", "jade")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir, tmp_path):
+    from gradio_client import Client
+
+    url, workdir = ui_server(sandbox=False)
+    client = Client(url, verbose=False)
+    bad = client.predict("model: {name_or_path: x}\ndata: {train: y}\ntraining: {learning_rate: -1}", api_name="/validate_yaml")
+    assert bad["valid"] is False and "training.learning_rate" in bad["problems"]
+
+    data = _tiny_chat_data(tmp_path)
+    job = client.predict(tiny_run_yaml(tiny_model_dir, str(data)).replace("max_steps: 4", "max_steps: 400"), api_name="/start_yaml")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = client.predict(job, api_name="/job_status")
+        if status["progress"]:
+            break
+        time.sleep(0.5)
+    assert client.predict(job, api_name="/stop_job") in ("running", "stopped")
+    while time.time() < deadline and "running" in client.predict(job, api_name="/job_status")["status"]:
+        time.sleep(0.5)
+    status = client.predict(job, api_name="/job_status")
+    assert "stopped" in status["status"], status
+    assert list((workdir / "runs" / "tiny" / "checkpoints").glob("step-*")), "Stop must leave a checkpoint"
+
+    assert client.predict(job, api_name="/resume_job") in ("queued", "running")
+    deadline = time.time() + 300
+    while time.time() < deadline and "finished" not in (status := client.predict(job, api_name="/job_status"))["status"]:
+        assert "failed" not in status["status"], status["log"]
+        time.sleep(1)
+    assert "finished" in status["status"] and "Resuming from" in status["log"]
+    assert status["losses"] and status["progress"].startswith("step 400 of 400")
+    answer = client.predict("runs/tiny", "say red", 4, api_name="/chat_once")
+    assert isinstance(answer, str)
+
+
+@pytest.mark.slow
+def test_api_in_the_sandbox_refuses_outside_paths(ui_server):
+    from gradio_client import Client
+
+    url, _ = ui_server(sandbox=True)
+    client = Client(url, verbose=False)
+    result = client.predict("model: {name_or_path: /etc}\ndata: {train: ../../etc/passwd}\ntraining: {epochs: 1}\n", api_name="/validate_yaml")
+    assert result["valid"] is False
+    assert "work directory" in result["problems"]["data.train"] and "work directory" in result["problems"]["model.name_or_path"]
+
+
+# --- a real browser ------------------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.slow
+def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: make test installs Debian's chromium package (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, workdir = ui_server(sandbox=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    step = iter(range(1, 100))
+
+    def shot(page, name):
+        page.screenshot(path=str(ARTIFACTS / f"{next(step):02d}-{name}.png"), full_page=True)
+
+    def set_field(page, key, value):
+        box = page.locator(f"#field-{key.replace('.', '-')} input, #field-{key.replace('.', '-')} textarea").first
+        box.fill(str(value))
+        box.press("Tab")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(url)
+        expect(page.locator("#form-status")).to_contain_text("valid", timeout=60_000)
+        shot(page, "loaded")
+
+        page.locator("#preset input").click()
+        page.get_by_role("option", name="CPU demo (SmolLM2-135M, LoRA)").click()
+        expect(page.locator("#yaml-preview")).to_contain_text("learning_rate: 0.002", timeout=30_000)
+        shot(page, "preset")
+
+        page.locator("#tab-data-button, button:has-text('Data')").first.click()
+        page.locator("#upload-data input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "train.jsonl"))
+        expect(page.locator("#data-detected")).to_contain_text("messages", timeout=30_000)
+        expect(page.locator("#data-preview")).to_contain_text("ingredients", timeout=30_000)
+        expect(page.locator("#yaml-preview")).to_contain_text("uploads/train.jsonl", timeout=30_000)
+        shot(page, "data-preview")
+        page.locator("#check-data").click()
+        expect(page.locator("#data-report textarea")).to_have_value(__import__("re").compile("tokens"), timeout=120_000)
+        shot(page, "data-report")
+
+        page.locator("button:has-text('Training')").first.click()
+        set_field(page, "training.learning_rate", "-1")
+        expect(page.locator("#field-training-learning_rate")).to_contain_text("must be greater than 0", timeout=30_000)
+        expect(page.locator("#form-status")).to_contain_text("Fix these", timeout=30_000)
+        shot(page, "inline-error")
+        set_field(page, "training.learning_rate", "0.01")
+        expect(page.locator("#form-status")).to_contain_text("valid", timeout=30_000)
+        expect(page.locator("#field-training-learning_rate")).not_to_contain_text("must be greater than 0")
+        shot(page, "fixed")
+
+        with page.expect_download() as download:
+            page.locator("#download-yaml").click()
+        saved = tmp_path / "downloaded.yaml"
+        download.value.save_as(saved)
+        downloaded = parse_config(saved.read_text(), str(saved), check_files=False)
+        assert downloaded.training.learning_rate == 0.01
+
+        # a tiny run through the form: the tiny model, short answers, a few steps
+        page.locator("button:has-text('Model')").first.click()
+        set_field(page, "model.name_or_path", str(tiny_model_dir))
+        page.locator("button:has-text('Data')").first.click()
+        set_field(page, "data.train", str(_tiny_chat_data(workdir)))
+        set_field(page, "data.max_seq_length", "64")
+        page.locator("button:has-text('Training')").first.click()
+        set_field(page, "training.epochs", "")
+        set_field(page, "training.max_steps", "6")
+        set_field(page, "training.batch_size", "4")
+        page.locator("button:has-text('Evaluation')").first.click()
+        page.locator("#field-evaluation-after_training input").uncheck()
+        expect(page.locator("#form-status")).to_contain_text("valid", timeout=30_000)
+        expect(page.locator("#yaml-preview")).to_contain_text("max_steps: 6", timeout=30_000)
+        shot(page, "tiny-run-form")
+
+        page.locator("#tab-run-button, button:has-text('Run')").first.click()
+        page.locator("#start").click()
+        expect(page.locator("#job-status")).to_contain_text("finished", timeout=180_000)
+        expect(page.locator("#job-progress")).to_contain_text("step 6 of 6")
+        expect(page.locator("#loss-curve canvas, #loss-curve svg").first).to_be_visible(timeout=30_000)
+        shot(page, "finished-with-loss-curve")
+
+        page.locator("#tab-results-button, button:has-text('Results')").first.click()
+        page.locator("#refresh-runs").click()
+        page.locator("#run-choice input").fill("runs/quickstart")
+        page.locator("#run-choice input").press("Enter")
+        page.locator("#chat-input textarea").fill("say red")
+        page.locator("#chat-input textarea").press("Enter")
+        expect(page.locator("#chatbot")).to_contain_text("say red", timeout=60_000)
+        page.wait_for_timeout(3000)
+        shot(page, "chat")
+        browser.close()

@@ -1,0 +1,204 @@
+"""Training jobs for the UI: each is `trainer --config` (or `trainer eval`) in its own process, one at a time.
+
+A job lives in <workdir>/jobs/<id>/: config.yaml, job.json (its state) and
+log.txt (everything the process printed). The process is started in its own
+session, so closing the browser or restarting the UI does not stop it; the
+state on disk is read back when the UI starts again. Stop sends SIGTERM, on
+which the training loop saves a checkpoint; Resume runs the same config with
+--resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PROGRESS = re.compile(r"step (\d+)/(\d+)")
+
+# Runs `trainer` and writes its exit code to a file, so the outcome is known even if the UI restarted meanwhile;
+# SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
+WRAPPER = """
+import signal, subprocess, sys
+child = subprocess.Popen({cmd!r})
+signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+code = child.wait()
+with open({exit_file!r}, "w") as handle:
+    handle.write(str(code))
+sys.exit(code)
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # train | eval
+    config: str  # path of its config.yaml
+    run_dir: str
+    status: str = "queued"  # queued | running | finished | failed | stopped
+    pid: int | None = None
+    returncode: int | None = None
+    resume: bool = False
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+
+class JobManager:
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.root = self.workdir / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+
+    # --- state on disk ---
+    def _dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def _save(self, job: Job) -> None:
+        path = self._dir(job.id) / "job.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(job), indent=2))
+        os.replace(tmp, path)
+
+    def get(self, job_id: str) -> Job:
+        return Job(**json.loads((self._dir(job_id) / "job.json").read_text()))
+
+    def jobs(self) -> list[Job]:
+        found = []
+        for path in self.root.glob("*/job.json"):
+            try:
+                found.append(Job(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return sorted(found, key=lambda j: j.created)
+
+    # --- submitting and running ---
+    def submit(self, config_text: str, run_dir: str, kind: str = "train") -> Job:
+        with self.lock:
+            job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{len(list(self.root.iterdir())):03d}"
+            folder = self._dir(job_id)
+            folder.mkdir(parents=True)
+            (folder / "config.yaml").write_text(config_text, encoding="utf-8")
+            job = Job(job_id, kind, str(folder / "config.yaml"), run_dir, created=time.time())
+            self._save(job)
+        self.poll()
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a stopped or failed training job again, continuing from its newest checkpoint."""
+        with self.lock:
+            job = self.get(job_id)
+            if job.status in ("queued", "running"):
+                return job
+            job.status, job.resume, job.returncode, job.pid, job.finished = "queued", True, None, None, None
+            job.created = time.time()
+            self._save(job)
+        self.poll()
+        return self.get(job_id)
+
+    def stop(self, job_id: str) -> Job:
+        with self.lock:
+            job = self.get(job_id)
+            if job.status == "queued":
+                job.status = "stopped"
+                self._save(job)
+            elif job.status == "running" and job.pid:
+                try:
+                    os.kill(job.pid, signal.SIGTERM)  # passed on to trainer, which saves a checkpoint and exits
+                except ProcessLookupError:
+                    pass
+        return self.get(job_id)
+
+    def poll(self) -> list[Job]:
+        """Update running jobs from their processes and start the next queued one when none runs."""
+        with self.lock:
+            jobs = self.jobs()
+            for job in jobs:
+                if job.status == "running" and not _alive(job.pid):
+                    code = _exit_code(self._dir(job.id))
+                    job.returncode = code
+                    job.status = "finished" if code == 0 else "stopped" if _was_stopped(self.log(job.id)) else "failed"
+                    job.finished = time.time()
+                    self._save(job)
+            if not any(j.status == "running" for j in jobs):
+                queued = [j for j in jobs if j.status == "queued"]
+                if queued:
+                    self._start(queued[0])
+            return self.jobs()
+
+    def _start(self, job: Job) -> None:
+        folder = self._dir(job.id)
+        if job.kind == "eval":
+            args = ["eval", "--config", job.config, "--run", job.run_dir]
+        else:
+            args = ["--config", job.config] + (["--resume"] if job.resume else [])
+        code = WRAPPER.format(cmd=[sys.executable, "-m", "trainer", *args], exit_file=str(folder / "exit_code"))
+        (folder / "exit_code").unlink(missing_ok=True)
+        log = open(folder / "log.txt", "a", encoding="utf-8")
+        log.write(f"\n$ trainer {' '.join(args)}\n")
+        log.flush()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+        job.status, job.pid, job.started = "running", process.pid, time.time()
+        self._save(job)
+        threading.Thread(target=process.wait, daemon=True).start()  # reap it, so it does not linger as a zombie
+
+    # --- what the UI shows ---
+    def log(self, job_id: str, lines: int = 40) -> str:
+        path = self._dir(job_id) / "log.txt"
+        if not path.is_file():
+            return ""
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+        return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
+
+    def progress(self, job_id: str) -> tuple[int, int] | None:
+        found = PROGRESS.findall(self.log(job_id, 400))
+        return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+    def losses(self, job_id: str) -> list[dict]:
+        """metrics.jsonl of the job's run directory: training loss per logged step and validation losses."""
+        path = self.workdir / self.get(job_id).run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return rows
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child not yet reaped is a zombie: not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _exit_code(folder: Path) -> int | None:
+    try:
+        return int((folder / "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _was_stopped(log: str) -> bool:
+    return "stopped at step" in log or "Continue with the same command plus --resume" in log

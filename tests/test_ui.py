@@ -184,7 +184,8 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
     while time.time() < deadline and "finished" not in (status := client.predict(job, api_name="/job_status"))["status"]:
         assert "failed" not in status["status"], status["log"]
         time.sleep(1)
-    assert "finished" in status["status"] and "Resuming from" in status["log"]
+    assert "finished" in status["status"]
+    assert "Resuming from" in (workdir / "jobs" / job / "log.txt").read_text()
     assert status["losses"] and status["progress"].startswith("step 400 of 400")
     answer = client.predict("runs/tiny", "say red", 4, api_name="/chat_once")
     assert isinstance(answer, str)
@@ -236,7 +237,7 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         expect(page.locator("#yaml-preview")).to_contain_text("learning_rate: 0.002", timeout=30_000)
         shot(page, "preset")
 
-        page.locator("#tab-data-button, button:has-text('Data')").first.click()
+        page.get_by_role("tab", name="Data").click()
         page.locator("#upload-data input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "train.jsonl"))
         expect(page.locator("#data-detected")).to_contain_text("messages", timeout=30_000)
         expect(page.locator("#data-preview")).to_contain_text("ingredients", timeout=30_000)
@@ -246,7 +247,7 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         expect(page.locator("#data-report textarea")).to_have_value(__import__("re").compile("tokens"), timeout=120_000)
         shot(page, "data-report")
 
-        page.locator("button:has-text('Training')").first.click()
+        page.get_by_role("tab", name="Training").click()
         set_field(page, "training.learning_rate", "-1")
         expect(page.locator("#field-training-learning_rate")).to_contain_text("must be greater than 0", timeout=30_000)
         expect(page.locator("#form-status")).to_contain_text("Fix these", timeout=30_000)
@@ -264,35 +265,41 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         assert downloaded.training.learning_rate == 0.01
 
         # a tiny run through the form: the tiny model, short answers, a few steps
-        page.locator("button:has-text('Model')").first.click()
+        page.get_by_role("tab", name="Model").click()
         set_field(page, "model.name_or_path", str(tiny_model_dir))
-        page.locator("button:has-text('Data')").first.click()
+        page.get_by_role("tab", name="Data").click()
         set_field(page, "data.train", str(_tiny_chat_data(workdir)))
         set_field(page, "data.max_seq_length", "64")
-        page.locator("button:has-text('Training')").first.click()
+        page.get_by_role("tab", name="Training").click()
         set_field(page, "training.epochs", "")
         set_field(page, "training.max_steps", "6")
         set_field(page, "training.batch_size", "4")
-        page.locator("button:has-text('Evaluation')").first.click()
+        page.get_by_role("tab", name="Output").click()
+        page.locator("#tab-output").get_by_text("Advanced").click()
+        set_field(page, "logging.log_every", "1")
+        page.get_by_role("tab", name="Evaluation").click()
         page.locator("#field-evaluation-after_training input").uncheck()
         expect(page.locator("#form-status")).to_contain_text("valid", timeout=30_000)
         expect(page.locator("#yaml-preview")).to_contain_text("max_steps: 6", timeout=30_000)
         shot(page, "tiny-run-form")
 
-        page.locator("#tab-run-button, button:has-text('Run')").first.click()
+        page.get_by_role("tab", name="Run").click()
         page.locator("#start").click()
         expect(page.locator("#job-status")).to_contain_text("finished", timeout=180_000)
         expect(page.locator("#job-progress")).to_contain_text("step 6 of 6")
         expect(page.locator("#loss-curve canvas, #loss-curve svg").first).to_be_visible(timeout=30_000)
         shot(page, "finished-with-loss-curve")
 
-        page.locator("#tab-results-button, button:has-text('Results')").first.click()
+        page.get_by_role("tab", name="Results").click()
         page.locator("#refresh-runs").click()
         page.locator("#run-choice input").fill("runs/quickstart")
         page.locator("#run-choice input").press("Enter")
         page.locator("#chat-input textarea").fill("say red")
         page.locator("#chat-input textarea").press("Enter")
         expect(page.locator("#chatbot")).to_contain_text("say red", timeout=60_000)
-        page.wait_for_timeout(3000)
+        expect(page.locator("#chatbot [data-testid=bot], #chatbot .bot").first).to_be_attached(timeout=60_000)
+        page.wait_for_timeout(2000)
+        rows = [json.loads(l) for l in (workdir / "runs" / "quickstart" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
         shot(page, "chat")
         browser.close()

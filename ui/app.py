@@ -27,8 +27,9 @@ from ui.form import FieldSpec, fields, from_config, to_document
 from ui.jobs import JobManager
 from ui.workspace import Workspace, path_keys
 
-PRESET_LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
-                 "gpu-qlora": "GPU QLoRA (Llama 3.1 8B)", "full": "Full fine-tune (Llama 3.2 1B)"}
+_LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
+           "gpu-qlora": "GPU QLoRA (Llama 3.1 8B)", "full": "Full fine-tune (Llama 3.2 1B)"}
+PRESET_LABELS = {name: _LABELS.get(name, name) for name in PRESETS}  # every shipped preset, named for people
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.yaml", "README.md", "summary.json", "metrics.jsonl", "loss.png", "eval.md", "eval.json", "eval.png")
 
@@ -45,6 +46,8 @@ class App:
         self._loaded: dict[str, object] = {}
         if self.ws.sandbox:
             self._bundle_demo_data()
+        elif REPO not in self.ws.read_only_roots:
+            self.ws.read_only_roots = (*self.ws.read_only_roots, REPO)  # the presets' data/recipes/... from anywhere
 
     def _bundle_demo_data(self) -> None:
         """The CPU demo preset names data/recipes/...: give a sandboxed work directory its own copy."""
@@ -88,9 +91,9 @@ class App:
         return from_config(self.specs, config.to_dict())
 
     # --- data ---
-    def inspect_data(self, source: str) -> tuple[list[dict], str, list[str]]:
-        """(first rows, what was detected, the columns found) for a data file or Hub id."""
-        from trainer.data.formats import detect_format
+    def inspect_data(self, source: str) -> tuple[list[dict], str, list[str], set[str]]:
+        """(first rows, what was detected, the columns found, the column settings the format needs) for a data file."""
+        from trainer.data.formats import DEFAULT_COLUMNS, detect_format
         from trainer.data.records import read_records
 
         resolved, why = self.ws.resolve(source, "data")
@@ -99,10 +102,14 @@ class App:
         records, problems = read_records(resolved)
         if not records:
             raise ValueError(f"{source}: no readable records" + (f" ({problems[0]})" if problems else ""))
-        fmt, detection = detect_format(records, {})
-        columns = sorted({k for r in records[:200] for k in r.data})
-        rows = [{k: json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for k, v in r.data.items()} for r in records[:5]]
-        return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns
+        columns = sorted({k for r in records[:200] for k in r.row})
+        rows = [{k: json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for k, v in r.row.items()} for r in records[:5]]
+        try:
+            fmt, detection = detect_format(records, {})
+            needed = set(DEFAULT_COLUMNS[fmt])
+        except UserError as exc:  # unknown column names: every mapping is offered
+            detection, needed = exc.problems[0].message, {k for names in DEFAULT_COLUMNS.values() for k in names}
+        return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns, needed
 
     def data_report(self, runnable_yaml: str) -> str:
         """The data report (`trainer data`): problems with their lines, token statistics, steps."""
@@ -151,7 +158,10 @@ class App:
         path = self.run_path(run)
         for name in ("eval.md", "README.md"):
             if (path / name).is_file():
-                return (path / name).read_text(encoding="utf-8")
+                text = (path / name).read_text(encoding="utf-8")
+                if text.startswith("---\n"):  # the model card's metadata block is for the Hub, not for people
+                    text = text.split("\n---\n", 1)[-1]
+                return text
         return "This run has no evaluation yet: press Evaluate."
 
     def evaluate(self, run: str) -> str:
@@ -209,11 +219,26 @@ def _component(spec: FieldSpec, value):
         return gr.Checkbox(value=bool(value), label=spec.title if spec.kind == "checkbox" else f"Use: {spec.title}", info=info,
                            elem_id=common["elem_id"])
     if spec.kind in ("integer", "number"):
-        return gr.Number(value=value, precision=0 if spec.kind == "integer" else None, minimum=spec.minimum,
-                         maximum=spec.maximum, **common)
+        # The bounds go in the help text, not into gr.Number: Gradio would refuse an out-of-range number itself,
+        # with its own words, before the validator could say what is wrong and what is allowed.
+        bounds = _bounds(spec)
+        return gr.Number(value=value, precision=0 if spec.kind == "integer" else None,
+                         **{**common, "info": f"{info} {bounds}".strip()})
     if spec.path[:2] == ("data", "columns"):  # column mapping: the columns of the loaded file, or any name
         return gr.Dropdown(choices=[], value=value or None, allow_custom_value=True, **common)
     return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+def _bounds(spec: FieldSpec) -> str:
+    if spec.minimum is not None and spec.maximum is not None:
+        return f"({spec.minimum:g} to {spec.maximum:g})"
+    if spec.minimum is not None:
+        return f"(at least {spec.minimum:g})"
+    return f"(at most {spec.maximum:g})" if spec.maximum is not None else ""
+
+
+def _help(spec: FieldSpec) -> str:
+    return f"{spec.description} {_bounds(spec)}".strip() if spec.kind in ("integer", "number") else spec.description
 
 
 def build(app: App | None = None) -> gr.Blocks:
@@ -246,11 +271,17 @@ def build(app: App | None = None) -> gr.Blocks:
                                                     elem_id="upload-data")
                                 detected = gr.Markdown(elem_id="data-detected")
                                 preview_rows = gr.Dataframe(label="First rows", interactive=False, elem_id="data-preview")
-                            for i in [i for i in indices if not specs[i].advanced]:
+                            mapping = [i for i in indices if specs[i].path[:2] == ("data", "columns")]
+                            if mapping:  # column mapping: shown for the columns the loaded file's format needs
+                                with gr.Row():
+                                    for i in mapping:
+                                        components[i] = _component(specs[i], initial[i])
+                                        components[i].visible = bool(initial[i])
+                            for i in [i for i in indices if not specs[i].advanced and i not in mapping]:
                                 components[i] = _component(specs[i], initial[i])
-                            advanced = [i for i in indices if specs[i].advanced]
-                            if advanced:
-                                with gr.Accordion("Advanced", open=False):
+                            advanced = [i for i in indices if specs[i].advanced and i not in mapping]
+                            if advanced:  # folded away, unless the whole group is advanced settings
+                                with gr.Accordion("Advanced", open=len(advanced) + len(mapping) == len(indices)):
                                     for i in advanced:
                                         components[i] = _component(specs[i], initial[i])
                             if group == "Data":
@@ -290,7 +321,7 @@ def build(app: App | None = None) -> gr.Blocks:
             if runnable is not None:
                 path = app.ws.root / ".ui-config.yaml"
                 path.write_text(preview, encoding="utf-8")
-            updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else s.description) for s in specs]
+            updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else _help(s)) for s in specs]
             text = "**The config is valid.**" if not problems else "**Fix these before training:**\n" + "\n".join(
                 f"- `{k or 'config'}`: {m}" for k, m in problems.items())
             return [preview, text, gr.update(value=str(path) if path else None), runnable, *updates]
@@ -306,14 +337,21 @@ def build(app: App | None = None) -> gr.Blocks:
         column_indices = [i for i, s in enumerate(specs) if s.path[:2] == ("data", "columns")]
 
         def data_uploaded(path):
-            saved = app.ws.save_upload(path)
-            rows, detection, columns = app.inspect_data(str(saved))
-            return [app.ws.relative(saved), f"Detected: {detection}. Columns: {', '.join(columns)}", rows,
-                    *[gr.update(choices=columns) for _ in column_indices]]
+            try:
+                saved = app.ws.save_upload(path)
+                rows, detection, columns, needed = app.inspect_data(str(saved))
+            except (ValueError, UserError) as exc:
+                raise gr.Error(str(exc)) from None
+            import pandas as pd
+
+            table = pd.DataFrame([{k: (v if len(v) <= 300 else v[:300] + " ...") for k, v in row.items()} for row in rows])
+            return [app.ws.relative(saved), f"**{detection}.** Columns: {', '.join(columns)}", table,
+                    *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
 
         data_file.upload(data_uploaded, data_file, [components[train_index], detected, preview_rows,
                                                      *[components[i] for i in column_indices]],
-                         api_name="upload_data").then(refresh, components, outputs)
+                         api_name="upload_data").then(refresh, components, outputs).then(
+            lambda runnable: app.data_report(runnable) if runnable else "Fix the config first.", runnable_state, data_report)
         check_data.click(lambda runnable: app.data_report(runnable) if runnable else "Fix the config first.",
                          runnable_state, data_report, api_name="data_report")
 

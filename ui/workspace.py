@@ -31,6 +31,7 @@ class Workspace:
     root: Path
     sandbox: bool
     max_upload_mb: float = 200.0
+    read_only_roots: tuple[Path, ...] = ()  # where relative paths are also looked up (outside the sandbox)
 
     @classmethod
     def from_env(cls) -> Workspace:
@@ -57,7 +58,13 @@ class Workspace:
                 return None, f"{text!r} leads out of the work directory; use a path inside it (like uploads/train.jsonl)"
             return str(path), None
         path = Path(text).expanduser()
-        return str(path if path.is_absolute() else (self.root / path)), None
+        if path.is_absolute():
+            return str(path), None
+        for root in [self.root, *(self.read_only_roots if kind in ("model", "data") else ())]:
+            # inputs may also come from read-only places (trainer's own demo data); outputs always go to the work dir
+            if (root / path).exists():
+                return str(root / path), None
+        return str(self.root / path), None
 
     def check_paths(self, data: dict, path_keys: dict[tuple, str]) -> list[tuple[tuple, str]]:
         """Resolve every path-like value of config data in place; return (key path, message) for the refused ones."""

@@ -442,7 +442,7 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
             break
     assert _processes_in(work), "AutoTrain's training process should be running in " + str(work)
     child.send_signal(getattr(signal, sig))
-    rest, _ = child.communicate(timeout=60)
+    _, rest = child.communicate(timeout=60)
     assert child.returncode == 2, "".join(seen)[-2000:] + rest[-2000:]
     assert "AutoTrain and its training processes were ended" in rest
     deadline = time.time() + 10

@@ -100,6 +100,38 @@ def test_uploads_are_kept_under_the_work_directory_with_a_limit(tmp_path):
         workspace.save_upload(str(small), "script.sh")
 
 
+def test_an_autotrain_yaml_fills_the_form(tmp_path):
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=False))
+    source = tmp_path / "autotrain.yml"
+    source.write_text("task: llm-sft\nbase_model: org/model\nproject_name: my-run\nlog: none\nbackend: local\n"
+                      "data: {path: data, train_split: train, valid_split: null, chat_template: tokenizer, "
+                      "column_mapping: {text_column: messages}}\nparams: {lr: 0.0003, epochs: 2, peft: true, quantization: null}\n")
+    values = app.load_yaml(str(source))
+    document = to_document(app.specs, values)
+    assert document["model"]["name_or_path"] == "org/model" and document["training"]["learning_rate"] == 0.0003
+    assert document["training"]["method"] == "lora" and document["output"]["dir"] == "my-run"
+
+
+def test_the_run_download_holds_the_result_not_the_checkpoints(tmp_path):
+    import zipfile
+
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=True))
+    run = tmp_path / "runs" / "r"
+    (run / "model").mkdir(parents=True)
+    (run / "checkpoints" / "step-1").mkdir(parents=True)
+    for name in ("config.yaml", "README.md", "summary.json", "model/adapter_config.json", "checkpoints/step-1/optimizer.pt"):
+        (run / name).write_text("x")
+    names = set(zipfile.ZipFile(app.archive("runs/r")).namelist())
+    assert {"config.yaml", "README.md", "summary.json", "model/adapter_config.json"} <= names
+    assert not any(n.startswith("checkpoints") for n in names)
+    with pytest.raises(ValueError):
+        app.archive("../../etc")
+
+
 # --- the app started for real on 127.0.0.1 -------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -111,11 +143,13 @@ def _free_port() -> int:
 @pytest.fixture
 def ui_server(tmp_path):
     """`trainer ui` in its own process, with a fresh work directory; yields (url, workdir)."""
-    def start(sandbox: bool):
+    def start(sandbox: bool, auth: str | None = None):
         port = _free_port()
         workdir = tmp_path / "work"
         workdir.mkdir(exist_ok=True)
         env = {**os.environ, "TRAINER_WORKDIR": str(workdir), "TRAINER_UI_SANDBOX": "1" if sandbox else "0"}
+        if auth:
+            env["TRAINER_UI_AUTH"] = auth
         process = subprocess.Popen([sys.executable, "-m", "trainer", "ui", "--port", str(port)], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started.append(process)
@@ -189,14 +223,18 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
     assert status["losses"] and status["progress"].startswith("step 400 of 400")
     answer = client.predict("runs/tiny", "say red", 4, api_name="/chat_once")
     assert isinstance(answer, str)
+    # another browser session (a closed and reopened page) sees the same job
+    assert Client(url, verbose=False).predict("", api_name="/job_status")["job"] == job
 
 
 @pytest.mark.slow
-def test_api_in_the_sandbox_refuses_outside_paths(ui_server):
+def test_api_with_login_in_the_sandbox_refuses_outside_paths(ui_server):
     from gradio_client import Client
 
-    url, _ = ui_server(sandbox=True)
-    client = Client(url, verbose=False)
+    url, _ = ui_server(sandbox=True, auth="ada:s3cret-pass")
+    with pytest.raises(Exception):
+        Client(url, verbose=False)  # no login, no access
+    client = Client(url, auth=("ada", "s3cret-pass"), verbose=False)
     result = client.predict("model: {name_or_path: /etc}\ndata: {train: ../../etc/passwd}\ntraining: {epochs: 1}\n", api_name="/validate_yaml")
     assert result["valid"] is False
     assert "work directory" in result["problems"]["data.train"] and "work directory" in result["problems"]["model.name_or_path"]

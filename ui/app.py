@@ -336,22 +336,32 @@ def build(app: App | None = None) -> gr.Blocks:
         train_index = next(i for i, s in enumerate(specs) if s.key == "data.train")
         column_indices = [i for i, s in enumerate(specs) if s.path[:2] == ("data", "columns")]
 
+        def data_shown(source: str):
+            """Preview, detected format and column mapping for a data file (uploaded, or a path typed in the form)."""
+            import pandas as pd
+
+            try:
+                rows, detection, columns, needed = app.inspect_data(source)
+            except (ValueError, UserError, OSError) as exc:
+                message = exc.render() if isinstance(exc, UserError) else str(exc)
+                return [source, f"**Could not read the data:** {message}", None, *[gr.update() for _ in column_indices]]
+            table = pd.DataFrame([{k: (v if len(v) <= 300 else v[:300] + " ...") for k, v in row.items()} for row in rows])
+            return [source, f"**{detection}.** Columns: {', '.join(columns)}", table,
+                    *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
+
         def data_uploaded(path):
             try:
                 saved = app.ws.save_upload(path)
-                rows, detection, columns, needed = app.inspect_data(str(saved))
-            except (ValueError, UserError) as exc:
+            except ValueError as exc:
                 raise gr.Error(str(exc)) from None
-            import pandas as pd
-
-            table = pd.DataFrame([{k: (v if len(v) <= 300 else v[:300] + " ...") for k, v in row.items()} for row in rows])
-            return [app.ws.relative(saved), f"**{detection}.** Columns: {', '.join(columns)}", table,
-                    *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
+            return data_shown(app.ws.relative(saved))
 
         data_file.upload(data_uploaded, data_file, [components[train_index], detected, preview_rows,
                                                      *[components[i] for i in column_indices]],
                          api_name="upload_data").then(refresh, components, outputs).then(
             lambda runnable: app.data_report(runnable) if runnable else "Fix the config first.", runnable_state, data_report)
+        components[train_index].blur(data_shown, components[train_index], [components[train_index], detected, preview_rows,
+                                                                          *[components[i] for i in column_indices]])
         check_data.click(lambda runnable: app.data_report(runnable) if runnable else "Fix the config first.",
                          runnable_state, data_report, api_name="data_report")
 

@@ -37,3 +37,25 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
     # the same arithmetic in a different order (all-reduce of gradients): equal to float32 rounding
     assert got == pytest.approx(expected, abs=1e-5)
     assert sorted(p.name for p in (two / "run").iterdir()) == sorted(p.name for p in (one / "run").iterdir())
+
+
+def test_the_yaml_alone_launches_two_processes_that_match_one(tmp_path, tiny_model_dir):
+    """distributed: {strategy: ddp, num_processes: 2} makes `trainer --config` re-launch itself (CPU: gloo)."""
+    import yaml
+
+    one = tmp_path / "one"
+    one.mkdir()
+    config = tiny_config(one, tiny_model_dir, max_steps=5, batch_size=2, gradient_accumulation=2, learning_rate=0.01, lora={"dropout": 0.0})
+    assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True).returncode == 0
+
+    two = tmp_path / "two"
+    two.mkdir()
+    config = tiny_config(two, tiny_model_dir, max_steps=5, batch_size=2, gradient_accumulation=1, learning_rate=0.01, lora={"dropout": 0.0})
+    data = yaml.safe_load(config.read_text())
+    data["distributed"] = {"strategy": "ddp", "num_processes": 2}
+    config.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting ddp training" in result.stderr
+    assert result.stdout.count("Run directory:") == 1  # reported once, by the main process
+    assert trajectory(two / "run") == pytest.approx(trajectory(one / "run"), abs=1e-5)

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what a multi-process launch repeats
     try:
         return _dispatch(parser, args)
     except UserError as exc:
@@ -131,7 +132,11 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     config = load_config(args.run_config, args.overrides)
-    run_dir = engine.run(config, args.run_config, resume=args.resume)
+    run_dir = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
+    import os
+
+    if os.environ.get("RANK", "0") != "0" or (config.distributed.strategy != "none" and "RANK" not in os.environ):
+        return 0  # the main training process reports; other ranks and the launching process stay quiet
     summary = run_dir / "summary.json"
     if summary.is_file():
         import json

@@ -23,9 +23,14 @@ def preflight(config: Config, config_file: str):
     return backend
 
 
-def run(config: Config, config_file: str, resume: bool = False) -> Path:
+def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> Path:
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
+    if config.distributed.strategy != "none":
+        from trainer import distributed
+
+        if not distributed.is_launched():
+            return _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
     run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
     if config.evaluation.after_training and _is_main_process():
         from trainer.evaluation.report import write_report
@@ -33,6 +38,23 @@ def run(config: Config, config_file: str, resume: bool = False) -> Path:
 
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
         print(write_report(run_dir, evaluation, config))
+    return run_dir
+
+
+def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
+    """Start one trainer process per device with the same arguments, and wait for them (they do the whole run)."""
+    import subprocess
+
+    import torch
+
+    from trainer.distributed import launch_command
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    command = launch_command(config, argv, run_dir, gpus)
+    print(f"Starting {config.distributed.strategy} training: {' '.join(command[1:4])} ...", file=sys.stderr, flush=True)
+    code = subprocess.call(command)
+    if code != 0:
+        sys.exit(code)  # the processes have said what went wrong
     return run_dir
 
 

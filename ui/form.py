@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GROUPS = {"model": "Model", "data": "Data", "training": "Training", "output": "Output", "backend": "Backend",
-          "evaluation": "Evaluation", "logging": "Output", "resume": "Output"}
+          "evaluation": "Evaluation", "logging": "Output", "resume": "Output", "distributed": "Backend"}
 
 
 @dataclass(frozen=True)

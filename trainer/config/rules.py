@@ -112,7 +112,21 @@ def output_dir_is_a_folder(cfg: Config) -> Found:
         yield ("output", "dir"), f"{cfg.output.dir!r} is a file; the run directory must be a folder. Choose another output.dir."
 
 
+def distributed_fits_method_and_backend(cfg: Config) -> Found:
+    strategy = cfg.distributed.strategy
+    if strategy == "none":
+        if cfg.distributed.num_processes not in (None, 1):
+            yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp, deepspeed)."
+        return
+    if cfg.backend.name != "peft":
+        yield ("distributed", "strategy"), ("trainer launches several processes for its own loop only; with backend.name: autotrain "
+                                            "AutoTrain uses every visible GPU itself. Set distributed.strategy: none.")
+    if cfg.training.method == "qlora" and strategy == "fsdp":
+        yield ("distributed", "strategy"), "qlora's 4-bit weights cannot be sharded by fsdp here; use distributed.strategy: ddp (or deepspeed)."
+
+
 CONFIG_RULES: list[Callable[[Config], Found]] = [
+    distributed_fits_method_and_backend,
     epochs_xor_max_steps,
     early_stopping_needs_validation,
     chat_template_is_named_or_jinja,
@@ -168,7 +182,16 @@ def flash_attention_needs_package(cfg: Config, hw: Hardware) -> Found:
             yield ("model", "attn_implementation"), "flash_attention_2 requires an NVIDIA GPU and the flash-attn package; set model.attn_implementation: auto."
 
 
+def sharding_needs_gpus_and_packages(cfg: Config, hw: Hardware) -> Found:
+    strategy = cfg.distributed.strategy
+    if strategy in ("fsdp", "deepspeed") and hw.device(cfg.backend.peft.device) != "cuda":
+        yield ("distributed", "strategy"), f"{strategy} shards the model across NVIDIA GPUs, and this machine has none; use distributed.strategy: ddp (CPU processes) or none."
+    elif strategy == "deepspeed" and not has_package("deepspeed"):
+        yield ("distributed", "strategy"), "deepspeed requires the deepspeed package: pip install deepspeed (or use distributed.strategy: fsdp)."
+
+
 HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
+    sharding_needs_gpus_and_packages,
     qlora_needs_cuda_and_bitsandbytes,
     adamw_8bit_needs_cuda_and_bitsandbytes,
     precision_fits_hardware,

@@ -1,0 +1,81 @@
+"""The distributed section: validation, and the launcher files generated for GPUs (checked by content: no GPU here)."""
+import pytest
+import yaml
+
+from conftest import run_trainer
+from trainer.config import parse_config
+from trainer.distributed import accelerate_config, deepspeed_config, decoder_layer_class, launch_command, num_processes
+from trainer.errors import UserError
+
+
+def config(extra: str = "", method: str = "lora"):
+    return parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\n"
+                        f"training: {{method: {method}, epochs: 1, batch_size: 3, gradient_accumulation: 2, max_grad_norm: 0.7}}\n" + extra,
+                        check_files=False)
+
+
+def test_fsdp_wraps_the_decoder_layer_and_keeps_lora_params_usable():
+    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}"), 4, "bf16", "LlamaDecoderLayer")
+    assert settings["distributed_type"] == "FSDP" and settings["num_processes"] == 4 and settings["mixed_precision"] == "bf16"
+    fsdp = settings["fsdp_config"]
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert fsdp["fsdp_use_orig_params"] is True and fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_json_follows_the_training_settings(stage):
+    cfg = config(f"distributed: {{strategy: deepspeed, zero_stage: {stage}}}")
+    ds = deepspeed_config(cfg, "bf16")
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.7
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+    assert ("stage3_gather_16bit_weights_on_model_save" in ds["zero_optimization"]) == (stage == 3)
+    settings = accelerate_config(cfg, 2, "bf16", deepspeed_file="/runs/x/launch/deepspeed.json")
+    assert settings["distributed_type"] == "DEEPSPEED" and settings["deepspeed_config"]["deepspeed_config_file"].endswith("deepspeed.json")
+
+
+def test_ddp_on_gpus_goes_through_accelerate_launch_with_its_config(tmp_path):
+    cfg = config("distributed: {strategy: ddp}")
+    command = launch_command(cfg, ["--config", "x.yaml", "--resume"], tmp_path, gpus=8)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-4:] == ["trainer", "--config", "x.yaml", "--resume"]
+    written = yaml.safe_load((tmp_path / "launch" / "accelerate.yaml").read_text())
+    assert written["distributed_type"] == "MULTI_GPU" and written["num_processes"] == 8
+
+
+def test_cpu_processes_go_through_torch_distributed_run(tmp_path):
+    command = launch_command(config("distributed: {strategy: ddp, num_processes: 3}"), ["--config", "x.yaml"], tmp_path, gpus=0)
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[command.index("--nproc_per_node") + 1] == "3"
+
+
+def test_process_counts_are_checked_against_the_gpus():
+    assert num_processes(config("distributed: {strategy: ddp}"), 4) == 4
+    with pytest.raises(UserError, match="only 2 GPU"):
+        num_processes(config("distributed: {strategy: ddp, num_processes: 8}"), 2)
+    with pytest.raises(UserError, match="no GPU to count"):
+        num_processes(config("distributed: {strategy: ddp}"), 0)
+
+
+def test_the_layer_class_comes_from_the_model(tiny_model_dir):
+    cfg = parse_config(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1}}\n", check_files=False)
+    assert decoder_layer_class(cfg) == "LlamaDecoderLayer"
+
+
+@pytest.mark.parametrize("extra, method, message", [
+    ("distributed: {strategy: fsdp}", "qlora", "cannot be sharded by fsdp"),
+    ("distributed: {num_processes: 4}", "lora", "several processes need a strategy"),
+    ("distributed: {strategy: ddp}\nbackend: {name: autotrain, autotrain: {allow_differences: true}}", "lora", "own loop only"),
+    ("distributed: {strategy: nccl}", "lora", "distributed.strategy"),
+])
+def test_invalid_distributed_settings_are_named(extra, method, message):
+    with pytest.raises(UserError) as raised:
+        config(extra, method)
+    assert message in raised.value.render()
+
+
+def test_sharding_on_a_cpu_only_machine_stops_before_loading_anything(tmp_path, tiny_model_dir):
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: {tmp_path}/d.jsonl}}\ntraining: {{epochs: 1}}\n"
+                   "distributed: {strategy: fsdp, num_processes: 2}\n")
+    (tmp_path / "d.jsonl").write_text('{"text": "hello"}\n')
+    result = run_trainer("--config", str(cfg))
+    assert result.returncode == 2 and "distributed.strategy: fsdp shards the model across NVIDIA GPUs" in result.stderr

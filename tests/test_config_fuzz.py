@@ -1,4 +1,6 @@
 """Any YAML text at all: the validator returns a config or a UserError naming the problem, never anything else."""
+import json
+
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,3 +52,67 @@ def test_arbitrary_text_never_crashes(text):
         parse_config(text, "fuzz.yaml")
     except UserError as exc:
         assert exc.problems
+
+
+def _misspell(key: str, how: int) -> str:
+    if not key:
+        return key
+    i = how % len(key)
+    return [key[:i] + key[i + 1:], key[:i] + key[i] * 2 + key[i + 1:], key.upper(), key.replace("_", "-"), key + "s"][how % 5]
+
+
+@st.composite
+def structural_yaml(draw):
+    """YAML text built line by line from the real config: keys misspelled, duplicated or dropped, sections nested
+    deep, anchors and aliases, unicode and huge strings, extreme numbers."""
+    lines = []
+    for section, body in BASE.items():
+        if draw(st.integers(0, 9)) == 0:
+            continue  # a missing section
+        name = _misspell(section, draw(st.integers(0, 50))) if draw(st.integers(0, 7)) == 0 else section
+        anchor = f" &{section}" if draw(st.integers(0, 5)) == 0 else ""
+        lines.append(f"{name}:{anchor}")
+        for key, value in (body.items() if isinstance(body, dict) else []):
+            how = draw(st.integers(0, 30))
+            key = _misspell(key, how) if how < 4 else key
+            choice = draw(st.integers(0, 12))
+            if choice == 0:
+                value = draw(st.sampled_from([1e308, -1e308, 10**30, -(10**30), 0, -1, 1e-320, ".nan", ".inf", "-.inf"]))
+            elif choice == 1:
+                value = json.dumps(draw(st.text(max_size=20)))
+            elif choice == 2:
+                value = json.dumps("x" * draw(st.integers(1000, 200_000)))
+            elif choice == 3:
+                value = "{" * draw(st.integers(1, 80)) + "}" * draw(st.integers(0, 80))
+            elif choice == 4:
+                value = f"*{draw(st.sampled_from(list(BASE)))}"
+            else:
+                value = json.dumps(value)
+            lines.append(f"  {key}: {value}")
+            if draw(st.integers(0, 15)) == 0:
+                lines.append(f"  {key}: {value}")  # a duplicate key
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=structural_yaml())
+def test_structurally_fuzzed_configs_name_a_place_or_pass(text):
+    try:
+        parse_config(text, "fuzz.yaml")
+    except UserError as exc:
+        assert exc.problems
+        assert all(p.path or p.line or p.file for p in exc.problems), exc.render()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=structural_yaml())
+def test_the_command_line_says_it_in_words_for_a_sample(tmp_path, text):
+    """The same through `trainer validate`: exit 0 or 2, a message naming the file, never a traceback."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "trainer", "validate", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode in (0, 2) and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0 or str(path) in result.stderr

@@ -91,7 +91,11 @@ def test_uploads_are_kept_under_the_work_directory_with_a_limit(tmp_path):
     small = tmp_path / "../small.jsonl"
     small.write_text('{"text": "hi"}\n')
     saved = workspace.save_upload(str(small), "../../evil name.jsonl")
-    assert saved == tmp_path / "work" / "uploads" / "evil_name.jsonl"
+    assert saved.parent.parent == tmp_path / "work" / "uploads" and saved.name == "evil_name.jsonl"
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "bye"}\n')
+    assert workspace.save_upload(str(other), "evil name.jsonl") != saved  # same name, other content: both kept
+    assert workspace.save_upload(str(small), "evil name.jsonl") == saved
     big = tmp_path / "big.jsonl"
     big.write_text("x" * 5000)
     with pytest.raises(ValueError, match="limit"):
@@ -279,7 +283,8 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         page.locator("#upload-data input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "train.jsonl"))
         expect(page.locator("#data-detected")).to_contain_text("messages", timeout=30_000)
         expect(page.locator("#data-preview")).to_contain_text("ingredients", timeout=30_000)
-        expect(page.locator("#yaml-preview")).to_contain_text("uploads/train.jsonl", timeout=30_000)
+        expect(page.locator("#yaml-preview")).to_contain_text("/train.jsonl", timeout=30_000)
+        expect(page.locator("#yaml-preview")).to_contain_text("uploads/", timeout=30_000)
         shot(page, "data-preview")
         page.locator("#check-data").click()
         expect(page.locator("#data-report textarea")).to_have_value(__import__("re").compile("tokens"), timeout=120_000)
@@ -341,3 +346,85 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
         shot(page, "chat")
         browser.close()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+def test_under_load_twenty_clients_and_a_running_job(ui_server, tiny_model_dir, tmp_path):
+    """20 clients validating and uploading at once while a job trains: no error, the job's losses are those of
+    the same run alone, the UI's memory stays bounded, and a second start waits in the queue."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    data = _tiny_chat_data(tmp_path)
+    config_text = tiny_run_yaml(tiny_model_dir, str(data), out=str(reference / "run")).replace("max_steps: 4", "max_steps: 60")
+    (reference / "c.yaml").write_text(config_text)
+    assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(reference / "c.yaml")], cwd=REPO,
+                          capture_output=True).returncode == 0
+    expected = [r["loss"] for r in map(json.loads, (reference / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    url, workdir = ui_server(sandbox=False)
+    ui_pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_ui(p, url))
+    client = Client(url, verbose=False)
+    first = client.predict(config_text.replace(str(reference / "run"), "runs/first"), api_name="/start_yaml")
+    second = client.predict(config_text.replace(str(reference / "run"), "runs/second"), api_name="/start_yaml")
+    assert client.predict(second, api_name="/job_status")["status"].endswith("queued")
+    before = _rss_mb(ui_pid)
+
+    valid = "model: {name_or_path: %s}\ndata: {train: %s}\ntraining: {epochs: 1}\n" % (tiny_model_dir, data)
+    invalid = valid.replace("epochs: 1", "epochs: -1")
+
+    latencies: list[float] = []
+
+    def user(n: int) -> list[str]:
+        # generous client timeouts: 20 clients share this test's one Python process (and 2 cores with the job)
+        me = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        errors = []
+        for i in range(6):
+            started = time.time()
+            checked = me.predict(valid if (n + i) % 2 else invalid, api_name="/validate_yaml")
+            latencies.append(time.time() - started)
+            if checked["valid"] != bool((n + i) % 2):
+                errors.append(f"validate {n}/{i}: {checked}")
+            result = me.predict(handle_file(str(data)), api_name="/upload_data")
+            if "messages" not in str(result[1]):
+                errors.append(f"upload {n}/{i}: {result[1]}")
+        return errors
+
+    with ThreadPoolExecutor(20) as pool:
+        errors = [e for found in pool.map(user, range(20)) for e in found]
+    assert errors == []
+    print(f"\nUI under load: 20 clients x 6 (validate + upload), validate latency median "
+          f"{sorted(latencies)[len(latencies) // 2]:.2f} s, max {max(latencies):.2f} s; UI RSS {before:.0f} -> {_rss_mb(ui_pid):.0f} MB")
+    grown = _rss_mb(ui_pid) - before
+    assert grown < 400, f"the UI grew by {grown:.0f} MB under load"
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        states = [client.predict(job, api_name="/job_status")["status"] for job in (first, second)]
+        assert not any("failed" in s for s in states), states
+        if all(s.endswith("finished") for s in states):
+            break
+        time.sleep(1)
+    got = [r["loss"] for r in map(json.loads, (workdir / "runs" / "first" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert got == pytest.approx(expected, abs=1e-6)
+    first_job = json.loads((workdir / "jobs" / first / "job.json").read_text())
+    second_job = json.loads((workdir / "jobs" / second / "job.json").read_text())
+    assert second_job["started"] >= first_job["finished"] - 2  # one job at a time: the second started after the first ended
+
+
+def _is_ui(proc: Path, url: str) -> bool:
+    try:
+        cmd = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"ui" in cmd and url.rsplit(":", 1)[-1].strip("/").encode() in cmd

@@ -22,10 +22,11 @@ from pathlib import Path
 
 PROGRESS = re.compile(r"step (\d+)/(\d+)")
 
-# Runs `trainer` and writes its exit code to a file, so the outcome is known even if the UI restarted meanwhile;
-# SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
+# Runs `trainer` (at a lower CPU priority) and writes its exit code to a file, so the outcome is known even if the
+# UI restarted meanwhile; SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
 WRAPPER = """
-import signal, subprocess, sys
+import os, signal, subprocess, sys
+os.nice(10)  # training yields the CPU to the web server, so the UI stays responsive while a job runs
 child = subprocess.Popen({cmd!r})
 signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
 code = child.wait()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +92,20 @@ class Workspace:
         size_mb = source.stat().st_size / 1e6
         if size_mb > self.max_upload_mb:
             raise ValueError(f"{name} is {size_mb:.0f} MB; the limit is {self.max_upload_mb:.0f} MB (TRAINER_UI_MAX_UPLOAD_MB)")
-        target = self.root / "uploads" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        # Content-addressed: two people uploading different files of the same name never overwrite each other,
+        # and a file is complete before anyone can read it (written under a temporary name, then renamed).
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(source, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        target = self.root / "uploads" / digest.hexdigest()[:12] / name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.partial")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
         return target
 
     def relative(self, path: str | Path) -> str:

@@ -182,16 +182,19 @@ def flash_attention_needs_package(cfg: Config, hw: Hardware) -> Found:
             yield ("model", "attn_implementation"), "flash_attention_2 requires an NVIDIA GPU and the flash-attn package; set model.attn_implementation: auto."
 
 
-def sharding_needs_gpus_and_packages(cfg: Config, hw: Hardware) -> Found:
+def sharded_strategies_not_yet(cfg: Config, hw: Hardware) -> Found:
+    # Refused rather than run: the loop's checkpoints and saved adapter are written by the main process from its own
+    # parameters and optimizer state, which fsdp and deepspeed split across processes; they would be wrong.
+    # The launcher files for them are generated (trainer/distributed.py); shard-aware saving is what is missing.
     strategy = cfg.distributed.strategy
-    if strategy in ("fsdp", "deepspeed") and hw.device(cfg.backend.peft.device) != "cuda":
-        yield ("distributed", "strategy"), f"{strategy} shards the model across NVIDIA GPUs, and this machine has none; use distributed.strategy: ddp (CPU processes) or none."
-    elif strategy == "deepspeed" and not has_package("deepspeed"):
-        yield ("distributed", "strategy"), "deepspeed requires the deepspeed package: pip install deepspeed (or use distributed.strategy: fsdp)."
+    if strategy in ("fsdp", "deepspeed"):
+        yield ("distributed", "strategy"), (f"{strategy} is not supported by this version's checkpoints yet (they would hold "
+                                            "one process's shard); use distributed.strategy: ddp, which trains the same "
+                                            "adapter on every GPU.")
 
 
 HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
-    sharding_needs_gpus_and_packages,
+    sharded_strategies_not_yet,
     qlora_needs_cuda_and_bitsandbytes,
     adamw_8bit_needs_cuda_and_bitsandbytes,
     precision_fits_hardware,

@@ -34,7 +34,7 @@ def test_kill_9_soak_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
     """At least 10 SIGKILLs at random moments (half of them while a checkpoint is being written), a resume after
     each; the finished adapter must equal, bit for bit, that of a run never interrupted (same seed, fp32, CPU:
     the resumed run replays the same batches with the same RNG state, so the arithmetic is the same)."""
-    steps = 24
+    steps = 60
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = tiny_config(reference_dir, tiny_model_dir, max_steps=steps, save_every=1, keep_last=3, learning_rate=0.003)
@@ -58,13 +58,20 @@ def test_kill_9_soak_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
             except FileNotFoundError:
                 return False
 
+        def newest() -> int:
+            return max((int(p.name.split("-")[1]) for p in complete_checkpoints(run)), default=0)
+
         if kills < 10:
             aim_at_save = kills % 2 == 0
-            deadline = time.time() + (60 if aim_at_save else rng.uniform(2.0, 6.0))
+            start_step = newest()
+            deadline = time.time() + 120
             while time.time() < deadline and proc.poll() is None:
                 if aim_at_save and saving():
                     break
-                time.sleep(0.0005 if aim_at_save else 0.01)
+                if not aim_at_save and newest() > start_step:  # training is under way: kill at a random moment
+                    time.sleep(rng.uniform(0.0, 0.4))
+                    break
+                time.sleep(0.0005 if aim_at_save else 0.005)
             if proc.poll() is None:
                 was_saving = saving()
                 proc.kill()

@@ -120,7 +120,11 @@ def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
     steps = complete_checkpoints(run_dir)
     for old in steps[:-keep_last] if keep_last else steps:
         if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
+            # Renamed first (atomic), then deleted: a kill halfway through the deletion must not leave a folder
+            # that still looks complete (its state file present, its weights gone). Leftovers are removed at start.
+            doomed = old.with_name(f".tmp-old-{old.name}-{os.getpid()}")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

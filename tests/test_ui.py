@@ -47,6 +47,12 @@ def test_a_new_schema_field_appears_in_the_form_without_ui_changes(tmp_path):
     demo = build(app)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert "field-training-label_smoothing" in ids
+    by_id = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    slider = by_id["field-training-label_smoothing"]  # a bounded share: a slider over the schema's bounds
+    assert isinstance(slider, gr.Slider) and (slider.minimum, slider.maximum) == (0, 1)
+    split = by_id["field-data-validation_split"]
+    assert isinstance(split, gr.Slider) and split.maximum == 0.5
+    assert isinstance(by_id["field-training-learning_rate"], gr.Number)  # above 0: the validator explains, inline
     values = [0.1 if s.key == "training.label_smoothing" else None for s in app.specs]
     assert to_document(app.specs, values) == {"training": {"label_smoothing": 0.1}}
 

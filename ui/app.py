@@ -218,9 +218,11 @@ def _component(spec: FieldSpec, value):
     if spec.kind in ("checkbox", "toggle"):
         return gr.Checkbox(value=bool(value), label=spec.title if spec.kind == "checkbox" else f"Use: {spec.title}", info=info,
                            elem_id=common["elem_id"])
+    if _is_slider(spec):  # a share or a probability: a slider over its bounds
+        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.001, value=value, **common)
     if spec.kind in ("integer", "number"):
-        # The bounds go in the help text, not into gr.Number: Gradio would refuse an out-of-range number itself,
-        # with its own words, before the validator could say what is wrong and what is allowed.
+        # Open-ended numbers show their bounds in the help text rather than as gr.Number limits: Gradio would refuse
+        # an out-of-range number itself, in its own words, before the validator could say what is allowed.
         bounds = _bounds(spec)
         return gr.Number(value=value, precision=0 if spec.kind == "integer" else None,
                          **{**common, "info": f"{info} {bounds}".strip()})
@@ -229,16 +231,23 @@ def _component(spec: FieldSpec, value):
     return gr.Textbox(value="" if value is None else str(value), **common)
 
 
+def _is_slider(spec: FieldSpec) -> bool:
+    return (spec.kind == "number" and not spec.nullable and not spec.exclusive_minimum and spec.minimum is not None
+            and spec.maximum is not None and spec.maximum - spec.minimum <= 1)
+
+
 def _bounds(spec: FieldSpec) -> str:
-    if spec.minimum is not None and spec.maximum is not None:
-        return f"({spec.minimum:g} to {spec.maximum:g})"
-    if spec.minimum is not None:
-        return f"(at least {spec.minimum:g})"
+    low = f"above {spec.minimum:g}" if spec.exclusive_minimum else f"{spec.minimum:g}" if spec.minimum is not None else None
+    if low is not None and spec.maximum is not None:
+        return f"({low} to {spec.maximum:g})" if not spec.exclusive_minimum else f"({low}, at most {spec.maximum:g})"
+    if low is not None:
+        return f"(at least {low})" if not spec.exclusive_minimum else f"({low})"
     return f"(at most {spec.maximum:g})" if spec.maximum is not None else ""
 
 
 def _help(spec: FieldSpec) -> str:
-    return f"{spec.description} {_bounds(spec)}".strip() if spec.kind in ("integer", "number") else spec.description
+    shown = spec.kind in ("integer", "number") and not _is_slider(spec)
+    return f"{spec.description} {_bounds(spec)}".strip() if shown else spec.description
 
 
 def build(app: App | None = None) -> gr.Blocks:

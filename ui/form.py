@@ -26,6 +26,7 @@ class FieldSpec:
     minimum: float | None = None
     maximum: float | None = None
     nullable: bool = False
+    exclusive_minimum: bool = False  # the value must be above `minimum`, not at it (e.g. a learning rate)
     advanced: bool = False
     group: str = ""
 
@@ -86,7 +87,8 @@ def _spec(path: tuple, kind: str, node: dict, advanced: bool, group: str, defaul
     return FieldSpec(
         path=path, kind=kind, title=str(node.get("title", path[-1])), description=str(node.get("description", "")),
         default=default if kind == "toggle" else node.get("default"), choices=choices, minimum=low,
-        maximum=node.get("maximum"), nullable="null" in _types(node), advanced=advanced, group=group,
+        maximum=node.get("maximum"), nullable="null" in _types(node), exclusive_minimum="exclusiveMinimum" in node,
+        advanced=advanced, group=group,
     )
 
 

@@ -147,7 +147,9 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
     import os
 
-    if os.environ.get("RANK", "0") != "0" or (config.distributed.strategy != "none" and "RANK" not in os.environ):
+    from trainer.distributed import is_launched
+
+    if os.environ.get("RANK", "0") != "0" or (config.distributed.strategy != "none" and not is_launched()):
         return 0  # the main training process reports; other ranks and the launching process stay quiet
     summary = run_dir / "summary.json"
     if summary.is_file():

@@ -145,8 +145,8 @@ class App:
         return view
 
     def finished_runs(self) -> list[str]:
-        return sorted({self.ws.relative(j.run_dir) for j in self.jobs.jobs() if (Path(j.run_dir) / "model").is_dir()
-                       or (self.ws.root / j.run_dir / "model").is_dir()})
+        # a relative run_dir is inside the work directory; an absolute one stays as it is
+        return sorted({self.ws.relative(j.run_dir) for j in self.jobs.jobs() if (self.ws.root / j.run_dir / "model").is_dir()})
 
     def run_path(self, run: str) -> Path:
         resolved, why = self.ws.resolve(run, "output")
@@ -401,21 +401,24 @@ def build(app: App | None = None) -> gr.Blocks:
         message.submit(app.reply, [run_choice, chatbot, message], chatbot, api_name="chat").then(lambda: "", None, message)
 
         # Scripting (gradio_client): the same operations on YAML text, without the form.
-        def validate_yaml(config_yaml: str) -> dict:
-            """Check a config; returns {"valid", "problems": {key: message}, "config": normalised YAML}."""
+        def checked(config_yaml: str) -> tuple[str | None, dict, str | None]:
+            """(preview, problems, runnable YAML or None) of YAML text, through the same check as the form."""
             try:
                 values = from_config(specs, parse_config(config_yaml, "api", check_files=False).to_dict())
             except UserError as exc:
-                return {"valid": False, "problems": {p.path: p.message for p in exc.problems}, "config": None}
-            preview, problems, runnable = app.check(values)
+                return None, {p.path: p.message for p in exc.problems}, None
+            return app.check(values)
+
+        def validate_yaml(config_yaml: str) -> dict:
+            """Check a config; returns {"valid", "problems": {key: message}, "config": normalised YAML}."""
+            preview, problems, runnable = checked(config_yaml)
             return {"valid": runnable is not None, "problems": problems, "config": preview}
 
         def start_yaml(config_yaml: str) -> str:
             """Queue a training run of a config; returns the job id."""
-            result = validate_yaml(config_yaml)
-            if not result["valid"]:
-                raise gr.Error("; ".join(f"{k}: {m}" for k, m in result["problems"].items()))
-            _, _, runnable = app.check(from_config(specs, parse_config(config_yaml, "api", check_files=False).to_dict()))
+            _, problems, runnable = checked(config_yaml)
+            if runnable is None:
+                raise gr.Error("; ".join(f"{k}: {m}" for k, m in problems.items()))
             return app.start(runnable)
 
         def job_status(job_id: str) -> dict:

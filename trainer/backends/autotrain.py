@@ -427,17 +427,13 @@ def validation_loss(config: Config, run_dir: Path, data) -> float | None:
         return None
     from types import SimpleNamespace
 
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
+    from trainer.backends.peft import make_accelerator
     from trainer.generate import load_run
     from trainer.hardware import Hardware
     from trainer.loop import LossOnTrainedTokens, evaluate
-    from trainer.models import mixed_precision
 
     device = Hardware.detect().device(config.backend.peft.device)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+    accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
     module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id

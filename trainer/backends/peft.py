@@ -86,23 +86,32 @@ def _say(accelerator, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def setup(config: Config, run_dir: Path, resume: bool) -> Run:
+def make_accelerator(config: Config, device: str):
+    """The Accelerator for a run on `device`, with the run's mixed precision."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
-    from trainer.hardware import Hardware
-    from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
+    from trainer.models import mixed_precision
 
-    t = config.training
-    device = Hardware.detect().device(config.backend.peft.device)
     if not torch.distributed.is_initialized():
         # accelerate keeps its settings process-wide; a second run in the same process (tests, notebooks) may differ
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+    return Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+
+
+def setup(config: Config, run_dir: Path, resume: bool) -> Run:
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from trainer.hardware import Hardware
+    from trainer.models import add_adapter, load_model, load_tokenizer
+
+    t = config.training
+    device = Hardware.detect().device(config.backend.peft.device)
+    accelerator = make_accelerator(config, device)
     say = functools.partial(_say, accelerator)
 
     if accelerator.is_main_process:

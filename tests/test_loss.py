@@ -42,3 +42,28 @@ def test_window_loss_weights_tokens_not_batches():
     split = grads([collate_padded(EXAMPLES[:2], 0), collate_padded(EXAMPLES[2:], 0)])
     for a, b in zip(whole, split):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_short_rows_on_cpu_take_the_math_kernel_with_the_same_loss_and_gradients(monkeypatch):
+    """The kernel choice for short rows is a speed choice only: long rows through flash, short through math, same numbers."""
+    import trainer.loop as loop
+
+    batch = collate_padded(EXAMPLES, pad_id=0)
+    used = []
+    original = torch.nn.attention.sdpa_kernel
+    monkeypatch.setattr(torch.nn.attention, "sdpa_kernel", lambda backends: used.append(backends) or original(backends))
+
+    def loss_and_grads(limit):
+        monkeypatch.setattr(loop, "SHORT_ROWS_ON_CPU", limit)
+        model = tiny_llama(seed=5)
+        loss_sum, _ = LossOnTrainedTokens(model)(**batch)
+        loss_sum.backward()
+        return loss_sum, [p.grad for p in model.parameters() if p.grad is not None]
+
+    flash_loss, flash_grads = loss_and_grads(0)  # 6 tokens > 0: flash
+    assert used == []
+    math_loss, math_grads = loss_and_grads(160)
+    assert used == [[torch.nn.attention.SDPBackend.MATH]]
+    assert torch.allclose(flash_loss, math_loss, atol=1e-5)
+    for a, b in zip(flash_grads, math_grads):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -4,7 +4,7 @@ import yaml
 
 from conftest import run_trainer
 from trainer.config import parse_config
-from trainer.distributed import accelerate_config, deepspeed_config, decoder_layer_class, launch_command, num_processes
+from trainer.distributed import accelerate_config, deepspeed_config, launch_command, num_processes, shard_model
 from trainer.errors import UserError
 
 
@@ -14,12 +14,10 @@ def config(extra: str = "", method: str = "lora"):
                         check_files=False)
 
 
-def test_fsdp_wraps_the_decoder_layer_and_keeps_lora_params_usable():
-    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}"), 4, "bf16", "LlamaDecoderLayer")
-    assert settings["distributed_type"] == "FSDP" and settings["num_processes"] == 4 and settings["mixed_precision"] == "bf16"
-    fsdp = settings["fsdp_config"]
-    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
-    assert fsdp["fsdp_use_orig_params"] is True and fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
+    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}"), 4, "bf16")
+    assert settings["distributed_type"] == "MULTI_GPU" and settings["num_processes"] == 4 and settings["mixed_precision"] == "bf16"
+    assert "fsdp_config" not in settings  # accelerate's FSDP plugin would wrap the model a second time
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -55,9 +53,18 @@ def test_process_counts_are_checked_against_the_gpus():
         num_processes(config("distributed: {strategy: ddp}"), 0)
 
 
-def test_the_layer_class_comes_from_the_model(tiny_model_dir):
-    cfg = parse_config(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1}}\n", check_files=False)
-    assert decoder_layer_class(cfg) == "LlamaDecoderLayer"
+def test_fsdp_needs_to_know_the_layer_class():
+    import torch
+
+    class Plain(torch.nn.Module):
+        _no_split_modules = None
+
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UserError, match="cannot tell which layers of Plain to shard"):
+        shard_model(torch.nn.Sequential(Plain()), Plain())
 
 
 @pytest.mark.parametrize("extra, method, message", [
@@ -72,11 +79,11 @@ def test_invalid_distributed_settings_are_named(extra, method, message):
     assert message in raised.value.render()
 
 
-def test_sharded_strategies_are_refused_before_loading_anything(tmp_path, tiny_model_dir):
+def test_deepspeed_is_refused_before_loading_anything(tmp_path, tiny_model_dir):
     cfg = tmp_path / "x.yaml"
     cfg.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: {tmp_path}/d.jsonl}}\ntraining: {{epochs: 1}}\n"
-                   "distributed: {strategy: fsdp, num_processes: 2}\n")
+                   "distributed: {strategy: deepspeed, num_processes: 2}\n")
     (tmp_path / "d.jsonl").write_text('{"text": "hello"}\n')
     result = run_trainer("--config", str(cfg))
-    assert result.returncode == 2 and "distributed.strategy: fsdp is not supported by this version's checkpoints" in result.stderr
+    assert result.returncode == 2 and "distributed.strategy: deepspeed is not supported by this version's training loop" in result.stderr
     assert "Loading" not in result.stderr

@@ -5,6 +5,11 @@ file flushed to disk, and then renamed in one step: a kill during a save leaves
 only a temporary folder, which the next run removes. Everything needed to
 continue exactly is in it: the trainable weights, optimizer and scheduler
 state, every RNG state, the position in the data and the normalised config.
+
+Weights and optimizer state are written whole, whatever the processes hold:
+under fsdp each process has a shard, which `gather_trainable` collects for the
+main process to write, and `load_checkpoint` shards again on the way back in.
+The optimizer state is keyed by parameter name, not position.
 """
 from __future__ import annotations
 
@@ -57,12 +62,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state_dict(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+def _unwrapped(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer holds the torch one
 
 
-def save_checkpoint(run_dir: Path, name: str, model, optimizer, scheduler, state: dict, config_yaml: str) -> Path:
-    """Write checkpoints/<name> atomically and return its path."""
+_WHOLE_ON_CPU = dict(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+
+
+def gather_trainable(model, optimizer) -> tuple[dict, dict]:
+    """The trainable weights and the optimizer state, whole and on the CPU.
+
+    Every process must call it (under fsdp the shards are gathered); the main process gets the dicts, the others
+    empty ones.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, _unwrapped(optimizer), options=StateDictOptions(**_WHOLE_ON_CPU))
+
+
+def gather_weights(model) -> dict:
+    """The trainable weights alone, as gather_trainable gathers them (every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(**_WHOLE_ON_CPU))
+
+
+def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict, scheduler, state: dict, config_yaml: str) -> Path:
+    """Write checkpoints/<name> atomically and return its path; `weights` and `optimizer_state` from gather_trainable."""
     from safetensors.torch import save_file
 
     folder = checkpoints_dir(run_dir)
@@ -73,8 +99,8 @@ def save_checkpoint(run_dir: Path, name: str, model, optimizer, scheduler, state
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # written last: marks completeness
         _fsync_tree(tmp)
@@ -98,18 +124,23 @@ def save_checkpoint(run_dir: Path, name: str, model, optimizer, scheduler, state
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from `path`; every process calls it (fsdp shards what it reads)."""
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n in weights if n not in trainable]
     if missing:
         raise UserError(f"{path}: the checkpoint does not match the model ({missing[0]} is not a parameter); was the config changed?")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
     extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
+    optimizer_state = extra["optimizer"]
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    if isinstance(optimizer_state["param_groups"][0]["params"][0], int):  # keyed by position: an earlier trainer's
+        set_model_state_dict(model, weights, options=options)
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        set_state_dict(model, _unwrapped(optimizer), model_state_dict=weights, optim_state_dict=optimizer_state, options=options)
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))

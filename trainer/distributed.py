@@ -2,11 +2,17 @@
 
 `trainer --config x.yaml` with distributed.strategy set re-launches itself, one
 process per device: through `accelerate launch` with a generated accelerate
-config on NVIDIA GPUs (DDP, FSDP with the model's decoder-layer class as the
-wrapping unit, or DeepSpeed ZeRO with a generated JSON), and through
-`torch.distributed.run` on CPUs (DDP over gloo; accelerate's CPU launcher needs
-MPI). Each process then finds its rank in the environment, and only the main
-one writes the run directory. The generated files are kept in
+config on NVIDIA GPUs, and through `torch.distributed.run` on CPUs (over gloo;
+accelerate's CPU launcher needs MPI). Each process then finds its rank in the
+environment, and only the main one writes the run directory.
+
+ddp is accelerate's: every process holds the whole model. fsdp is trainer's own,
+with PyTorch's FSDP2 (`fully_shard`, `shard_model` below) on GPUs and CPUs alike:
+each decoder layer (the model's `_no_split_modules` class) is one unit, and
+checkpoints gather the shards (trainer/checkpoint.py), so a sharded run saves
+and resumes like any other. (accelerate's FSDP plugin does not run on CPUs, so
+it could not be tested here.) deepspeed's launcher files are generated, but its
+runs are refused until its engine is wired into the loop. The generated files are kept in
 <output.dir>/launch/, so `accelerate launch --config_file <output.dir>/launch/accelerate.yaml
 -m trainer --config x.yaml` repeats the launch by hand.
 """
@@ -38,21 +44,31 @@ def num_processes(config: Config, gpus: int) -> int:
     return wanted
 
 
-def decoder_layer_class(config: Config) -> str:
-    """The class FSDP wraps as one unit: the model's own `_no_split_modules` (e.g. LlamaDecoderLayer)."""
-    import transformers
+def shard_model(module, model):
+    """FSDP: shard `module` (the loss wrapper around `model`) across the processes, one unit per decoder layer.
 
-    from trainer.models import dequantised_gguf, is_gguf
+    Every process keeps 1/N of each weight, its gradient and its optimizer state, and gathers a layer's weights only
+    while that layer runs. The embeddings, final norm and head form the outer unit around `module`, whose forward is
+    the one the loop calls. Parameters are replaced by sharded ones: build the optimizer after this.
+    """
+    from torch.distributed.fsdp import fully_shard
 
-    name = config.model.name_or_path
-    source = str(dequantised_gguf(Path(name).expanduser())) if is_gguf(name) else name
-    model_config = transformers.AutoConfig.from_pretrained(source, revision=config.model.revision,
-                                                           trust_remote_code=config.model.trust_remote_code)
-    for architecture in model_config.architectures or []:
-        layers = getattr(getattr(transformers, architecture, None), "_no_split_modules", None)
-        if layers:
-            return layers[0]
-    raise UserError(f"model.name_or_path: cannot tell which layer class of {name!r} fsdp should wrap; use distributed.strategy: ddp.")
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_names = set(getattr(causal_lm, "_no_split_modules", None) or [])
+    layers = [m for m in module.modules() if type(m).__name__ in layer_names]
+    if not layers:
+        raise UserError(f"distributed.strategy: fsdp cannot tell which layers of {type(causal_lm).__name__} to shard "
+                        "(it names no _no_split_modules); use distributed.strategy: ddp.")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(module)
+    return module
+
+
+def is_sharded(module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def deepspeed_config(config: Config, mixed_precision: str) -> dict:
@@ -72,13 +88,15 @@ def deepspeed_config(config: Config, mixed_precision: str) -> dict:
     }
 
 
-def accelerate_config(config: Config, processes: int, mixed_precision: str, layer_class: str | None = None,
-                      deepspeed_file: str | None = None) -> dict:
-    """The YAML `accelerate launch --config_file` reads, for GPUs."""
+def accelerate_config(config: Config, processes: int, mixed_precision: str, deepspeed_file: str | None = None) -> dict:
+    """The YAML `accelerate launch --config_file` reads, for GPUs.
+
+    fsdp launches like ddp (MULTI_GPU): trainer shards the model itself in every process (`shard_model`).
+    """
     strategy = config.distributed.strategy
     out = {
         "compute_environment": "LOCAL_MACHINE",
-        "distributed_type": {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[strategy],
+        "distributed_type": {"ddp": "MULTI_GPU", "fsdp": "MULTI_GPU", "deepspeed": "DEEPSPEED"}[strategy],
         "num_machines": 1,
         "machine_rank": 0,
         "num_processes": processes,
@@ -88,20 +106,6 @@ def accelerate_config(config: Config, processes: int, mixed_precision: str, laye
         "same_network": True,
         "use_cpu": False,
     }
-    if strategy == "fsdp":
-        out["fsdp_config"] = {
-            "fsdp_version": 1,
-            "fsdp_sharding_strategy": "FULL_SHARD",
-            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": layer_class,
-            "fsdp_backward_prefetch": "BACKWARD_PRE",
-            "fsdp_state_dict_type": "FULL_STATE_DICT",
-            "fsdp_use_orig_params": True,  # LoRA: frozen and trainable weights live in the same wrapped units
-            "fsdp_cpu_ram_efficient_loading": False,
-            "fsdp_sync_module_states": True,
-            "fsdp_offload_params": False,
-            "fsdp_activation_checkpointing": config.training.gradient_checkpointing,
-        }
     if strategy == "deepspeed":
         out["deepspeed_config"] = {"deepspeed_config_file": deepspeed_file, "zero3_init_flag": config.distributed.zero_stage == 3}
         out.pop("mixed_precision")  # DeepSpeed takes it from its JSON
@@ -125,7 +129,6 @@ def launch_command(config: Config, argv: list[str], run_dir: Path, gpus: int) ->
     if config.distributed.strategy == "deepspeed":
         deepspeed_file = str(folder / "deepspeed.json")
         Path(deepspeed_file).write_text(json.dumps(deepspeed_config(config, precision), indent=2))
-    layer = decoder_layer_class(config) if config.distributed.strategy == "fsdp" else None
-    settings = accelerate_config(config, processes, precision, layer, deepspeed_file)
+    settings = accelerate_config(config, processes, precision, deepspeed_file)
     (folder / "accelerate.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml"), *trainer]

@@ -36,7 +36,8 @@ class LossOnTrainedTokens(nn.Module):
         self.decoder = causal_lm.get_decoder()
         self.head = causal_lm.get_output_embeddings()
         # gradient checkpointing recomputes the forward pass during backward, outside any kernel choice made here
-        self.choose_kernel = not getattr(causal_lm, "is_gradient_checkpointing", False)
+        checkpointing = "is_activation_checkpointing" if hasattr(type(causal_lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
+        self.choose_kernel = not getattr(causal_lm, checkpointing, False)
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
         with attention_kernel_for(input_ids) if self.choose_kernel else contextlib.nullcontext():
@@ -169,14 +170,18 @@ def evaluate(run, examples: list[Tokenized]) -> float | None:
         return None
     acc = run.accelerator
     module = acc.unwrap_model(run.loss_module).eval()  # no DDP wrapper: evaluation needs no gradient sync
-    batches = epoch_plan(examples, run.config, epoch=0)[acc.process_index :: acc.num_processes]
+    plan = epoch_plan(examples, run.config, epoch=0)
+    mine = plan[acc.process_index :: acc.num_processes]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     with torch.no_grad():
-        for batch in batches:
+        # every process runs as many batches (fsdp gathers each layer's weights together); a short share repeats one uncounted
+        for i in range(math.ceil(len(plan) / acc.num_processes)):
+            batch = mine[i] if i < len(mine) else plan[0]
             tensors = {k: v.to(acc.device) for k, v in collate(batch, run.config, run.pad_id, run.flash).items()}
             with acc.autocast():
                 loss_sum, count = module(**tensors)
-            total += torch.stack([loss_sum.double(), count.double()])
+            if i < len(mine):
+                total += torch.stack([loss_sum.double(), count.double()])
     total = acc.reduce(total, "sum")
     module.train()
     return float(total[0] / total[1]) if total[1] > 0 else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -44,6 +45,17 @@ class MetricsLog:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         points = [(r["step"], r[key]) for r in self.rows if key in r]
         return [p[0] for p in points], [p[1] for p in points]
+
+
+def merge_saved_adapter(run_dir: Path) -> None:
+    """<run>/merged: the base model with the adapter in <run>/model folded in, loaded afresh on the CPU."""
+    from trainer.generate import load_run
+
+    loaded = load_run(run_dir, "cpu")
+    merged = loaded.model.merge_and_unload()
+    shutil.rmtree(run_dir / "merged", ignore_errors=True)
+    merged.save_pretrained(run_dir / "merged")
+    loaded.tokenizer.save_pretrained(run_dir / "merged")
 
 
 def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:

@@ -359,7 +359,7 @@ def _failure_text(lines: list[str]) -> str:
 
 def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> dict:
     """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
-    from trainer.rundir import MetricsLog, plot_losses, write_model_card
+    from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, write_model_card
 
     project = work / project_name(config.output.dir)
     adapter = config.training.method != "full"
@@ -416,7 +416,7 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     plot_losses(history, metrics, run_dir / "loss.png")
     if config.output.merge_adapter and adapter:
-        merge(config, run_dir)
+        merge_saved_adapter(run_dir)
     write_model_card(run_dir, config, summary)
     return summary
 
@@ -439,16 +439,6 @@ def validation_loss(config: Config, run_dir: Path, data) -> float | None:
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
     run = SimpleNamespace(accelerator=accelerator, loss_module=module, config=config, pad_id=pad_id, flash=False)
     return evaluate(run, data.validation)
-
-
-def merge(config: Config, run_dir: Path) -> None:
-    from trainer.generate import load_run
-
-    loaded = load_run(run_dir, "cpu")
-    merged = loaded.model.merge_and_unload()
-    shutil.rmtree(run_dir / "merged", ignore_errors=True)
-    merged.save_pretrained(run_dir / "merged")
-    loaded.tokenizer.save_pretrained(run_dir / "merged")
 
 
 class AutoTrainBackend:

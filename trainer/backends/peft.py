@@ -17,9 +17,10 @@ from pathlib import Path
 from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
+from trainer.distributed import is_sharded, shard_model
 from trainer.errors import UserError
 from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
-from trainer.rundir import MetricsLog, plot_losses, record_throughput, write_model_card
+from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_model_card
 
 
 @dataclass
@@ -44,8 +45,9 @@ class Run:
         if seconds is not None:
             self.state.seconds = seconds
         self.accelerator.wait_for_everyone()
+        weights, optimizer_state = checkpoint.gather_trainable(self.model, self.optimizer)  # every process: fsdp's shards
         if self.accelerator.is_main_process:
-            checkpoint.save_checkpoint(self.run_dir, name, self.model, self.optimizer, self.scheduler,
+            checkpoint.save_checkpoint(self.run_dir, name, weights, optimizer_state, self.scheduler,
                                        state_to_json(self.state), self.config.to_yaml())
             if name.startswith("step-"):
                 checkpoint.prune(self.run_dir, self.config.training.keep_last)
@@ -69,8 +71,9 @@ class PeftBackend:
             ) from None
         if state.stopped_early and (checkpoint.checkpoints_dir(run_dir) / "best").is_dir():
             checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler)
+        weights = checkpoint.gather_weights(run.model) if is_sharded(run.loss_module) else None  # every process
         if run.accelerator.is_main_process:
-            save_outputs(run)
+            save_outputs(run, weights)
             _say(run.accelerator, f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
             if config.output.push_to_hub is not None:
                 from trainer.hub import push_run
@@ -113,6 +116,10 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     device = Hardware.detect().device(config.backend.peft.device)
     accelerator = make_accelerator(config, device)
     say = functools.partial(_say, accelerator)
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise UserError(f"this run was launched with accelerate's {accelerator.distributed_type.name} settings, which would wrap "
+                        "the model a second time; set distributed.strategy in the YAML (fsdp shards the model) and run "
+                        "`trainer --config` (or `accelerate launch` with the config it writes to <output.dir>/launch/).")
 
     if accelerator.is_main_process:
         _check_run_dir(run_dir, resume)
@@ -127,6 +134,10 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
 
     say(f"Loading {config.model.name_or_path} on {device} ...")
     model = add_adapter(load_model(config, device), config)
+    if config.distributed.strategy == "fsdp":
+        loss_module = shard_model(LossOnTrainedTokens(model), model)  # replaces the parameters by shards
+    else:
+        loss_module = accelerator.prepare(LossOnTrainedTokens(model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     total_params = sum(p.numel() for p in model.parameters())
     say(f"Method {t.method}: {sum(p.numel() for p in trainable):,} trainable of {total_params:,} parameters")
@@ -148,7 +159,6 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
 
-    loss_module = accelerator.prepare(LossOnTrainedTokens(model))
     optimizer = accelerator.prepare(optimizer)
     state = TrainState()
     if newest is not None:
@@ -175,21 +185,27 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
-def save_outputs(run: Run) -> None:
-    """The run directory: model (adapter or weights) with its tokenizer, optionally merged, card, metrics, curves."""
+def save_outputs(run: Run, gathered: dict | None = None) -> None:
+    """The run directory: model (adapter or weights) with its tokenizer, optionally merged, card, metrics, curves.
+
+    `gathered`: the trainable weights of a sharded (fsdp) run, whole, which this process's own parameters are not.
+    """
     cfg, run_dir, state = run.config, run.run_dir, run.state
     model_dir = run_dir / "model"
     tmp = run_dir / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
-    run.model.save_pretrained(tmp)
+    run.model.save_pretrained(tmp, **({"state_dict": gathered} if gathered is not None else {}))
     run.tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)
     if cfg.output.merge_adapter and cfg.training.method != "full":
-        merged = run.model.merge_and_unload()
-        shutil.rmtree(run_dir / "merged", ignore_errors=True)
-        merged.save_pretrained(run_dir / "merged")
-        run.tokenizer.save_pretrained(run_dir / "merged")
+        if gathered is None:
+            merged = run.model.merge_and_unload()
+            shutil.rmtree(run_dir / "merged", ignore_errors=True)
+            merged.save_pretrained(run_dir / "merged")
+            run.tokenizer.save_pretrained(run_dir / "merged")
+        else:  # the base weights are sharded: merge from the saved adapter and a fresh copy of the base model
+            merge_saved_adapter(run_dir)
     speed = state.trained_tokens / state.seconds if state.seconds else 0.0
     summary = {
         "steps": state.step,

@@ -116,13 +116,13 @@ def distributed_fits_method_and_backend(cfg: Config) -> Found:
     strategy = cfg.distributed.strategy
     if strategy == "none":
         if cfg.distributed.num_processes not in (None, 1):
-            yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp, deepspeed)."
+            yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp)."
         return
     if cfg.backend.name != "peft":
         yield ("distributed", "strategy"), ("trainer launches several processes for its own loop only; with backend.name: autotrain "
                                             "AutoTrain uses every visible GPU itself. Set distributed.strategy: none.")
     if cfg.training.method == "qlora" and strategy == "fsdp":
-        yield ("distributed", "strategy"), "qlora's 4-bit weights cannot be sharded by fsdp here; use distributed.strategy: ddp (or deepspeed)."
+        yield ("distributed", "strategy"), "qlora's 4-bit weights cannot be sharded by fsdp here; use distributed.strategy: ddp."
 
 
 CONFIG_RULES: list[Callable[[Config], Found]] = [
@@ -182,19 +182,17 @@ def flash_attention_needs_package(cfg: Config, hw: Hardware) -> Found:
             yield ("model", "attn_implementation"), "flash_attention_2 requires an NVIDIA GPU and the flash-attn package; set model.attn_implementation: auto."
 
 
-def sharded_strategies_not_yet(cfg: Config, hw: Hardware) -> Found:
-    # Refused rather than run: the loop's checkpoints and saved adapter are written by the main process from its own
-    # parameters and optimizer state, which fsdp and deepspeed split across processes; they would be wrong.
-    # The launcher files for them are generated (trainer/distributed.py); shard-aware saving is what is missing.
-    strategy = cfg.distributed.strategy
-    if strategy in ("fsdp", "deepspeed"):
-        yield ("distributed", "strategy"), (f"{strategy} is not supported by this version's checkpoints yet (they would hold "
-                                            "one process's shard); use distributed.strategy: ddp, which trains the same "
-                                            "adapter on every GPU.")
+def deepspeed_not_yet(cfg: Config, hw: Hardware) -> Found:
+    # Refused rather than run: the DeepSpeed engine owns backward, stepping and accumulation, and the loop drives
+    # them itself. Its launcher files are generated (trainer/distributed.py); fsdp shards the same state as ZeRO-3.
+    if cfg.distributed.strategy == "deepspeed":
+        yield ("distributed", "strategy"), ("deepspeed is not supported by this version's training loop yet; use "
+                                            "distributed.strategy: fsdp, which shards weights, gradients and optimizer "
+                                            "state like ZeRO-3, or ddp.")
 
 
 HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
-    sharded_strategies_not_yet,
+    deepspeed_not_yet,
     qlora_needs_cuda_and_bitsandbytes,
     adamw_8bit_needs_cuda_and_bitsandbytes,
     precision_fits_hardware,

@@ -432,8 +432,11 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
     import time
 
     cfg = _autotrain_config(tmp_path, rope_model_dir, autotrain_python, **{"training.epochs": 500})
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run started in the background (`make test &`) inherits it
+    # ignored, and Python then leaves it ignored
     child = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(cfg)], cwd=REPO, stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+                             stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     work = (tmp_path / "run" / "autotrain").resolve()
     seen = []
     for line in child.stderr:

@@ -99,14 +99,15 @@ def smollm2_tokenizer():
     return load_tokenizer(str(path))
 
 
-def tiny_llama(vocab_size: int = 128, seed: int = 0, attn: str = "sdpa"):
-    """A 2-layer Llama with hidden size 64, random weights."""
+def tiny_llama(vocab_size: int = 128, seed: int = 0, attn: str = "sdpa", tie: bool = False):
+    """A 2-layer Llama with hidden size 64, random weights (`tie`: the head shares the embeddings, as SmolLM2's does)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=tie)
     config._attn_implementation = attn
     return LlamaForCausalLM(config).eval()
 

@@ -68,6 +68,34 @@ def test_other_methods_train(tmp_path, tiny_model_dir, method, checkpointing, pr
         AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
 
 
+def test_full_fine_tuning_of_tied_embeddings_checkpoints_and_resumes_exactly(tmp_path, tiny_model_dir):
+    """The head and the embeddings are one weight (SmolLM2): saved once, restored into both, resumed exactly."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import tiny_llama
+
+    tied = tmp_path / "tied-model"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = tiny_llama(vocab_size=len(tokenizer), tie=True)
+    model.save_pretrained(tied)
+    tokenizer.save_pretrained(tied)
+    config = tiny_config(tmp_path, tied, method="full", max_steps=4, save_every=2, keep_last=10, learning_rate=0.003)
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    uninterrupted = losses(run)
+    saved = load_file(run / "checkpoints" / "step-2" / "trainable.safetensors")
+    assert "model.embed_tokens.weight" in saved and "lm_head.weight" not in saved
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    shutil.rmtree(run / "model")
+    assert main(["--config", str(config), "--resume"]) == 0
+    assert [loss for _, loss in losses(run)[2:]] == pytest.approx([loss for _, loss in uninterrupted[2:]], abs=1e-6)
+    result = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert result.lm_head.weight.data_ptr() == result.model.embed_tokens.weight.data_ptr()
+
+
 def test_merged_model_matches_the_adapter(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -77,7 +77,9 @@ def gather_trainable(model, optimizer) -> tuple[dict, dict]:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, _unwrapped(optimizer), options=StateDictOptions(**_WHOLE_ON_CPU))
+    weights, optimizer_state = get_state_dict(model, _unwrapped(optimizer), options=StateDictOptions(**_WHOLE_ON_CPU))
+    names = {name for name, _ in model.named_parameters()}  # one name per weight: tied embeddings appear once
+    return {k: v for k, v in weights.items() if k in names}, optimizer_state
 
 
 def gather_weights(model) -> dict:

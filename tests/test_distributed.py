@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_config
+from trainer.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +153,40 @@ def test_fsdp_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
     assert sorted(single) == sorted(sharded)
     for name, value in single.items():
         assert sharded[name].shape == value.shape and torch.allclose(sharded[name], value, atol=2e-4), name
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to trainer", "Ctrl-C to the terminal's group"])
+def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_model_dir, how):
+    """SIGTERM to `trainer` (the UI's Stop) or SIGINT to the whole group (Ctrl-C): both processes stop after the
+    same step, one checkpoint is written, exit status 2 and a message, no traceback, no process left; --resume ends it."""
+    import os
+    import signal
+    import time
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=3000, batch_size=2, learning_rate=0.0001)
+    config = with_distributed(config, strategy="ddp", num_processes=2)
+    child = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 8):
+        time.sleep(0.2)
+    if how.startswith("SIGTERM"):
+        child.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 2, err[-3000:]
+    assert "Continue with the same command plus --resume" in err and "Traceback" not in err, err[-3000:]
+    assert err.count("stopping after this step") == 1  # said once, by the main process
+    saved = complete_checkpoints(tmp_path / "run")
+    assert saved
+    stopped_at = int(saved[-1].name.split("-")[1])
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout.split()
+    assert left == [], "processes left running: " + " ".join(left)
+    resumed = subprocess.run([sys.executable, "-m", "trainer", "--config", str(config), "--resume", "--set",
+                              f"training.max_steps={stopped_at + 2}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"(step {stopped_at} of {stopped_at + 2})" in resumed.stderr

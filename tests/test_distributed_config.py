@@ -4,7 +4,7 @@ import yaml
 
 from conftest import run_trainer
 from trainer.config import parse_config
-from trainer.distributed import accelerate_config, deepspeed_config, launch_command, num_processes, shard_model
+from trainer.distributed import accelerate_config, deepspeed_config, launch_command, num_processes, rank_environments, shard_model
 from trainer.errors import UserError
 
 
@@ -40,9 +40,13 @@ def test_ddp_on_gpus_goes_through_accelerate_launch_with_its_config(tmp_path):
     assert written["distributed_type"] == "MULTI_GPU" and written["num_processes"] == 8
 
 
-def test_cpu_processes_go_through_torch_distributed_run(tmp_path):
-    command = launch_command(config("distributed: {strategy: ddp, num_processes: 3}"), ["--config", "x.yaml"], tmp_path, gpus=0)
-    assert command[1:3] == ["-m", "torch.distributed.run"] and command[command.index("--nproc_per_node") + 1] == "3"
+def test_cpu_processes_get_their_ranks_and_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    envs = rank_environments(3, 29555)
+    assert [e["RANK"] for e in envs] == [e["LOCAL_RANK"] for e in envs] == ["0", "1", "2"]
+    assert {e["WORLD_SIZE"] for e in envs} == {"3"} and {e["MASTER_PORT"] for e in envs} == {"29555"}
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 8 cores / 3 processes, rounded down
 
 
 def test_process_counts_are_checked_against_the_gpus():

@@ -2,9 +2,11 @@
 
 `trainer --config x.yaml` with distributed.strategy set re-launches itself, one
 process per device: through `accelerate launch` with a generated accelerate
-config on NVIDIA GPUs, and through `torch.distributed.run` on CPUs (over gloo;
-accelerate's CPU launcher needs MPI). Each process then finds its rank in the
-environment, and only the main one writes the run directory.
+config on NVIDIA GPUs, and on CPUs by starting the processes itself
+(`run_local_processes`, over gloo; accelerate's CPU launcher needs MPI). Each
+process then finds its rank in the environment, and only the main one writes
+the run directory. A stop (Ctrl-C, SIGTERM) reaches every process, which
+checkpoint together and exit with status 2.
 
 ddp is accelerate's: every process holds the whole model. fsdp is trainer's own,
 with PyTorch's FSDP2 (`fully_shard`, `shard_model` below) on GPUs and CPUs alike:
@@ -113,15 +115,12 @@ def accelerate_config(config: Config, processes: int, mixed_precision: str, deep
 
 
 def launch_command(config: Config, argv: list[str], run_dir: Path, gpus: int) -> list[str]:
-    """The command that starts one `trainer` process per device with the same arguments; writes the launcher's files."""
+    """The `accelerate launch` command that starts one `trainer` process per GPU; writes the launcher's files."""
     import yaml
 
     from trainer.models import mixed_precision
 
     processes = num_processes(config, gpus)
-    trainer = ["-m", "trainer", *argv]
-    if gpus == 0:  # CPU processes: DDP over gloo
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *trainer]
     folder = run_dir / "launch"
     folder.mkdir(parents=True, exist_ok=True)
     precision = mixed_precision(config, "cuda")
@@ -131,4 +130,57 @@ def launch_command(config: Config, argv: list[str], run_dir: Path, gpus: int) ->
         Path(deepspeed_file).write_text(json.dumps(deepspeed_config(config, precision), indent=2))
     settings = accelerate_config(config, processes, precision, deepspeed_file)
     (folder / "accelerate.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml"), *trainer]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml"), "-m", "trainer", *argv]
+
+
+def rank_environments(count: int, port: int) -> list[dict[str, str]]:
+    """What each of `count` CPU processes on this machine needs to find the others (torch's env:// rendezvous)."""
+    threads = max(1, len(os.sched_getaffinity(0)) // count)  # the cores shared out, not oversubscribed
+    return [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(count), "LOCAL_WORLD_SIZE": str(count),
+             "RANK": str(rank), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+            for rank in range(count)]
+
+
+def run_local_processes(count: int, argv: list[str]) -> int:
+    """Run `trainer <argv>` as `count` CPU processes and wait for all of them (see `run_together`)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return run_together([subprocess.Popen([sys.executable, "-m", "trainer", *argv], env={**os.environ, **env})
+                         for env in rank_environments(count, port)])
+
+
+def run_together(children: list) -> int:
+    """Wait for the started processes; returns the first non-zero exit status, else 0.
+
+    Ctrl-C or SIGTERM here is passed on to each process once as SIGTERM (trainer processes checkpoint and stop
+    together; a launcher passes it on to its own). If one process fails, the others are asked to stop, then ended
+    after a minute: a process waiting for a dead peer would otherwise wait for the collective's timeout.
+    """
+    import signal
+    import time
+
+    def stop_all(signum=None, frame=None):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        failed_at = None
+        while any(child.poll() is None for child in children):
+            if failed_at is None and any(child.returncode not in (None, 0) for child in children):
+                failed_at = time.monotonic()
+                stop_all()
+            if failed_at is not None and time.monotonic() - failed_at > 60:
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((child.returncode for child in children if child.returncode != 0), 0)

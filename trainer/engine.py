@@ -43,18 +43,24 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
 
 def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
     """Start one trainer process per device with the same arguments, and wait for them (they do the whole run)."""
-    import subprocess
-
     import torch
 
-    from trainer.distributed import launch_command
+    from trainer import distributed
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    command = launch_command(config, argv, run_dir, gpus)
-    print(f"Starting {config.distributed.strategy} training: {' '.join(command[1:4])} ...", file=sys.stderr, flush=True)
-    code = subprocess.call(command)
+    processes = distributed.num_processes(config, gpus)
+    if gpus:
+        import subprocess
+
+        command = distributed.launch_command(config, argv, run_dir, gpus)
+        print(f"Starting {config.distributed.strategy} training on {processes} GPUs: accelerate launch "
+              f"--config_file {run_dir / 'launch' / 'accelerate.yaml'} ...", file=sys.stderr, flush=True)
+        code = distributed.run_together([subprocess.Popen(command)])
+    else:
+        print(f"Starting {config.distributed.strategy} training in {processes} CPU processes ...", file=sys.stderr, flush=True)
+        code = distributed.run_local_processes(processes, argv)
     if code != 0:
-        sys.exit(code)  # the processes have said what went wrong
+        sys.exit(code if code > 0 else 2)  # the processes have said what went wrong
     return run_dir
 
 

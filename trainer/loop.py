@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -142,6 +143,7 @@ class SignalGuard:
 
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = {}
 
     def __enter__(self):
@@ -154,9 +156,12 @@ class SignalGuard:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            if time.monotonic() - self._first > 2:  # within 2 s it is the same stop arriving twice (terminal and launcher)
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, time.monotonic()
+        if os.environ.get("RANK", "0") == "0":
+            print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -254,11 +259,14 @@ def train_loop(run) -> TrainState:
                 progress.update(state, step_loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
 
             last = state.step >= run.total_steps
+            stop = guard.requested
+            if acc.num_processes > 1:  # decided together: a process the signal reached a moment later must not go on
+                stop = acc.reduce(torch.tensor(int(stop), device=acc.device), "sum").item() > 0
             if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
                 _evaluate_and_track(run, progress)
-            if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or guard.requested:
+            if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or stop:
                 run.save_checkpoint(f"step-{state.step}", elapsed)
-            if guard.requested:
+            if stop:
                 raise StopRequested()
     state.seconds = seconds_before + time.perf_counter() - started
     return state

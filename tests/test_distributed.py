@@ -179,7 +179,7 @@ def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_mo
     _, err = child.communicate(timeout=120)
     assert child.returncode == 2, err[-3000:]
     assert "Continue with the same command plus --resume" in err and "Traceback" not in err, err[-3000:]
-    assert err.count("stopping after this step") == 1  # said once, by the main process
+    assert err.count("stopping after this step") == 1 and err.count("Continue with the same command") == 1  # said once, by the main process
     saved = complete_checkpoints(tmp_path / "run")
     assert saved
     stopped_at = int(saved[-1].name.split("-")[1])

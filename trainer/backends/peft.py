@@ -65,6 +65,8 @@ class PeftBackend:
         try:
             state = train_loop(run)
         except StopRequested:
+            if not run.accelerator.is_main_process:
+                raise SystemExit(2) from None  # the main process says where the checkpoint is
             raise UserError(
                 f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. "
                 "Continue with the same command plus --resume."

@@ -145,11 +145,9 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.run_config, args.overrides)
     run_dir = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
-    import os
+    from trainer.distributed import is_launched, is_main_process
 
-    from trainer.distributed import is_launched
-
-    if os.environ.get("RANK", "0") != "0" or (config.distributed.strategy != "none" and not is_launched()):
+    if not is_main_process() or (config.distributed.strategy != "none" and not is_launched()):
         return 0  # the main training process reports; other ranks and the launching process stay quiet
     summary = run_dir / "summary.json"
     if summary.is_file():

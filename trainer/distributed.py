@@ -34,6 +34,11 @@ def is_launched() -> bool:
     return "LOCAL_RANK" in os.environ or "RANK" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that speaks and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def num_processes(config: Config, gpus: int) -> int:
     wanted = config.distributed.num_processes
     if wanted is None:
@@ -65,12 +70,6 @@ def shard_model(module, model):
         fully_shard(layer)
     fully_shard(module)
     return module
-
-
-def is_sharded(module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
 
 
 def deepspeed_config(config: Config, mixed_precision: str) -> dict:

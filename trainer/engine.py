@@ -1,10 +1,10 @@
 """A run's lifecycle: check the machine, pick the backend, train, report where the result is."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from trainer import distributed
 from trainer.backends import get_backend
 from trainer.config import Config
 from trainer.config.rules import check_hardware
@@ -26,13 +26,10 @@ def preflight(config: Config, config_file: str):
 def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> Path:
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
-    if config.distributed.strategy != "none":
-        from trainer import distributed
-
-        if not distributed.is_launched():
-            return _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
+    if config.distributed.strategy != "none" and not distributed.is_launched():
+        return _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
     run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
-    if config.evaluation.after_training and _is_main_process():
+    if config.evaluation.after_training and distributed.is_main_process():
         from trainer.evaluation.report import write_report
         from trainer.evaluation.runner import evaluate_run
 
@@ -44,8 +41,6 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
 def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
     """Start one trainer process per device with the same arguments, and wait for them (they do the whole run)."""
     import torch
-
-    from trainer import distributed
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     processes = distributed.num_processes(config, gpus)
@@ -63,6 +58,3 @@ def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
         sys.exit(code if code > 0 else 2)  # the processes have said what went wrong
     return run_dir
 
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -22,6 +21,7 @@ from torch import nn
 
 from trainer.data.batching import collate_packed, collate_padded, length_grouped_batches, pack_examples
 from trainer.data.tokenize import IGNORE, Tokenized
+from trainer.distributed import is_main_process
 
 
 class LossOnTrainedTokens(nn.Module):
@@ -160,7 +160,7 @@ class SignalGuard:
                 raise KeyboardInterrupt
             return
         self.requested, self._first = True, time.monotonic()
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
@@ -242,7 +242,9 @@ def train_loop(run) -> TrainState:
             state.step += 1
             state.batch_in_epoch += len(window)
             state.trained_tokens += int(window_tokens)
-            step_loss = acc.reduce(torch.tensor(loss_total, device=acc.device), "sum").item() / max(window_tokens, 1)
+            # one all-reduce for the step's loss and the stop: a process the signal reached a moment later must not go on
+            loss_and_stop = acc.reduce(torch.tensor([loss_total, float(guard.requested)], device=acc.device), "sum").tolist()
+            step_loss, stop = loss_and_stop[0] / max(window_tokens, 1), loss_and_stop[1] > 0
             state.history.append([state.step, step_loss])
             epoch_done = state.batch_in_epoch >= len(plan)
             if epoch_done:
@@ -259,9 +261,6 @@ def train_loop(run) -> TrainState:
                 progress.update(state, step_loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
 
             last = state.step >= run.total_steps
-            stop = guard.requested
-            if acc.num_processes > 1:  # decided together: a process the signal reached a moment later must not go on
-                stop = acc.reduce(torch.tensor(int(stop), device=acc.device), "sum").item() > 0
             if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
                 _evaluate_and_track(run, progress)
             if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or stop:

@@ -47,15 +47,20 @@ class MetricsLog:
         return [p[0] for p in points], [p[1] for p in points]
 
 
+def write_merged(run_dir: Path, adapted_model, tokenizer) -> None:
+    """<run>/merged: `adapted_model` (a peft model) with its adapter folded into the base weights."""
+    merged = adapted_model.merge_and_unload()
+    shutil.rmtree(run_dir / "merged", ignore_errors=True)
+    merged.save_pretrained(run_dir / "merged")
+    tokenizer.save_pretrained(run_dir / "merged")
+
+
 def merge_saved_adapter(run_dir: Path) -> None:
-    """<run>/merged: the base model with the adapter in <run>/model folded in, loaded afresh on the CPU."""
+    """<run>/merged from the adapter in <run>/model and a fresh copy of the base model, loaded on the CPU."""
     from trainer.generate import load_run
 
     loaded = load_run(run_dir, "cpu")
-    merged = loaded.model.merge_and_unload()
-    shutil.rmtree(run_dir / "merged", ignore_errors=True)
-    merged.save_pretrained(run_dir / "merged")
-    loaded.tokenizer.save_pretrained(run_dir / "merged")
+    write_merged(run_dir, loaded.model, loaded.tokenizer)
 
 
 def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:

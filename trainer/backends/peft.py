@@ -17,10 +17,10 @@ from pathlib import Path
 from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
-from trainer.distributed import is_sharded, shard_model
+from trainer.distributed import shard_model
 from trainer.errors import UserError
 from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
-from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_model_card
+from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
 
 
 @dataclass
@@ -73,7 +73,7 @@ class PeftBackend:
             ) from None
         if state.stopped_early and (checkpoint.checkpoints_dir(run_dir) / "best").is_dir():
             checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler)
-        weights = checkpoint.gather_weights(run.model) if is_sharded(run.loss_module) else None  # every process
+        weights = checkpoint.gather_weights(run.model) if config.distributed.strategy == "fsdp" else None  # every process
         if run.accelerator.is_main_process:
             save_outputs(run, weights)
             _say(run.accelerator, f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
@@ -202,10 +202,7 @@ def save_outputs(run: Run, gathered: dict | None = None) -> None:
     tmp.rename(model_dir)
     if cfg.output.merge_adapter and cfg.training.method != "full":
         if gathered is None:
-            merged = run.model.merge_and_unload()
-            shutil.rmtree(run_dir / "merged", ignore_errors=True)
-            merged.save_pretrained(run_dir / "merged")
-            run.tokenizer.save_pretrained(run_dir / "merged")
+            write_merged(run_dir, run.model, run.tokenizer)
         else:  # the base weights are sharded: merge from the saved adapter and a fresh copy of the base model
             merge_saved_adapter(run_dir)
     speed = state.trained_tokens / state.seconds if state.seconds else 0.0

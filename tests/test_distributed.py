@@ -6,10 +6,36 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, tiny_config
+from conftest import REPO, run_trainer, tiny_config
 from trainer.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.slow
+
+
+def with_distributed(config, **section):
+    """The config file with a distributed section added."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["distributed"] = section
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def one_and_two_processes(tmp_path, model_dir, strategy: str, **training):
+    """The same run in one process (micro-batches of 2, two per step) and, by the YAML, in two (one each per step)."""
+    one = tmp_path / "one"
+    one.mkdir()
+    single = run_trainer("--config", str(tiny_config(one, model_dir, batch_size=2, gradient_accumulation=2, **training)), timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = tmp_path / "two"
+    two.mkdir()
+    config = with_distributed(tiny_config(two, model_dir, batch_size=2, gradient_accumulation=1, **training),
+                              strategy=strategy, num_processes=2)
+    double = run_trainer("--config", str(config), timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert f"Starting {strategy} training" in double.stderr
+    return one / "run", two / "run", double
 
 
 def trajectory(run_dir):
@@ -43,34 +69,9 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
 
 def test_the_yaml_alone_launches_two_processes_that_match_one(tmp_path, tiny_model_dir):
     """distributed: {strategy: ddp, num_processes: 2} makes `trainer --config` re-launch itself (CPU: gloo)."""
-    import yaml
-
-    one = tmp_path / "one"
-    one.mkdir()
-    config = tiny_config(one, tiny_model_dir, max_steps=5, batch_size=2, gradient_accumulation=2, learning_rate=0.01, lora={"dropout": 0.0})
-    assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True).returncode == 0
-
-    two = tmp_path / "two"
-    two.mkdir()
-    config = tiny_config(two, tiny_model_dir, max_steps=5, batch_size=2, gradient_accumulation=1, learning_rate=0.01, lora={"dropout": 0.0})
-    data = yaml.safe_load(config.read_text())
-    data["distributed"] = {"strategy": "ddp", "num_processes": 2}
-    config.write_text(yaml.safe_dump(data))
-    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting ddp training" in result.stderr
+    one, two, result = one_and_two_processes(tmp_path, tiny_model_dir, "ddp", max_steps=5, learning_rate=0.01, lora={"dropout": 0.0})
     assert result.stdout.count("Run directory:") == 1  # reported once, by the main process
-    assert trajectory(two / "run") == pytest.approx(trajectory(one / "run"), abs=1e-5)
-
-
-def with_distributed(config, **section):
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
-    data["distributed"] = section
-    data["output"]["merge_adapter"] = True
-    config.write_text(yaml.safe_dump(data))
-    return config
+    assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
 
 
 def test_fsdp_shards_trains_like_one_process_and_saves_whole_weights(tmp_path, tiny_model_dir):
@@ -79,44 +80,33 @@ def test_fsdp_shards_trains_like_one_process_and_saves_whole_weights(tmp_path, t
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    one = tmp_path / "one"
-    one.mkdir()
-    config = tiny_config(one, tiny_model_dir, max_steps=6, batch_size=2, gradient_accumulation=2, learning_rate=0.01, lora={"dropout": 0.0})
-    assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True).returncode == 0
-
-    two = tmp_path / "two"
-    two.mkdir()
-    config = tiny_config(two, tiny_model_dir, max_steps=6, batch_size=2, gradient_accumulation=1, learning_rate=0.01, lora={"dropout": 0.0})
-    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(with_distributed(config, strategy="fsdp", num_processes=2))],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting fsdp training" in result.stderr
-    assert trajectory(two / "run") == pytest.approx(trajectory(one / "run"), abs=1e-5)
-    evals = [[r["eval_loss"] for r in map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "fsdp", max_steps=6, learning_rate=0.01, lora={"dropout": 0.0},
+                                        **{"output.merge_adapter": True})
+    assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
+    evals = [[r["eval_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
              for d in (one, two)]
     assert evals[1] == pytest.approx(evals[0], abs=1e-5)  # 3 validation batches over 2 processes: all counted once
 
     # the checkpoint and the adapter hold whole weights (a shard would be half the rows), equal to one process's
-    single = load_file(one / "run" / "model" / "adapter_model.safetensors")
-    sharded = load_file(two / "run" / "model" / "adapter_model.safetensors")
+    single = load_file(one / "model" / "adapter_model.safetensors")
+    sharded = load_file(two / "model" / "adapter_model.safetensors")
     assert sorted(single) == sorted(sharded)
     for name in single:
         # Adam divides by the root of tiny second moments, so float32 rounding of the reduced gradients reaches the
         # weights at ~1e-4 after 6 steps of lr 0.01 (measured max 7.6e-5); a shard or a stale copy is off by ~1e-2
         assert sharded[name].shape == single[name].shape and torch.allclose(sharded[name], single[name], atol=2e-4), name
-    step = load_file(two / "run" / "checkpoints" / "step-6" / "trainable.safetensors")
-    assert all(step[k].shape == v.shape for k, v in load_file(one / "run" / "checkpoints" / "step-6" / "trainable.safetensors").items())
+    step = load_file(two / "checkpoints" / "step-6" / "trainable.safetensors")
+    assert all(step[k].shape == v.shape for k, v in load_file(one / "checkpoints" / "step-6" / "trainable.safetensors").items())
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert PeftModel.from_pretrained(base, two / "run" / "model") is not None
-    assert AutoModelForCausalLM.from_pretrained(two / "run" / "merged") is not None
+    assert PeftModel.from_pretrained(base, two / "model") is not None
+    assert AutoModelForCausalLM.from_pretrained(two / "merged") is not None
 
 
 def test_fsdp_resume_continues_exactly(tmp_path, tiny_model_dir):
     """A sharded run that died after step 4 resumes from the gathered checkpoint and ends where an unbroken one ends."""
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, batch_size=2, save_every=2, keep_last=10, lora={"dropout": 0.0})
     config = with_distributed(config, strategy="fsdp", num_processes=2)
-    command = [sys.executable, "-m", "trainer", "--config", str(config)]
-    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    first = run_trainer("--config", str(config), timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     uninterrupted = trajectory(run)
@@ -126,7 +116,7 @@ def test_fsdp_resume_continues_exactly(tmp_path, tiny_model_dir):
     for later in ("step-6", "step-8"):
         shutil.rmtree(run / "checkpoints" / later)
     shutil.rmtree(run / "model")
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = run_trainer("--config", str(config), "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr and "(step 4 of 8)" in resumed.stderr
     assert trajectory(run)[4:] == pytest.approx(uninterrupted[4:], abs=1e-6)
@@ -137,19 +127,10 @@ def test_fsdp_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
     """method: full under fsdp: every weight is sharded and trained; the saved model is whole and loads."""
     from transformers import AutoModelForCausalLM
 
-    one = tmp_path / "one"
-    one.mkdir()
-    config = tiny_config(one, tiny_model_dir, method="full", max_steps=3, batch_size=2, gradient_accumulation=2, learning_rate=0.001)
-    assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, capture_output=True).returncode == 0
-    two = tmp_path / "two"
-    two.mkdir()
-    config = tiny_config(two, tiny_model_dir, method="full", max_steps=3, batch_size=2, gradient_accumulation=1, learning_rate=0.001)
-    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(with_distributed(config, strategy="fsdp", num_processes=2))],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert trajectory(two / "run") == pytest.approx(trajectory(one / "run"), abs=1e-5)
-    single = AutoModelForCausalLM.from_pretrained(one / "run" / "model").state_dict()
-    sharded = AutoModelForCausalLM.from_pretrained(two / "run" / "model").state_dict()
+    one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "fsdp", method="full", max_steps=3, learning_rate=0.001)
+    assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
+    single = AutoModelForCausalLM.from_pretrained(one / "model").state_dict()
+    sharded = AutoModelForCausalLM.from_pretrained(two / "model").state_dict()
     assert sorted(single) == sorted(sharded)
     for name, value in single.items():
         assert sharded[name].shape == value.shape and torch.allclose(sharded[name], value, atol=2e-4), name

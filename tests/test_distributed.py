@@ -1,4 +1,4 @@
-"""DDP and FSDP for real on the CPU: two gloo processes train like one process with the same global batch."""
+"""DDP, FSDP and DeepSpeed ZeRO for real on the CPU: two gloo processes train like one process with the same global batch."""
 import json
 import subprocess
 import sys
@@ -22,7 +22,7 @@ def with_distributed(config, **section):
     return config
 
 
-def one_and_two_processes(tmp_path, model_dir, strategy: str, **training):
+def one_and_two_processes(tmp_path, model_dir, strategy: str, zero_stage: int | None = None, **training):
     """The same run in one process (micro-batches of 2, two per step) and, by the YAML, in two (one each per step)."""
     one = tmp_path / "one"
     one.mkdir()
@@ -31,7 +31,7 @@ def one_and_two_processes(tmp_path, model_dir, strategy: str, **training):
     two = tmp_path / "two"
     two.mkdir()
     config = with_distributed(tiny_config(two, model_dir, batch_size=2, gradient_accumulation=1, **training),
-                              strategy=strategy, num_processes=2)
+                              strategy=strategy, num_processes=2, **({"zero_stage": zero_stage} if zero_stage else {}))
     double = run_trainer("--config", str(config), timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
     assert f"Starting {strategy} training" in double.stderr
@@ -136,8 +136,80 @@ def test_fsdp_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
         assert sharded[name].shape == value.shape and torch.allclose(sharded[name], value, atol=2e-4), name
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to trainer", "Ctrl-C to the terminal's group"])
-def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_model_dir, how):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_like_one_process_and_saves_whole_weights(tmp_path, tiny_model_dir, stage):
+    """deepspeed: the engine shards the optimizer state (and at ZeRO-3 the weights); losses, the saved adapter and the
+    merged model are the single process's, and each checkpoint holds DeepSpeed's shards beside the whole weights."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "deepspeed", zero_stage=stage, max_steps=6, learning_rate=0.01,
+                                        lora={"dropout": 0.0}, **{"output.merge_adapter": True})
+    assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
+    evals = [[r["eval_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+             for d in (one, two)]
+    assert evals[1] == pytest.approx(evals[0], abs=1e-5)
+    single = load_file(one / "model" / "adapter_model.safetensors")
+    zero = load_file(two / "model" / "adapter_model.safetensors")
+    assert sorted(single) == sorted(zero)
+    for name in single:  # the tolerance of the fsdp test: Adam amplifies float32 rounding of the reduced gradients
+        assert zero[name].shape == single[name].shape and torch.allclose(zero[name], single[name], atol=2e-4), name
+    checkpoint = two / "checkpoints" / "step-6"
+    shards = sorted(p.name for p in (checkpoint / "zero" / "state").iterdir())
+    assert [n for n in shards if "optim_states" in n] == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    whole = load_file(one / "checkpoints" / "step-6" / "trainable.safetensors")
+    assert {k: v.shape for k, v in load_file(checkpoint / "trainable.safetensors").items()} == {k: v.shape for k, v in whole.items()}
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert PeftModel.from_pretrained(base, two / "model") is not None
+    assert AutoModelForCausalLM.from_pretrained(two / "merged") is not None
+
+
+def test_deepspeed_resume_continues_exactly_and_only_as_deepspeed(tmp_path, tiny_model_dir):
+    """A ZeRO-3 run cut after step 4 resumes from DeepSpeed's shards and ends where an unbroken one ends; resuming it
+    as another strategy or with another number of processes is refused with what to set."""
+    import shutil
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, batch_size=2, save_every=2, keep_last=10, lora={"dropout": 0.0})
+    config = with_distributed(config, strategy="deepspeed", zero_stage=3, num_processes=2)
+    first = run_trainer("--config", str(config), timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    uninterrupted = trajectory(run)
+    final = (run / "model" / "adapter_model.safetensors").read_bytes()
+    for later in ("step-6", "step-8"):
+        shutil.rmtree(run / "checkpoints" / later)
+    shutil.rmtree(run / "model")
+
+    for change, says in [("distributed.strategy=ddp", "was written by a deepspeed run"),
+                         ("distributed.num_processes=3", "set distributed.num_processes: 2 to resume it")]:
+        refused = run_trainer("--config", str(config), "--resume", "--set", change, timeout=600)
+        assert refused.returncode == 2 and refused.stderr.count(says) == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+
+    resumed = run_trainer("--config", str(config), "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr and "(step 4 of 8)" in resumed.stderr
+    assert trajectory(run)[4:] == pytest.approx(uninterrupted[4:], abs=1e-6)
+    assert (run / "model" / "adapter_model.safetensors").read_bytes() == final
+
+
+def test_deepspeed_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
+    """method: full under ZeRO-3: every weight is partitioned and trained; the saved model is whole and loads."""
+    from transformers import AutoModelForCausalLM
+
+    one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "deepspeed", zero_stage=3, method="full", max_steps=3,
+                                        learning_rate=0.001)
+    assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
+    single = AutoModelForCausalLM.from_pretrained(one / "model").state_dict()
+    zero = AutoModelForCausalLM.from_pretrained(two / "model").state_dict()
+    assert sorted(single) == sorted(zero)
+    for name, value in single.items():
+        assert zero[name].shape == value.shape and torch.allclose(zero[name], value, atol=2e-4), name
+
+
+@pytest.mark.parametrize("strategy, how", [("ddp", "SIGTERM to trainer"), ("ddp", "Ctrl-C to the terminal's group"),
+                                           ("deepspeed", "SIGTERM to trainer")])
+def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_model_dir, strategy, how):
     """SIGTERM to `trainer` (the UI's Stop) or SIGINT to the whole group (Ctrl-C): both processes stop after the
     same step, one checkpoint is written, exit status 2 and a message, no traceback, no process left; --resume ends it."""
     import os
@@ -145,7 +217,7 @@ def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_mo
     import time
 
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=3000, batch_size=2, learning_rate=0.0001)
-    config = with_distributed(config, strategy="ddp", num_processes=2)
+    config = with_distributed(config, strategy=strategy, num_processes=2)
     child = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, stderr=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, text=True, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -1,17 +1,18 @@
 """The distributed section: validation, and the launcher files generated for GPUs (checked by content: no GPU here)."""
+import json
+
 import pytest
 import yaml
 
-from conftest import run_trainer
 from trainer.config import parse_config
 from trainer.distributed import accelerate_config, deepspeed_config, launch_command, num_processes, rank_environments, shard_model
 from trainer.errors import UserError
 
 
-def config(extra: str = "", method: str = "lora"):
+def config(extra: str = "", method: str = "lora", optimizer: str = "adamw"):
     return parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\n"
-                        f"training: {{method: {method}, epochs: 1, batch_size: 3, gradient_accumulation: 2, max_grad_norm: 0.7}}\n" + extra,
-                        check_files=False)
+                        f"training: {{method: {method}, optimizer: {optimizer}, epochs: 1, batch_size: 3, gradient_accumulation: 2, "
+                        "max_grad_norm: 0.7}\n" + extra, check_files=False)
 
 
 def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
@@ -21,15 +22,26 @@ def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_json_follows_the_training_settings(stage):
+def test_deepspeed_json_follows_the_training_settings(stage, tmp_path):
     cfg = config(f"distributed: {{strategy: deepspeed, zero_stage: {stage}}}")
-    ds = deepspeed_config(cfg, "bf16")
+    ds = deepspeed_config(cfg, "bf16", hidden_size=64)
     assert ds["zero_optimization"]["stage"] == stage
+    # buckets sized by the model, not DeepSpeed's 500M-element defaults; under ZeRO-3 only a few layers stay gathered
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    assert ds["zero_optimization"].get("stage3_max_live_parameters") == (4 * 64 * 64 if stage == 3 else None)
+    assert deepspeed_config(cfg, "bf16")["zero_optimization"]["reduce_bucket_size"] == "auto"  # before the model is loaded
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.7
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
-    assert ("stage3_gather_16bit_weights_on_model_save" in ds["zero_optimization"]) == (stage == 3)
-    settings = accelerate_config(cfg, 2, "bf16", deepspeed_file="/runs/x/launch/deepspeed.json")
-    assert settings["distributed_type"] == "DEEPSPEED" and settings["deepspeed_config"]["deepspeed_config_file"].endswith("deepspeed.json")
+    assert deepspeed_config(cfg, "no")["bf16"] == {"enabled": False}
+    command = launch_command(cfg, ["--config", "x.yaml"], tmp_path, gpus=2)
+    assert command[-3:] == ["trainer", "--config", "x.yaml"]
+    from trainer.models import mixed_precision
+
+    # the record of what each process hands the engine (bf16 where the GPUs compute in it; this machine has none)
+    assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text()) == deepspeed_config(cfg, mixed_precision(cfg, "cuda"))
+    written = yaml.safe_load((tmp_path / "launch" / "accelerate.yaml").read_text())
+    # trainer starts the engine itself in each process; accelerate must neither wrap the model nor autocast
+    assert written["distributed_type"] == "MULTI_GPU" and written["mixed_precision"] == "no" and "deepspeed_config" not in written
 
 
 def test_ddp_on_gpus_goes_through_accelerate_launch_with_its_config(tmp_path):
@@ -76,6 +88,7 @@ def test_fsdp_needs_to_know_the_layer_class():
     ("distributed: {num_processes: 4}", "lora", "several processes need a strategy"),
     ("distributed: {strategy: ddp}\nbackend: {name: autotrain, autotrain: {allow_differences: true}}", "lora", "own loop only"),
     ("distributed: {strategy: nccl}", "lora", "distributed.strategy"),
+    ("distributed: {strategy: deepspeed}", "qlora", "do not survive DeepSpeed's cast"),
 ])
 def test_invalid_distributed_settings_are_named(extra, method, message):
     with pytest.raises(UserError) as raised:
@@ -83,11 +96,25 @@ def test_invalid_distributed_settings_are_named(extra, method, message):
     assert message in raised.value.render()
 
 
-def test_deepspeed_is_refused_before_loading_anything(tmp_path, tiny_model_dir):
-    cfg = tmp_path / "x.yaml"
-    cfg.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: {tmp_path}/d.jsonl}}\ntraining: {{epochs: 1}}\n"
-                   "distributed: {strategy: deepspeed, num_processes: 2}\n")
-    (tmp_path / "d.jsonl").write_text('{"text": "hello"}\n')
-    result = run_trainer("--config", str(cfg))
-    assert result.returncode == 2 and "distributed.strategy: deepspeed is not supported by this version's training loop" in result.stderr
-    assert "Loading" not in result.stderr
+def test_deepspeed_refuses_the_8bit_optimizer():
+    with pytest.raises(UserError) as raised:
+        config("distributed: {strategy: deepspeed}", optimizer="adamw_8bit")
+    assert "training.optimizer" in raised.value.render() and "set training.optimizer: adamw" in raised.value.render()
+
+
+def test_deepspeed_without_its_package_says_how_to_install_it(monkeypatch):
+    from trainer.config.rules import check_hardware
+    from trainer.hardware import Hardware
+
+    monkeypatch.setattr("trainer.config.rules.has_package", lambda name: name != "deepspeed")
+    found = check_hardware(config("distributed: {strategy: deepspeed, num_processes: 2}"), Hardware.guess())
+    assert found == [(("distributed", "strategy"), "deepspeed requires the deepspeed package; install it with "
+                      "`pip install 'trainer[deepspeed]'`, or set distributed.strategy: fsdp (it shards the same state as ZeRO-3).")]
+
+
+def test_a_checkpoint_of_another_strategy_is_not_resumed_as_deepspeed(tmp_path):
+    from trainer.checkpoint import _load_zero_state
+
+    # its optimizer state is trainer's name-keyed one, which ZeRO's shards cannot be made from
+    with pytest.raises(UserError, match="was not written by a deepspeed run; resume it with the distributed.strategy it was written with"):
+        _load_zero_state(tmp_path / "step-4", None, engine=object())

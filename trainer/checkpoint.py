@@ -9,7 +9,11 @@ state, every RNG state, the position in the data and the normalised config.
 Weights and optimizer state are written whole, whatever the processes hold:
 under fsdp each process has a shard, which `gather_trainable` collects for the
 main process to write, and `load_checkpoint` shards again on the way back in.
-The optimizer state is keyed by parameter name, not position.
+The optimizer state is keyed by parameter name, not position. Under deepspeed
+the ZeRO optimizer's shards are DeepSpeed's to write: every process writes its
+own into the checkpoint's zero/ folder (`stage_zero_state`), beside the whole
+float32 trainable weights, and such a checkpoint resumes with the same strategy
+and number of processes.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 from trainer.errors import UserError
 
 STATE_FILE = "trainer_state.json"
+ZERO_DIR, ZERO_TAG = "zero", "state"  # DeepSpeed's checkpoint inside ours
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -89,20 +94,64 @@ def gather_weights(model) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(**_WHOLE_ON_CPU))
 
 
-def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict, scheduler, state: dict, config_yaml: str) -> Path:
-    """Write checkpoints/<name> atomically and return its path; `weights` and `optimizer_state` from gather_trainable."""
+def gather_zero_weights(model) -> dict:
+    """The trainable weights of a DeepSpeed run, whole and in float32 (the optimizer's master copies, not the bf16 ones
+    the model computes with). Every process must call it; the main process gets the dict, the others an empty one."""
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    main = dist.get_rank() == 0
+    weights = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = safe_get_full_fp32_param(param)  # a collective under ZeRO: every process asks for every weight
+            if main:
+                weights[name] = whole.detach().to("cpu", copy=True).reshape(getattr(param, "ds_shape", param.shape))
+    return weights
+
+
+def stage_zero_state(engine, run_dir: Path, name: str) -> Path:
+    """Every process writes its ZeRO shard of the optimizer into a staging folder that save_checkpoint completes."""
+    import torch.distributed as dist
+
+    staged = checkpoints_dir(run_dir) / f".tmp-{name}-zero"
+    if dist.get_rank() == 0:
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+    dist.barrier()
+    try:
+        engine.save_checkpoint(str(staged / ZERO_DIR), tag=ZERO_TAG, save_latest=False, exclude_frozen_parameters=True)
+    except OSError as exc:
+        raise UserError(f"could not write the checkpoint {checkpoints_dir(run_dir) / name}: {exc.strerror or exc}. "
+                        "Free some disk space or choose another output.dir; the last complete checkpoint is kept, "
+                        "and --resume continues from it.") from None
+    dist.barrier()
+    return staged
+
+
+def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict | None, scheduler, state: dict,
+                    config_yaml: str, staged: Path | None = None) -> Path:
+    """Write checkpoints/<name> atomically and return its path; `weights` and `optimizer_state` from gather_trainable.
+
+    `staged`: the folder stage_zero_state wrote DeepSpeed's shards into (the optimizer state then is not in
+    `optimizer_state`); it becomes the checkpoint.
+    """
+    import torch.distributed as dist
     from safetensors.torch import save_file
 
     folder = checkpoints_dir(run_dir)
     final = folder / name
-    tmp = folder / f".tmp-{name}-{os.getpid()}"
+    tmp = staged or folder / f".tmp-{name}-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        if staged is None:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
+        zero = {"processes": dist.get_world_size()} if staged is not None else None
+        torch.save({"optimizer": optimizer_state, "zero": zero, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "optimizer.pt")
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # written last: marks completeness
         _fsync_tree(tmp)
@@ -125,8 +174,11 @@ def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: di
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `path`; every process calls it (fsdp shards what it reads)."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from `path`; every process calls it (fsdp shards what it reads).
+
+    `engine`: DeepSpeed's, which reads its own shards back (weights and optimizer state).
+    """
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
@@ -138,7 +190,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     extra = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer_state = extra["optimizer"]
     options = StateDictOptions(full_state_dict=True, strict=False)
-    if isinstance(optimizer_state["param_groups"][0]["params"][0], int):  # keyed by position: an earlier trainer's
+    if engine is not None or extra.get("zero"):
+        _load_zero_state(path, extra.get("zero"), engine)
+    elif isinstance(optimizer_state["param_groups"][0]["params"][0], int):  # keyed by position: an earlier trainer's
         set_model_state_dict(model, weights, options=options)
         optimizer.load_state_dict(optimizer_state)
     else:
@@ -146,6 +200,26 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def _load_zero_state(path: Path, zero: dict | None, engine) -> None:
+    """DeepSpeed reads back its shards, written by as many processes as there are now."""
+    if engine is None:
+        raise UserError(f"{path} was written by a deepspeed run, whose optimizer state is DeepSpeed's; resume it with "
+                        f"distributed.strategy: deepspeed and distributed.num_processes: {zero['processes']}.")
+    import torch.distributed as dist
+
+    if zero is None:
+        raise UserError(f"{path} was not written by a deepspeed run; resume it with the distributed.strategy it was "
+                        "written with (see its config.yaml), or start a new run with another output.dir.")
+    if zero["processes"] != dist.get_world_size():
+        raise UserError(f"{path} was written by {zero['processes']} deepspeed processes and this run has "
+                        f"{dist.get_world_size()}; set distributed.num_processes: {zero['processes']} to resume it.")
+    loaded, _ = engine.load_checkpoint(str(path / ZERO_DIR), tag=ZERO_TAG, load_module_strict=False,
+                                       load_optimizer_states=True, load_lr_scheduler_states=False)
+    if loaded is None:
+        raise UserError(f"{path / ZERO_DIR}: DeepSpeed could not read its checkpoint; resume from an earlier one by "
+                        f"removing this folder, or start a new run with another output.dir.")
 
 
 def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
@@ -162,6 +236,9 @@ def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            continue
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(folder)

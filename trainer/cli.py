@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(parser, args)
     except UserError as exc:
-        print(exc.render(), file=sys.stderr)
+        from trainer.distributed import is_main_process
+
+        if is_main_process():  # the other processes of a distributed run met the same problem: said once
+            print(exc.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRORS:

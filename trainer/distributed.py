@@ -13,9 +13,12 @@ with PyTorch's FSDP2 (`fully_shard`, `shard_model` below) on GPUs and CPUs alike
 each decoder layer (the model's `_no_split_modules` class) is one unit, and
 checkpoints gather the shards (trainer/checkpoint.py), so a sharded run saves
 and resumes like any other. (accelerate's FSDP plugin does not run on CPUs, so
-it could not be tested here.) deepspeed's launcher files are generated, but its
-runs are refused until its engine is wired into the loop. The generated files are kept in
-<output.dir>/launch/, so `accelerate launch --config_file <output.dir>/launch/accelerate.yaml
+it could not be tested here.) deepspeed is also trainer's own: each process
+hands the model and its optimizer to `deepspeed.initialize` with the ZeRO
+settings below (`deepspeed_engine`), and the loop drives the engine's backward
+and step; accelerate's DeepSpeed plugin ignores CPUs, so both launch like ddp.
+The generated files are kept in <output.dir>/launch/ (deepspeed.json is the
+engine's configuration), so `accelerate launch --config_file <output.dir>/launch/accelerate.yaml
 -m trainer --config x.yaml` repeats the launch by hand.
 """
 from __future__ import annotations
@@ -72,32 +75,89 @@ def shard_model(module, model):
     return module
 
 
-def deepspeed_config(config: Config, mixed_precision: str) -> dict:
+def deepspeed_config(config: Config, mixed_precision: str, hidden_size: int | None = None) -> dict:
+    """The DeepSpeed engine's configuration (ZeRO stage 2 or 3) for this run; written to <output.dir>/launch/deepspeed.json.
+
+    The optimizer is trainer's own torch AdamW (ZeRO shards its state), the learning-rate schedule steps in the loop,
+    and the loop marks the end of each accumulation window itself (a window at the end of an epoch can be shorter).
+    Communication buckets follow the model's hidden size (written "auto" until the model is loaded): DeepSpeed's
+    defaults (buckets of 500M elements, every weight kept gathered under ZeRO-3) would hold more memory than ddp on a
+    small model.
+    """
     t = config.training
+    stage = config.distributed.zero_stage
+    square = hidden_size * hidden_size if hidden_size else "auto"
+    zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                  "reduce_bucket_size": square, "allgather_bucket_size": square}
+    if stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": int(0.9 * square) if hidden_size else "auto",
+            "stage3_param_persistence_threshold": 10 * hidden_size if hidden_size else "auto",  # norms, biases: kept whole
+            "stage3_max_live_parameters": 4 * square if hidden_size else "auto",  # about a layer's weights gathered at once
+            "stage3_max_reuse_distance": 4 * square if hidden_size else "auto",
+        })
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation,
-        "gradient_clipping": t.max_grad_norm if t.max_grad_norm > 0 else 1e9,
+        "gradient_clipping": t.max_grad_norm,  # 0: no clipping
         "bf16": {"enabled": mixed_precision == "bf16"},
         "fp16": {"enabled": mixed_precision == "fp16"},
-        "zero_optimization": {
-            "stage": config.distributed.zero_stage,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            **({"stage3_gather_16bit_weights_on_model_save": True} if config.distributed.zero_stage == 3 else {}),
-        },
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: DeepSpeed only vouches for its own optimizers
+        "steps_per_print": 2**31 - 1,  # progress is trainer's to report
+        "wall_clock_breakdown": False,
     }
 
 
-def accelerate_config(config: Config, processes: int, mixed_precision: str, deepspeed_file: str | None = None) -> dict:
+def deepspeed_engine(loss_module, optimizer, config: Config, mixed_precision: str):
+    """Hand the loss wrapper and its optimizer to DeepSpeed; returns the engine (it also holds the wrapped optimizer).
+
+    The engine casts the model to the run's bf16/fp16 and keeps float32 master weights in the optimizer; it reuses the
+    process group accelerate opened.
+    """
+    import contextlib
+    import io
+    import logging
+
+    chatter = io.StringIO()  # on stdout, where trainer prints results: "Setting accelerator to CPU", "... op built successfully"
+    try:
+        with contextlib.redirect_stdout(chatter):
+            import deepspeed
+
+            for handler in deepspeed.utils.logger.handlers:  # its warnings, on stderr with trainer's progress
+                handler.setStream(sys.stderr)
+            deepspeed.utils.logger.setLevel(logging.WARNING)  # its INFO lines dump the whole configuration
+            settings = deepspeed_config(config, mixed_precision, loss_module.decoder.config.hidden_size)
+            engine, *_ = deepspeed.initialize(model=loss_module, optimizer=optimizer, config=settings)
+    except BaseException:
+        sys.stderr.write(chatter.getvalue())
+        raise
+    return engine
+
+
+def end_deepspeed(together: bool) -> None:
+    """Close the process group DeepSpeed used: a process exiting with it open aborts ("terminate called ...").
+
+    `together`: every process is ending here (done, or a stop they agreed on), so they wait for each other first;
+    a process failing alone must not wait for peers that are still training.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def accelerate_config(config: Config, processes: int, mixed_precision: str) -> dict:
     """The YAML `accelerate launch --config_file` reads, for GPUs.
 
-    fsdp launches like ddp (MULTI_GPU): trainer shards the model itself in every process (`shard_model`).
+    Every strategy launches like ddp (MULTI_GPU): under fsdp and deepspeed trainer wraps the model itself in every
+    process (`shard_model`, `deepspeed_engine`), which accelerate's own plugins would do a second time.
     """
-    strategy = config.distributed.strategy
     out = {
         "compute_environment": "LOCAL_MACHINE",
-        "distributed_type": {"ddp": "MULTI_GPU", "fsdp": "MULTI_GPU", "deepspeed": "DEEPSPEED"}[strategy],
+        "distributed_type": "MULTI_GPU",
         "num_machines": 1,
         "machine_rank": 0,
         "num_processes": processes,
@@ -107,9 +167,8 @@ def accelerate_config(config: Config, processes: int, mixed_precision: str, deep
         "same_network": True,
         "use_cpu": False,
     }
-    if strategy == "deepspeed":
-        out["deepspeed_config"] = {"deepspeed_config_file": deepspeed_file, "zero3_init_flag": config.distributed.zero_stage == 3}
-        out.pop("mixed_precision")  # DeepSpeed takes it from its JSON
+    if config.distributed.strategy == "deepspeed":
+        out["mixed_precision"] = "no"  # the engine casts the model itself (deepspeed.json's bf16/fp16)
     return out
 
 
@@ -123,11 +182,9 @@ def launch_command(config: Config, argv: list[str], run_dir: Path, gpus: int) ->
     folder = run_dir / "launch"
     folder.mkdir(parents=True, exist_ok=True)
     precision = mixed_precision(config, "cuda")
-    deepspeed_file = None
-    if config.distributed.strategy == "deepspeed":
-        deepspeed_file = str(folder / "deepspeed.json")
-        Path(deepspeed_file).write_text(json.dumps(deepspeed_config(config, precision), indent=2))
-    settings = accelerate_config(config, processes, precision, deepspeed_file)
+    if config.distributed.strategy == "deepspeed":  # a record of what each process hands the engine
+        (folder / "deepspeed.json").write_text(json.dumps(deepspeed_config(config, precision), indent=2))
+    settings = accelerate_config(config, processes, precision)
     (folder / "accelerate.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml"), "-m", "trainer", *argv]
 

@@ -225,19 +225,15 @@ def train_loop(run) -> TrainState:
 
             loss_total = 0.0
             for i, batch in enumerate(batches):
-                sync = i == len(batches) - 1
-                with acc.no_sync(run.loss_module) if not sync else contextlib.nullcontext():
-                    with acc.autocast():
-                        loss_sum, _ = run.loss_module(**batch)
-                    # sum over the window / trained tokens in the window; DDP averages over processes, so scale back up
-                    loss = loss_sum * acc.num_processes / max(window_tokens, 1)
-                    acc.backward(loss)
-                loss_total += loss_sum.item()
-            if t.max_grad_norm > 0:
-                acc.clip_grad_norm_(run.trainable, t.max_grad_norm)
-            run.optimizer.step()
+                # sum over the window / trained tokens in the window; DDP and ZeRO average over processes, so scale back up
+                scale = acc.num_processes / max(window_tokens, 1)
+                loss_total += backward(run, batch, scale, last=i == len(batches) - 1)
+            if run.engine is None:  # DeepSpeed's engine clipped and stepped at the window's last micro-batch
+                if t.max_grad_norm > 0:
+                    acc.clip_grad_norm_(run.trainable, t.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
 
             state.step += 1
             state.batch_in_epoch += len(window)
@@ -269,6 +265,23 @@ def train_loop(run) -> TrainState:
                 raise StopRequested()
     state.seconds = seconds_before + time.perf_counter() - started
     return state
+
+
+def backward(run, batch: dict, scale: float, last: bool) -> float:
+    """Forward and backward one micro-batch of an accumulation window (the gradients synchronise at the `last`);
+    returns its summed loss."""
+    if run.engine is not None:
+        run.engine.set_gradient_accumulation_boundary(last)  # the loop's windows, not a fixed count: an epoch's last is shorter
+        loss_sum, _ = run.engine(**batch)
+        run.engine.backward(loss_sum * scale, scale_wrt_gas=False)
+        run.engine.step()  # at the boundary: clip, step the optimizer, zero the gradients; before it, only counts
+        return loss_sum.item()
+    acc = run.accelerator
+    with acc.no_sync(run.loss_module) if not last else contextlib.nullcontext():
+        with acc.autocast():
+            loss_sum, _ = run.loss_module(**batch)
+        acc.backward(loss_sum * scale)
+    return loss_sum.item()
 
 
 def _evaluate_and_track(run, progress: Progress) -> None:

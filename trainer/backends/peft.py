@@ -17,7 +17,7 @@ from pathlib import Path
 from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
-from trainer.distributed import shard_model
+from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model
 from trainer.errors import UserError
 from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
 from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
@@ -30,7 +30,7 @@ class Run:
     accelerator: object
     tokenizer: object
     model: object  # the peft-wrapped (or full) model
-    loss_module: object  # the same model behind LossOnTrainedTokens, prepared by accelerate
+    loss_module: object  # the same model behind LossOnTrainedTokens, prepared by accelerate (or DeepSpeed's engine)
     trainable: list
     optimizer: object
     scheduler: object
@@ -40,15 +40,21 @@ class Run:
     pad_id: int
     flash: bool
     metrics: MetricsLog | None
+    engine: object | None = None  # DeepSpeed's, under distributed.strategy: deepspeed (it steps the optimizer)
 
     def save_checkpoint(self, name: str, seconds: float | None) -> None:
         if seconds is not None:
             self.state.seconds = seconds
         self.accelerator.wait_for_everyone()
-        weights, optimizer_state = checkpoint.gather_trainable(self.model, self.optimizer)  # every process: fsdp's shards
+        if self.engine is not None:  # every process writes its ZeRO shard; the main one adds the rest
+            weights, optimizer_state = checkpoint.gather_zero_weights(self.model), None
+            staged = checkpoint.stage_zero_state(self.engine, self.run_dir, name)
+        else:
+            weights, optimizer_state = checkpoint.gather_trainable(self.model, self.optimizer)  # every process: fsdp's shards
+            staged = None
         if self.accelerator.is_main_process:
             checkpoint.save_checkpoint(self.run_dir, name, weights, optimizer_state, self.scheduler,
-                                       state_to_json(self.state), self.config.to_yaml())
+                                       state_to_json(self.state), self.config.to_yaml(), staged)
             if name.startswith("step-"):
                 checkpoint.prune(self.run_dir, self.config.training.keep_last)
         self.accelerator.wait_for_everyone()
@@ -62,6 +68,18 @@ class PeftBackend:
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         run = setup(config, run_dir, resume)
+        if run.engine is None:
+            return self._train(run)
+        try:
+            done = self._train(run)
+        except BaseException as exc:
+            end_deepspeed(together=isinstance(exc, (UserError, SystemExit)))  # a stop all processes agreed on, or not
+            raise
+        end_deepspeed(together=True)
+        return done
+
+    def _train(self, run: Run) -> Path:
+        config, run_dir = run.config, run.run_dir
         try:
             state = train_loop(run)
         except StopRequested:
@@ -72,8 +90,12 @@ class PeftBackend:
                 "Continue with the same command plus --resume."
             ) from None
         if state.stopped_early and (checkpoint.checkpoints_dir(run_dir) / "best").is_dir():
-            checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler)
-        weights = checkpoint.gather_weights(run.model) if config.distributed.strategy == "fsdp" else None  # every process
+            checkpoint.load_checkpoint(checkpoint.checkpoints_dir(run_dir) / "best", run.model, run.optimizer, run.scheduler, run.engine)
+        weights = None  # every process takes part in gathering sharded weights
+        if config.distributed.strategy == "fsdp":
+            weights = checkpoint.gather_weights(run.model)
+        elif run.engine is not None:
+            weights = checkpoint.gather_zero_weights(run.model)
         if run.accelerator.is_main_process:
             save_outputs(run, weights)
             _say(run.accelerator, f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
@@ -103,7 +125,9 @@ def make_accelerator(config: Config, device: str):
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision(config, device), cpu=device == "cpu")
+    # under deepspeed the engine casts the model itself (deepspeed.json), so nothing is autocast
+    precision = "no" if config.distributed.strategy == "deepspeed" else mixed_precision(config, device)
+    return Accelerator(mixed_precision=precision, cpu=device == "cpu")
 
 
 def setup(config: Config, run_dir: Path, resume: bool) -> Run:
@@ -112,7 +136,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     from transformers import get_scheduler
 
     from trainer.hardware import Hardware
-    from trainer.models import add_adapter, load_model, load_tokenizer
+    from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
 
     t = config.training
     device = Hardware.detect().device(config.backend.peft.device)
@@ -138,6 +162,8 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     model = add_adapter(load_model(config, device), config)
     if config.distributed.strategy == "fsdp":
         loss_module = shard_model(LossOnTrainedTokens(model), model)  # replaces the parameters by shards
+    elif config.distributed.strategy == "deepspeed":
+        loss_module = LossOnTrainedTokens(model)  # the engine wraps it once the optimizer exists
     else:
         loss_module = accelerator.prepare(LossOnTrainedTokens(model))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -159,12 +185,17 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     per_epoch = len(shard(epoch_plan(data.train, config, 0), accelerator)) or 1
     steps_per_epoch = math.ceil(per_epoch / t.gradient_accumulation)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    engine = None
+    if config.distributed.strategy == "deepspeed":
+        # ZeRO takes over the optimizer's state and drops its empty param groups; the scheduler, made after, sets the
+        # learning rate in those that are left
+        loss_module = engine = deepspeed_engine(loss_module, optimizer, config, mixed_precision(config, device))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
-
-    optimizer = accelerator.prepare(optimizer)
+    if engine is None:
+        optimizer = accelerator.prepare(optimizer)
     state = TrainState()
     if newest is not None:
-        state = state_from_json(checkpoint.load_checkpoint(newest, model, optimizer, scheduler))
+        state = state_from_json(checkpoint.load_checkpoint(newest, model, optimizer, scheduler, engine))
         say(f"Resuming from {newest} (step {state.step} of {total_steps})")
     metrics = None
     if accelerator.is_main_process:
@@ -172,7 +203,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, tokenizer, model, loss_module, trainable, optimizer, scheduler, data, state,
-               total_steps, tokenizer.pad_token_id, config.model.attn_implementation == "flash_attention_2", metrics)
+               total_steps, tokenizer.pad_token_id, config.model.attn_implementation == "flash_attention_2", metrics, engine)
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:

@@ -116,13 +116,19 @@ def distributed_fits_method_and_backend(cfg: Config) -> Found:
     strategy = cfg.distributed.strategy
     if strategy == "none":
         if cfg.distributed.num_processes not in (None, 1):
-            yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp)."
+            yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp, deepspeed)."
         return
     if cfg.backend.name != "peft":
         yield ("distributed", "strategy"), ("trainer launches several processes for its own loop only; with backend.name: autotrain "
                                             "AutoTrain uses every visible GPU itself. Set distributed.strategy: none.")
     if cfg.training.method == "qlora" and strategy == "fsdp":
         yield ("distributed", "strategy"), "qlora's 4-bit weights cannot be sharded by fsdp here; use distributed.strategy: ddp."
+    if cfg.training.method == "qlora" and strategy == "deepspeed":
+        # the engine casts the whole model to its bf16/fp16, bitsandbytes' 4-bit weights with it
+        yield ("distributed", "strategy"), "qlora's 4-bit weights do not survive DeepSpeed's cast to bf16; use distributed.strategy: ddp."
+    if cfg.training.optimizer == "adamw_8bit" and strategy == "deepspeed":
+        yield ("training", "optimizer"), ("ZeRO shards the optimizer state itself, which bitsandbytes' 8-bit AdamW keeps "
+                                          "its own way; set training.optimizer: adamw.")
 
 
 CONFIG_RULES: list[Callable[[Config], Found]] = [
@@ -182,17 +188,15 @@ def flash_attention_needs_package(cfg: Config, hw: Hardware) -> Found:
             yield ("model", "attn_implementation"), "flash_attention_2 requires an NVIDIA GPU and the flash-attn package; set model.attn_implementation: auto."
 
 
-def deepspeed_not_yet(cfg: Config, hw: Hardware) -> Found:
-    # Refused rather than run: the DeepSpeed engine owns backward, stepping and accumulation, and the loop drives
-    # them itself. Its launcher files are generated (trainer/distributed.py); fsdp shards the same state as ZeRO-3.
-    if cfg.distributed.strategy == "deepspeed":
-        yield ("distributed", "strategy"), ("deepspeed is not supported by this version's training loop yet; use "
-                                            "distributed.strategy: fsdp, which shards weights, gradients and optimizer "
-                                            "state like ZeRO-3, or ddp.")
+def deepspeed_needs_package(cfg: Config, hw: Hardware) -> Found:
+    if cfg.distributed.strategy == "deepspeed" and not has_package("deepspeed"):
+        yield ("distributed", "strategy"), ("deepspeed requires the deepspeed package; install it with "
+                                            "`pip install 'trainer[deepspeed]'`, or set distributed.strategy: fsdp "
+                                            "(it shards the same state as ZeRO-3).")
 
 
 HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
-    deepspeed_not_yet,
+    deepspeed_needs_package,
     qlora_needs_cuda_and_bitsandbytes,
     adamw_8bit_needs_cuda_and_bitsandbytes,
     precision_fits_hardware,

@@ -193,6 +193,26 @@ def test_deepspeed_resume_continues_exactly_and_only_as_deepspeed(tmp_path, tiny
     assert (run / "model" / "adapter_model.safetensors").read_bytes() == final
 
 
+def test_deepspeed_early_stopping_ends_with_the_best_checkpoint(tmp_path, tiny_model_dir):
+    """Early stopping reads the best checkpoint back through DeepSpeed's engine: the saved adapter is its weights."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=40, batch_size=2, learning_rate=0.5, eval_every=1,
+                         early_stopping={"patience": 1}, lora={"dropout": 0.0})
+    config = with_distributed(config, strategy="deepspeed", zero_stage=3, num_processes=2)
+    result = run_trainer("--config", str(config), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("early stopping at step") == 1, result.stderr[-3000:]  # said by the main process
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["best_step"] < summary["steps"]
+    best = load_file(run / "checkpoints" / "best" / "trainable.safetensors")
+    saved = load_file(run / "model" / "adapter_model.safetensors")
+    assert len(saved) == len(best)
+    for name, value in best.items():  # the checkpoint names the adapter ("default"), the saved file does not
+        assert torch.equal(saved[name.replace(".default", "")], value), name
+
+
 def test_deepspeed_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
     """method: full under ZeRO-3: every weight is partitioned and trained; the saved model is whole and loads."""
     from transformers import AutoModelForCausalLM

@@ -301,11 +301,12 @@ def _evaluate_and_track(run, progress: Progress) -> None:
         run.metrics.write(step=state.step, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
         progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
     if stopping and state.evals_without_improvement >= stopping.patience:
-        state.stopped_early = True
-        progress.message(
-            f"early stopping at step {state.step}: no improvement for {stopping.patience} evaluation(s); "
-            f"the best checkpoint (step {state.best_step}, loss {state.best_eval_loss:.4f}) is the result"
-        )
+        state.stopped_early = True  # in every process (each saw the same loss); said by the main one
+        if run.accelerator.is_main_process:
+            progress.message(
+                f"early stopping at step {state.step}: no improvement for {stopping.patience} evaluation(s); "
+                f"the best checkpoint (step {state.best_step}, loss {state.best_eval_loss:.4f}) is the result"
+            )
 
 
 def state_to_json(state: TrainState) -> dict:

@@ -144,8 +144,11 @@ def test_deepspeed_zero_trains_like_one_process_and_saves_whole_weights(tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "deepspeed", zero_stage=stage, max_steps=6, learning_rate=0.01,
-                                        lora={"dropout": 0.0}, **{"output.merge_adapter": True})
+    one, two, result = one_and_two_processes(tmp_path, tiny_model_dir, "deepspeed", zero_stage=stage, max_steps=6,
+                                             learning_rate=0.01, lora={"dropout": 0.0}, **{"output.merge_adapter": True})
+    # ZeRO-3 builds the model partitioned (no process loads it whole); the counts are of whole weights all the same
+    assert ("the weights were built partitioned" in result.stderr) == (stage == 3)
+    assert "Method lora: 32,768 trainable of 120,640 parameters" in result.stderr
     assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
     evals = [[r["eval_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
              for d in (one, two)]

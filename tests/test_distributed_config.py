@@ -118,3 +118,19 @@ def test_a_checkpoint_of_another_strategy_is_not_resumed_as_deepspeed(tmp_path):
     # its optimizer state is trainer's name-keyed one, which ZeRO's shards cannot be made from
     with pytest.raises(UserError, match="was not written by a deepspeed run; resume it with the distributed.strategy it was written with"):
         _load_zero_state(tmp_path / "step-4", None, engine=object())
+
+
+def test_zero3_builds_partitioned_only_while_loading():
+    """transformers partitions every model it builds while a ZeRO-3 config lives: the fresh base the merge loads
+    after training (main process only) must load whole, or it would wait for the other processes forever."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from trainer.distributed import zero3_loading
+    from trainer.models import _built_partitioned
+
+    assert zero3_loading(config("distributed: {strategy: deepspeed, zero_stage: 2}"), "no") is None
+    settings = zero3_loading(config("distributed: {strategy: deepspeed, zero_stage: 3}"), "bf16")
+    assert "auto" not in settings["zero_optimization"].values() and settings["bf16"] == {"enabled": True}
+    with _built_partitioned(settings):
+        assert is_deepspeed_zero3_enabled()
+    assert not is_deepspeed_zero3_enabled()

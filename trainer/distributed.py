@@ -109,6 +109,18 @@ def deepspeed_config(config: Config, mixed_precision: str, hidden_size: int | No
     }
 
 
+def zero3_loading(config: Config, mixed_precision: str) -> dict | None:
+    """Under ZeRO-3, the configuration the model is built partitioned with (see models.load_model); else None.
+
+    The bucket sizes wait for the model ("auto"), so they are left to DeepSpeed here: only the stage and the dtype count.
+    """
+    if config.distributed.strategy != "deepspeed" or config.distributed.zero_stage != 3:
+        return None
+    settings = deepspeed_config(config, mixed_precision)
+    settings["zero_optimization"] = {k: v for k, v in settings["zero_optimization"].items() if v != "auto"}
+    return settings
+
+
 def deepspeed_engine(loss_module, optimizer, config: Config, mixed_precision: str):
     """Hand the loss wrapper and its optimizer to DeepSpeed; returns the engine (it also holds the wrapped optimizer).
 

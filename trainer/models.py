@@ -1,6 +1,7 @@
 """Loading tokenizers (and, for training, models) from a Hub id, a local folder, or a .gguf file."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -123,8 +124,13 @@ def dequantised_gguf(path: Path) -> Path:
     return cached
 
 
-def load_model(config, device: str):
-    """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora)."""
+def load_model(config, device: str, zero3: dict | None = None):
+    """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora).
+
+    `zero3`: a DeepSpeed ZeRO-3 configuration. The model is then built partitioned across the processes
+    (transformers creates it under deepspeed.zero.Init) and each process keeps only its share of every weight,
+    on its device: without it every process would load the whole model, and DeepSpeed move it whole to the GPU.
+    """
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -146,16 +152,35 @@ def load_model(config, device: str):
     path = Path(os.path.expanduser(m.name_or_path))
     try:
         if is_gguf(m.name_or_path):
-            model = AutoModelForCausalLM.from_pretrained(dequantised_gguf(path), **kwargs)
+            source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else m.name_or_path, revision=m.revision, **kwargs)
+            source, kwargs["revision"] = str(path) if path.exists() else m.name_or_path, m.revision
+        with _built_partitioned(zero3):
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except UserError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
         raise UserError(_load_failure("weights", m.name_or_path, exc)) from None
-    if config.training.method != "qlora":
+    if config.training.method != "qlora" and zero3 is None:
         model.to(device)
     return model
+
+
+@contextlib.contextmanager
+def _built_partitioned(zero3: dict | None):
+    """While this lasts, transformers builds and loads models partitioned by ZeRO-3 (it looks for a live
+    HfDeepSpeedConfig); after it, a model loads whole again (the merge after training loads a fresh base)."""
+    if zero3 is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    live = HfDeepSpeedConfig(zero3)  # transformers keeps only a weak reference to it
+    try:
+        yield
+    finally:
+        del live
+        unset_hf_deepspeed_config()
 
 
 def add_adapter(model, config):

@@ -17,7 +17,7 @@ from pathlib import Path
 from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
-from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model
+from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model, zero3_loading
 from trainer.errors import UserError
 from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
 from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
@@ -159,7 +159,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         f"{sum(e.trained for e in data.train)} trained tokens per epoch")
 
     say(f"Loading {config.model.name_or_path} on {device} ...")
-    model = add_adapter(load_model(config, device), config)
+    model = add_adapter(load_model(config, device, zero3_loading(config, mixed_precision(config, device))), config)
     if config.distributed.strategy == "fsdp":
         loss_module = shard_model(LossOnTrainedTokens(model), model)  # replaces the parameters by shards
     elif config.distributed.strategy == "deepspeed":
@@ -167,8 +167,9 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     else:
         loss_module = accelerator.prepare(LossOnTrainedTokens(model))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    total_params = sum(p.numel() for p in model.parameters())
-    say(f"Method {t.method}: {sum(p.numel() for p in trainable):,} trainable of {total_params:,} parameters")
+    say(f"Method {t.method}: {_count(trainable):,} trainable of {_count(model.parameters()):,} parameters")
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        say(f"ZeRO-3: the weights were built partitioned; each of the {accelerator.num_processes} processes holds its share")
 
     decay = [p for p in trainable if p.ndim >= 2]
     no_decay = [p for p in trainable if p.ndim < 2]
@@ -204,6 +205,11 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, tokenizer, model, loss_module, trainable, optimizer, scheduler, data, state,
                total_steps, tokenizer.pad_token_id, config.model.attn_implementation == "flash_attention_2", metrics, engine)
+
+
+def _count(params) -> int:
+    """How many numbers the parameters hold, whole (a ZeRO-3 process holds a share of each: ds_numel is the whole)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:

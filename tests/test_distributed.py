@@ -43,6 +43,46 @@ def trajectory(run_dir):
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def eval_losses(run_dir):
+    return [r["eval_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+
+
+def assert_same_weights(single: dict, sharded: dict) -> None:
+    """Whole weights (a shard would be half the rows), equal to one process's.
+
+    Adam divides by the root of tiny second moments, so float32 rounding of the reduced gradients reaches the weights
+    at ~1e-4 after 6 steps of lr 0.01 (measured max 7.6e-5); a shard or a stale copy is off by ~1e-2.
+    """
+    assert sorted(single) == sorted(sharded)
+    for name, value in single.items():
+        assert sharded[name].shape == value.shape and torch.allclose(sharded[name], value, atol=2e-4), name
+
+
+def cut_after_step_4(tmp_path, model_dir, **distributed):
+    """A 2-process run of 8 steps with checkpoints every 2, then its later checkpoints and model removed: as if it
+    died after step 4. Returns the config, the run directory, the unbroken run's losses and its adapter's bytes."""
+    import shutil
+
+    config = tiny_config(tmp_path, model_dir, max_steps=8, batch_size=2, save_every=2, keep_last=10, lora={"dropout": 0.0})
+    config = with_distributed(config, num_processes=2, **distributed)
+    first = run_trainer("--config", str(config), timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    uninterrupted, final = trajectory(run), (run / "model" / "adapter_model.safetensors").read_bytes()
+    for later in ("step-6", "step-8"):
+        shutil.rmtree(run / "checkpoints" / later)
+    shutil.rmtree(run / "model")
+    return config, run, uninterrupted, final
+
+
+def assert_resumes_exactly(config, run, uninterrupted, final) -> None:
+    resumed = run_trainer("--config", str(config), "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr and "(step 4 of 8)" in resumed.stderr
+    assert trajectory(run)[4:] == pytest.approx(uninterrupted[4:], abs=1e-6)
+    assert (run / "model" / "adapter_model.safetensors").read_bytes() == final
+
+
 def test_two_processes_match_one(tmp_path, tiny_model_dir):
     one = tmp_path / "one"
     one.mkdir()
@@ -83,18 +123,9 @@ def test_fsdp_shards_trains_like_one_process_and_saves_whole_weights(tmp_path, t
     one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "fsdp", max_steps=6, learning_rate=0.01, lora={"dropout": 0.0},
                                         **{"output.merge_adapter": True})
     assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
-    evals = [[r["eval_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
-             for d in (one, two)]
-    assert evals[1] == pytest.approx(evals[0], abs=1e-5)  # 3 validation batches over 2 processes: all counted once
-
-    # the checkpoint and the adapter hold whole weights (a shard would be half the rows), equal to one process's
-    single = load_file(one / "model" / "adapter_model.safetensors")
-    sharded = load_file(two / "model" / "adapter_model.safetensors")
-    assert sorted(single) == sorted(sharded)
-    for name in single:
-        # Adam divides by the root of tiny second moments, so float32 rounding of the reduced gradients reaches the
-        # weights at ~1e-4 after 6 steps of lr 0.01 (measured max 7.6e-5); a shard or a stale copy is off by ~1e-2
-        assert sharded[name].shape == single[name].shape and torch.allclose(sharded[name], single[name], atol=2e-4), name
+    assert eval_losses(two) == pytest.approx(eval_losses(one), abs=1e-5)  # 3 validation batches over 2 processes: all counted once
+    # the checkpoint and the adapter hold whole weights, equal to one process's
+    assert_same_weights(load_file(one / "model" / "adapter_model.safetensors"), load_file(two / "model" / "adapter_model.safetensors"))
     step = load_file(two / "checkpoints" / "step-6" / "trainable.safetensors")
     assert all(step[k].shape == v.shape for k, v in load_file(one / "checkpoints" / "step-6" / "trainable.safetensors").items())
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -104,23 +135,7 @@ def test_fsdp_shards_trains_like_one_process_and_saves_whole_weights(tmp_path, t
 
 def test_fsdp_resume_continues_exactly(tmp_path, tiny_model_dir):
     """A sharded run that died after step 4 resumes from the gathered checkpoint and ends where an unbroken one ends."""
-    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, batch_size=2, save_every=2, keep_last=10, lora={"dropout": 0.0})
-    config = with_distributed(config, strategy="fsdp", num_processes=2)
-    first = run_trainer("--config", str(config), timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    run = tmp_path / "run"
-    uninterrupted = trajectory(run)
-    final = (run / "model" / "adapter_model.safetensors").read_bytes()
-    import shutil
-
-    for later in ("step-6", "step-8"):
-        shutil.rmtree(run / "checkpoints" / later)
-    shutil.rmtree(run / "model")
-    resumed = run_trainer("--config", str(config), "--resume", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stderr and "(step 4 of 8)" in resumed.stderr
-    assert trajectory(run)[4:] == pytest.approx(uninterrupted[4:], abs=1e-6)
-    assert (run / "model" / "adapter_model.safetensors").read_bytes() == final
+    assert_resumes_exactly(*cut_after_step_4(tmp_path, tiny_model_dir, strategy="fsdp"))
 
 
 def test_fsdp_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
@@ -129,11 +144,8 @@ def test_fsdp_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir):
 
     one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "fsdp", method="full", max_steps=3, learning_rate=0.001)
     assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
-    single = AutoModelForCausalLM.from_pretrained(one / "model").state_dict()
-    sharded = AutoModelForCausalLM.from_pretrained(two / "model").state_dict()
-    assert sorted(single) == sorted(sharded)
-    for name, value in single.items():
-        assert sharded[name].shape == value.shape and torch.allclose(sharded[name], value, atol=2e-4), name
+    assert_same_weights(AutoModelForCausalLM.from_pretrained(one / "model").state_dict(),
+                        AutoModelForCausalLM.from_pretrained(two / "model").state_dict())
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -150,14 +162,8 @@ def test_deepspeed_zero_trains_like_one_process_and_saves_whole_weights(tmp_path
     assert ("the weights were built partitioned" in result.stderr) == (stage == 3)
     assert "Method lora: 32,768 trainable of 120,640 parameters" in result.stderr
     assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
-    evals = [[r["eval_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
-             for d in (one, two)]
-    assert evals[1] == pytest.approx(evals[0], abs=1e-5)
-    single = load_file(one / "model" / "adapter_model.safetensors")
-    zero = load_file(two / "model" / "adapter_model.safetensors")
-    assert sorted(single) == sorted(zero)
-    for name in single:  # the tolerance of the fsdp test: Adam amplifies float32 rounding of the reduced gradients
-        assert zero[name].shape == single[name].shape and torch.allclose(zero[name], single[name], atol=2e-4), name
+    assert eval_losses(two) == pytest.approx(eval_losses(one), abs=1e-5)
+    assert_same_weights(load_file(one / "model" / "adapter_model.safetensors"), load_file(two / "model" / "adapter_model.safetensors"))
     checkpoint = two / "checkpoints" / "step-6"
     shards = sorted(p.name for p in (checkpoint / "zero" / "state").iterdir())
     assert [n for n in shards if "optim_states" in n] == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
@@ -171,29 +177,13 @@ def test_deepspeed_zero_trains_like_one_process_and_saves_whole_weights(tmp_path
 def test_deepspeed_resume_continues_exactly_and_only_as_deepspeed(tmp_path, tiny_model_dir):
     """A ZeRO-3 run cut after step 4 resumes from DeepSpeed's shards and ends where an unbroken one ends; resuming it
     as another strategy or with another number of processes is refused with what to set."""
-    import shutil
-
-    config = tiny_config(tmp_path, tiny_model_dir, max_steps=8, batch_size=2, save_every=2, keep_last=10, lora={"dropout": 0.0})
-    config = with_distributed(config, strategy="deepspeed", zero_stage=3, num_processes=2)
-    first = run_trainer("--config", str(config), timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    run = tmp_path / "run"
-    uninterrupted = trajectory(run)
-    final = (run / "model" / "adapter_model.safetensors").read_bytes()
-    for later in ("step-6", "step-8"):
-        shutil.rmtree(run / "checkpoints" / later)
-    shutil.rmtree(run / "model")
-
+    cut = cut_after_step_4(tmp_path, tiny_model_dir, strategy="deepspeed", zero_stage=3)
+    config = cut[0]
     for change, says in [("distributed.strategy=ddp", "was written by a deepspeed run"),
                          ("distributed.num_processes=3", "set distributed.num_processes: 2 to resume it")]:
         refused = run_trainer("--config", str(config), "--resume", "--set", change, timeout=600)
         assert refused.returncode == 2 and refused.stderr.count(says) == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-
-    resumed = run_trainer("--config", str(config), "--resume", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stderr and "(step 4 of 8)" in resumed.stderr
-    assert trajectory(run)[4:] == pytest.approx(uninterrupted[4:], abs=1e-6)
-    assert (run / "model" / "adapter_model.safetensors").read_bytes() == final
+    assert_resumes_exactly(*cut)
 
 
 def test_deepspeed_early_stopping_ends_with_the_best_checkpoint(tmp_path, tiny_model_dir):
@@ -223,11 +213,8 @@ def test_deepspeed_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir
     one, two, _ = one_and_two_processes(tmp_path, tiny_model_dir, "deepspeed", zero_stage=3, method="full", max_steps=3,
                                         learning_rate=0.001)
     assert trajectory(two) == pytest.approx(trajectory(one), abs=1e-5)
-    single = AutoModelForCausalLM.from_pretrained(one / "model").state_dict()
-    zero = AutoModelForCausalLM.from_pretrained(two / "model").state_dict()
-    assert sorted(single) == sorted(zero)
-    for name, value in single.items():
-        assert zero[name].shape == value.shape and torch.allclose(zero[name], value, atol=2e-4), name
+    assert_same_weights(AutoModelForCausalLM.from_pretrained(one / "model").state_dict(),
+                        AutoModelForCausalLM.from_pretrained(two / "model").state_dict())
 
 
 @pytest.mark.parametrize("strategy, how", [("ddp", "SIGTERM to trainer"), ("ddp", "Ctrl-C to the terminal's group"),

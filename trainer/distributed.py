@@ -86,16 +86,8 @@ def deepspeed_config(config: Config, mixed_precision: str, hidden_size: int | No
     """
     t = config.training
     stage = config.distributed.zero_stage
-    square = hidden_size * hidden_size if hidden_size else "auto"
-    zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
-                  "reduce_bucket_size": square, "allgather_bucket_size": square}
-    if stage == 3:
-        zero.update({
-            "stage3_prefetch_bucket_size": int(0.9 * square) if hidden_size else "auto",
-            "stage3_param_persistence_threshold": 10 * hidden_size if hidden_size else "auto",  # norms, biases: kept whole
-            "stage3_max_live_parameters": 4 * square if hidden_size else "auto",  # about a layer's weights gathered at once
-            "stage3_max_reuse_distance": 4 * square if hidden_size else "auto",
-        })
+    buckets = _bucket_sizes(stage, hidden_size) if hidden_size else dict.fromkeys(_bucket_sizes(stage, 1), "auto")
+    zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, **buckets}
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation,
@@ -107,6 +99,19 @@ def deepspeed_config(config: Config, mixed_precision: str, hidden_size: int | No
         "steps_per_print": 2**31 - 1,  # progress is trainer's to report
         "wall_clock_breakdown": False,
     }
+
+
+def _bucket_sizes(stage: int, hidden: int) -> dict:
+    square = hidden * hidden
+    sizes = {"reduce_bucket_size": square, "allgather_bucket_size": square}
+    if stage == 3:
+        sizes.update({
+            "stage3_prefetch_bucket_size": int(0.9 * square),
+            "stage3_param_persistence_threshold": 10 * hidden,  # norms, biases: kept whole
+            "stage3_max_live_parameters": 4 * square,  # about a layer's weights gathered at once
+            "stage3_max_reuse_distance": 4 * square,
+        })
+    return sizes
 
 
 def zero3_loading(config: Config, mixed_precision: str) -> dict | None:

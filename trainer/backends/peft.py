@@ -140,6 +140,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
 
     t = config.training
     device = Hardware.detect().device(config.backend.peft.device)
+    precision = mixed_precision(config, device)
     accelerator = make_accelerator(config, device)
     say = functools.partial(_say, accelerator)
     if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
@@ -159,7 +160,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         f"{sum(e.trained for e in data.train)} trained tokens per epoch")
 
     say(f"Loading {config.model.name_or_path} on {device} ...")
-    model = add_adapter(load_model(config, device, zero3_loading(config, mixed_precision(config, device))), config)
+    model = add_adapter(load_model(config, device, zero3_loading(config, precision)), config)
     if config.distributed.strategy == "fsdp":
         loss_module = shard_model(LossOnTrainedTokens(model), model)  # replaces the parameters by shards
     elif config.distributed.strategy == "deepspeed":
@@ -190,7 +191,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     if config.distributed.strategy == "deepspeed":
         # ZeRO takes over the optimizer's state and drops its empty param groups; the scheduler, made after, sets the
         # learning rate in those that are left
-        loss_module = engine = deepspeed_engine(loss_module, optimizer, config, mixed_precision(config, device))
+        loss_module = engine = deepspeed_engine(loss_module, optimizer, config, precision)
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
     if engine is None:
         optimizer = accelerator.prepare(optimizer)

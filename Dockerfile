@@ -41,9 +41,9 @@ COPY ui ./ui
 COPY data ./data
 COPY docker ./docker
 # flash-attn only where a wheel exists for this torch and CUDA (FLASH_ATTN=1), since building it takes an hour.
-# ".[gpu,ui,deepspeed]" is this project from the copied source; its dependencies' bounds are in pyproject.toml.
+# ".[gpu,ui,deepspeed,serve]" is this project from the copied source; its dependencies' bounds are in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install ".[gpu,ui,deepspeed]" \
+RUN pip install ".[gpu,ui,deepspeed,serve]" \
     && if [ "${FLASH_ATTN}" = "1" ]; then pip install "flash-attn==${FLASH_ATTN_VERSION}" --no-build-isolation --only-binary=flash-attn; fi
 
 RUN useradd --create-home --uid 1000 trainer \

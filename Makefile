@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test bench bench-train autotrain ui chromium clean
+.PHONY: install demo test bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
 
 install: $(STAMP)
 
@@ -25,9 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium go
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
+	$(VENV)/bin/trainer backends setup llama.cpp
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -38,6 +39,15 @@ bench-train: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(PY) bench/train_throughput.py
+
+# What `trainer serve` gains from exporting: tokens/s and time to first token per engine (needs a finished quickstart run)
+bench-serve: $(STAMP)
+	$(VENV)/bin/trainer backends setup llama.cpp
+	$(PY) bench/serve_throughput.py --run runs/quickstart
+
+# llama.cpp built once into the trainer cache, for `trainer export --to gguf|ollama` and `trainer serve`
+llama.cpp: $(STAMP)
+	$(VENV)/bin/trainer backends setup llama.cpp
 
 # AutoTrain Advanced in its own environment (it pins transformers 4.48 and more), for backend: autotrain
 autotrain: $(STAMP)
@@ -54,6 +64,13 @@ chromium:
 	  command -v apt-get >/dev/null 2>&1 || { echo "install Chromium (the browser test needs /usr/bin/chromium)"; exit 1; }; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The Ollama Modelfile test renders TEMPLATE with Go's text/template, the engine Ollama uses.
+go:
+	@command -v go >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "install Go (the Modelfile test needs the go command)"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq golang-go >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -156,3 +156,46 @@ def tiny_config(tmp_path, model_dir, **training) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The quickstart on the real SmolLM2, shortened to 10 steps: a run directory whose answers are JSON lists."""
+    out = tmp_path_factory.mktemp("demo-run") / "recipes"
+    result = run_trainer("--config", "configs/quickstart.yaml", "--set", "training.epochs=null", "--set", "training.max_steps=10",
+                         "--set", "training.eval_every=null", "--set", "evaluation.after_training=false",
+                         "--set", f"output.dir={out}", timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def validation_prompts(count: int) -> tuple[list[list[dict]], list[str]]:
+    """The first `count` validation recipes of the quickstart: (conversations without the answer, reference answers)."""
+    import json
+
+    rows = [json.loads(line) for line in (REPO / "data" / "recipes" / "validation.jsonl").read_text().splitlines()[:count]]
+    return [r["messages"][:-1] for r in rows], [r["messages"][-1]["content"] for r in rows]
+
+
+@pytest.fixture(scope="session")
+def go_render(tmp_path_factory):
+    """Render an Ollama TEMPLATE with Go's text/template, the engine Ollama uses (tests/ollama_template/main.go,
+    built once): go_render(template, messages) -> the prompt text."""
+    import json
+    import shutil
+
+    go = shutil.which("go")
+    assert go, "this test needs Go (make test installs Debian's golang-go)"
+    tmp = tmp_path_factory.mktemp("go")
+    built = subprocess.run([go, "build", "-o", str(tmp / "render"), str(REPO / "tests" / "ollama_template" / "main.go")],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "GOCACHE": str(tmp / "cache")})
+    assert built.returncode == 0, built.stderr
+
+    def render(template: str, messages: list[dict]) -> str:
+        (tmp / "t.tmpl").write_text(template)
+        (tmp / "m.json").write_text(json.dumps(messages))
+        done = subprocess.run([str(tmp / "render"), str(tmp / "t.tmpl"), str(tmp / "m.json")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return render

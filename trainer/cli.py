@@ -69,14 +69,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="a system message for the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
-    p = sub.add_parser("export", help="write the config in another tool's format", description="Translate the config into another tool's format without running it. For AutoTrain: the LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
-    p.add_argument("--to", dest="target_format", choices=["autotrain"], required=True, help="the format to write")
-    _add_config_args(p)
-    p.add_argument("--dir", metavar="DIR", help="write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
+    p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, Ollama), or the config in AutoTrain's format",
+                       description="--to gguf: the run's model (adapter merged) as one GGUF file with its tokenizer, chat template and "
+                       "stop tokens, written by llama.cpp's converter (built once into the trainer cache). --to ollama: the same "
+                       "plus a Modelfile, and the `ollama create` command to run. --to autotrain: translate the config into the "
+                       "LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model "
+                       "as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
+    p.add_argument("--to", dest="target_format", choices=["gguf", "ollama", "autotrain"], required=True, help="the format to write")
+    p.add_argument("--run", metavar="DIR", help="gguf/ollama: the run directory to export")
+    p.add_argument("--quant", default="q8_0", metavar="TYPE",
+                   help="gguf/ollama: f16, bf16, q8_0 (default), or a llama.cpp quantization such as q4_k_m")
+    p.add_argument("--out", metavar="FILE", help="gguf: where to write the file (default: <run>/export/<run name>-<quant>.gguf)")
+    _add_config_args(p, required=False)
+    p.add_argument("--dir", metavar="DIR", help="autotrain: write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
+
+    p = sub.add_parser("serve", help="serve a run's model over an OpenAI-compatible HTTP API",
+                       description="Serve a run's model (or a GGUF file) at /v1/chat/completions, /v1/models and /health, "
+                       "for the official OpenAI clients and anything that speaks their API. Listens on 127.0.0.1 unless "
+                       "--host says otherwise; any other host needs an API key.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", metavar="DIR", help="the run directory to serve")
+    what.add_argument("--gguf", metavar="FILE", help="a GGUF file to serve (with llama.cpp)")
+    from trainer.serve import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto (llama.cpp where it is set up, else transformers), llama.cpp (on the run's GGUF, exported if "
+                   "missing), transformers (exactly trainer generate's answers), vllm (GPUs: vLLM's server with the adapter)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="required from clients as Authorization: Bearer KEY (default: TRAINER_API_KEY); "
+                   "needed for any host but this machine")
+    p.add_argument("--quant", default="q8_0", metavar="TYPE", help="llama.cpp engine: the GGUF type to export the run to (default q8_0)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--gpus", type=int, help="vllm: tensor-parallel over this many GPUs (default: every visible GPU)")
 
     p = sub.add_parser("backends", help="list the training backends, or set one up", description="List the backends and whether each can run here; `trainer backends setup autotrain` creates AutoTrain's own environment.")
     p.add_argument("action", nargs="?", choices=["list", "setup"], default="list")
-    p.add_argument("backend", nargs="?", choices=["autotrain"], help="the backend to set up")
+    p.add_argument("backend", nargs="?", choices=["autotrain", "llama.cpp"],
+                   help="the backend to set up: autotrain (training), llama.cpp (GGUF export and fast CPU serving)")
     p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: TRAINER_AUTOTRAIN_VENV, else in the trainer cache)")
     p.add_argument("--gpu", action="store_true", help="install the CUDA build of torch even where nvidia-smi is missing (Docker builds)")
 
@@ -137,6 +167,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "convert": _convert,
         "download-demo-model": _download_demo_model,
         "export": _export,
+        "serve": _serve,
         "backends": _backends,
         "ui": _ui,
     }[command](args)
@@ -289,6 +320,10 @@ def _download_demo_model(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.target_format in ("gguf", "ollama"):
+        return _export_model(args)
+    if not args.config:
+        raise UserError("trainer export --to autotrain needs --config FILE (the trainer config to translate).")
     import yaml
 
     from trainer.backends.autotrain import VERSION, differences, export, mixed_precision_for, prepare_handover
@@ -318,17 +353,61 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    if not args.run:
+        raise UserError(f"trainer export --to {args.target_format} needs --run DIR (the run directory whose model to export).")
+    from trainer.generate import finished_run
+
+    run = finished_run(args.run)
+    if args.target_format == "gguf":
+        from trainer.export.gguf import export_gguf
+
+        exported = export_gguf(run, args.quant, args.out)
+        print(exported.gguf)
+        print(f"Use it: llama-cli -m {exported.gguf} -cnv, or trainer serve --gguf {exported.gguf}", file=sys.stderr)
+        return 0
+    if args.out:
+        raise UserError("--out is for --to gguf; --to ollama writes the GGUF and the Modelfile into <run>/export/.")
+    from trainer.export.ollama import write_ollama
+
+    modelfile, command = write_ollama(run, args.quant)
+    print(modelfile)
+    print(f"Create the Ollama model with:\n  {command}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainer.serve import ServeOptions, api_key_from, serve
+
+    serve(ServeOptions(run=Path(args.run).expanduser() if args.run else None, gguf=Path(args.gguf).expanduser() if args.gguf else None,
+                       engine=args.engine, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
+                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus))
+    return 0
+
+
 def _backends(args: argparse.Namespace) -> int:
     from trainer.backends.autotrain import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
 
+    from trainer.export import llamacpp
+
     if args.action == "setup":
+        if args.backend == "llama.cpp":
+            llamacpp.setup()
+            return 0
         if args.backend != "autotrain":
-            raise UserError("say which backend to set up: trainer backends setup autotrain (the peft backend needs no setup).")
+            raise UserError("say which backend to set up: trainer backends setup autotrain|llama.cpp (the peft backend needs no setup).")
         setup_environment(args.venv, gpu=True if args.gpu else None)
         return 0
     problem = environment_problem(autotrain_python())
     print("peft       ready (trainer's own loop, installed with trainer)")
     print(f"autotrain  {'ready: ' + str(default_venv()) if problem is None else 'not set up: ' + problem} (AutoTrain Advanced {VERSION})")
+    built = llamacpp.find()
+    binding = llamacpp.python_binding_problem() if built else None
+    state = f"ready: {built.root}" if built and binding is None else (
+        f"not set up: {binding}" if built else "not set up: trainer backends setup llama.cpp")
+    print(f"llama.cpp  {state} (GGUF export and serving, {llamacpp.PACKAGE})")
     return 0
 
 

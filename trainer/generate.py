@@ -30,10 +30,8 @@ class Loaded:
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
     """The fine-tuned model of a run directory (either backend writes the same layout)."""
-    run_dir = Path(run_dir).expanduser()
+    run_dir = finished_run(run_dir)
     model_dir = run_dir / "model"
-    if not (run_dir / "config.yaml").is_file() or not model_dir.is_dir():
-        raise UserError(f"{run_dir} is not a finished run directory (it needs config.yaml and model/). Train first: trainer --config x.yaml")
     config = load_config(str(run_dir / "config.yaml"), check_files=False)
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -43,6 +41,14 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
         return loaded
     full = config.replace(model=config.model.replace(name_or_path=str(model_dir)))
     return load_base(full, device)
+
+
+def finished_run(run_dir: str | Path) -> Path:
+    """`run_dir` as a path, once it is known to hold a finished run (config.yaml and model/)."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
+        raise UserError(f"{run_dir} is not a finished run directory (it needs config.yaml and model/). Train first: trainer --config x.yaml")
+    return run_dir
 
 
 def load_base(config: Config, device: str = "auto", tokenizer_from: str | None = None) -> Loaded:
@@ -65,10 +71,11 @@ class Answer:
     seconds: float  # this answer's share of its batch's wall time
 
 
-def render_prompt(tokenizer, messages: list[dict], template: str | None = None) -> str:
+def render_prompt(tokenizer, messages: list[dict], template: str | None = None, tools: list[dict] | None = None) -> str:
     if template is None and not getattr(tokenizer, "chat_template", None):
         return "\n".join(m["content"] for m in messages)
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, chat_template=template, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8) -> list[Answer]:
@@ -77,7 +84,7 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
 
     tok = loaded.tokenizer
     tok.padding_side = "left"
-    eos = _stop_ids(tok)
+    eos = stop_ids(tok)
     template = loaded.template
     order = sorted(range(len(conversations)), key=lambda i: -len(str(conversations[i])))  # similar lengths together
     results: dict[int, Answer] = {}
@@ -99,13 +106,22 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
     return [results[i] for i in range(len(conversations))]
 
 
-def _stop_ids(tokenizer) -> list[int]:
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The token ids that end an answer: end of sequence, and the end-of-turn tokens the tokenizer knows."""
     ids = {tokenizer.eos_token_id}
-    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+    for token in END_OF_TURN:
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             ids.add(tid)
     return sorted(i for i in ids if i is not None)
+
+
+def stop_texts(tokenizer) -> list[str]:
+    """stop_ids as the texts of those tokens (for engines that stop on strings: Ollama, llama.cpp, an API's `stop`)."""
+    return [tokenizer.convert_ids_to_tokens(i) for i in stop_ids(tokenizer)]
 
 
 def read_prompts(path: str) -> list[list[dict]]:
@@ -165,7 +181,7 @@ def stream_answer(loaded: Loaded, messages: list[dict], max_new_tokens: int):
     encoded = tok(render_prompt(tok, messages, loaded.template), return_tensors="pt", add_special_tokens=False).to(loaded.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
-                                                                       do_sample=False, eos_token_id=_stop_ids(tok),
+                                                                       do_sample=False, eos_token_id=stop_ids(tok),
                                                                        pad_token_id=tok.pad_token_id))
     thread.start()
     yield from streamer

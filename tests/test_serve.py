@@ -1,0 +1,221 @@
+"""`trainer serve` as a real server process on 127.0.0.1, spoken to by the official `openai` client (and httpx
+for what a client library would never send)."""
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from conftest import REPO, TINY_DATA, run_trainer, tiny_config
+from trainer.cli import main
+
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str, timeout: float = 600):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "trainer", "serve", *args, "--port", str(port)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited ({process.returncode}): {process.stderr.read()[-3000:]}")
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=2)
+            if response.status_code in (200, 401):
+                return process, port
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError("the server did not start in time")
+
+
+def stop_server(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("serve")
+    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
+    assert main(["--config", str(config)]) == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    process, port = start_server("--run", str(tiny_run), "--engine", "transformers", "--api-key", KEY)
+    yield port
+    stop_server(process)
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+PROMPTS = [r["messages"][0]["content"] for r in TINY_DATA[:8]]
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_run):
+    """`trainer generate`'s greedy answers to PROMPTS, one at a time."""
+    answers = []
+    for prompt in PROMPTS:
+        result = run_trainer("generate", "--run", str(tiny_run), "--prompt", prompt, "--max-new-tokens", "12", "--batch-size", "1")
+        assert result.returncode == 0, result.stderr
+        answers.append(result.stdout.rstrip("\n"))
+    return answers
+
+
+def ask(client, prompt: str, **kwargs) -> str:
+    reply = client.chat.completions.create(model="run", messages=[{"role": "user", "content": prompt}], max_tokens=12,
+                                           temperature=0, **kwargs)
+    return reply.choices[0].message.content
+
+
+def test_answers_equal_trainer_generate(client, generated):
+    assert [ask(client, p).strip() for p in PROMPTS] == generated
+    reply = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=12)
+    assert reply.model == "run" and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streamed_chunks_join_to_the_same_answer(client, generated):
+    stream = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=12,
+                                            temperature=0, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == generated[1]
+    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_eight_concurrent_clients_get_their_own_answers(client, generated):
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: ask(client, p).strip(), PROMPTS))
+    assert answers == generated
+
+
+def test_sampling_follows_seed_and_stop(client):
+    kwargs = dict(model="run", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=12, temperature=1.0, top_p=0.9)
+    first = client.chat.completions.create(seed=7, **kwargs).choices[0].message.content
+    again = client.chat.completions.create(seed=7, **kwargs).choices[0].message.content
+    assert first == again
+    full = ask(client, PROMPTS[2])
+    assert len(full) >= 2
+    cut = ask(client, PROMPTS[2], stop=[full[1]])
+    assert cut == full[: full.index(full[1])]
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["run"]
+    assert httpx.get(f"http://127.0.0.1:{server}/health", headers={"Authorization": f"Bearer {KEY}"}).json()["status"] == "ok"
+
+
+def test_a_wrong_key_gets_401(server):
+    from openai import AuthenticationError, OpenAI
+
+    wrong = OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(AuthenticationError) as caught:
+        wrong.chat.completions.create(model="run", messages=[{"role": "user", "content": "say red"}])
+    assert caught.value.status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{server}/v1/models").status_code == 401
+
+
+@pytest.mark.parametrize("body,status,says", [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"model": "run"}).encode(), 400, "messages"),
+    (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), 400, "role"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}).encode(), 400, "max_tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}).encode(), 400, "temperature"),
+    (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 400, "image_url"),
+    (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "is not served here"),
+    (b"x" * 2_000_000, 413, "larger than"),
+])
+def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, client, body, status, says):
+    response = httpx.post(f"http://127.0.0.1:{server}/v1/chat/completions", content=body, timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert says in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert ask(client, PROMPTS[0])  # still serving
+
+
+def test_text_parts_are_accepted(client, generated):
+    reply = client.chat.completions.create(model="run", max_tokens=12, temperature=0,
+                                           messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[3]}]}])
+    assert reply.choices[0].message.content.strip() == generated[3]
+
+
+def test_other_hosts_need_an_api_key(tiny_run):
+    result = run_trainer("serve", "--run", str(tiny_run), "--host", "0.0.0.0", env={"TRAINER_API_KEY": ""})
+    assert result.returncode == 2 and "--api-key" in result.stderr and "Traceback" not in result.stderr
+    result = run_trainer("serve", "--run", str(tiny_run.parent))
+    assert result.returncode == 2 and "not a finished run directory" in result.stderr
+
+
+def test_tool_calls_are_parsed_from_hermes_style_answers():
+    from trainer.serve.toolcalls import split_tool_calls
+
+    text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+    content, calls = split_tool_calls(text)
+    assert content == "Let me check."
+    assert [(c["type"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("function", "get_weather", {"city": "Paris", "unit": "C"})]
+    assert split_tool_calls("<tool_call>{oops}</tool_call>") == ("<tool_call>{oops}</tool_call>", [])
+
+
+def test_vllm_command_serves_base_and_adapter(tiny_run, tiny_model_dir):
+    from trainer.serve.vllm import vllm_command
+
+    command = vllm_command(tiny_run, "0.0.0.0", 9000, "k", 4, 512)
+    assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
+    text = " ".join(command)
+    assert f"--enable-lora --lora-modules run={tiny_run / 'model'} --max-lora-rank 8" in text
+    assert "--tensor-parallel-size 4" in text and "--api-key k" in text and "--host 0.0.0.0 --port 9000" in text
+    assert f"--chat-template {tiny_run / 'export' / 'chat_template.jinja'}" in text
+    merged = vllm_command(tiny_run, "127.0.0.1", 8000, None, 1, 512, merged=tiny_run / "merged")
+    assert merged[2] == str(tiny_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
+
+
+def test_vllm_without_gpus_is_a_message(tiny_run):
+    result = run_trainer("serve", "--run", str(tiny_run), "--engine", "vllm")
+    assert result.returncode == 2 and "needs NVIDIA GPUs" in result.stderr
+
+
+@pytest.mark.slow
+def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
+    """The default engine where llama.cpp is set up: the run's q8_0 GGUF, answering as llama.cpp does on it."""
+    from openai import OpenAI
+
+    from conftest import validation_prompts
+    from test_export import llama_cpp_answers
+
+    process, port = start_server("--run", str(demo_run))
+    try:
+        conversations, _ = validation_prompts(4)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
+        answers = [client.chat.completions.create(model="recipes", messages=c, max_tokens=96, temperature=0).choices[0].message.content.strip()
+                   for c in conversations]
+    finally:
+        stop_server(process)
+    assert "with llama.cpp" in process.stderr.read()
+    gguf = demo_run / "export" / "recipes-q8_0.gguf"
+    assert answers == llama_cpp_answers(gguf, conversations, demo_run / "model")

@@ -1,0 +1,117 @@
+"""A run's model as one GGUF file for llama.cpp, Ollama and LM Studio: the adapter folded into the base,
+the tokenizer, the chat template the run was trained with, and its end-of-turn tokens.
+
+The conversion is llama.cpp's own `convert_hf_to_gguf.py` (built once by trainer.export.llamacpp);
+trainer only prepares the Hugging Face folder it reads and checks what comes out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import UserError
+
+CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by the converter directly
+QUANTIZER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+QUANT_TYPES = CONVERTER_TYPES + QUANTIZER_TYPES
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Exported:
+    gguf: Path
+    quant: str
+    chat_template: str
+    stop: tuple[str, ...]  # the texts that end an assistant turn (llama.cpp's end-of-generation tokens)
+
+
+def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None = None, say=_say) -> Exported:
+    """Write <run>/export/<run name>-<quant>.gguf (or `out`) and return where it is."""
+    from trainer.export import llamacpp
+
+    quant = quant.lower()
+    if quant not in QUANT_TYPES:
+        raise UserError(f"--quant {quant}: not a type trainer can write; choose one of {', '.join(QUANT_TYPES)}.")
+    run_dir = Path(run_dir).expanduser()
+    target = Path(out).expanduser() if out else run_dir / "export" / f"{run_name(run_dir)}-{quant}.gguf"
+    tools = llamacpp.require(say)
+    staging = target.parent / f".{target.stem}.hf-{os.getpid()}"
+    try:
+        template, stop = write_merged_folder(run_dir, staging, say)
+        first = target if quant in CONVERTER_TYPES else target.with_name(f".{target.stem}.f16-{os.getpid()}.gguf")
+        _convert(tools, staging, first, quant if quant in CONVERTER_TYPES else "f16", say)
+        if quant in QUANTIZER_TYPES:
+            _quantize(tools, first, target, quant, say)
+            first.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"Wrote {target} ({target.stat().st_size / 1e6:.0f} MB, {quant})")
+    return Exported(target, quant, template, stop)
+
+
+def run_name(run_dir: Path) -> str:
+    return run_dir.resolve().name or "model"
+
+
+def write_merged_folder(run_dir: Path, folder: Path, say=_say) -> tuple[str, tuple[str, ...]]:
+    """The tuned model as a Hugging Face folder (float weights, adapter merged) whose tokenizer carries
+    the run's chat template and ends turns with the run's end-of-turn token. Returns (template, stop texts)."""
+    from trainer.generate import load_run, stop_texts
+
+    say(f"Merging the adapter of {run_dir} into its base model ...")
+    loaded = load_run(run_dir, "cpu")
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tokenizer = loaded.tokenizer
+    template = loaded.template
+    stop = tuple(stop_texts(tokenizer))
+    if template is not None:
+        tokenizer.chat_template = template  # what the run was trained with, e.g. a built-in or a custom one
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    _write_generation_config(partial, tokenizer)
+    os.replace(partial, folder)
+    return template or "", stop
+
+
+def _write_generation_config(folder: Path, tokenizer) -> None:
+    """Every end-of-turn token as an end-of-sequence id, so llama.cpp stops where `trainer generate` stops."""
+    from trainer.generate import stop_ids
+
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["eos_token_id"] = stop_ids(tokenizer)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _convert(tools, folder: Path, target: Path, outtype: str, say) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    say(f"Converting to GGUF ({outtype}) with llama.cpp's convert_hf_to_gguf.py ...")
+    command = [sys.executable, str(tools.converter), str(folder), "--outfile", str(partial), "--outtype", outtype]
+    result = subprocess.run(command, env=tools.converter_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip()[-3000:]
+        raise UserError(f"llama.cpp's converter could not convert {folder} (exit {result.returncode}):\n{tail}")
+    os.replace(partial, target)  # a killed conversion never leaves a file under the final name
+
+
+def _quantize(tools, source: Path, target: Path, quant: str, say) -> None:
+    say(f"Quantizing to {quant} with llama-quantize ...")
+    partial = target.with_name(target.name + ".partial")
+    result = subprocess.run([str(tools.quantize), str(source), str(partial), quant.upper()], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip()[-3000:]
+        raise UserError(f"llama-quantize could not write {quant} (exit {result.returncode}):\n{tail}")
+    os.replace(partial, target)

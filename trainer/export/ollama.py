@@ -1,0 +1,186 @@
+"""An Ollama Modelfile for an exported GGUF: FROM, a TEMPLATE in Ollama's Go-template syntax that lays out
+a conversation exactly as the run's Jinja chat template does, PARAMETER stop for every end-of-turn token,
+and SYSTEM when every training conversation had the same system prompt.
+
+Jinja cannot be translated to Go templates in general. What can be done exactly: most chat templates
+write each message as fixed text, the message's content, and fixed text, where the fixed text depends
+only on the roles of the message before and this one (and the very start may add a default system
+prompt). `transitions()` measures that text by rendering the Jinja template around marker strings, and
+`check_transitions()` proves the measurement reproduces the Jinja template on several conversations
+before a Go template is written from it. A template that fails the proof (Mistral's, which moves the
+system prompt into the last user turn) gets a clear message instead of a Modelfile that would prompt
+the model differently from how it was trained.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+START, END = "", "end"  # the role before the first message, and after the last (the generation prompt)
+
+
+def _marker(i: int) -> str:
+    return f"XQZ{i}QZX"  # plain letters: no template trims, escapes or splits them
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """The fixed text between messages: text[(previous role, role)] (START first, END for the generation prompt)."""
+
+    text: dict[tuple[str, str], str]
+
+    def render(self, messages: list[dict]) -> str:
+        """What the Go template writes for `messages` (the last a user turn), in Python, for the proof."""
+        out, previous = [], START
+        for message in messages:
+            out += [self.text[(previous, message["role"])], message["content"]]
+            previous = message["role"]
+        return "".join(out + [self.text[(previous, END)]])
+
+
+# Conversations the template is measured on, and checked against: with and without a system prompt, 1-3 turns.
+_MEASURE = [
+    ["system", "user"],
+    ["user"],
+    ["system", "user", "assistant", "user"],
+    ["user", "assistant", "user"],
+]
+_CHECK = [
+    ["system", "user", "assistant", "user", "assistant", "user"],
+    ["user", "assistant", "user", "assistant", "user"],
+    ["system", "user"],
+    ["user"],
+]
+
+
+def _conversation(roles: list[str], offset: int = 0) -> list[dict]:
+    return [{"role": role, "content": _marker(offset + i)} for i, role in enumerate(roles)]
+
+
+def transitions(render) -> Transitions:
+    """Measure the fixed text around messages. `render(messages)` is the Jinja template with the generation prompt."""
+    text: dict[tuple[str, str], str] = {}
+    for roles in _MEASURE:
+        messages = _conversation(roles)
+        rendered = _render_or_none(render, messages)
+        if rendered is None:
+            continue  # a layout the template refuses (Gemma's raises on a system message): Ollama will not be sent it
+        previous, position = START, 0
+        for i, role in enumerate(roles + [END]):
+            if role == END:
+                found, length = len(rendered), 0
+            else:
+                found, length = rendered.find(_marker(i), position), len(_marker(i))
+            if found < 0:
+                raise UserError(f"the chat template does not write the {role} message's content as it is, so trainer "
+                                "cannot write an Ollama TEMPLATE for it; write the Modelfile's TEMPLATE by hand.")
+            key = (previous, role)
+            piece = rendered[position:found]
+            if text.setdefault(key, piece) != piece:
+                raise UserError(_not_per_turn(f"the text between a {previous or 'start'} and a {role} message changes "
+                                              "with the rest of the conversation"))
+            previous, position = role, found + length
+    return Transitions(text)
+
+
+def check_transitions(found: Transitions, render) -> None:
+    """Refuse unless the measured text reproduces the Jinja template exactly on conversations it was not measured on."""
+    for n, roles in enumerate(_CHECK):
+        messages = _conversation(roles, offset=10 * n + 100)
+        expected = _render_or_none(render, messages)
+        if expected is None:
+            continue
+        try:
+            ours = found.render(messages)
+        except KeyError as exc:
+            raise UserError(_not_per_turn(f"no measured text for {exc.args[0]}")) from None
+        if ours != expected:
+            raise UserError(_not_per_turn("a conversation of roles " + ", ".join(roles) + " is laid out differently"))
+
+
+def _render_or_none(render, messages: list[dict]) -> str | None:
+    """The Jinja render, or None where the template raises on these roles; it must accept a plain user turn."""
+    try:
+        return render(messages)
+    except Exception as exc:  # jinja2's TemplateError from raise_exception(), and whatever else a template raises
+        if any(m["role"] == "system" for m in messages):
+            return None
+        raise UserError(f"the chat template raised on a plain user/assistant conversation ({exc}), so trainer cannot "
+                        "write an Ollama TEMPLATE for it; write the Modelfile's TEMPLATE by hand.") from None
+
+
+def _not_per_turn(why: str) -> str:
+    return (f"the run's chat template cannot be written as an Ollama TEMPLATE exactly ({why}). The GGUF itself "
+            "carries the chat template; use it with llama.cpp, or write the Modelfile's TEMPLATE by hand.")
+
+
+def _go_literal(text: str) -> str:
+    """Text for a Go template: literal, except that `{{` would open an action."""
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def go_template(found: Transitions) -> str:
+    """A Go template over Ollama's .Messages that writes what `found.render` writes. No `{{-` trimming: the
+    fixed text is written exactly as measured, newlines included."""
+    branches = []
+    for (previous, role), text in sorted(found.text.items()):
+        if role == END:
+            continue
+        branches.append(f'(and (eq $prev "{previous}") (eq .Role "{role}"))}}}}{_go_literal(text)}')
+    body = "{{ if " + "{{ else if ".join(branches) + "{{ end }}" if branches else ""
+    endings = [f'(eq $prev "{previous}")}}}}{_go_literal(text)}' for (previous, role), text in sorted(found.text.items()) if role == END]
+    tail = "{{ if " + "{{ else if ".join(endings) + "{{ end }}" if endings else ""
+    return '{{ $prev := "" }}{{ range .Messages }}' + body + '{{ .Content }}{{ $prev = .Role }}{{ end }}' + tail
+
+
+def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
+    lines = [f"# Written by trainer. Create the model with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}",
+             f'TEMPLATE """{template}"""']
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop]
+    lines.append("PARAMETER temperature 0")  # trainer's own answers and evaluation are greedy
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    return "\n".join(lines) + "\n"
+
+
+def common_system_prompt(config) -> str | None:
+    """The system prompt, when every training conversation starts with the same one (then Ollama should add it)."""
+    from trainer.data.pipeline import load_examples
+
+    try:
+        examples, _ = load_examples(config.data.train, config)
+    except (OSError, UserError):
+        return None  # the training data is not at hand any more: leave the system prompt to the caller
+    firsts = {e.messages[0].content if e.messages and e.messages[0].role == "system" else None for e in examples}
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+def write_ollama(run_dir: str | Path, quant: str = "q8_0", say=None) -> tuple[Path, str]:
+    """The GGUF plus <run>/export/Modelfile; returns the Modelfile's path and the `ollama create` command."""
+    from trainer.config import load_config
+    from trainer.export.gguf import _say, export_gguf, run_name
+    from trainer.generate import render_prompt
+    from trainer.models import load_tokenizer
+
+    say = say or _say
+    run_dir = Path(run_dir).expanduser()
+    exported = export_gguf(run_dir, quant, say=say)
+    if not exported.chat_template:
+        raise UserError("this run was trained on plain text (data.format: text), so there is no chat layout to write "
+                        "as an Ollama TEMPLATE; use the GGUF with a completion API (llama.cpp) instead.")
+    tokenizer = load_tokenizer(str(run_dir / "model"))
+
+    def render(messages: list[dict]) -> str:
+        return render_prompt(tokenizer, messages, exported.chat_template)
+
+    found = transitions(render)
+    check_transitions(found, render)
+    config = load_config(str(run_dir / "config.yaml"), check_files=False)
+    text = modelfile(exported.gguf.name, go_template(found), list(exported.stop), common_system_prompt(config))
+    path = exported.gguf.parent / "Modelfile"
+    path.write_text(text, encoding="utf-8")
+    return path, f"cd {exported.gguf.parent} && ollama create {run_name(run_dir)} -f Modelfile"

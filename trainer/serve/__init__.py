@@ -1,0 +1,128 @@
+"""`trainer serve`: a run's model (or any GGUF file) behind an OpenAI-compatible HTTP API.
+
+Engines: `llama.cpp` on the run's exported GGUF (the default where llama.cpp is set up: the fastest on a
+CPU, see the README's measurements), `transformers` (exactly the answers `trainer generate` gives; needs
+nothing beyond trainer), and `vllm` for GPUs and many users (vLLM's own OpenAI server, started with the
+base model and the LoRA adapter).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import UserError
+
+ENGINES = ("auto", "llama.cpp", "transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    run: Path | None
+    gguf: Path | None
+    engine: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    quant: str = "q8_0"
+    max_tokens: int = 2048
+    gpus: int | None = None  # vllm: tensor-parallel size (None: every visible GPU)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_options(options: ServeOptions) -> None:
+    if (options.run is None) == (options.gguf is None):
+        raise UserError("say what to serve: --run DIR (a finished run directory) or --gguf FILE.")
+    if options.gguf is not None and not options.gguf.is_file():
+        raise UserError(f"--gguf {options.gguf}: no such file.")
+    if options.gguf is not None and options.engine in ("transformers", "vllm"):
+        raise UserError(f"--engine {options.engine} serves a run directory; a GGUF file is served by llama.cpp (--engine llama.cpp).")
+    if options.run is not None:
+        from trainer.generate import finished_run
+
+        finished_run(options.run)
+    if not is_loopback(options.host) and not options.api_key:
+        raise UserError(f"--host {options.host} lets other machines reach the server: set an API key with --api-key KEY "
+                        "or the environment variable TRAINER_API_KEY (clients send it as Authorization: Bearer KEY).")
+
+
+def choose_engine(options: ServeOptions) -> str:
+    if options.engine != "auto":
+        return options.engine
+    if options.gguf is not None:
+        return "llama.cpp"
+    from trainer.export.llamacpp import find, python_binding_problem
+
+    if find() is not None and python_binding_problem() is None:
+        return "llama.cpp"
+    print("note: serving with transformers; `trainer backends setup llama.cpp` once (about 8 minutes) makes "
+          "`trainer serve` answer several times faster on a CPU.", file=sys.stderr)
+    return "transformers"
+
+
+def build_engine(options: ServeOptions, engine: str):
+    from trainer.serve.engines import LlamaCppEngine, TransformersEngine
+
+    if engine == "transformers":
+        return TransformersEngine(options.run)
+    if options.gguf is not None:
+        return LlamaCppEngine(options.gguf, str(options.gguf), None, options.gguf.stem)
+    from trainer.export.gguf import run_name
+
+    run = options.run
+    gguf = run / "export" / f"{run_name(run)}-{options.quant}.gguf"
+    if not gguf.is_file() or gguf.stat().st_mtime < (run / "model").stat().st_mtime:
+        from trainer.export.gguf import export_gguf
+
+        export_gguf(run, options.quant)
+    loaded_template = _run_template(run)
+    return LlamaCppEngine(gguf, str(run / "model"), loaded_template, run_name(run))
+
+
+def _run_template(run: Path) -> str | None:
+    from trainer.config import load_config
+    from trainer.data.templates import resolve_template
+    from trainer.models import load_tokenizer
+
+    config = load_config(str(run / "config.yaml"), check_files=False)
+    if config.data.format == "text":
+        return None
+    return resolve_template(config.data.chat_template, load_tokenizer(str(run / "model"))).jinja
+
+
+def serve(options: ServeOptions) -> None:
+    check_options(options)
+    engine_name = choose_engine(options)
+    if engine_name == "vllm":
+        from trainer.serve.vllm import run_vllm
+
+        run_vllm(options)
+        return
+    try:
+        import uvicorn
+
+        from trainer.serve.app import ServeLimits, create_app
+    except ModuleNotFoundError as exc:
+        raise UserError(f"`trainer serve` needs {exc.name}: pip install 'trainer[serve]'") from None
+    engine = build_engine(options, engine_name)
+    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens))
+    where = f"http://{options.host}:{options.port}/v1"
+    print(f"Serving {engine.model_id} with {engine_name} at {where} (OpenAI-compatible; Ctrl-C stops).\n"
+          f"  from openai import OpenAI; client = OpenAI(base_url={where!r}, api_key={'<your key>' if options.api_key else repr('none')})\n"
+          f"  client.chat.completions.create(model={engine.model_id!r}, messages=[{{'role': 'user', 'content': '...'}}])",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def api_key_from(arg: str | None) -> str | None:
+    return arg or os.environ.get("TRAINER_API_KEY") or None

@@ -1,0 +1,194 @@
+"""An OpenAI-compatible HTTP API over an engine: POST /v1/chat/completions (plain and streamed as
+server-sent events), GET /v1/models, GET /health.
+
+FastAPI validates the request shapes; this module turns every rejection into OpenAI's error body
+({"error": {"message", "type", "param", "code"}}) with a 4xx status, so the official clients raise
+their usual exceptions and the server keeps serving. Limits: the body size, max_tokens, and the number
+of messages are bounded by ServeLimits.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.serve.engines import Cancel, Engine, Piece, Sampling, Worker
+from trainer.serve.toolcalls import split_tool_calls
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, tool_call_id ... reach the chat template
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, metadata ...)
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # greedy unless asked: as trainer generate answers
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 2048  # the most a request may ask for
+    default_max_tokens: int = 512
+    max_messages: int = 256
+
+
+def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits = ServeLimits()):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    worker = Worker(engine)
+    app = FastAPI(title="trainer serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid":
+            return error(400, "the request body is not valid JSON", code="invalid_json")
+        return error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "a valid API key is needed: send the header Authorization: Bearer <key>",
+                             kind="authentication_error", code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            return error(413, f"the request body is larger than {limits.max_body_bytes} bytes", code="request_too_large")
+        if length is None and request.method == "POST":  # a chunked upload could be of any size
+            return error(411, "send the request with a Content-Length header", code="length_required")
+        return await call_next(request)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": engine.model_id}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "trainer"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: ChatRequest):
+        if body.model not in (None, "", engine.model_id):
+            return error(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
+                         param="model", code="model_not_found")
+        if len(body.messages) > limits.max_messages:
+            return error(400, f"messages: at most {limits.max_messages} messages per request", param="messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            return error(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
+        try:
+            messages = [_plain_message(m.model_dump(exclude_none=True)) for m in body.messages]
+        except ValueError as exc:
+            return error(400, str(exc), param="messages")
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.seed, stop)
+        try:
+            prompt = engine.prompt(messages, body.tools)
+        except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
+            return error(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            return StreamingResponse(_events(worker, prompt, sampling, ident, created, engine.model_id, bool(body.tools)),
+                                     media_type="text/event-stream")
+        cancel = Cancel()
+        try:
+            pieces = list(worker.stream(prompt, sampling, cancel))
+        except ValueError as exc:  # e.g. longer than the context
+            return error(400, str(exc))
+        text, last = "".join(p.text for p in pieces), pieces[-1]
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = last.finish_reason
+        if body.tools:
+            content, calls = split_tool_calls(text)
+            if calls:
+                message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+                finish = "tool_calls"
+        return {"id": ident, "object": "chat.completion", "created": created, "model": engine.model_id,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+                          "total_tokens": last.prompt_tokens + last.completion_tokens}}
+
+    return app
+
+
+def _plain_message(message: dict) -> dict:
+    """A message as chat templates take it: content as one string (OpenAI allows a list of text parts)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"content parts of type {part.get('type')!r} are not supported; send text parts only")
+            texts.append(part["text"])
+        message = {**message, "content": "".join(texts)}
+    if message["role"] == "developer":  # OpenAI's newer name for the system role
+        message = {**message, "role": "system"}
+    return message
+
+
+def _events(worker: Worker, prompt: str, sampling: Sampling, ident: str, created: int, model: str, tools: bool):
+    """Server-sent events in OpenAI's chunk format; the client going away cancels the generation."""
+    cancel = Cancel()
+
+    def event(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+        chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    try:
+        yield event({"role": "assistant", "content": ""})
+        text, last = "", Piece("")
+        for piece in worker.stream(prompt, sampling, cancel):
+            last = piece
+            text += piece.text
+            if piece.text and not tools:
+                yield event({"content": piece.text})
+        finish = last.finish_reason
+        if tools:  # a tool call is only known once the answer is complete: sent whole, as one delta
+            content, calls = split_tool_calls(text)
+            delta: dict[str, Any] = {"content": content} if content else {}
+            if calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+                finish = "tool_calls"
+            if delta:
+                yield event(delta)
+        usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+                 "total_tokens": last.prompt_tokens + last.completion_tokens}
+        yield event({}, finish, usage)
+        yield "data: [DONE]\n\n"
+    except ValueError as exc:
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'invalid_request_error', 'param': None, 'code': None}})}\n\n"
+    finally:
+        cancel.event.set()

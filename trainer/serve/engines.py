@@ -1,0 +1,211 @@
+"""What answers a request: the run's model through transformers (exactly what `trainer generate` computes),
+or an exported GGUF through llama.cpp (faster on a CPU). Both take the same messages, render them with the
+same chat template, and stop on the same end-of-turn tokens; the HTTP layer (trainer.serve.app) is shared.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from trainer.errors import UserError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy, as `trainer generate` and `trainer eval` answer
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Piece:
+    """A stretch of generated text; the last piece of an answer carries the counts and why it ended."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop" or "length" on the last piece
+
+
+@dataclass
+class Cancel:
+    """Set by the HTTP layer when the client went away, read by the engine between tokens."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+class Engine(Protocol):
+    model_id: str
+
+    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str: ...
+
+    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]: ...
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string (not yet safe to send)."""
+    keep = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                keep = max(keep, n)
+                break
+    return keep
+
+
+def with_stop_strings(pieces: Iterator[Piece], stop: tuple[str, ...]) -> Iterator[Piece]:
+    """Apply the request's `stop` strings to a stream: nothing at or after a stop string is sent."""
+    if not stop:
+        yield from pieces
+        return
+    text, sent, last = "", 0, Piece("")
+    for piece in pieces:
+        last = piece
+        text += piece.text
+        cut, found = _cut_at_stop(text, stop)
+        if found:
+            yield Piece(cut[sent:], piece.prompt_tokens, piece.completion_tokens, "stop")
+            return
+        safe = len(text) - _held_back(text, stop)
+        if safe > sent or piece.finish_reason:
+            upto = len(text) if piece.finish_reason else safe
+            yield Piece(text[sent:upto], piece.prompt_tokens, piece.completion_tokens, piece.finish_reason)
+            sent = upto
+    if last.finish_reason is None:
+        yield Piece(text[sent:], last.prompt_tokens, last.completion_tokens, "stop")
+
+
+class TransformersEngine:
+    """The run's model as `trainer generate` loads it (base + adapter, or the full weights)."""
+
+    def __init__(self, run_dir: Path, device: str = "auto"):
+        from trainer.generate import load_run
+
+        self.loaded = load_run(run_dir, device)
+        self.model_id = run_dir.resolve().name
+
+    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
+        from trainer.generate import render_prompt
+
+        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template, tools=tools)
+
+    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        from trainer.generate import stop_ids
+
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        encoded = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.loaded.device)
+        width = encoded["input_ids"].shape[1]
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.requested, dtype=torch.bool, device=input_ids.device)
+
+        output: dict = {}
+        sample = sampling.temperature > 0
+        kwargs = dict(**encoded, streamer=streamer, max_new_tokens=sampling.max_tokens, eos_token_id=stop_ids(tok),
+                      pad_token_id=tok.pad_token_id, do_sample=sample, stopping_criteria=StoppingCriteriaList([Cancelled()]))
+        if sample:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        else:  # the model's generation_config may ask for sampling; a greedy request must not inherit it
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+
+        def run() -> None:
+            try:
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                with torch.no_grad():
+                    output["ids"] = model.generate(**kwargs)
+            except BaseException as exc:  # handed to the request, which reports it
+                output["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        for text in streamer:
+            if text:
+                yield Piece(text)
+        thread.join()
+        if "error" in output:
+            raise output["error"]
+        new = output["ids"][0, width:].tolist()
+        ended = next((k for k, t in enumerate(new) if t in stop_ids(tok)), None)
+        count = ended + 1 if ended is not None else len(new)
+        finish = "stop" if ended is not None or cancel.requested else "length"
+        yield Piece("", width, count, finish)
+
+
+class LlamaCppEngine:
+    """A GGUF file through llama.cpp (llama-cpp-python, built by `trainer backends setup llama.cpp`)."""
+
+    def __init__(self, gguf: Path, tokenizer_source: str, template: str | None, model_id: str, context: int = 4096,
+                 threads: int | None = None):
+        from trainer.export.llamacpp import python_binding_problem
+        from trainer.models import load_tokenizer
+
+        problem = python_binding_problem()
+        if problem is not None:
+            raise UserError(f"serving a GGUF needs llama.cpp: {problem}. Set it up once with: trainer backends setup llama.cpp")
+        from llama_cpp import Llama
+
+        self.tokenizer = load_tokenizer(tokenizer_source)  # the same chat-template rendering as the run's
+        self.template = template
+        self.model_id = model_id
+        self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, verbose=False)
+
+    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
+        from trainer.generate import render_prompt
+
+        return render_prompt(self.tokenizer, messages, self.template, tools=tools)
+
+    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
+        # Tokenized here without a BOS, as `trainer generate` does: the chat template writes whatever it needs.
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) + sampling.max_tokens > self.llm.n_ctx():
+            raise ValueError(f"the prompt ({len(tokens)} tokens) plus max_tokens ({sampling.max_tokens}) exceed "
+                             f"the context of {self.llm.n_ctx()} tokens")
+        count, finish = 0, "length"
+        chunks = self.llm.create_completion(tokens, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                            top_p=sampling.top_p, top_k=0 if sampling.temperature > 0 else 1,
+                                            seed=sampling.seed if sampling.seed is not None else 0, stream=True)
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            count += 1
+            if choice["text"]:
+                yield Piece(choice["text"])
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+            if cancel.requested:
+                finish = "stop"
+                break
+        yield Piece("", len(tokens), min(count, sampling.max_tokens), finish)
+
+
+class Worker:
+    """One generation at a time, in arrival order: concurrent requests queue instead of mixing their tokens."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.lock = threading.Lock()
+
+    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
+        with self.lock:
+            yield from with_stop_strings(self.engine.stream(prompt, sampling, cancel), sampling.stop)

@@ -434,3 +434,21 @@ def _is_ui(proc: Path, url: str) -> bool:
     except OSError:
         return False
     return b"ui" in cmd and url.rsplit(":", 1)[-1].strip("/").encode() in cmd
+
+
+def test_the_results_tab_offers_the_gguf_and_modelfile_and_the_serve_command(tmp_path):
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=True))
+    run = tmp_path / "runs" / "r"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("x")
+    files, how = app.exported("runs/r")
+    assert files == [] and f"trainer serve --run {run}" in how and "Export" in how
+    (run / "export").mkdir()
+    (run / "export" / "r-q8_0.gguf").write_bytes(b"GGUF")
+    (run / "export" / "Modelfile").write_text("FROM ./r-q8_0.gguf\n")
+    files, how = app.exported("runs/r")
+    assert [Path(f).name for f in files] == ["r-q8_0.gguf", "Modelfile"]
+    assert all(Path(f).is_file() and str(app.ws.root / ".ui-downloads") in f for f in files)
+    assert "ollama create r -f Modelfile" in how

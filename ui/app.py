@@ -183,6 +183,32 @@ class App:
                 shutil.copytree(path / folder, staging / folder)
         return shutil.make_archive(str(staging), "zip", staging)
 
+    def export(self, run: str) -> str:
+        """Queue `trainer export --to ollama` for the run: the GGUF and the Modelfile land in <run>/export."""
+        path = self.run_path(run)
+        return self.jobs.submit((path / "config.yaml").read_text(encoding="utf-8"), str(path), kind="export").id
+
+    def exported(self, run: str) -> tuple[list[str], str]:
+        """The run's GGUF files and Modelfile, offered for download, and how to use them (serve, Ollama)."""
+        path = self.run_path(run)
+        files = sorted((path / "export").glob("*.gguf")) + [p for p in [path / "export" / "Modelfile"] if p.is_file()]
+        staging = self.ws.root / ".ui-downloads" / f"{path.name}-export"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        offered = []
+        for file in files:  # served from the download folder; a hard link costs no space where the disk allows it
+            try:
+                os.link(file, staging / file.name)
+            except OSError:
+                shutil.copy2(file, staging / file.name)
+            offered.append(str(staging / file.name))
+        how = (f"**Serve it** (an OpenAI-compatible API on http://127.0.0.1:8000/v1):\n\n```\ntrainer serve --run {path}\n```\n")
+        if files:
+            how += f"\n**Ollama**: download the GGUF and the Modelfile into one folder, then `ollama create {path.name} -f Modelfile`."
+        else:
+            how += "\nPress **Export** for a GGUF file (llama.cpp, LM Studio) and an Ollama Modelfile."
+        return offered, how
+
     def reply(self, run: str, history: list[dict], message: str, max_new_tokens: int = 256):
         """Stream the fine-tuned model's answer: yields the growing history."""
         from trainer.generate import load_run, stream_answer
@@ -319,7 +345,11 @@ def build(app: App | None = None) -> gr.Blocks:
                 refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
                 evaluate = gr.Button("Evaluate (base, few-shot, tuned)", elem_id="evaluate")
                 zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
+                export_button = gr.Button("Export (GGUF + Ollama Modelfile)", elem_id="export")
             report = gr.Markdown(elem_id="report")
+            with gr.Row():
+                export_files = gr.File(label="GGUF and Modelfile", file_count="multiple", interactive=False, elem_id="export-files")
+                use_it = gr.Markdown(elem_id="use-it")
             chatbot = gr.Chatbot(label="Chat with the fine-tuned model", elem_id="chatbot", height=360)
             message = gr.Textbox(label="Your message", elem_id="chat-input")
 
@@ -398,6 +428,9 @@ def build(app: App | None = None) -> gr.Blocks:
         run_choice.change(app.report, run_choice, report, api_name="report")
         evaluate.click(app.evaluate, run_choice, job_state, api_name="evaluate")
         run_choice.change(lambda run: app.archive(run) if run else None, run_choice, zip_button)
+        run_choice.change(lambda run: app.exported(run) if run else ([], ""), run_choice, [export_files, use_it])
+        refresh_runs.click(lambda run: app.exported(run) if run else ([], ""), run_choice, [export_files, use_it])
+        export_button.click(app.export, run_choice, job_state, api_name="export")
         message.submit(app.reply, [run_choice, chatbot, message], chatbot, api_name="chat").then(lambda: "", None, message)
 
         # Scripting (gradio_client): the same operations on YAML text, without the form.

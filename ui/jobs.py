@@ -39,7 +39,7 @@ sys.exit(code)
 @dataclass
 class Job:
     id: str
-    kind: str  # train | eval
+    kind: str  # train | eval | export
     config: str  # path of its config.yaml
     run_dir: str
     status: str = "queued"  # queued | running | finished | failed | stopped
@@ -138,6 +138,8 @@ class JobManager:
         folder = self._dir(job.id)
         if job.kind == "eval":
             args = ["eval", "--config", job.config, "--run", job.run_dir]
+        elif job.kind == "export":  # the GGUF and an Ollama Modelfile, into <run>/export
+            args = ["export", "--run", job.run_dir, "--to", "ollama"]
         else:
             args = ["--config", job.config] + (["--resume"] if job.resume else [])
         code = WRAPPER.format(cmd=[sys.executable, "-m", "trainer", *args], exit_file=str(folder / "exit_code"))

@@ -188,7 +188,8 @@ def test_vllm_command_serves_base_and_adapter(tiny_run, tiny_model_dir):
     command = vllm_command(tiny_run, "0.0.0.0", 9000, "k", 4, 512)
     assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
     text = " ".join(command)
-    assert f"--enable-lora --lora-modules run={tiny_run / 'model'} --max-lora-rank 8" in text
+    rank = json.loads((tiny_run / "model" / "adapter_config.json").read_text())["r"]
+    assert f"--enable-lora --lora-modules run={tiny_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
     assert "--tensor-parallel-size 4" in text and "--api-key k" in text and "--host 0.0.0.0 --port 9000" in text
     assert f"--chat-template {tiny_run / 'export' / 'chat_template.jinja'}" in text
     merged = vllm_command(tiny_run, "127.0.0.1", 8000, None, 1, 512, merged=tiny_run / "merged")

@@ -192,6 +192,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"Final validation loss: {final['final_eval_loss']:.4f} after {final['steps']} steps "
                   f"({final['train_seconds'] / 60:.1f} min, {final['trained_tokens_per_second']:.0f} trained tokens/s)")
     print(f"Run directory: {run_dir}")
+    print(f"Use it: trainer chat --run {run_dir}\n"
+          f"        trainer export --run {run_dir} --to gguf     (or --to ollama: llama.cpp, Ollama, LM Studio)\n"
+          f"        trainer serve --run {run_dir}                (an OpenAI-compatible API on http://127.0.0.1:8000/v1)")
     return 0
 
 

@@ -28,11 +28,14 @@ class Loaded:
         return resolve_template(self.config.data.chat_template, self.tokenizer).jinja
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Loaded:
-    """The fine-tuned model of a run directory (either backend writes the same layout)."""
+def load_run(run_dir: str | Path, device: str = "auto", dtype: str | None = None) -> Loaded:
+    """The fine-tuned model of a run directory (either backend writes the same layout).
+    `dtype` overrides the run's model.dtype (an export wants float32 weights whatever the run computed in)."""
     run_dir = finished_run(run_dir)
     model_dir = run_dir / "model"
     config = load_config(str(run_dir / "config.yaml"), check_files=False)
+    if dtype is not None:
+        config = config.replace(model=config.model.replace(dtype=dtype))
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 

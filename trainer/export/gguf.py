@@ -67,7 +67,7 @@ def write_merged_folder(run_dir: Path, folder: Path, say=_say) -> tuple[str, tup
     from trainer.generate import load_run, stop_texts
 
     say(f"Merging the adapter of {run_dir} into its base model ...")
-    loaded = load_run(run_dir, "cpu")
+    loaded = load_run(run_dir, "cpu", dtype="float32")  # merged in full precision; the GGUF type rounds once, at the end
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import REPO, TINY_DATA, run_trainer, tiny_config
-from trainer.cli import main
+from conftest import REPO, TINY_DATA, run_trainer
+from test_generate import trained_run  # noqa: F401  (a fixture: the tiny model trained for 30 steps)
 
 KEY = "test-key-123"
 
@@ -50,16 +50,8 @@ def stop_server(process) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("serve")
-    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
-    assert main(["--config", str(config)]) == 0
-    return tmp / "run"
-
-
-@pytest.fixture(scope="module")
-def server(tiny_run):
-    process, port = start_server("--run", str(tiny_run), "--engine", "transformers", "--api-key", KEY)
+def server(trained_run):
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY)
     yield port
     stop_server(process)
 
@@ -75,11 +67,11 @@ PROMPTS = [r["messages"][0]["content"] for r in TINY_DATA[:8]]
 
 
 @pytest.fixture(scope="module")
-def generated(tiny_run):
+def generated(trained_run):
     """`trainer generate`'s greedy answers to PROMPTS, one at a time."""
     answers = []
     for prompt in PROMPTS:
-        result = run_trainer("generate", "--run", str(tiny_run), "--prompt", prompt, "--max-new-tokens", "12", "--batch-size", "1")
+        result = run_trainer("generate", "--run", str(trained_run), "--prompt", prompt, "--max-new-tokens", "12", "--batch-size", "1")
         assert result.returncode == 0, result.stderr
         answers.append(result.stdout.rstrip("\n"))
     return answers
@@ -164,10 +156,10 @@ def test_text_parts_are_accepted(client, generated):
     assert reply.choices[0].message.content.strip() == generated[3]
 
 
-def test_other_hosts_need_an_api_key(tiny_run):
-    result = run_trainer("serve", "--run", str(tiny_run), "--host", "0.0.0.0", env={"TRAINER_API_KEY": ""})
+def test_other_hosts_need_an_api_key(trained_run):
+    result = run_trainer("serve", "--run", str(trained_run), "--host", "0.0.0.0", env={"TRAINER_API_KEY": ""})
     assert result.returncode == 2 and "--api-key" in result.stderr and "Traceback" not in result.stderr
-    result = run_trainer("serve", "--run", str(tiny_run.parent))
+    result = run_trainer("serve", "--run", str(trained_run.parent))
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
 
 
@@ -182,22 +174,22 @@ def test_tool_calls_are_parsed_from_hermes_style_answers():
     assert split_tool_calls("<tool_call>{oops}</tool_call>") == ("<tool_call>{oops}</tool_call>", [])
 
 
-def test_vllm_command_serves_base_and_adapter(tiny_run, tiny_model_dir):
+def test_vllm_command_serves_base_and_adapter(trained_run, tiny_model_dir):
     from trainer.serve.vllm import vllm_command
 
-    command = vllm_command(tiny_run, "0.0.0.0", 9000, "k", 4, 512)
+    command = vllm_command(trained_run, "0.0.0.0", 9000, "k", 4, 512)
     assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
     text = " ".join(command)
-    rank = json.loads((tiny_run / "model" / "adapter_config.json").read_text())["r"]
-    assert f"--enable-lora --lora-modules run={tiny_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
+    rank = json.loads((trained_run / "model" / "adapter_config.json").read_text())["r"]
+    assert f"--enable-lora --lora-modules run={trained_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
     assert "--tensor-parallel-size 4" in text and "--api-key k" in text and "--host 0.0.0.0 --port 9000" in text
-    assert f"--chat-template {tiny_run / 'export' / 'chat_template.jinja'}" in text
-    merged = vllm_command(tiny_run, "127.0.0.1", 8000, None, 1, 512, merged=tiny_run / "merged")
-    assert merged[2] == str(tiny_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
+    assert f"--chat-template {trained_run / 'export' / 'chat_template.jinja'}" in text
+    merged = vllm_command(trained_run, "127.0.0.1", 8000, None, 1, 512, merged=trained_run / "merged")
+    assert merged[2] == str(trained_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
 
 
-def test_vllm_without_gpus_is_a_message(tiny_run):
-    result = run_trainer("serve", "--run", str(tiny_run), "--engine", "vllm")
+def test_vllm_without_gpus_is_a_message(trained_run):
+    result = run_trainer("serve", "--run", str(trained_run), "--engine", "vllm")
     assert result.returncode == 2 and "needs NVIDIA GPUs" in result.stderr
 
 

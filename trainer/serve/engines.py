@@ -4,6 +4,7 @@ same chat template, and stop on the same end-of-turn tokens; the HTTP layer (tra
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -169,7 +170,9 @@ class LlamaCppEngine:
         self.tokenizer = load_tokenizer(tokenizer_source)  # the same chat-template rendering as the run's
         self.template = template
         self.model_id = model_id
-        self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, verbose=False)
+        # llama-cpp-python's default is half the cores; one request at a time can use them all
+        threads = threads or os.cpu_count() or 1
+        self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
         from trainer.generate import render_prompt

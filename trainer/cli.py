@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
     p.add_argument("file", metavar="FILE", help="the config file to translate")
 
-    p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model and few-shot prompting", description="Evaluate three systems on the validation (or evaluation.test) set: the untuned model zero-shot, the untuned model with few-shot examples, and the fine-tuned model. Writes eval.json, eval.md and eval.png into the run directory.")
+    p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model, few-shot prompting and retrieval", description="Evaluate up to four systems (evaluation.systems) on the validation (or evaluation.test) set: the untuned model zero-shot, with few-shot examples, with retrieved similar examples (RAG), and the fine-tuned model; every metric with a 95% bootstrap interval. Writes eval.json, eval.md and eval.png into the run directory.")
     _add_config_args(p)
     p.add_argument("--run", metavar="DIR", help="the run directory (default: output.dir of the config)")
 

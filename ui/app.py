@@ -317,7 +317,7 @@ def build(app: App | None = None) -> gr.Blocks:
             with gr.Row():
                 run_choice = gr.Dropdown(choices=app.finished_runs(), label="Run", allow_custom_value=True, elem_id="run-choice")
                 refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
-                evaluate = gr.Button("Evaluate (base, few-shot, tuned)", elem_id="evaluate")
+                evaluate = gr.Button("Evaluate (base, few-shot, retrieval, tuned)", elem_id="evaluate")
                 zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
             report = gr.Markdown(elem_id="report")
             chatbot = gr.Chatbot(label="Chat with the fine-tuned model", elem_id="chatbot", height=360)

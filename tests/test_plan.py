@@ -14,7 +14,7 @@ def test_parameter_counts_equal_the_built_models(tmp_path, tiny_model_dir, metho
     from trainer.models import add_adapter, load_model
 
     config = load_config(str(tiny_config(tmp_path, tiny_model_dir, method=method, lora={"r": 4, "target_modules": targets})))
-    planned = count_parameters(architecture(read_model_config(config)), config)
+    planned = count_parameters(architecture(read_model_config(config.model)), config)
     model = add_adapter(load_model(config, "cpu"), config)
     assert planned.total == sum(p.numel() for p in model.parameters())
     assert planned.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -25,7 +25,7 @@ def test_a_target_the_model_lacks_is_named(tmp_path, tiny_model_dir):
 
     config = load_config(str(tiny_config(tmp_path, tiny_model_dir, lora={"target_modules": ["query_key_value"]})))
     with pytest.raises(UserError, match=r"target_modules: none of \['query_key_value'\].*'q_proj'"):
-        count_parameters(architecture(read_model_config(config)), config)
+        count_parameters(architecture(read_model_config(config.model)), config)
 
 
 def test_openai_rules_literal():
@@ -43,7 +43,7 @@ def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
     def parts(method, optimizer="adamw", checkpointing=False):
         config = load_config(str(tiny_config(tmp_path, tiny_model_dir, method=method, optimizer=optimizer,
                                              gradient_checkpointing=checkpointing)))
-        arch = architecture(read_model_config(config))
+        arch = architecture(read_model_config(config.model))
         count = count_parameters(arch, config)
         return arch, count, estimate_memory(arch, count, config, "cuda", Precision("bfloat16", "bfloat16"), Shape(4, 64, 10)).parts
 

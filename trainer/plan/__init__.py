@@ -6,6 +6,7 @@ memory.py (memory by part), cost.py (time, money, hosting, data sufficiency) and
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -17,17 +18,22 @@ from trainer.plan.params import architecture, count_parameters, read_model_confi
 
 
 def _local_tokenizer(config: Config):
+    m = config.model
+    return _tokenizer(m.name_or_path, m.revision, m.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool):
     """The model's tokenizer when it is on this machine (a GGUF file, a folder, or the Hub cache), else None."""
     from trainer.models import is_gguf, load_tokenizer
 
-    m = config.model
-    path = Path(os.path.expanduser(m.name_or_path))
-    if is_gguf(m.name_or_path) or path.exists():
-        return load_tokenizer(m.name_or_path, m.revision, m.trust_remote_code)
+    path = Path(os.path.expanduser(name_or_path))
+    if is_gguf(name_or_path) or path.exists():
+        return load_tokenizer(name_or_path, revision, trust_remote_code)
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(m.name_or_path, revision=m.revision, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, local_files_only=True)
     except Exception:  # not in the cache: the data side is left out rather than downloaded
         return None
     if tokenizer.pad_token is None:
@@ -104,11 +110,17 @@ def _prompt_tokens(config: Config, tokenizer) -> dict | None:
             "retrieval": mean_tokens([few_shot_messages(c, r) for c, r in zip(cases, retrieved)]), "retrieval_k": retriever.k}
 
 
+@functools.lru_cache(maxsize=8)
+def _architecture(model):
+    """The architecture of config.model, read once per process (the web UI re-plans on every change of the form)."""
+    return architecture(read_model_config(model))
+
+
 def make_plan(config: Config, requests: int | None = None, price_per_million: float | None = None, gpus_file: str | None = None) -> dict:
     from trainer.hardware import Hardware
     from trainer.models import native_bf16
 
-    arch = architecture(read_model_config(config))
+    arch = _architecture(config.model)
     count = count_parameters(arch, config)
     device = Hardware.detect().device(config.backend.peft.device)
     precision = precision_for(config, device, native_bf16(device) if device in ("cpu", "cuda") else False)

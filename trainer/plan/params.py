@@ -43,11 +43,10 @@ class Architecture:
         return sum(x.in_features * x.out_features for x in self.linears)
 
 
-def read_model_config(config):
-    """The transformers config of config.model: from a GGUF file's header, a local folder, or a Hub config.json."""
+def read_model_config(m):
+    """The transformers config of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
     from transformers import AutoConfig
 
-    m = config.model
     path = Path(os.path.expanduser(m.name_or_path))
     try:
         if path.suffix.lower() == ".gguf":

@@ -6,8 +6,8 @@ The parts follow what PyTorch keeps alive at the peak of a step (after the forwa
 - adapters (float32, as peft keeps them), their gradients, and the optimizer's state per trainable parameter
   (AdamW: two moments at the parameter's dtype; 8-bit AdamW: 2 bytes; SGD with momentum: one);
 - activations saved for the backward pass, per token and layer of a Llama-style decoder (see `per_token_layer`),
-  at the configured micro-batch and the longest row; with gradient checkpointing only each layer's input is kept,
-  plus one layer's activations while it is recomputed;
+  at the configured micro-batch and the longest row, with LoRA dropout's copies of each adapted layer's input; with
+  gradient checkpointing only each layer's input is kept, plus one layer's activations while it is recomputed;
 - logits on the trained positions only (trainer's loss computes no others), with their float32 copies;
 - a full fine-tune in mixed precision with float32 weights: the bf16/fp16 copies autocast makes of every weight;
 - the process itself (Python, PyTorch, transformers, peft; on a GPU the CUDA context), a measured constant.
@@ -90,10 +90,21 @@ def per_token_layer(arch: Architecture, compute_bytes: float, attention_rows: in
     return norms + attention + mlp + matrix
 
 
-def activations(arch: Architecture, shape: Shape, compute_bytes: float, checkpointing: bool, math_attention: bool) -> float:
+def dropout_per_token_layer(arch: Architecture, config, input_bytes: float) -> float:
+    """LoRA dropout keeps, per adapted layer, its own dropped-out copy of the layer's input and the mask (1 byte)."""
+    t = config.training
+    if t.method == "full" or t.lora.dropout == 0:
+        return 0.0
+    from trainer.plan.params import adapted_layers
+
+    return sum(x.in_features for x in adapted_layers(arch, t.lora.target_modules)) / arch.layers * (input_bytes + 1)
+
+
+def activations(arch: Architecture, shape: Shape, compute_bytes: float, checkpointing: bool, math_attention: bool,
+                dropout: float = 0.0) -> float:
     tokens = shape.batch * shape.length
     rows = shape.length if math_attention and not checkpointing else None
-    layer = per_token_layer(arch, compute_bytes, rows) * tokens
+    layer = (per_token_layer(arch, compute_bytes, rows) + dropout) * tokens
     embeddings = compute_bytes * arch.hidden_size * tokens * 2  # the embedding output and the final norm's
     if checkpointing:  # each layer's input, plus one layer recomputed during the backward pass
         return compute_bytes * arch.hidden_size * tokens * arch.layers + layer + embeddings
@@ -117,9 +128,12 @@ def estimate_memory(arch: Architecture, count: ParameterCount, config, device: s
     gradients = count.trainable * trainable_bytes
     optimizer = count.trainable * {"adamw": 2 * trainable_bytes, "adamw_8bit": 2, "sgd": trainable_bytes}[t.optimizer]
     math_attention = device == "cpu" and shape.length <= CPU_MATH_ATTENTION_ROWS
-    acts = activations(arch, shape, compute_bytes, checkpointing, math_attention)
-    other = activations(arch, shape, compute_bytes, not checkpointing, math_attention)
-    logits = shape.batch * shape.trained_per_row * arch.vocab_size * (compute_bytes + 12)
+    dropout = dropout_per_token_layer(arch, config, weight_bytes if t.method != "qlora" else DTYPE_BYTES["bfloat16"])
+    acts = activations(arch, shape, compute_bytes, checkpointing, math_attention, dropout)
+    other = activations(arch, shape, compute_bytes, not checkpointing, math_attention, dropout)
+    # the logits at the compute dtype, then at float32 for the loss, whose log-softmax output is kept for the backward
+    # pass, where its float32 gradient arrives (the float32 copy itself is freed after the forward pass)
+    logits = shape.batch * shape.trained_per_row * arch.vocab_size * (compute_bytes + 8)
     parts = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
              "activations": acts, "logits": logits}
     if full and precision.compute != precision.weights:  # autocast's low-precision copy of every weight, per step

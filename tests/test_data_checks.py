@@ -3,8 +3,8 @@ import json
 from dataclasses import astuple
 
 import pytest
-
 from conftest import run_trainer, tiny_config
+
 from trainer.data.checks import Distribution, cookbook_checks
 from trainer.data.formats import Example, Message
 from trainer.data.tokenize import IGNORE, Tokenized

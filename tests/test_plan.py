@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from conftest import run_trainer, tiny_config
+
 from trainer.config import load_config
 from trainer.plan.params import architecture, count_parameters, read_model_config
 
@@ -90,9 +90,9 @@ def _measured_peak(config, env) -> int:
 def wider_model(tmp_path_factory):
     """A 4-layer Llama of hidden size 256 whose activations, on rows of 700 tokens, outweigh the process itself."""
     import torch
+    from conftest import make_char_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from conftest import make_char_tokenizer
     from trainer.data.templates import CHATML
 
     path = tmp_path_factory.mktemp("wider-llama")

@@ -23,7 +23,7 @@ class Distribution:
     maximum: float
 
     @classmethod
-    def of(cls, values: list[float]) -> "Distribution":
+    def of(cls, values: list[float]) -> Distribution:
         if not values:
             return cls(0, 0, 0, 0, 0)
         ordered = sorted(values)

@@ -25,7 +25,7 @@ class PerCase:
     denominators: tuple[float, ...]
 
     @classmethod
-    def of_means(cls, scores: list[float]) -> "PerCase":
+    def of_means(cls, scores: list[float]) -> PerCase:
         return cls(tuple(scores), (1.0,) * len(scores))
 
     @property

@@ -12,8 +12,22 @@ import os
 from pathlib import Path
 
 from trainer.config import Config
-from trainer.plan.cost import flops_per_token, load_gpus, monthly_saving, openai_billed_tokens, sufficiency
-from trainer.plan.memory import GIB, Precision, Shape, estimate_memory, largest_batch, precision_for
+from trainer.errors import UserError
+from trainer.plan.cost import (
+    flops_per_token,
+    load_gpus,
+    monthly_saving,
+    openai_billed_tokens,
+    sufficiency,
+)
+from trainer.plan.memory import (
+    GIB,
+    Precision,
+    Shape,
+    estimate_memory,
+    largest_batch,
+    precision_for,
+)
 from trainer.plan.params import architecture, count_parameters, read_model_config
 
 
@@ -34,7 +48,7 @@ def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, local_files_only=True)
-    except Exception:  # not in the cache: the data side is left out rather than downloaded
+    except (OSError, ValueError):  # not in the cache: the data side is left out rather than downloaded
         return None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -85,15 +99,15 @@ def _data_side(config: Config, tokenizer) -> dict | None:
 def _prompt_tokens(config: Config, tokenizer) -> dict | None:
     """Mean prompt tokens per request of the evaluation cases: as they are (the tuned model), with the few-shot
     examples, and with the retrieved ones (what the baselines need in every request)."""
+    from trainer.data.templates import resolve_template
     from trainer.evaluation.prompts import few_shot_messages, pick_shots
     from trainer.evaluation.retrieval import Retriever
     from trainer.evaluation.runner import eval_cases
-    from trainer.data.templates import resolve_template
     from trainer.generate import render_prompt
 
     try:
         cases, pool = eval_cases(config)
-    except Exception:  # no chat cases (plain text data): nothing to compare
+    except UserError:  # no chat cases (plain text data): nothing to compare
         return None
     template = resolve_template(config.data.chat_template, tokenizer).jinja if config.data.format != "text" else None
     e = config.evaluation
@@ -192,9 +206,13 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
     return plan
 
 
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min" if hours * 60 >= 0.1 else f"{hours * 3600:.0f} s"
+
+
 def render_plan(plan: dict) -> str:
     p, m = plan["parameters"], plan["memory"]
-    gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    gib = lambda b: f"{b / GIB:.2f} GiB"
     out = [f"Model: {plan['model']['name_or_path']} ({plan['model']['type']}, {plan['model']['layers']} layers)",
            f"Parameters: {p['total']:,} in all, {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
            + (f" on {p['adapted_layers']} linear layers" if p["adapted_layers"] else ""), ""]
@@ -213,7 +231,7 @@ def render_plan(plan: dict) -> str:
     for r in g["rows"]:
         batch = f"micro-batch {r['micro_batch']}" if r["micro_batch"] else (
             f"only with gradient checkpointing, micro-batch {r['micro_batch_with_checkpointing']}" if r.get("micro_batch_with_checkpointing") else "does not fit")
-        cost = f", {r['hours']:.2f} h, {r['cost']:.2f} {g['currency']}" if "hours" in r else ""
+        cost = f", {_duration(r['hours'])}, {r['cost']:.2f} {g['currency']}" if "hours" in r else ""
         out.append(f"  {r['gpu']:<11}{r['memory_gib']:>5.0f} GiB  peak {r['peak_gib']:6.2f} GiB  {'fits' if r['fits'] else 'too big'}: {batch}{cost}")
     t = plan["time"]
     out += ["", f"Time: {t['flops_per_token'] / 1e9:.2f} GFLOP per processed token ({t['flops_rule']})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -45,7 +46,7 @@ class GpuTable:
 
 
 def load_gpus(path: str | None = None) -> GpuTable:
-    text = open(path, encoding="utf-8").read() if path else resources.files("trainer.plan").joinpath("gpus.yaml").read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8") if path else resources.files("trainer.plan").joinpath("gpus.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     gpus = tuple(Gpu(str(g["name"]), float(g["memory_gib"]), float(g["tflops"]), bool(g["bf16"]), float(g["price_per_hour"]))
                  for g in data["gpus"])

@@ -103,6 +103,20 @@ def test_retrieval_leaves_out_copies_of_the_case_and_keeps_k_equal_on_a_small_po
     assert retriever.k == 1
 
 
+def test_retrieval_with_a_local_embedding_model(tiny_model_dir):
+    """An embedding model (here the tiny Llama's mean-pooled states) ranks instead of BM25; the same two rules hold."""
+    from trainer.evaluation.retrieval import Retriever
+
+    pool = [chat("Extract.", text, f'["{i}"]', line=i) for i, text in enumerate(RECIPES)]
+    cases = [to_case(e) for e in pool[:3]]
+    retriever = Retriever(pool, k=2, embedding_model=str(tiny_model_dir))
+    found = retriever.shots(cases)
+    assert [len(shots) for shots in found] == [2, 2, 2]
+    assert all(s.line != case.line for case, shots in zip(cases, found) for s in shots)
+    vectors = retriever.embed(["a b", "a b", "zzz"])
+    assert float(vectors[0] @ vectors[1]) == pytest.approx(1.0, abs=1e-5) and float(vectors[0] @ vectors[2]) < 0.9999
+
+
 # --- intervals and the verdict ------------------------------------------------------------------------------------
 
 def _per_case(scores):

@@ -17,9 +17,10 @@ def test_quickstart_shortened(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_eval_loss"] < 2.0
     report = json.loads((run / "eval.json").read_text())
-    assert set(report) >= {"base_zero_shot", "base_few_shot", "tuned", "summary"}
-    for system in ("base_zero_shot", "base_few_shot", "tuned"):
-        assert {"json_list_f1", "loss", "prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example"} <= set(report[system])
+    assert set(report) >= {"base_zero_shot", "base_few_shot", "base_retrieval", "tuned", "summary"}
+    for system in ("base_zero_shot", "base_few_shot", "base_retrieval", "tuned"):
+        assert {"json_list_f1", "loss", "prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example", "ci95"} <= set(report[system])
+    assert set(report["summary"]["comparisons"]) == {"tuned vs base_zero_shot", "tuned vs base_few_shot", "tuned vs base_retrieval"}
     assert report["base_few_shot"]["prompt_tokens_mean"] > 2.5 * report["base_zero_shot"]["prompt_tokens_mean"]
     assert (run / "eval.md").read_text().count("**Reference:**") == 5 and (run / "eval.png").is_file()
     assert "The fine-tuned model" in result.stdout

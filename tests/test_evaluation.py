@@ -61,3 +61,140 @@ def test_verdict_says_when_the_tuned_model_loses():
     assert words[0] == "The fine-tuned model beat the untuned model (zero-shot) on json_list_f1: 0.500 against 0.100 (+0.400 better)."
     assert words[1] == "The fine-tuned model did NOT beat few-shot prompting on json_list_f1: 0.500 against 0.600 (0.100 worse)."
     assert words[2] == "It needs 100 prompt tokens per request instead of few-shot prompting's 360: 72% fewer."
+
+
+# --- the retrieval baseline ---------------------------------------------------------------------------------------
+
+RECIPES = ["chocolate cake with cocoa and sugar", "tomato soup with basil", "lemon tart with butter crust",
+           "beef stew with carrots and potatoes", "green salad with olive oil", "banana bread with walnuts"]
+
+
+def test_retrieval_finds_the_similar_examples_and_never_the_case_itself():
+    from trainer.evaluation.retrieval import Retriever
+
+    pool = [chat("Extract.", text, f'["{i}"]', line=i) for i, text in enumerate(RECIPES)]
+    # cases taken from the pool itself (an evaluation.test that overlaps the training data)
+    cases = [to_case(e) for e in pool]
+    retriever = Retriever(pool, k=2)
+    found = retriever.shots(cases)
+    assert [len(shots) for shots in found] == [2] * len(cases)  # equal k for every case
+    for case, shots in zip(cases, found):
+        assert all((s.file, s.line) != (case.file, case.line) for s in shots)
+    # a new question about cocoa cake retrieves the chocolate cake, placed last (right before the question)
+    asked = to_case(chat("Extract.", "a cake with cocoa", '["x"]', line=99))
+    [shots] = retriever.shots([asked])
+    assert shots[-1].messages[1].content == "chocolate cake with cocoa and sugar"
+    messages = few_shot_messages(asked, shots)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+
+
+def test_retrieval_leaves_out_copies_of_the_case_and_keeps_k_equal_on_a_small_pool():
+    from trainer.evaluation.retrieval import Retriever
+
+    pool = [chat("Extract.", RECIPES[0], '["a"]', line=1), chat("Extract.", RECIPES[0], '["a"]', line=7),
+            chat("Extract.", RECIPES[1], '["b"]', line=2)]
+    case = to_case(pool[0])
+    retriever = Retriever(pool, k=5)
+    assert retriever.k == 2  # the pool less one, for every case
+    found = retriever.shots([case, to_case(pool[2])])
+    # the copy at line 7 is the same conversation as the case: left out, which leaves the cake one example; the
+    # soup gets one too, not two, so that every prompt has as many examples
+    assert [[s.messages[1].content for s in shots] for shots in found] == [[RECIPES[1]], [RECIPES[0]]]
+    assert retriever.k == 1
+
+
+def test_retrieval_with_a_local_embedding_model(tiny_model_dir):
+    """An embedding model (here the tiny Llama's mean-pooled states) ranks instead of BM25; the same two rules hold."""
+    from trainer.evaluation.retrieval import Retriever
+
+    pool = [chat("Extract.", text, f'["{i}"]', line=i) for i, text in enumerate(RECIPES)]
+    cases = [to_case(e) for e in pool[:3]]
+    retriever = Retriever(pool, k=2, embedding_model=str(tiny_model_dir))
+    found = retriever.shots(cases)
+    assert [len(shots) for shots in found] == [2, 2, 2]
+    assert all(s.line != case.line for case, shots in zip(cases, found) for s in shots)
+    vectors = retriever.embed(["a b", "a b", "zzz"])
+    assert float(vectors[0] @ vectors[1]) == pytest.approx(1.0, abs=1e-5) and float(vectors[0] @ vectors[2]) < 0.9999
+
+
+# --- intervals and the verdict ------------------------------------------------------------------------------------
+
+def _per_case(scores):
+    from trainer.evaluation.intervals import PerCase
+
+    return PerCase.of_means([float(s) for s in scores])
+
+
+def test_a_seeded_bootstrap_gives_the_same_numbers_twice():
+    from trainer.evaluation.intervals import confidence
+
+    tuned = _per_case([0.9, 0.1, 0.75, 0.8, 0.3, 0.95, 0.7, 0.2, 0.85, 0.45])
+    other = _per_case([0.1, 0.2, 0.7, 0.15, 0.3, 0.8, 0.1, 0.0, 0.9, 0.25])
+    first = confidence({"base_few_shot": {"exact_match": other}, "tuned": {"exact_match": tuned}}, seed=7, lower_is_better=set())
+    again = confidence({"base_few_shot": {"exact_match": other}, "tuned": {"exact_match": tuned}}, seed=7, lower_is_better=set())
+    assert first == again
+    interval = first["intervals"]["tuned"]["exact_match"]
+    assert interval.value == pytest.approx(0.6) and interval.low < 0.6 < interval.high
+    other_seed = confidence({"base_few_shot": {"exact_match": other}, "tuned": {"exact_match": tuned}}, seed=8, lower_is_better=set())
+    assert other_seed["intervals"]["tuned"]["exact_match"] != interval
+
+
+def _verdict_for(tuned_scores, other_scores, metric="json_list_f1"):
+    from trainer.evaluation.intervals import confidence
+
+    per_case = {"base_few_shot": {metric: _per_case(other_scores)}, "tuned": {metric: _per_case(tuned_scores)}}
+    sure = confidence(per_case, seed=42, lower_is_better=set())
+    results = {name: {metric: parts[metric].value, "prompt_tokens_mean": 100.0} for name, parts in per_case.items()}
+    return verdict(results, metric, sure["differences"]), sure["differences"]["base_few_shot"][metric]
+
+
+def test_a_clear_difference_says_beat():
+    words, difference = _verdict_for([0.9, 0.8, 1.0, 0.9, 0.85, 0.95] * 5, [0.2, 0.1, 0.3, 0.2, 0.25, 0.15] * 5)
+    assert difference.better == "tuned" and difference.low > 0
+    assert words[0].startswith("The fine-tuned model beat few-shot prompting on json_list_f1: 0.900 against 0.200 (difference +0.700, 95% CI")
+
+
+def test_a_tie_says_not_measurable_and_how_many_cases_would_be():
+    tuned = [1, 0, 1, 0, 1, 0, 1, 1, 0, 0]
+    other = [0, 1, 1, 0, 0, 1, 1, 0, 0, 0]  # 5 of 10 against 4 of 10, the wins on different cases
+    words, difference = _verdict_for(tuned, other)
+    assert difference.better == "unclear" and difference.low < 0 < difference.high
+    assert "is not measurable on 10 cases" in words[0]
+    assert difference.cases_needed > 10 and f"about {difference.cases_needed} cases would be needed" in words[0]
+    words, difference = _verdict_for([1, 0, 1, 0], [1, 0, 1, 0])  # identical answers: nothing to measure
+    assert difference.cases_needed is None and "no difference to measure" in words[0]
+
+
+def test_a_clear_loss_is_a_worse_baseline():
+    from trainer.evaluation.intervals import PerCase, confidence
+
+    # loss: lower is better; token-weighted, so per-case sums over per-case token counts
+    tuned = PerCase(tuple([1.0, 2.0, 1.5, 1.0] * 5), tuple([2.0, 4.0, 3.0, 2.0] * 5))  # 0.5 per token
+    other = PerCase(tuple([4.0, 8.0, 6.0, 4.0] * 5), tuple([2.0, 4.0, 3.0, 2.0] * 5))  # 2.0 per token
+    sure = confidence({"base_zero_shot": {"loss": other}, "tuned": {"loss": tuned}}, seed=1, lower_is_better={"loss"})
+    difference = sure["differences"]["base_zero_shot"]["loss"]
+    assert difference.value == pytest.approx(-1.5) and difference.better == "tuned"
+
+
+def test_four_systems_with_intervals_on_a_tiny_model(tmp_path, tiny_model_dir):
+    """`trainer` trains the tiny model and evaluates all four systems: eval.json carries each interval and comparison."""
+    import json
+
+    from conftest import run_trainer, tiny_config
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=2, **{"evaluation.after_training": True, "evaluation.max_examples": 6,
+                                                                     "evaluation.max_new_tokens": 4, "evaluation.metrics": ["loss", "token_f1"]})
+    result = run_trainer("--config", str(config), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["summary"]["systems"] == ["base_zero_shot", "base_few_shot", "base_retrieval", "tuned"]
+    for system in report["summary"]["systems"]:
+        low, high = report[system]["ci95"]["token_f1"]
+        assert low <= report[system]["token_f1"] <= high
+        low, high = report[system]["ci95"]["loss"]
+        assert low <= report[system]["loss"] <= high
+    assert set(report["summary"]["comparisons"]) == {"tuned vs base_zero_shot", "tuned vs base_few_shot", "tuned vs base_retrieval"}
+    # the same 12 examples are the pool and the cases: each retrieves 3 others, so its prompt is longer than zero-shot
+    assert report["summary"]["retrieved"] == 3
+    assert report["base_retrieval"]["prompt_tokens_mean"] > 2 * report["base_zero_shot"]["prompt_tokens_mean"]
+    assert "95% confidence interval" in result.stdout and "base_retrieval" in result.stdout

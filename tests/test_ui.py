@@ -57,6 +57,17 @@ def test_a_new_schema_field_appears_in_the_form_without_ui_changes(tmp_path):
     assert to_document(app.specs, values) == {"training": {"label_smoothing": 0.1}}
 
 
+def test_the_plan_panel_follows_the_config(tmp_path, tiny_model_dir):
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=False))
+    data = _tiny_chat_data(tmp_path)
+    assert "appears once the config is valid" in app.plan(None)
+    four = app.plan(tiny_run_yaml(tiny_model_dir, str(data)))
+    two = app.plan(tiny_run_yaml(tiny_model_dir, str(data)).replace("batch_size: 4", "batch_size: 2"))
+    assert "Parameters:" in four and "micro-batch 4 x" in four and "micro-batch 2 x" in two
+
+
 def test_every_schema_setting_has_exactly_one_field():
     specs = fields(load_schema())
     keys = [s.key for s in specs if s.kind != "toggle"]
@@ -284,6 +295,10 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         page.get_by_role("option", name="CPU demo (SmolLM2-135M, LoRA)").click()
         expect(page.locator("#yaml-preview")).to_contain_text("learning_rate: 0.002", timeout=30_000)
         shot(page, "preset")
+        # the plan beside the form: SmolLM2's LoRA parameters, as many as the training log counts
+        expect(page.locator("#plan")).to_contain_text("4,884,480 trainable", timeout=180_000)
+        expect(page.locator("#plan")).to_contain_text("micro-batch 8 x")
+        shot(page, "plan")
 
         page.get_by_role("tab", name="Data").click()
         page.locator("#upload-data input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "train.jsonl"))
@@ -331,6 +346,10 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         expect(page.locator("#form-status")).to_contain_text("valid", timeout=30_000)
         expect(page.locator("#yaml-preview")).to_contain_text("max_steps: 6", timeout=30_000)
         shot(page, "tiny-run-form")
+        # the plan beside the form follows it: now the tiny model at the batch just typed
+        expect(page.locator("#plan")).to_contain_text("micro-batch 4 x", timeout=120_000)
+        expect(page.locator("#plan")).to_contain_text("(llama, 2 layers)", timeout=30_000)
+        shot(page, "plan-follows-the-form")
 
         page.get_by_role("tab", name="Run").click()
         page.locator("#start").click()

@@ -45,13 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    p = sub.add_parser("plan", help="estimate parameters, memory, time, cost and hosting savings before training", description="Before anything is trained (only the model's config and, where local, its tokenizer are read): parameters, memory by part and its peak, whether it fits common GPUs and at what batch, time and cost on each, prompt tokens saved against few-shot and retrieval prompting, and whether there is enough data.")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--requests", type=int, metavar="N", help="requests per month, for the hosting saving")
+    p.add_argument("--price-per-million", type=float, metavar="P", help="price per million prompt tokens, for the hosting saving")
+    p.add_argument("--gpus", metavar="FILE", help="a GPU table in the form of trainer/plan/gpus.yaml (default: that file)")
+
     sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
 
     p = sub.add_parser("convert", help="translate another tool's config into trainer's", description="Translate another tool's config file into trainer's YAML and print it.")
     p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
     p.add_argument("file", metavar="FILE", help="the config file to translate")
 
-    p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model and few-shot prompting", description="Evaluate three systems on the validation (or evaluation.test) set: the untuned model zero-shot, the untuned model with few-shot examples, and the fine-tuned model. Writes eval.json, eval.md and eval.png into the run directory.")
+    p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model, few-shot prompting and retrieval", description="Evaluate up to four systems (evaluation.systems) on the validation (or evaluation.test) set: the untuned model zero-shot, with few-shot examples, with retrieved similar examples (RAG), and the fine-tuned model; every metric with a 95% bootstrap interval. Writes eval.json, eval.md and eval.png into the run directory.")
     _add_config_args(p)
     p.add_argument("--run", metavar="DIR", help="the run directory (default: output.dir of the config)")
 
@@ -161,6 +168,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "init": _init,
         "schema": _schema,
         "data": _data,
+        "plan": _plan,
         "generate": _generate,
         "eval": _eval,
         "chat": _chat,
@@ -255,6 +263,18 @@ def _data(args: argparse.Namespace) -> int:
     if problems and config.data.on_invalid == "error":
         print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.config import load_config
+    from trainer.plan import make_plan, render_plan
+
+    config = load_config(args.config, args.overrides)
+    plan = make_plan(config, args.requests, args.price_per_million, args.gpus)
+    print(json.dumps(plan, indent=2) if args.json else render_plan(plan))
     return 0
 
 

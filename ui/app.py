@@ -121,6 +121,18 @@ class App:
                               capture_output=True, text=True, timeout=600)
         return (done.stdout + ("\n" + done.stderr if done.stderr.strip() else "")).strip()
 
+    def plan(self, runnable_yaml: str | None) -> str:
+        """`trainer plan` of the form's config, as Markdown for the panel beside the form."""
+        from trainer.plan import make_plan, render_plan
+
+        if not runnable_yaml:
+            return "The plan (parameters, memory, time, cost) appears once the config is valid."
+        try:
+            plan = make_plan(parse_config(runnable_yaml, "form"))
+        except UserError as exc:
+            return f"**No plan yet:** {exc.render()}"
+        return "**Plan** (`trainer plan`: estimated before training)\n```\n" + render_plan(plan) + "\n```"
+
     # --- runs ---
     def start(self, runnable_yaml: str) -> str:
         config = parse_config(runnable_yaml, "form")
@@ -326,6 +338,7 @@ def build(app: App | None = None) -> gr.Blocks:
                 status = gr.Markdown(elem_id="form-status")
                 yaml_preview = gr.Code(language="yaml", label="config.yaml (live)", interactive=False, elem_id="yaml-preview")
                 download = gr.DownloadButton("Download the YAML", elem_id="download-yaml")
+                plan_view = gr.Markdown(elem_id="plan")
 
         with gr.Tab("Run", elem_id="tab-run"):
             with gr.Row():
@@ -343,7 +356,7 @@ def build(app: App | None = None) -> gr.Blocks:
             with gr.Row():
                 run_choice = gr.Dropdown(choices=app.finished_runs(), label="Run", allow_custom_value=True, elem_id="run-choice")
                 refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
-                evaluate = gr.Button("Evaluate (base, few-shot, tuned)", elem_id="evaluate")
+                evaluate = gr.Button("Evaluate (base, few-shot, retrieval, tuned)", elem_id="evaluate")
                 zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
                 export_button = gr.Button("Export (GGUF + Ollama Modelfile)", elem_id="export")
             report = gr.Markdown(elem_id="report")
@@ -369,6 +382,8 @@ def build(app: App | None = None) -> gr.Blocks:
         for component in components:  # what the user types; filling the form in code refreshes once, below
             component.input(refresh, components, outputs, show_progress="hidden")
         demo.load(refresh, components, outputs)
+        # the plan follows the config: recomputed for the newest valid config only, however fast the fields change
+        runnable_state.change(app.plan, runnable_state, plan_view, trigger_mode="always_last", show_progress="hidden")
         preset.input(lambda name: app.preset_values(name), preset, components).then(refresh, components, outputs)
         upload_yaml.upload(lambda path: app.load_yaml(path), upload_yaml, components).then(refresh, components, outputs)
 

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass
 
 from trainer.config import Config
+from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
 from trainer.data.pipeline import PreparedData
 
@@ -51,6 +52,7 @@ class DataReport:
     padding_packed: float
     rows_packed: int
     seconds_per_epoch: float | None  # from a measured throughput on this device, when one is known
+    checks: CookbookChecks | None = None  # OpenAI cookbook's checks (data/checks.py)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -87,6 +89,7 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
         padding_packed=padding_fraction(packed_batches, lengths, packed=True),
         rows_packed=len(rows),
         seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
+        checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] else None,
     )
 
 
@@ -137,6 +140,8 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         f"truncated; {report.trained_lost} trained token(s) lost"
     )
     out.append(f"Duplicates in training data: {report.duplicates}; validation examples also in training: {report.overlap}")
+    if report.checks is not None:
+        out += [""] + render_checks(report.checks)
     out.append("")
     effective = config.training.batch_size * config.training.gradient_accumulation
     mode = "packed" if config.data.packing else "length-grouped"

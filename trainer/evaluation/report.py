@@ -1,12 +1,11 @@
-"""The evaluation report: a terminal table, eval.json, eval.md (with the token saving and examples) and eval.png."""
+"""The evaluation report: a terminal table, eval.json, eval.md (with intervals, the token saving and examples) and eval.png."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from trainer.evaluation.runner import SYSTEMS
+from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS
 
-LOWER_IS_BETTER = {"loss", "perplexity"}
 SHOWN = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed")
 COSTS = ("prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example")
 
@@ -16,77 +15,151 @@ def main_metric(metrics: tuple[str, ...]) -> str:
     return answer_metrics[-1] if answer_metrics else "loss"
 
 
-def verdict(results: dict, metric: str) -> list[str]:
-    """Plain sentences: did the tuned model beat each baseline on the main metric, and by how much."""
-    tuned = results["tuned"][metric]
+LABELS = {"base_zero_shot": "the untuned model (zero-shot)", "base_few_shot": "few-shot prompting",
+          "base_retrieval": "retrieval of similar examples (RAG)"}
+
+
+def verdict(results: dict, metric: str, differences: dict | None = None) -> list[str]:
+    """Plain sentences: did the tuned model beat each baseline on the main metric, and how sure that is.
+
+    "beat" only where the paired 95% interval of the difference excludes zero; otherwise the difference is called
+    not measurable on this many cases, with the number of cases that would measure it at the observed spread.
+    """
     lines = []
-    for name, label in (("base_zero_shot", "the untuned model (zero-shot)"), ("base_few_shot", "few-shot prompting")):
+    if "tuned" not in results:
+        return ["No fine-tuned model was evaluated (evaluation.systems): the baselines above are what it has to beat."]
+    tuned = results["tuned"][metric]
+    for name, label in LABELS.items():
+        if name not in results:
+            continue
         other = results[name][metric]
-        better = tuned < other if metric in LOWER_IS_BETTER else tuned > other
-        diff = abs(tuned - other)
-        if better:
-            lines.append(f"The fine-tuned model beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({diff:+.3f} better).")
-        elif tuned == other:
-            lines.append(f"The fine-tuned model tied with {label} on {metric}: both {tuned:.3f}.")
+        found = (differences or {}).get(name, {}).get(metric)
+        if found is None:  # no per-case data: the plain comparison of means
+            better = tuned < other if metric in LOWER_IS_BETTER else tuned > other
+            if tuned == other:
+                lines.append(f"The fine-tuned model tied with {label} on {metric}: both {tuned:.3f}.")
+            elif better:
+                lines.append(f"The fine-tuned model beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({abs(tuned - other):+.3f} better).")
+            else:
+                lines.append(f"The fine-tuned model did NOT beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({abs(tuned - other):.3f} worse).")
+            continue
+        ci = f"difference {found.value:+.3f}, 95% CI {found.low:+.3f} to {found.high:+.3f}, {found.cases} cases"
+        if found.better == "tuned":
+            lines.append(f"The fine-tuned model beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({ci}).")
+        elif found.better == "other":
+            lines.append(f"The fine-tuned model did NOT beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({ci}); {label} is better.")
+        elif found.cases_needed is None:
+            lines.append(f"The fine-tuned model and {label} scored the same on {metric} ({tuned:.3f}) on {found.cases} cases: "
+                         "no difference to measure.")
         else:
-            lines.append(f"The fine-tuned model did NOT beat {label} on {metric}: {tuned:.3f} against {other:.3f} ({diff:.3f} worse).")
-    few, mine = results["base_few_shot"]["prompt_tokens_mean"], results["tuned"]["prompt_tokens_mean"]
-    if few > 0:
-        lines.append(f"It needs {mine:.0f} prompt tokens per request instead of few-shot prompting's {few:.0f}: {1 - mine / few:.0%} fewer.")
+            lines.append(f"The difference between the fine-tuned model and {label} on {metric} is not measurable on "
+                         f"{found.cases} cases: {tuned:.3f} against {other:.3f} ({ci}); at the observed spread about "
+                         f"{found.cases_needed} cases would be needed.")
+    for name, label in (("base_few_shot", "few-shot prompting"), ("base_retrieval", "retrieval")):
+        if name in results and results[name]["prompt_tokens_mean"] > 0:
+            theirs, mine = results[name]["prompt_tokens_mean"], results["tuned"]["prompt_tokens_mean"]
+            lines.append(f"It needs {mine:.0f} prompt tokens per request instead of {label}'s {theirs:.0f}: {1 - mine / theirs:.0%} fewer.")
     return lines
 
 
-def table(results: dict, metrics: list[str]) -> list[list[str]]:
+def _cell(value: float, ci: list | None) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def table(results: dict, metrics: list[str], intervals: dict | None = None) -> list[list[str]]:
+    """One row per system; a metric cell is "value [95% CI]" where the interval is known."""
     rows = [["system"] + metrics + ["prompt tokens", "generated tokens", "s/example"]]
-    for name in SYSTEMS:
-        r = results[name]
-        rows.append([name] + [f"{r[m]:.3f}" if m in r else "-" for m in metrics] + [f"{r[c]:.1f}" if c != "seconds_per_example" else f"{r[c]:.2f}" for c in COSTS])
+    for name in [n for n in SYSTEMS if n in results]:
+        r, ci = results[name], (intervals or {}).get(name, {})
+        rows.append([name] + [_cell(r[m], ci.get(m)) if m in r else "-" for m in metrics]
+                    + [f"{r[c]:.1f}" if c != "seconds_per_example" else f"{r[c]:.2f}" for c in COSTS])
     return rows
+
+
+def _plain_intervals(evaluation: dict) -> dict:
+    """{system: {metric: [low, high]}}, perplexity as exp of the loss interval."""
+    import math
+
+    out = {}
+    for name, metrics in evaluation.get("intervals", {}).items():
+        out[name] = {m: i.to_list() for m, i in metrics.items()}
+        if "loss" in out[name]:
+            out[name]["perplexity"] = [math.exp(min(v, 50)) for v in out[name]["loss"]]
+    return out
 
 
 def write_report(run_dir: Path, evaluation: dict, config) -> str:
     results, cases = evaluation["results"], evaluation["cases"]
-    present = [m for m in SHOWN if m in results["tuned"]]
+    systems = [n for n in SYSTEMS if n in results]
+    first = results["tuned" if "tuned" in results else systems[0]]
+    present = [m for m in SHOWN if m in first]
     metric = main_metric(config.evaluation.metrics)
-    rows = table(results, present)
-    words = verdict(results, metric)
+    intervals = _plain_intervals(evaluation)
+    differences = evaluation.get("differences", {})
+    rows = table(results, present, intervals)
+    words = verdict(results, metric, differences)
 
-    data = {name: {k: v for k, v in results[name].items() if k != "answers"} for name in SYSTEMS}
-    data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation["shots"], "verdict": words}
+    data = {name: {**{k: v for k, v in results[name].items() if k != "answers"}, "ci95": intervals.get(name, {})} for name in systems}
+    data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation["shots"],
+                       "retrieved": evaluation.get("retrieved"), "systems": systems, "confidence": 0.95,
+                       "comparisons": {f"tuned vs {name}": {m: d.to_dict() for m, d in found.items()} for name, found in differences.items()},
+                       "verdict": words}
     (run_dir / "eval.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
-    md = [f"# Evaluation on {len(cases)} example(s)", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md = [f"# Evaluation on {len(cases)} example(s)", "", "Each metric with its 95% confidence interval (bootstrap over cases).", "",
+          "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    md += ["", *words, "", f"Few-shot prompting used {evaluation['shots']} training example(s) as real turns before each question.", "",
-           "## Examples", ""]
+    md += ["", *words, ""]
+    if "base_few_shot" in results:
+        md += [f"Few-shot prompting used {evaluation['shots']} training example(s) as real turns before each question.", ""]
+    if "base_retrieval" in results:
+        md += [f"Retrieval put the {evaluation.get('retrieved')} training example(s) most similar to each question (never the question itself) before it.", ""]
+    if differences:
+        md += ["## Tuned against each baseline (paired 95% intervals)", "", "| comparison | metric | difference | 95% CI | verdict |", "|---|---|---|---|---|"]
+        for name, found in differences.items():
+            for m, d in found.items():
+                said = {"tuned": "tuned better", "other": "baseline better"}.get(d.better, f"not measurable (about {d.cases_needed} cases needed)" if d.cases_needed else "no difference")
+                md.append(f"| tuned vs {name} | {m} | {d.value:+.3f} | {d.low:+.3f} to {d.high:+.3f} | {said} |")
+        md.append("")
+    md += ["## Examples", ""]
     for i, case in enumerate(cases[:5]):
         question = case.messages[-1]["content"] if case.messages else ""
         md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", "", f"**Reference:** `{case.reference}`", ""]
-        md += [f"- **{name}:** `{results[name]['answers'][i]}`" for name in SYSTEMS] + [""]
+        md += [f"- **{name}:** `{results[name]['answers'][i]}`" for name in systems] + [""]
     (run_dir / "eval.md").write_text("\n".join(md), encoding="utf-8")
-    _bar_chart(run_dir / "eval.png", results, metric)
+    _bar_chart(run_dir / "eval.png", results, metric, intervals)
 
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    examples = ["", "Examples (reference, then the fine-tuned model's answer):"]
+    shown = "tuned" if "tuned" in results else systems[0]
+    examples = ["", f"Examples (reference, then {shown}'s answer):"]
     for i, case in enumerate(cases[:3]):
-        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    fine-tuned: {results['tuned']['answers'][i]}"]
-    return "\n".join(text + [""] + words + examples)
+        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    {shown}: {results[shown]['answers'][i]}"]
+    return "\n".join(text + ["", "Metric cells: value [95% confidence interval, bootstrap over cases]", ""] + words + examples)
 
 
-def _bar_chart(path: Path, results: dict, metric: str) -> None:
+_BARS = {"base_zero_shot": ("untuned\nzero-shot", "#9e9e9e"), "base_few_shot": ("untuned\nfew-shot", "#ff9f40"),
+         "base_retrieval": ("untuned\nretrieval", "#1f77b4"), "tuned": ("fine-tuned", "#2ca02c")}
+
+
+def _bar_chart(path: Path, results: dict, metric: str, intervals: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [results[name][metric] for name in SYSTEMS]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    bars = ax.bar(["untuned\nzero-shot", "untuned\nfew-shot", "fine-tuned"], values, color=["#9e9e9e", "#ff9f40", "#2ca02c"])
+    systems = [n for n in SYSTEMS if n in results]
+    values = [results[name][metric] for name in systems]
+    found = [(intervals or {}).get(name, {}).get(metric) for name in systems]
+    errors = None
+    if all(found):  # asymmetric error bars: the 95% interval around each value
+        errors = [[max(v - ci[0], 0) for v, ci in zip(values, found)], [max(ci[1] - v, 0) for v, ci in zip(values, found)]]
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+    bars = ax.bar([_BARS[n][0] for n in systems], values, color=[_BARS[n][1] for n in systems], yerr=errors, capsize=4)
     for bar, value in zip(bars, values):
         ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
     ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
-    ax.set_title(f"{metric} on the evaluation set")
+    ax.set_title(f"{metric} on the evaluation set" + (" (bars: 95% CI)" if errors else ""))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,8 +1,11 @@
-"""`trainer eval`: three systems on the same cases, measured the same way.
+"""`trainer eval`: up to four systems on the same cases, measured the same way (evaluation.systems picks them).
 
 1. base_zero_shot: the untuned model, the conversation as it is;
-2. base_few_shot: the untuned model with k training examples in the prompt (the prompt-engineering baseline);
-3. tuned: the fine-tuned model, the conversation as it is.
+2. base_few_shot: the untuned model with k fixed training examples in the prompt (the prompt-engineering baseline);
+3. base_retrieval: the untuned model with the k training examples most similar to each case (the RAG baseline);
+4. tuned: the fine-tuned model, the conversation as it is.
+
+Every metric is kept per case too, for the bootstrap intervals (intervals.py).
 """
 from __future__ import annotations
 
@@ -13,10 +16,12 @@ from pathlib import Path
 from trainer.config import Config
 from trainer.data.pipeline import load_examples, split_validation
 from trainer.evaluation.metrics import METRICS
+from trainer.evaluation.intervals import PerCase, confidence
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
 from trainer.errors import UserError
 
-SYSTEMS = ("base_zero_shot", "base_few_shot", "tuned")
+SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "tuned")
+LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
 def eval_cases(config: Config) -> tuple[list[Case], list]:
@@ -35,8 +40,9 @@ def eval_cases(config: Config) -> tuple[list[Case], list]:
     return cases, train
 
 
-def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) -> float:
-    """Mean loss per token of the reference answers (with their end-of-turn token), given each prompt."""
+def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) -> PerCase:
+    """Per case, the summed loss over the reference answer's tokens (with its end-of-turn token) given the prompt,
+    and how many tokens that was: their ratio over all cases is the mean loss per token."""
     import torch
 
     from trainer.data.formats import Example, Message
@@ -44,6 +50,7 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     from trainer.data.tokenize import Tokenizer
     from trainer.loop import LossOnTrainedTokens
     from trainer.data.batching import collate_padded
+    from trainer.data.tokenize import IGNORE
 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)
@@ -51,16 +58,26 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     for messages, reference in zip(conversations, references):
         turns = [Message(m["role"], m["content"], False) for m in messages] + [Message("assistant", reference, True)]
         tokenized, problem = encode(Example(tuple(turns), None, "", 0))
-        if tokenized is not None:
-            items.append(tokenized)
+        items.append(tokenized)  # None (nothing to score) counts as 0 tokens
     loss_module = LossOnTrainedTokens(loaded.model).eval()
-    total = count = 0.0
+    sums, counts = [0.0] * len(items), [0.0] * len(items)
+    scored = [i for i, item in enumerate(items) if item is not None]
     with torch.no_grad():
-        for begin in range(0, len(items), 8):
-            batch = {k: v.to(loaded.device) for k, v in collate_padded(items[begin : begin + 8], loaded.tokenizer.pad_token_id).items()}
-            loss_sum, n = loss_module(**batch)
-            total, count = total + float(loss_sum), count + float(n)
-    return total / count if count else float("nan")
+        for begin in range(0, len(scored), 8):
+            rows = scored[begin : begin + 8]
+            batch = {k: v.to(loaded.device) for k, v in collate_padded([items[i] for i in rows], loaded.tokenizer.pad_token_id).items()}
+            # the loss module's own steps, with the sum kept per row
+            hidden = loss_module.decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                         use_cache=False).last_hidden_state
+            targets = batch["labels"][:, 1:]
+            keep = targets != IGNORE
+            per_token = torch.nn.functional.cross_entropy(loss_module.head(hidden[:, :-1][keep]).float(), targets[keep], reduction="none")
+            row_of = keep.nonzero()[:, 0]
+            row_sums = torch.zeros(len(rows)).index_add_(0, row_of.cpu(), per_token.cpu())
+            row_counts = keep.sum(dim=1).cpu()
+            for j, i in enumerate(rows):
+                sums[i], counts[i] = float(row_sums[j]), float(row_counts[j])
+    return PerCase(tuple(sums), tuple(counts))
 
 
 def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metrics: tuple[str, ...], max_new_tokens: int) -> dict:
@@ -72,13 +89,17 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     predictions = [a.text for a in answers]
     references = [c.reference for c in cases]
     result: dict = {}
+    per_case: dict[str, PerCase] = {}
     for name in metrics:
         if name == "loss":
-            loss = answer_loss(loaded, conversations, references)
+            per_case["loss"] = answer_loss(loaded, conversations, references)
+            loss = per_case["loss"].value
             result.update({"loss": loss, "perplexity": math.exp(min(loss, 50))})
         else:
             result.update(METRICS[name](predictions, references))
+            per_case.update(per_case_scores(name, predictions, references))
     result.update(
+        per_case=per_case,
         prompt_tokens_mean=sum(a.prompt_tokens for a in answers) / len(answers),
         generated_tokens_mean=sum(a.generated_tokens for a in answers) / len(answers),
         seconds_per_example=seconds / len(answers),
@@ -87,27 +108,45 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     return result
 
 
+def per_case_scores(name: str, predictions: list[str], references: list[str]) -> dict[str, PerCase]:
+    """Each answer metric case by case (the metric of one prediction), so that their mean is the reported value."""
+    scores: dict[str, list[float]] = {}
+    for p, r in zip(predictions, references):
+        for key, value in METRICS[name]([p], [r]).items():
+            scores.setdefault(key, []).append(value)
+    return {key: PerCase.of_means(values) for key, values in scores.items()}
+
+
 def evaluate_run(config: Config, run_dir: Path, say=print) -> dict:
-    """All three systems; the base model is the tuned one with its adapter switched off when it has one."""
+    """The systems evaluation.systems names; the base model is the tuned one with its adapter switched off when it has one."""
     import contextlib
 
     import torch
 
+    from trainer.evaluation.retrieval import Retriever
     from trainer.generate import load_base, load_run
 
     torch.manual_seed(config.training.seed)
     cases, pool = eval_cases(config)
     e = config.evaluation
+    systems = [name for name in SYSTEMS if name in e.systems]
     shots = pick_shots(pool, e.few_shot, config.training.seed)
-    tuned = load_run(run_dir)
-    has_adapter = hasattr(tuned.model, "disable_adapter")
-    base = tuned if has_adapter else load_base(config)
-    zero = [list(c.messages) for c in cases]
-    few = [few_shot_messages(c, shots) for c in cases]
+    tuned = load_run(run_dir) if "tuned" in systems else None
+    has_adapter = tuned is not None and hasattr(tuned.model, "disable_adapter")
+    base = tuned if has_adapter else load_base(config) if any(name != "tuned" for name in systems) else None
+    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model)
+    conversations = {
+        "base_zero_shot": lambda: [list(c.messages) for c in cases],
+        "base_few_shot": lambda: [few_shot_messages(c, shots) for c in cases],
+        "base_retrieval": lambda: [few_shot_messages(c, found) for c, found in zip(cases, retriever.shots(cases))],
+        "tuned": lambda: [list(c.messages) for c in cases],
+    }
     results = {}
-    for name, loaded, conversations in (("base_zero_shot", base, zero), ("base_few_shot", base, few), ("tuned", tuned, zero)):
+    for name in systems:
         say(f"evaluating {name} on {len(cases)} example(s) ...")
         off = tuned.model.disable_adapter() if has_adapter and name != "tuned" else contextlib.nullcontext()
         with off:
-            results[name] = run_system(loaded, conversations, cases, e.metrics, e.max_new_tokens)
-    return {"cases": cases, "shots": len(shots), "results": results}
+            results[name] = run_system(tuned if name == "tuned" else base, conversations[name](), cases, e.metrics, e.max_new_tokens)
+    per_case = {name: results[name].pop("per_case") for name in systems}
+    sure = confidence(per_case, config.training.seed, LOWER_IS_BETTER)
+    return {"cases": cases, "shots": len(shots), "retrieved": retriever.k, "systems": systems, "results": results, **sure}

@@ -1,0 +1,135 @@
+"""`trainer plan`: parameter counts equal the built model's, the parts of the estimate, and the CLI."""
+import json
+
+import pytest
+from conftest import run_trainer, tiny_config
+
+from trainer.config import load_config
+from trainer.plan.params import architecture, count_parameters, read_model_config
+
+
+@pytest.mark.parametrize("method,targets", [("lora", "all-linear"), ("dora", "all-linear"), ("lora", ["q_proj", "v_proj"]),
+                                            ("full", "all-linear")])
+def test_parameter_counts_equal_the_built_models(tmp_path, tiny_model_dir, method, targets):
+    from trainer.models import add_adapter, load_model
+
+    config = load_config(str(tiny_config(tmp_path, tiny_model_dir, method=method, lora={"r": 4, "target_modules": targets})))
+    planned = count_parameters(architecture(read_model_config(config.model)), config)
+    model = add_adapter(load_model(config, "cpu"), config)
+    assert planned.total == sum(p.numel() for p in model.parameters())
+    assert planned.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_a_target_the_model_lacks_is_named(tmp_path, tiny_model_dir):
+    from trainer.errors import UserError
+
+    config = load_config(str(tiny_config(tmp_path, tiny_model_dir, lora={"target_modules": ["query_key_value"]})))
+    with pytest.raises(UserError, match=r"target_modules: none of \['query_key_value'\].*'q_proj'"):
+        count_parameters(architecture(read_model_config(config.model)), config)
+
+
+def test_openai_rules_literal():
+    from trainer.plan.cost import openai_billed_tokens, sufficiency
+
+    assert openai_billed_tokens([100] * 10) == (10, 10 * 1000)  # 10 examples: 100 // 10 epochs
+    assert openai_billed_tokens([20000, 10] * 50) == (3, 3 * (16385 + 10) * 50)  # 3 epochs, each example capped
+    assert openai_billed_tokens([5] * 20000) == (1, 100000)
+    assert sufficiency(5).startswith("too few") and sufficiency(30).startswith("enough to start")
+
+
+def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
+    from trainer.plan.memory import Precision, Shape, estimate_memory
+
+    def parts(method, optimizer="adamw", checkpointing=False):
+        config = load_config(str(tiny_config(tmp_path, tiny_model_dir, method=method, optimizer=optimizer,
+                                             gradient_checkpointing=checkpointing)))
+        arch = architecture(read_model_config(config.model))
+        count = count_parameters(arch, config)
+        return arch, count, estimate_memory(arch, count, config, "cuda", Precision("bfloat16", "bfloat16"), Shape(4, 64, 10)).parts
+
+    arch, count, full = parts("full")
+    assert full["weights"] == arch.total * 2 and full["gradients"] == arch.total * 2 and full["optimizer"] == arch.total * 4
+    arch, count, lora = parts("lora")
+    assert lora["adapters"] == count.trainable * 4 and lora["optimizer"] == count.trainable * 8
+    assert parts("lora", optimizer="sgd")[2]["optimizer"] == count.trainable * 4
+    assert parts("lora", checkpointing=True)[2]["activations"] < lora["activations"]  # 2 layers: one kept whole either way
+    assert lora["logits"] == 4 * 10 * arch.vocab_size * (2 + 8)
+    arch, _, qlora = parts("qlora")
+    assert qlora["weights"] < lora["weights"] * 0.5 + arch.embedding_params * 2
+
+
+def test_plan_command_json(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir)
+    result = run_trainer("plan", "--config", str(config), "--json", "--requests", "1000000", "--price-per-million", "0.2", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout)
+    assert plan["parameters"]["trainable"] > 0 and plan["memory"]["peak_bytes"] > 0
+    assert [r["gpu"] for r in plan["gpus"]["rows"]][:2] == ["T4", "L4"] and all(r["fits"] for r in plan["gpus"]["rows"])
+    assert plan["data"]["examples"] == 12 and plan["data"]["openai_default_epochs"] == 8
+    prompts = plan["hosting"]["prompt_tokens"]
+    assert prompts["few_shot"] > prompts["tuned"] and prompts["retrieval"] > prompts["tuned"]
+    saved = plan["hosting"]["saved_per_month"]["few_shot"]
+    assert saved == pytest.approx((prompts["few_shot"] - prompts["tuned"]) * 1000000 / 1e6 * 0.2)
+
+
+def _measured_peak(config, env) -> int:
+    """Peak resident bytes of `trainer --config` in a child process (ru_maxrss of the children of a fresh helper)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-m', 'trainer', '--config', sys.argv[1]], "
+            "capture_output=True, text=True); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); "
+            "print(p.stderr[-2000:])")
+    done = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, timeout=900)
+    rc, peak = done.stdout.split("\n", 1)[0].split()
+    assert rc == "0", done.stdout
+    return int(peak)
+
+
+@pytest.fixture(scope="module")
+def wider_model(tmp_path_factory):
+    """A 4-layer Llama of hidden size 256 whose activations, on rows of 700 tokens, outweigh the process itself."""
+    import torch
+    from conftest import make_char_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.data.templates import CHATML
+
+    path = tmp_path_factory.mktemp("wider-llama")
+    tokenizer = make_char_tokenizer(CHATML)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048))
+    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [{}, {"method": "full"}, {"gradient_checkpointing": True}], ids=["lora", "full", "checkpointing"])
+def test_memory_estimate_within_a_quarter_of_the_measured_peak(tmp_path, wider_model, training):
+    """The plan's peak against the peak resident memory of the run, on this CPU. glibc would keep freed activations in
+    its heap, which resident memory counts; MALLOC_MMAP_THRESHOLD_ returns them, so what is measured is what is held."""
+    import os
+    import random
+
+    import yaml
+
+    rng = random.Random(0)
+    rows = [{"messages": [{"role": "user", "content": " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(100))},
+                          {"role": "assistant", "content": " ".join(rng.choice(["one", "two", "three"]) for _ in range(20))}]}
+            for _ in range(16)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(wider_model)},
+        "data": {"train": str(tmp_path / "data.jsonl"), "validation_split": 0, "max_seq_length": 1024},
+        "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32", "learning_rate": 0.001, **training},
+        "output": {"dir": str(tmp_path / "run")}}))
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    plan = json.loads(run_trainer("plan", "--config", str(config), "--json", env=env, timeout=600).stdout)
+    assert plan["shape"]["micro_batch"] == 8 and plan["shape"]["tokens_per_row"] > 600
+    measured = _measured_peak(config, env)
+    estimated = plan["memory"]["peak_bytes"]
+    assert abs(estimated / measured - 1) < 0.25, (estimated / 2**30, measured / 2**30, plan["memory"]["parts_bytes"])

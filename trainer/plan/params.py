@@ -1,0 +1,121 @@
+"""Parameter counts from the model's architecture alone: its config (a Hub config.json, a local folder, or a GGUF
+header), built on PyTorch's meta device, which allocates no memory and reads no weights.
+
+LoRA adds r x (in + out) parameters to every adapted linear layer (DoRA also a magnitude vector of `out`). Which
+layers are adapted follows peft's rules: 'all-linear' is every nn.Linear except the output layer; a list of names
+matches a layer whose dotted name is the name or ends in '.' + the name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.errors import UserError
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the plan needs to know about a model, read from its config and its meta-device build."""
+
+    model_type: str
+    total: int  # every parameter, tied ones once
+    hidden_size: int
+    intermediate_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    linears: tuple[Linear, ...] = field(repr=False)  # every nn.Linear in the decoder (not the output layer)
+    output_layer: Linear | None = field(repr=False)  # None when tied to the embeddings
+    embedding_params: int = 0  # the input embeddings (and the output layer when it is not tied)
+
+    @property
+    def linear_params(self) -> int:
+        return sum(x.in_features * x.out_features for x in self.linears)
+
+
+def read_model_config(m):
+    """The transformers config of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
+    from transformers import AutoConfig
+
+    path = Path(os.path.expanduser(m.name_or_path))
+    try:
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise UserError(f"model.name_or_path: no GGUF file at {m.name_or_path!r}.")
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        source = str(path) if path.exists() else m.name_or_path
+        return AutoConfig.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    except UserError:
+        raise
+    except Exception as exc:  # OSError, ValueError, HTTP errors ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model.name_or_path: could not read the model's config of {m.name_or_path!r}: {first}. "
+                        "The plan needs only config.json (or the GGUF header); if the Hub is unreachable, point "
+                        "model.name_or_path at a local folder or .gguf file.") from None
+
+
+def architecture(model_config) -> Architecture:
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    linears = tuple(Linear(name, mod.in_features, mod.out_features) for name, mod in model.named_modules()
+                    if isinstance(mod, nn.Linear) and mod is not output)
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads = text.num_attention_heads
+    hidden = text.hidden_size
+    embedding = model.get_input_embeddings().weight.numel() + (0 if tied or output is None else output.weight.numel())
+    return Architecture(
+        model_type=text.model_type, total=sum(p.numel() for p in model.parameters()), hidden_size=hidden,
+        intermediate_size=getattr(text, "intermediate_size", 4 * hidden), layers=text.num_hidden_layers, heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or hidden // heads, vocab_size=text.vocab_size, linears=linears,
+        output_layer=None if tied or output is None else Linear("lm_head", output.in_features, output.out_features),
+        embedding_params=embedding,
+    )
+
+
+def adapted_layers(arch: Architecture, targets) -> list[Linear]:
+    if targets == "all-linear":
+        return list(arch.linears)
+    names = list(targets)
+    return [x for x in arch.linears if any(x.name == t or x.name.endswith("." + t) for t in names)]
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    total: int  # of the model as it trains (adapters included)
+    trainable: int
+    base: int  # of the model before adapters
+    adapted_layers: int  # linear layers with an adapter (0 for full fine-tuning)
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "trainable": self.trainable, "base": self.base, "adapted_layers": self.adapted_layers}
+
+
+def count_parameters(arch: Architecture, config) -> ParameterCount:
+    t = config.training
+    if t.method == "full":
+        return ParameterCount(arch.total, arch.total, arch.total, 0)
+    layers = adapted_layers(arch, t.lora.target_modules)
+    if not layers:
+        raise UserError(f"training.lora.target_modules: none of {list(t.lora.target_modules)} is a linear layer of this "
+                        f"model; its layers are named like {sorted({x.name.rsplit('.', 1)[-1] for x in arch.linears})}.")
+    added = sum(t.lora.r * (x.in_features + x.out_features) for x in layers)
+    if t.method == "dora":
+        added += sum(x.out_features for x in layers)  # the magnitude vector
+    return ParameterCount(arch.total + added, added, arch.total, len(layers))

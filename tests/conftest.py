@@ -19,12 +19,12 @@ def run_trainer(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Tests get their own TRAINER_CACHE (so measured throughputs of tiny models never reach the user's),
-    sharing the user's downloaded demo model and its converted copies, which are slow to make."""
+    sharing the user's downloaded demo model, its converted copies and the llama.cpp build, which are slow to make."""
     from trainer.demo import cache_dir
 
     real = cache_dir()
     private = tmp_path_factory.mktemp("trainer-cache")
-    for name in ("models", "gguf-models", "gguf-tokenizers"):
+    for name in ("models", "gguf-models", "gguf-tokenizers", "llama.cpp"):  # llama.cpp: built once by make test
         (real / name).mkdir(parents=True, exist_ok=True)
         (private / name).symlink_to(real / name)
     os.environ["TRAINER_CACHE"] = str(private)
@@ -160,9 +160,11 @@ def tiny_config(tmp_path, model_dir, **training) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The quickstart on the real SmolLM2, shortened to 10 steps: a run directory whose answers are JSON lists."""
+    """The quickstart on the real SmolLM2, shortened to 26 steps (2 epochs): a run directory whose answers are JSON lists."""
     out = tmp_path_factory.mktemp("demo-run") / "recipes"
-    result = run_trainer("--config", "configs/quickstart.yaml", "--set", "training.epochs=null", "--set", "training.max_steps=10",
+    # float32 weights: `trainer generate` then computes as an exported GGUF is converted, not in bf16 (auto on CPUs with it)
+    result = run_trainer("--config", "configs/quickstart.yaml", "--set", "training.epochs=null", "--set", "training.max_steps=26",
+                         "--set", "model.dtype=float32",
                          "--set", "training.eval_every=null", "--set", "evaluation.after_training=false",
                          "--set", "data.validation=null", "--set", "data.validation_split=0",  # no validation pass: faster
                          "--set", f"output.dir={out}", timeout=1200)

@@ -31,7 +31,9 @@ from trainer.errors import UserError
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is the tree we build and convert with
 PACKAGE = f"llama-cpp-python=={VERSION}"
 BUILD_TARGETS = ("llama", "llama-quantize")
-BINDING_NEEDS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3")  # its pyproject's
+# What the llama_cpp package needs (its pyproject), and the converter beyond torch, transformers and numpy
+# (its requirements-convert_hf_to_gguf.txt): Llama models' set_vocab tries sentencepiece first.
+BINDING_NEEDS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3", "sentencepiece>=0.1.98,<0.3.0")
 
 
 def _say(text: str) -> None:
@@ -98,7 +100,11 @@ def default_location() -> LlamaCpp:
 
 
 def python_binding_problem() -> str | None:
-    """Why `import llama_cpp` would not give the library built here, or None."""
+    """Why `import llama_cpp` would not give the library built here (or the converter lacks a package), or None."""
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        return "sentencepiece, which llama.cpp's converter needs, is not installed"
     try:
         import llama_cpp  # noqa: F401
     except ImportError as exc:

@@ -22,6 +22,7 @@ from torch import nn
 from trainer.data.batching import collate_packed, collate_padded, length_grouped_batches, pack_examples
 from trainer.data.tokenize import IGNORE, Tokenized
 from trainer.distributed import is_main_process
+from trainer.rundir import eval_perplexity
 
 
 class LossOnTrainedTokens(nn.Module):
@@ -298,8 +299,8 @@ def _evaluate_and_track(run, progress: Progress) -> None:
     else:
         state.evals_without_improvement += 1
     if run.accelerator.is_main_process:
-        run.metrics.write(step=state.step, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
-        progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+        run.metrics.write_eval(state.step, eval_loss)
+        progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {eval_perplexity(eval_loss):.2f})")
     if stopping and state.evals_without_improvement >= stopping.patience:
         state.stopped_early = True  # in every process (each saw the same loss); said by the main one
         if run.accelerator.is_main_process:

@@ -1,14 +1,72 @@
-"""What a run leaves behind: metrics.jsonl, loss.png, the model card, and the measured throughput."""
+"""What a run leaves behind: summary.json, metrics.jsonl, loss.png, the model card, and the measured throughput.
+
+Both backends write these files through the classes and functions here, so a
+metric has one name whichever backend trained.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer import __version__
 from trainer.config import Config
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+@dataclass
+class RunSummary:
+    """summary.json: what a finished run did, the same names for every backend."""
+
+    backend: str  # which backend trained (backend.name)
+    steps: int  # optimizer steps taken
+    epochs: float  # passes over the training data, with the fraction of the last
+    final_train_loss: float | None  # per trained token, of the last step
+    final_eval_loss: float | None  # on the validation set, at the end
+    best_eval_loss: float | None
+    best_step: int | None  # the step of best_eval_loss
+    stopped_early: bool
+    trained_tokens: int  # tokens in the loss, over the whole run
+    train_seconds: float
+    trained_tokens_per_second: float
+    finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def __post_init__(self) -> None:
+        self.epochs = round(self.epochs, 3)
+        self.final_train_loss = _rounded(self.final_train_loss, 4)
+        self.final_eval_loss = _rounded(self.final_eval_loss, 4)
+        self.best_eval_loss = _rounded(self.best_eval_loss, 4)
+        self.train_seconds = round(self.train_seconds, 1)
+        self.trained_tokens_per_second = round(self.trained_tokens_per_second, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, run_dir: Path) -> None:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunSummary | None:
+        """The summary of a finished run, or None (no summary.json, or one written before `backend` was in it)."""
+        try:
+            return cls(**json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def eval_perplexity(eval_loss: float) -> float:
+    """exp(loss per trained token), capped where it would overflow."""
+    return math.exp(min(eval_loss, 50))
 
 
 class MetricsLog:
@@ -41,6 +99,10 @@ class MetricsLog:
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     self.board.add_scalar(key if key.startswith("eval") else f"train/{key}", value, row["step"])
             self.board.flush()
+
+    def write_eval(self, step: int, eval_loss: float) -> None:
+        """A validation row: its loss per trained token and the perplexity from it."""
+        self.write(step=step, eval_loss=eval_loss, eval_perplexity=eval_perplexity(eval_loss))
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         points = [(r["step"], r[key]) for r in self.rows if key in r]
@@ -86,7 +148,7 @@ def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
     plt.close(fig)
 
 
-def write_model_card(run_dir: Path, config: Config, summary: dict) -> None:
+def write_model_card(run_dir: Path, config: Config, summary: RunSummary) -> None:
     t = config.training
     adapter = t.method != "full"
     base = config.model.name_or_path
@@ -98,7 +160,7 @@ def write_model_card(run_dir: Path, config: Config, summary: dict) -> None:
         else "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         "model = AutoModelForCausalLM.from_pretrained(\"model\")\ntokenizer = AutoTokenizer.from_pretrained(\"model\")\n```"
     )
-    final = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    final = "\n".join(f"| {k} | {v} |" for k, v in summary.to_dict().items() if not isinstance(v, (dict, list)))
     text = f"""---
 library_name: {"peft" if adapter else "transformers"}
 base_model: {base}

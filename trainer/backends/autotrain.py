@@ -24,12 +24,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from trainer.config import Config
 from trainer.config.autotrain import data_columns, differences, export, project_name
 from trainer.errors import UserError
+from trainer.rundir import MetricsLog, RunSummary, merge_saved_adapter, plot_losses, write_model_card
 
 VERSION = "0.8.36"
 LOG_PREFIX = "[autotrain] "
@@ -357,10 +357,8 @@ def _failure_text(lines: list[str]) -> str:
 
 # --- bringing the result back ---------------------------------------------------------------------------------------
 
-def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> dict:
+def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> RunSummary:
     """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
-    from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, write_model_card
-
     project = work / project_name(config.output.dir)
     adapter = config.training.method != "full"
     marker = "adapter_config.json" if adapter else "config.json"
@@ -394,26 +392,24 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
     steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
     eval_loss = validation_loss(config, run_dir, data)
     if eval_loss is not None:
-        metrics.write(step=steps, eval_loss=round(eval_loss, 6), perplexity=round(min(float("inf"), 2.718281828 ** eval_loss), 4))
+        metrics.write_eval(steps, eval_loss)
     seconds = float(final.get("train_runtime", 0.0))
-    epochs = float(final.get("epoch", 0.0))
     # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
     tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
-    summary = {
-        "backend": "autotrain",
-        "steps": steps,
-        "epochs": round(epochs, 3),
-        "final_train_loss": round(float(final.get("train_loss", history[-1][1] if history else 0.0)), 4) if (final or history) else None,
-        "final_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
-        "best_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
-        "best_step": steps if eval_loss is not None else None,
-        "stopped_early": False,
-        "trained_tokens": tokens,
-        "train_seconds": round(seconds, 1),
-        "trained_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = RunSummary(
+        backend="autotrain",
+        steps=steps,
+        epochs=float(final.get("epoch", 0.0)),
+        final_train_loss=float(final.get("train_loss", history[-1][1] if history else 0.0)) if (final or history) else None,
+        final_eval_loss=eval_loss,
+        best_eval_loss=eval_loss,
+        best_step=steps if eval_loss is not None else None,
+        stopped_early=False,
+        trained_tokens=tokens,
+        train_seconds=seconds,
+        trained_tokens_per_second=tokens / seconds if seconds else 0.0,
+    )
+    summary.write(run_dir)
     plot_losses(history, metrics, run_dir / "loss.png")
     if config.output.merge_adapter and adapter:
         merge_saved_adapter(run_dir)
@@ -478,7 +474,7 @@ class AutoTrainBackend:
         run_autotrain(python, work, config, log)
         summary = collect(config, run_dir, work, tokenizer, data, log)
         shutil.rmtree(work / project_name(config.output.dir), ignore_errors=True)  # its copy is now in model/
-        _say(f"Done in {summary['train_seconds'] / 60:.1f} min of AutoTrain training. Run directory: {run_dir}")
+        _say(f"Done in {summary.train_seconds / 60:.1f} min of AutoTrain training. Run directory: {run_dir}")
         if config.output.push_to_hub is not None:
             from trainer.hub import push_run
 

@@ -6,11 +6,9 @@ Lifecycle: setup (data, model, optimizer, resume) -> train (loop.py) -> save
 from __future__ import annotations
 
 import functools
-import json
 import math
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,9 @@ from trainer.data.pipeline import PreparedData, prepare_data
 from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model, zero3_loading
 from trainer.errors import UserError
 from trainer.loop import LossOnTrainedTokens, StopRequested, TrainState, epoch_plan, shard, state_from_json, state_to_json, train_loop
-from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
+from trainer.steps import steps_per_epoch
+from trainer.steps import total_steps as planned_steps
+from trainer.rundir import MetricsLog, RunSummary, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
 
 
 @dataclass
@@ -184,9 +184,8 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     else:
         optimizer = torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9)
 
-    per_epoch = len(shard(epoch_plan(data.train, config, 0), accelerator)) or 1
-    steps_per_epoch = math.ceil(per_epoch / t.gradient_accumulation)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    per_epoch = steps_per_epoch(len(epoch_plan(data.train, config, 0)), accelerator.num_processes, t.gradient_accumulation)
+    total_steps = planned_steps(config, per_epoch)
     engine = None
     if config.distributed.strategy == "deepspeed":
         # ZeRO takes over the optimizer's state and drops its empty param groups; the scheduler, made after, sets the
@@ -244,20 +243,20 @@ def save_outputs(run: Run, gathered: dict | None = None) -> None:
         else:  # the base weights are sharded: merge from the saved adapter and a fresh copy of the base model
             merge_saved_adapter(run_dir)
     speed = state.trained_tokens / state.seconds if state.seconds else 0.0
-    summary = {
-        "steps": state.step,
-        "epochs": round(state.epoch + state.batch_in_epoch / max(len(epoch_plan(run.data.train, cfg, state.epoch)), 1), 3),
-        "final_train_loss": round(state.history[-1][1], 4) if state.history else None,
-        "final_eval_loss": round(state.last_eval_loss, 4) if state.last_eval_loss is not None else None,
-        "best_eval_loss": round(state.best_eval_loss, 4) if state.best_eval_loss is not None else None,
-        "best_step": state.best_step,
-        "stopped_early": state.stopped_early,
-        "trained_tokens": state.trained_tokens,
-        "train_seconds": round(state.seconds, 1),
-        "trained_tokens_per_second": round(speed, 1),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = RunSummary(
+        backend="peft",
+        steps=state.step,
+        epochs=state.epoch + state.batch_in_epoch / max(len(epoch_plan(run.data.train, cfg, state.epoch)), 1),
+        final_train_loss=state.history[-1][1] if state.history else None,
+        final_eval_loss=state.last_eval_loss,
+        best_eval_loss=state.best_eval_loss,
+        best_step=state.best_step,
+        stopped_early=state.stopped_early,
+        trained_tokens=state.trained_tokens,
+        train_seconds=state.seconds,
+        trained_tokens_per_second=speed,
+    )
+    summary.write(run_dir)
     plot_losses(state.history, run.metrics, run_dir / "loss.png")
     write_model_card(run_dir, cfg, summary)
     if speed:

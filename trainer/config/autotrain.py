@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from trainer.config.yaml_loader import Document
+from trainer.patterns import MISSING, get_path, set_path
 
 SFT_TASKS = {"llm", "llm-sft", "llm-generic", "lm_training", "llm_training", "llm_finetuning"}
 OTHER_LLM_TASKS = {"llm-dpo", "llm-orpo", "llm-reward", "llm-grpo"}
@@ -122,25 +123,6 @@ def is_autotrain_config(data: dict) -> bool:
     return "task" in data and ("base_model" in data or "params" in data or "project_name" in data)
 
 
-def _get(data: dict, dotted_key: str) -> Any:
-    node: Any = data
-    for part in dotted_key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _put(data: dict, dotted_key: str, value: Any) -> None:
-    parts = dotted_key.split(".")
-    for part in parts[:-1]:
-        data = data.setdefault(part, {})
-    data[parts[-1]] = value
-
-
-_MISSING = object()
-
-
 def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
     """AutoTrain YAML data -> (our data, notices, {our key: AutoTrain key it came from}).
 
@@ -157,12 +139,12 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
     for field in FIELDS:
         if field.ours is None:
             continue
-        value = _get(source, field.autotrain)
-        if value is _MISSING:
+        value = get_path(source, field.autotrain, MISSING)
+        if value is MISSING:
             if field.default is None:
                 continue
             value = field.default
-        _put(ours, field.ours, field.to_ours(value))
+        set_path(ours, field.ours, field.to_ours(value))
         origin[field.ours] = field.autotrain
 
     data = source.get("data", {}) if isinstance(source.get("data"), dict) else {}
@@ -170,20 +152,20 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
     for split_key, our_key, fallback in (("train_split", "data.train", "train"), ("valid_split", "data.validation", None)):
         split = data.get(split_key, fallback)
         if split:
-            _put(ours, our_key, _data_ref(str(path), str(split)))
+            set_path(ours, our_key, _data_ref(str(path), str(split)))
             origin[our_key] = f"data.{split_key}"
     if ours["data"].get("validation") is None:
-        _put(ours, "data.validation_split", 0.0)  # AutoTrain without valid_split evaluates nothing
+        set_path(ours, "data.validation_split", 0.0)  # AutoTrain without valid_split evaluates nothing
     template = data.get("chat_template")
-    column = _get(source, "data.column_mapping.text_column")
+    column = get_path(source, "data.column_mapping.text_column", MISSING)
     if template in (None, "none"):
         ours["data"].pop("chat_template", None)
-        _put(ours, "data.format", "text")
-        _put(ours, "data.train_on", "all")
-        if column not in (_MISSING, "text"):
-            _put(ours, "data.columns.text", column)
-    elif column not in (_MISSING, "messages"):
-        _put(ours, "data.columns.messages", column)
+        set_path(ours, "data.format", "text")
+        set_path(ours, "data.train_on", "all")
+        if column not in (MISSING, "text"):
+            set_path(ours, "data.columns.text", column)
+    elif column not in (MISSING, "messages"):
+        set_path(ours, "data.columns.messages", column)
 
     params = source.get("params", {}) if isinstance(source.get("params"), dict) else {}
     if params.get("peft", False):
@@ -191,15 +173,15 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         method = {"int4": "qlora", None: "lora", "none": "lora"}.get(quantization)
         if method is None:
             raise ValueError(f"params.quantization {quantization!r} has no trainer equivalent; use int4 (qlora) or none (lora).")
-        _put(ours, "training.method", method)
+        set_path(ours, "training.method", method)
     else:
-        _put(ours, "training.method", "full")
+        set_path(ours, "training.method", "full")
         for key in ("r", "alpha", "dropout", "target_modules"):
             ours["training"]["lora"].pop(key, None)
     origin["training.method"] = "params.peft"
     block = params.get("block_size", -1)
     if isinstance(block, int) and block > 0:
-        _put(ours, "data.max_seq_length", block)
+        set_path(ours, "data.max_seq_length", block)
         origin["data.max_seq_length"] = "params.block_size"
 
     hub = source.get("hub", {}) if isinstance(source.get("hub"), dict) else {}
@@ -207,7 +189,7 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         username = str(hub.get("username") or "")
         if username.startswith("${"):
             username = os.environ.get(username.strip("${}"), "")
-        _put(ours, "output.push_to_hub", {"repo_id": f"{username or 'YOUR-NAME'}/{source.get('project_name', 'model')}"})
+        set_path(ours, "output.push_to_hub", {"repo_id": f"{username or 'YOUR-NAME'}/{source.get('project_name', 'model')}"})
         origin["output.push_to_hub"] = "hub.push_to_hub"
     if hub.get("token"):
         notices.append("hub.token is not copied: trainer reads the token from the HF_TOKEN environment variable only.")
@@ -357,10 +339,10 @@ def export(config, *, base_model: str | None = None, data_dir: str = "data", mix
     for field in FIELDS:
         if field.ours is None or field.to_autotrain is None:
             continue
-        value = _get(ours, field.ours)
-        if value is _MISSING or value is None:
+        value = get_path(ours, field.ours, MISSING)
+        if value is MISSING or value is None:
             continue
-        _put(out, field.autotrain, field.to_autotrain(value))
+        set_path(out, field.autotrain, field.to_autotrain(value))
     method = config.training.method
     params["peft"] = method != "full"
     params["quantization"] = "int4" if method == "qlora" else None

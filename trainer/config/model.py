@@ -13,6 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from trainer.config.schema import is_section, load_schema, sections, types_of
+from trainer.patterns import set_path
 
 _PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": tuple, "null": type(None)}
 
@@ -38,7 +39,7 @@ class ConfigBase(Section):
     def to_yaml(self) -> str:
         data = self.to_dict()
         for path, original in self.env_refs.items():
-            _set_path(data, path, original)
+            set_path(data, path, original)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
@@ -48,12 +49,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _set_path(data: Any, path: tuple, value: Any) -> None:
-    for part in path[:-1]:
-        data = data[part]
-    data[path[-1]] = value
 
 
 def _class_name(path: tuple) -> str:

@@ -5,9 +5,8 @@ import argparse
 import sys
 
 from trainer import __version__
-from trainer.errors import UserError
+from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 
-EXIT_BAD_INPUT = 2
 _STORAGE_ERRORS = {28, 30, 13, 122}  # ENOSPC, EROFS, EACCES, EDQUOT
 
 
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -147,31 +146,35 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     config = load_config(args.run_config, args.overrides)
-    run_dir = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
-    from trainer.distributed import is_launched, is_main_process
-
-    if not is_main_process() or (config.distributed.strategy != "none" and not is_launched()):
-        return 0  # the main training process reports; other ranks and the launching process stay quiet
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        import json
-
-        final = json.loads(summary.read_text())
-        if final.get("final_eval_loss") is not None:
-            print(f"Final validation loss: {final['final_eval_loss']:.4f} after {final['steps']} steps "
-                  f"({final['train_seconds'] / 60:.1f} min, {final['trained_tokens_per_second']:.0f} trained tokens/s)")
-    print(f"Run directory: {run_dir}")
-    return 0
+    result = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
+    if not result.reports:
+        return result.exit_code  # the main training process reports; other ranks and the launching process stay quiet
+    if result.stopped:
+        print(result.message, file=sys.stderr)
+        return result.exit_code
+    final = result.summary
+    if final is not None and final.final_eval_loss is not None:
+        print(f"Final validation loss: {final.final_eval_loss:.4f} after {final.steps} steps "
+              f"({final.train_seconds / 60:.1f} min, {final.trained_tokens_per_second:.0f} trained tokens/s)")
+    print(f"Run directory: {result.run_dir}")
+    return result.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.config.rules import check_hardware
     from trainer.console import warn
+    from trainer.engine import problems_before_running
     from trainer.hardware import Hardware
 
     config = load_config(args.config, args.overrides)
-    for path, message in check_hardware(config, Hardware.guess()):
+    problems = problems_before_running(config, args.config, machine=False)
+    if problems:  # what `trainer --config` would refuse before loading anything
+        raise UserError(problems, title=f"{args.config}: {len(problems)} problem(s) with running this config; nothing would be run.")
+    from trainer.backends import get_backend
+
+    on_this_machine = check_hardware(config, Hardware.guess()) + get_backend(config.backend.name).check_machine(config)
+    for path, message in on_this_machine:
         warn(f"{'.'.join(map(str, path))}: on this machine, {message} (checked again when the run starts)")
     if args.print:
         sys.stdout.write(config.to_yaml())

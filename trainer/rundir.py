@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer import __version__
 from trainer.config import Config
+from trainer.errors import UserError
 
 
 SUMMARY_FILE = "summary.json"
@@ -75,7 +76,7 @@ class MetricsLog:
     With `tensorboard=True` the same numbers also go to TensorBoard event files in <run>/tensorboard.
     """
 
-    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool = False):
+    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool = False) -> None:
         self.path = path
         self.board = None
         if tensorboard:
@@ -96,7 +97,7 @@ class MetricsLog:
             handle.write(json.dumps(row) + "\n")
         if self.board is not None:
             for key, value in row.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)):
+                if key not in ("step", "time", "total_steps") and isinstance(value, (int, float)):
                     self.board.add_scalar(key if key.startswith("eval") else f"train/{key}", value, row["step"])
             self.board.flush()
 
@@ -107,6 +108,20 @@ class MetricsLog:
     def series(self, key: str) -> tuple[list[int], list[float]]:
         points = [(r["step"], r[key]) for r in self.rows if key in r]
         return [p[0] for p in points], [p[1] for p in points]
+
+
+def guard_run_dir(run_dir: Path, resume: bool) -> None:
+    """Clear what a killed save left, and refuse to overwrite an earlier run silently."""
+    from trainer import checkpoint
+
+    checkpoint.remove_partial_saves(run_dir)
+    if resume:
+        return
+    if checkpoint.complete_checkpoints(run_dir) or (run_dir / "model").exists():
+        raise UserError(
+            f"output.dir {run_dir} already holds a run. Add --resume (or resume: auto) to continue it, "
+            "or choose another output.dir (e.g. --set output.dir=runs/new) to start fresh."
+        )
 
 
 def write_merged(run_dir: Path, adapted_model, tokenizer) -> None:

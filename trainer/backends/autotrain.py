@@ -24,12 +24,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from trainer.config import Config
 from trainer.config.autotrain import data_columns, differences, export, project_name
-from trainer.errors import UserError
-from trainer.rundir import MetricsLog, RunSummary, merge_saved_adapter, plot_losses, write_model_card
+from trainer.errors import RunStopped, UserError
+from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_model_card
 
 VERSION = "0.8.36"
 LOG_PREFIX = "[autotrain] "
@@ -314,7 +316,7 @@ def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -
         code = child.wait()
     except KeyboardInterrupt:
         _stop_group(child)
-        raise UserError("stopped: AutoTrain and its training processes were ended. AutoTrain cannot resume a run; "
+        raise RunStopped("stopped: AutoTrain and its training processes were ended. AutoTrain cannot resume a run; "
                         "start it again with the same command.") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -417,48 +419,46 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
     return summary
 
 
-def validation_loss(config: Config, run_dir: Path, data) -> float | None:
+def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
     """The validation loss of the result, computed exactly as the peft backend computes it (per trained token)."""
     if not data.validation:
         return None
-    from types import SimpleNamespace
-
-    from trainer.backends.peft import make_accelerator
     from trainer.generate import load_run
     from trainer.hardware import Hardware
-    from trainer.loop import LossOnTrainedTokens, evaluate
+    from trainer.loop import Batching, LossOnTrainedTokens, evaluate
+    from trainer.strategies import make_accelerator
 
     device = Hardware.detect().device(config.backend.peft.device)
     accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
     module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
-    run = SimpleNamespace(accelerator=accelerator, loss_module=module, config=config, pad_id=pad_id, flash=False)
-    return evaluate(run, data.validation)
+    batching = replace(Batching.of(config, pad_id), flash=False)
+    return evaluate(module, data.validation, accelerator, batching)
 
 
 class AutoTrainBackend:
     name = "autotrain"
 
     def check(self, config: Config) -> list[tuple[tuple, str]]:
-        found = []
+        """What a run of this config would refuse, whatever the machine: AutoTrain's differences, unless allowed."""
+        if config.backend.autotrain.allow_differences:
+            return []
+        return [(path, message + " Set backend.autotrain.allow_differences: true to run it anyway (AutoTrain's way), "
+                 "or use backend.name: peft.") for path, message in differences(config)]
+
+    def check_machine(self, config: Config) -> list[tuple[tuple, str]]:
+        """What this machine lacks for the run: AutoTrain's own environment."""
         problem = environment_problem(autotrain_python(config))
-        if problem:
-            found.append((("backend", "autotrain", "python"), problem))
-        if not config.backend.autotrain.allow_differences:
-            found += [(path, message + " Set backend.autotrain.allow_differences: true to run it anyway (AutoTrain's way), "
-                       "or use backend.name: peft.") for path, message in differences(config)]
-        return found
+        return [(("backend", "autotrain", "python"), problem)] if problem else []
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
-        from trainer.backends.peft import _check_run_dir
-
         for path, message in differences(config):
             _say(f"warning: {'.'.join(path)}: {message}")
         if resume and (run_dir / "model").is_dir() and (run_dir / "summary.json").is_file():
             _say(f"{run_dir} already holds the finished AutoTrain run; nothing to resume.")
             return run_dir
-        _check_run_dir(run_dir, resume)
+        guard_run_dir(run_dir, resume)
         if resume:
             _say("AutoTrain cannot continue an interrupted run; it starts again from the beginning.")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -434,3 +434,19 @@ def _is_ui(proc: Path, url: str) -> bool:
     except OSError:
         return False
     return b"ui" in cmd and url.rsplit(":", 1)[-1].strip("/").encode() in cmd
+
+
+def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
+    """Not from the printed log: progress from metrics.jsonl, stopped/failed from the exit code and the Stop request."""
+    from ui.jobs import Job, JobManager, outcome
+
+    assert outcome(0, False) == "finished" and outcome(0, True) == "finished"
+    assert outcome(2, True) == "stopped" and outcome(2, False) == "failed" and outcome(None, True) == "failed"
+    jobs = JobManager(tmp_path)
+    (jobs.root / "j1").mkdir()
+    jobs._save(Job("j1", "train", "c.yaml", "run", status="finished"))
+    assert jobs.progress("j1") is None
+    (tmp_path / "run").mkdir()
+    rows = [{"step": 2, "loss": 1.0, "total_steps": 8}, {"step": 2, "eval_loss": 0.9}]
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert jobs.progress("j1") == (2, 8)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test bench bench-train autotrain ui chromium clean
+.PHONY: install demo test lint bench bench-train autotrain ui chromium clean
 
 install: $(STAMP)
 
@@ -25,10 +25,15 @@ demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(PY) -m pytest
+
+# Static checks (a few seconds): ruff (mistakes, import order) and mypy over trainer/ (settings in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trainer ui
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/validate_startup.py

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -205,6 +206,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dic
 def _load_zero_state(path: Path, zero: dict | None, engine) -> None:
     """DeepSpeed reads back its shards, written by as many processes as there are now."""
     if engine is None:
+        assert zero is not None  # load_checkpoint comes here without an engine only for a checkpoint of ZeRO's
         raise UserError(f"{path} was written by a deepspeed run, whose optimizer state is DeepSpeed's; resume it with "
                         f"distributed.strategy: deepspeed and distributed.num_processes: {zero['processes']}.")
     import torch.distributed as dist
@@ -222,7 +224,7 @@ def _load_zero_state(path: Path, zero: dict | None, engine) -> None:
                         f"removing this folder, or start a new run with another output.dir.")
 
 
-def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
+def prune(run_dir: Path, keep_last: int, keep: AbstractSet[str] = frozenset()) -> None:
     """Delete all but the newest `keep_last` step checkpoints (and any named in `keep`)."""
     steps = complete_checkpoints(run_dir)
     for old in steps[:-keep_last] if keep_last else steps:

@@ -295,8 +295,8 @@ def _export(args: argparse.Namespace) -> int:
     import yaml
 
     from trainer.backends.autotrain import VERSION, differences, export, mixed_precision_for, prepare_handover
-    from trainer.models import is_gguf
     from trainer.config import load_config
+    from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)
     for path, message in differences(config):

@@ -185,10 +185,9 @@ class SignalGuard:
         if is_main_process():
             print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        return False
 
 
 def evaluate(module: nn.Module, examples: list[Tokenized], accelerator: Any, batching: Batching) -> float | None:

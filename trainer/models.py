@@ -150,6 +150,7 @@ def load_model(config, device: str, zero3: dict | None = None):
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     path = Path(os.path.expanduser(m.name_or_path))
+    source: str | Path
     try:
         if is_gguf(m.name_or_path):
             source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs

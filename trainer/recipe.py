@@ -21,8 +21,7 @@ from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
 from trainer.errors import RunStopped, UserError
 from trainer.loop import Batching, LossOnTrainedTokens, StopRequested, TrainState, state_from_json, train_loop
-from trainer.rundir import (MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, record_throughput,
-                            write_merged, write_model_card)
+from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
 from trainer.steps import steps_per_epoch, total_steps
 from trainer.strategies import SingleProcess, choose_strategy, make_accelerator
 

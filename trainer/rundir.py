@@ -17,7 +17,6 @@ from trainer import __version__
 from trainer.config import Config
 from trainer.errors import UserError
 
-
 SUMMARY_FILE = "summary.json"
 
 

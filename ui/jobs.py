@@ -167,7 +167,7 @@ class JobManager:
         if not path.is_file():
             return ""
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-        return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
+        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
     def progress(self, job_id: str) -> tuple[int, int] | None:
         """(step, total steps) of the newest training row in a training job's metrics.jsonl."""

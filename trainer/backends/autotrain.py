@@ -248,7 +248,7 @@ def mixed_precision_for(config: Config) -> str | None:
     return None if value == "no" else value
 
 
-def prepare_handover(config: Config, work: Path) -> tuple[dict, object, object]:
+def prepare_handover(config: Config, work: Path) -> tuple[dict, Any, Any]:
     """Write data, model and autotrain.yml into `work`; return (AutoTrain YAML data, tokenizer, prepared data)."""
     import yaml
 
@@ -308,6 +308,7 @@ def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -
                              text=True, bufsize=1, errors="replace", start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        assert child.stdout is not None  # stdout=PIPE
         for line in child.stdout:
             line = line.rstrip("\n")
             log.feed(line)
@@ -351,8 +352,8 @@ def _last_lines(path: Path) -> str:
 
 def _failure_text(lines: list[str]) -> str:
     """The exception AutoTrain logged: its last traceback line says what went wrong; keep a few lines around it."""
-    text = [l for l in lines if l.strip()]
-    errors = [l for l in text if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", l.strip())]
+    text = [line for line in lines if line.strip()]
+    errors = [line for line in text if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", line.strip())]
     head = errors[-1].strip() if errors else text[0].strip()
     return head + "\n" + _tail("\n".join(text), 12)
 
@@ -385,7 +386,7 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", None, config.logging.report_to == "tensorboard")
     steps_per_log = max(1, int(config.logging.log_every))
-    history = []
+    history: list[list] = []
     for i, logged in enumerate(log.losses, start=1):
         step = i * steps_per_log  # AutoTrain logs every logging_steps (= logging.log_every) steps
         history.append([step, float(logged["loss"])])
@@ -432,7 +433,8 @@ def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
     accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
     module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
+    tokenizer: Any = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batching = replace(Batching.of(config, pad_id), flash=False)
     return evaluate(module, data.validation, accelerator, batching)
 

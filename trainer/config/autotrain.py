@@ -240,7 +240,7 @@ def translate_document(doc: Document) -> tuple[Document, list[str]]:
         mark = doc.mark(theirs_path)
         out.aliases[tuple(ours.split("."))] = theirs
         for i in range(1, len(ours.split(".")) + 1):
-            out.marks.setdefault(tuple(ours.split(".")[:i]), mark)
+            out.marks.setdefault(tuple(ours.split(".")[:i]), mark)  # type: ignore[arg-type]  # None: no line known
         if theirs_path in doc.env_refs:
             out.env_refs[tuple(ours.split("."))] = doc.env_refs[theirs_path]
     return out, notices
@@ -270,7 +270,7 @@ def whole_epochs(config) -> int:
 def differences(config) -> list[tuple[tuple, str]]:
     """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
     t, d, m = config.training, config.data, config.model
-    found = []
+    found: list[tuple[tuple, str]] = []
     if t.method == "dora":
         found.append((("training", "method"), "AutoTrain has no DoRA; it would train plain LoRA."))
     if d.train_on == "assistant" and d.format != "text":

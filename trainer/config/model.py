@@ -8,7 +8,7 @@ lists to tuples), so two configs that mean the same thing compare equal.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import yaml
 
@@ -23,7 +23,7 @@ class Section:
 
     def to_dict(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast(Any, self)):  # every Section subclass is made a dataclass
             if not f.compare:
                 continue
             out[f.name] = _plain(getattr(self, f.name))
@@ -35,6 +35,8 @@ class Section:
 
 class ConfigBase(Section):
     """The root: adds YAML output. `env_refs` remembers values written as ${VAR} so they are written back that way."""
+
+    env_refs: dict[tuple, str]  # a field of the generated root class (below); named here for the type checker
 
     def to_yaml(self) -> str:
         data = self.to_dict()
@@ -74,7 +76,7 @@ def _build_classes() -> None:
     for path, sub in ordered:
         _path_of[id(sub)] = path
     for path, sub in reversed(ordered):  # children first, so annotations can name them
-        fields = [(name, _annotation(prop)) for name, prop in sub["properties"].items()]
+        fields: list[tuple] = [(name, _annotation(prop)) for name, prop in sub["properties"].items()]
         bases: tuple[type, ...] = (Section,)
         if not path:
             fields.append(("env_refs", dict, dataclasses.field(default_factory=dict, compare=False, repr=False)))
@@ -86,7 +88,10 @@ def _build_classes() -> None:
 
 
 _build_classes()
-Config = SECTION_CLASSES[()]
+if TYPE_CHECKING:  # the classes are made from the schema at import time; a type checker sees what is not written down
+    Config = Any
+else:
+    Config = SECTION_CLASSES[()]
 
 
 def build_config(data: dict, env_refs: dict | None = None) -> Config:

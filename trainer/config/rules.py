@@ -39,7 +39,7 @@ def early_stopping_needs_validation(cfg: Config) -> Found:
 
 
 def chat_template_is_named_or_jinja(cfg: Config) -> Found:
-    named = subschema(("data", "chat_template"))["x-named"]
+    named = (subschema(("data", "chat_template")) or {})["x-named"]
     template = cfg.data.chat_template
     if template not in named and "{{" not in template and "{%" not in template:
         import difflib

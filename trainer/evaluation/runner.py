@@ -12,9 +12,9 @@ from pathlib import Path
 
 from trainer.config import Config
 from trainer.data.pipeline import load_examples, split_validation
+from trainer.errors import UserError
 from trainer.evaluation.metrics import METRICS
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
-from trainer.errors import UserError
 
 SYSTEMS = ("base_zero_shot", "base_few_shot", "tuned")
 
@@ -39,11 +39,11 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     """Mean loss per token of the reference answers (with their end-of-turn token), given each prompt."""
     import torch
 
+    from trainer.data.batching import collate_padded
     from trainer.data.formats import Example, Message
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import Tokenizer
     from trainer.loop import LossOnTrainedTokens
-    from trainer.data.batching import collate_padded
 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from trainer.config import Config
 from trainer.errors import UserError
@@ -54,7 +55,7 @@ def num_processes(config: Config, gpus: int) -> int:
     return wanted
 
 
-def shard_model(module, model):
+def shard_model(module: Any, model: Any) -> Any:
     """FSDP: shard `module` (the loss wrapper around `model`) across the processes, one unit per decoder layer.
 
     Every process keeps 1/N of each weight, its gradient and its optimizer state, and gathers a layer's weights only
@@ -126,7 +127,7 @@ def zero3_loading(config: Config, mixed_precision: str) -> dict | None:
     return settings
 
 
-def deepspeed_engine(loss_module, optimizer, config: Config, mixed_precision: str):
+def deepspeed_engine(loss_module: Any, optimizer: Any, config: Config, mixed_precision: str) -> Any:
     """Hand the loss wrapper and its optimizer to DeepSpeed; returns the engine (it also holds the wrapped optimizer).
 
     The engine casts the model to the run's bf16/fp16 and keeps float32 master weights in the optimizer; it reuses the
@@ -236,7 +237,7 @@ def run_together(children: list) -> int:
     import signal
     import time
 
-    def stop_all(signum=None, frame=None):
+    def stop_all(signum: int | None = None, frame: Any = None) -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

@@ -12,6 +12,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer import __version__
 from trainer.config import Config
@@ -89,7 +90,7 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
-    def write(self, **row) -> None:
+    def write(self, **row: Any) -> None:
         row = {"time": round(time.time(), 3), **row}
         self.rows.append(row)
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -123,7 +124,7 @@ def guard_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
-def write_merged(run_dir: Path, adapted_model, tokenizer) -> None:
+def write_merged(run_dir: Path, adapted_model: Any, tokenizer: Any) -> None:
     """<run>/merged: `adapted_model` (a peft model) with its adapter folded into the base weights."""
     merged = adapted_model.merge_and_unload()
     shutil.rmtree(run_dir / "merged", ignore_errors=True)

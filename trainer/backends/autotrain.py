@@ -26,7 +26,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainer.config import Config
 from trainer.config.autotrain import data_columns, differences, export, project_name
@@ -71,7 +71,7 @@ def environment_problem(python: Path) -> str | None:
     return None
 
 
-def setup_environment(venv: Path | None = None, say=_say, gpu: bool | None = None) -> Path:
+def setup_environment(venv: Path | None = None, say: Callable[[str], None] = _say, gpu: bool | None = None) -> Path:
     """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts.
 
     gpu: install the CUDA build of torch (None: when nvidia-smi is present; a Docker build for GPUs has none)."""
@@ -155,7 +155,7 @@ def _child_env(python: Path, config: Config | None = None) -> dict:
 
 # --- the hand-over -------------------------------------------------------------------------------------------------
 
-def write_data(config: Config, tokenizer, data, folder: Path) -> None:
+def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
     in the column data_columns() names: the conversations, or the text trainer's template renders from them."""
     from trainer.data.templates import resolve_template
@@ -178,7 +178,7 @@ def write_data(config: Config, tokenizer, data, folder: Path) -> None:
             (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def materialise_model(config: Config, tokenizer, folder: Path) -> str:
+def materialise_model(config: Config, tokenizer: Any, folder: Path) -> str:
     """What AutoTrain's `base_model` should be: a Hub id as it is; a local folder or .gguf file as a folder that
     transformers 4.48 reads exactly as trainer does (weights linked, config and tokenizer files rewritten)."""
     from trainer.models import dequantised_gguf, is_gguf
@@ -221,7 +221,7 @@ def legacy_model_config(data: dict) -> dict:
     return data
 
 
-def save_legacy_tokenizer(tokenizer, folder: Path) -> None:
+def save_legacy_tokenizer(tokenizer: Any, folder: Path) -> None:
     """Save the tokenizer so that transformers 4.48 loads it: transformers 5 names a `TokenizersBackend` class that
     4.48 does not have, and keeps the chat template in a separate file 4.48 does not read."""
     tokenizer.save_pretrained(folder)
@@ -328,7 +328,7 @@ def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -
         raise UserError(f"AutoTrain reported a failure (and exited 0). From its log ({work / 'autotrain.log'}):\n{_failure_text(log.failure)}")
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
@@ -360,7 +360,7 @@ def _failure_text(lines: list[str]) -> str:
 
 # --- bringing the result back ---------------------------------------------------------------------------------------
 
-def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> RunSummary:
+def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any, log: AutoTrainLog) -> RunSummary:
     """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
     project = work / project_name(config.output.dir)
     adapter = config.training.method != "full"

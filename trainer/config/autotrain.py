@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trainer.config.model import Config
 from trainer.config.yaml_loader import Document
 from trainer.patterns import MISSING, get_path, set_path
 
@@ -260,14 +261,14 @@ def project_name(output_dir: str) -> str:
     return name or "trainer-run"
 
 
-def whole_epochs(config) -> int:
+def whole_epochs(config: Config) -> int:
     """AutoTrain trains whole epochs: a fraction is rounded up, and max_steps (which it cannot express) becomes 1."""
     import math
 
     return max(1, math.ceil(config.training.epochs)) if config.training.epochs else 1
 
 
-def differences(config) -> list[tuple[tuple, str]]:
+def differences(config: Config) -> list[tuple[tuple, str]]:
     """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
     t, d, m = config.training, config.data, config.model
     found: list[tuple[tuple, str]] = []
@@ -302,7 +303,7 @@ def differences(config) -> list[tuple[tuple, str]]:
     return found
 
 
-def data_columns(config) -> tuple[str, str | None]:
+def data_columns(config: Config) -> tuple[str, str | None]:
     """How the data goes to AutoTrain: (text column, AutoTrain chat_template).
 
     Conversations go as a `messages` column when AutoTrain applies the same template trainer would (the
@@ -314,7 +315,7 @@ def data_columns(config) -> tuple[str, str | None]:
     return "text", None
 
 
-def export(config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
+def export(config: Config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
     """Our config -> AutoTrain 0.8.36 LLM YAML data (`autotrain --config`), for the data layout of write_data."""
     ours = config.to_dict()
     text_column, chat_template = data_columns(config)

@@ -29,8 +29,8 @@ class Section:
             out[f.name] = _plain(getattr(self, f.name))
         return out
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(cast(Any, self), **changes)
 
 
 class ConfigBase(Section):
@@ -99,7 +99,7 @@ def build_config(data: dict, env_refs: dict | None = None) -> Config:
     return _build(load_schema(), (), data, env_refs or {})
 
 
-def _build(schema: dict, path: tuple, data: dict, env_refs: dict):
+def _build(schema: dict, path: tuple, data: dict, env_refs: dict) -> Any:
     values = {}
     for name, prop in schema["properties"].items():
         value = data.get(name)

@@ -127,7 +127,7 @@ def read_yaml(text: str, file: str) -> Document:
     return doc
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str):
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark else None
     column = mark.column + 1 if mark else None
@@ -209,7 +209,7 @@ class _Builder:
             out.setdefault(key, value)
         return out
 
-    def doc_problem(self, path: Path, message: str, pos: tuple[int, int]):
+    def doc_problem(self, path: Path, message: str, pos: tuple[int, int]) -> Problem:
         return Problem(message, dotted(path), self.doc.file, pos[0], pos[1])
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:

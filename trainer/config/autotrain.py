@@ -129,14 +129,28 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
 
     Raises ValueError with a user-facing message for what cannot be translated at all.
     """
+    _check_task(source)
+    ours: dict = {}
+    origin: dict[str, str] = {}
+    notices = ["this is an AutoTrain Advanced config; it was translated to trainer's format (see `trainer convert --from autotrain`)."]
+    _translate_fields(source, ours, origin)
+    _translate_data(source, ours, origin)
+    _translate_method(source, ours, origin)
+    notices += _translate_hub(source, ours, origin)
+    notices += _unused_keys(source)
+    return ours, notices, origin
+
+
+def _check_task(source: dict) -> None:
     task = str(source.get("task"))
     if task in OTHER_LLM_TASKS or source.get("params", {}).get("trainer", "sft") not in ("sft", "default"):
         raise ValueError(f"AutoTrain task {task!r} is not supervised fine-tuning; trainer translates llm-sft configs only.")
     if task not in SFT_TASKS:
         raise ValueError(f"AutoTrain task {task!r} is not a language-model task; trainer translates llm-sft configs only.")
-    ours: dict = {}
-    origin: dict[str, str] = {}
-    notices = ["this is an AutoTrain Advanced config; it was translated to trainer's format (see `trainer convert --from autotrain`)."]
+
+
+def _translate_fields(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """The keys of the FIELDS table, with AutoTrain's defaults for those it leaves out."""
     for field in FIELDS:
         if field.ours is None:
             continue
@@ -148,6 +162,9 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         set_path(ours, field.ours, field.to_ours(value))
         origin[field.ours] = field.autotrain
 
+
+def _translate_data(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """data.path + splits -> data.train/validation; the chat template and text column -> format and columns."""
     data = source.get("data", {}) if isinstance(source.get("data"), dict) else {}
     path = data.get("path", "data")
     for split_key, our_key, fallback in (("train_split", "data.train", "train"), ("valid_split", "data.validation", None)):
@@ -168,6 +185,9 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
     elif column not in (MISSING, "messages"):
         set_path(ours, "data.columns.messages", column)
 
+
+def _translate_method(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """params.peft and params.quantization -> training.method; params.block_size -> data.max_seq_length."""
     params = source.get("params", {}) if isinstance(source.get("params"), dict) else {}
     if params.get("peft", False):
         quantization = params.get("quantization", "int4")
@@ -185,6 +205,9 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         set_path(ours, "data.max_seq_length", block)
         origin["data.max_seq_length"] = "params.block_size"
 
+
+def _translate_hub(source: dict, ours: dict, origin: dict[str, str]) -> list[str]:
+    """hub.push_to_hub -> output.push_to_hub; a token is never copied (notices say so)."""
     hub = source.get("hub", {}) if isinstance(source.get("hub"), dict) else {}
     if hub.get("push_to_hub"):
         username = str(hub.get("username") or "")
@@ -193,15 +216,20 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         set_path(ours, "output.push_to_hub", {"repo_id": f"{username or 'YOUR-NAME'}/{source.get('project_name', 'model')}"})
         origin["output.push_to_hub"] = "hub.push_to_hub"
     if hub.get("token"):
-        notices.append("hub.token is not copied: trainer reads the token from the HF_TOKEN environment variable only.")
+        return ["hub.token is not copied: trainer reads the token from the HF_TOKEN environment variable only."]
+    return []
 
+
+def _unused_keys(source: dict) -> list[str]:
+    """A notice for each AutoTrain key trainer does not use, and why."""
     known = {f.autotrain for f in FIELDS}
+    notices = []
     for key in _leaves(source):
         if key in IGNORED:
             notices.append(f"AutoTrain's {key} is not used: {IGNORED[key]}.")
         elif key not in known and not key.startswith(("data.column_mapping.", "hub.")):
             notices.append(f"AutoTrain's {key} has no trainer equivalent and is not used.")
-    return ours, notices, origin
+    return notices
 
 
 def _data_ref(path: str, split: str) -> str:

@@ -296,7 +296,7 @@ AUTOTRAIN_VENV = cache_dir() / "autotrain-0.8.36"
 
 @pytest.fixture(scope="module")
 def autotrain_python():
-    from trainer.backends.autotrain import environment_problem
+    from trainer.backends.autotrain_env import environment_problem
 
     python = AUTOTRAIN_VENV / "bin" / "python"
     if environment_problem(python) is not None:
@@ -346,7 +346,7 @@ def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(
     )
     import subprocess
 
-    from trainer.backends.autotrain import _child_env
+    from trainer.backends.autotrain_env import child_env as _child_env
 
     done = subprocess.run([str(autotrain_python), "-c", script], capture_output=True, text=True, env=_child_env(autotrain_python), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

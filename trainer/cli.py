@@ -331,8 +331,9 @@ def _download_demo_model(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import yaml
 
-    from trainer.backends.autotrain import VERSION, differences, export, mixed_precision_for, prepare_handover
+    from trainer.backends.autotrain import VERSION, mixed_precision_for, prepare_handover
     from trainer.config import load_config
+    from trainer.config.autotrain import differences, export
     from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)
@@ -359,7 +360,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from trainer.backends.autotrain import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
+    from trainer.backends.autotrain_env import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
 
     if args.action == "setup":
         if args.backend != "autotrain":

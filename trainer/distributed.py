@@ -8,6 +8,17 @@ process then finds its rank in the environment, and only the main one writes
 the run directory. A stop (Ctrl-C, SIGTERM) reaches every process, which
 checkpoint together and exit with status 2.
 
+Why not torchrun on CPUs (measured 2026-12-01, two ddp processes of the tiny
+test model on 2 shared cores, SIGTERM to the launcher after 8 steps, as the UI's
+Stop does): `python -m torch.distributed.run --nproc-per-node 2 -m trainer`
+saved the checkpoint but exited with status 1 and printed a SignalException
+traceback (its agent turns the signal into an exception); `run_local_processes`
+exits with status 2, the stop said once and no traceback. Reaching step 8 took
+22.3 s against 26.5 s, within the noise of the shared machine. Calling torchrun's
+`run()` in-process, catching its SignalException and ChildFailedError, with
+--shutdown-timeout above a checkpoint's time, is the way to reuse it; that
+needs the distributed stop tests run again, which this change did not have time for.
+
 ddp is accelerate's: every process holds the whole model. fsdp is trainer's own,
 with PyTorch's FSDP2 (`fully_shard`, `shard_model` below) on GPUs and CPUs alike:
 each decoder layer (the model's `_no_split_modules` class) is one unit, and

@@ -268,12 +268,7 @@ def train_loop(run: Run) -> TrainState:
 
             elapsed = seconds_before + time.perf_counter() - started
             speed = (state.trained_tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-            if run.metrics is not None:  # the main process's
-                if state.step % cfg.logging.log_every == 0 or state.step == run.total_steps:
-                    run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(len(plan), 1), 4),
-                                      loss=step_loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
-                                      trained_tokens_per_second=round(speed, 2), total_steps=run.total_steps)
-                progress.update(state, step_loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
+            _report_step(run, progress, len(plan), step_loss, speed, elapsed)
 
             last = state.step >= run.total_steps
             if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
@@ -284,6 +279,18 @@ def train_loop(run: Run) -> TrainState:
                 raise StopRequested()
     state.seconds = seconds_before + time.perf_counter() - started
     return state
+
+
+def _report_step(run: Run, progress: Progress, batches_in_epoch: int, loss: float, speed: float, elapsed: float) -> None:
+    """metrics.jsonl every logging.log_every steps and the progress line (main process only)."""
+    state = run.state
+    if run.metrics is None:
+        return
+    if state.step % run.config.logging.log_every == 0 or state.step == run.total_steps:
+        run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(batches_in_epoch, 1), 4),
+                          loss=loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
+                          trained_tokens_per_second=round(speed, 2), total_steps=run.total_steps)
+    progress.update(state, loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
 
 
 def save_checkpoint(run: Run, name: str, seconds: float | None) -> None:

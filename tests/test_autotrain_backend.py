@@ -452,3 +452,14 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
     while _processes_in(work) and time.time() < deadline:
         time.sleep(0.2)
     assert _processes_in(work) == []
+
+
+def test_validate_refuses_what_the_run_would_refuse(tmp_path):
+    """`trainer validate` says what `trainer --config` would refuse before loading anything: AutoTrain's differences."""
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   "training: {method: dora, epochs: 1}\nbackend: {name: autotrain}\n")
+    result = run_trainer("validate", "--config", str(cfg))
+    assert result.returncode == 2 and "training.method" in result.stderr and "allow_differences: true" in result.stderr
+    allowed = run_trainer("validate", "--config", str(cfg), "--set", "backend.autotrain.allow_differences=true")
+    assert allowed.returncode == 0, allowed.stderr

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
+.PHONY: install demo test lint bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
 
 install: $(STAMP)
 
@@ -25,11 +25,16 @@ demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
 
-test: $(STAMP) chromium go
+test: $(STAMP) chromium go lint
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(VENV)/bin/trainer backends setup llama.cpp
 	$(PY) -m pytest
+
+# Static checks (a few seconds): ruff (mistakes, import order) and mypy over trainer/ (settings in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trainer ui
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/validate_startup.py

@@ -81,7 +81,7 @@ def run_bare(steps: int, work: Path) -> dict:
 
     from trainer.config import parse_config
     from trainer.data.pipeline import prepare_data
-    from trainer.loop import LossOnTrainedTokens, adapters_take_autocast_inputs, collate, epoch_plan, trained_in
+    from trainer.loop import Batching, LossOnTrainedTokens, adapters_take_autocast_inputs, trained_in
     from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
 
     config = parse_config(config_text(work / "bare-run", steps))
@@ -91,8 +91,9 @@ def run_bare(steps: int, work: Path) -> dict:
     module = LossOnTrainedTokens(model).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     batches, epoch = [], 0
+    batching = Batching.of(config, tokenizer.pad_token_id)
     while len(batches) < steps * ACCUM:
-        batches += [collate(b, config, tokenizer.pad_token_id, False) for b in epoch_plan(data.train, config, epoch)]
+        batches += [batching.collate(b) for b in batching.plan(data.train, epoch)]
         epoch += 1
     batches = batches[: steps * ACCUM]
     tokens = sum(trained_in(b) for b in batches)

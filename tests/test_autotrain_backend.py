@@ -296,7 +296,7 @@ AUTOTRAIN_VENV = cache_dir() / "autotrain-0.8.36"
 
 @pytest.fixture(scope="module")
 def autotrain_python():
-    from trainer.backends.autotrain import environment_problem
+    from trainer.backends.autotrain_env import environment_problem
 
     python = AUTOTRAIN_VENV / "bin" / "python"
     if environment_problem(python) is not None:
@@ -346,7 +346,7 @@ def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(
     )
     import subprocess
 
-    from trainer.backends.autotrain import _child_env
+    from trainer.backends.autotrain_env import child_env as _child_env
 
     done = subprocess.run([str(autotrain_python), "-c", script], capture_output=True, text=True, env=_child_env(autotrain_python), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -452,3 +452,14 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
     while _processes_in(work) and time.time() < deadline:
         time.sleep(0.2)
     assert _processes_in(work) == []
+
+
+def test_validate_refuses_what_the_run_would_refuse(tmp_path):
+    """`trainer validate` says what `trainer --config` would refuse before loading anything: AutoTrain's differences."""
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   "training: {method: dora, epochs: 1}\nbackend: {name: autotrain}\n")
+    result = run_trainer("validate", "--config", str(cfg))
+    assert result.returncode == 2 and "training.method" in result.stderr and "allow_differences: true" in result.stderr
+    allowed = run_trainer("validate", "--config", str(cfg), "--set", "backend.autotrain.allow_differences=true")
+    assert allowed.returncode == 0, allowed.stderr

@@ -471,3 +471,19 @@ def test_the_results_tab_offers_the_gguf_and_modelfile_and_the_serve_command(tmp
     assert [Path(f).name for f in files] == ["r-q8_0.gguf", "Modelfile"]
     assert all(Path(f).is_file() and str(app.ws.root / ".ui-downloads") in f for f in files)
     assert "ollama create r -f Modelfile" in how
+
+
+def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
+    """Not from the printed log: progress from metrics.jsonl, stopped/failed from the exit code and the Stop request."""
+    from ui.jobs import Job, JobManager, outcome
+
+    assert outcome(0, False) == "finished" and outcome(0, True) == "finished"
+    assert outcome(2, True) == "stopped" and outcome(2, False) == "failed" and outcome(None, True) == "failed"
+    jobs = JobManager(tmp_path)
+    (jobs.root / "j1").mkdir()
+    jobs._save(Job("j1", "train", "c.yaml", "run", status="finished"))
+    assert jobs.progress("j1") is None
+    (tmp_path / "run").mkdir()
+    rows = [{"step": 2, "loss": 1.0, "total_steps": 8}, {"step": 2, "eval_loss": 0.9}]
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert jobs.progress("j1") == (2, 8)

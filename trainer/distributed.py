@@ -8,6 +8,17 @@ process then finds its rank in the environment, and only the main one writes
 the run directory. A stop (Ctrl-C, SIGTERM) reaches every process, which
 checkpoint together and exit with status 2.
 
+Why not torchrun on CPUs (measured 2026-12-01, two ddp processes of the tiny
+test model on 2 shared cores, SIGTERM to the launcher after 8 steps, as the UI's
+Stop does): `python -m torch.distributed.run --nproc-per-node 2 -m trainer`
+saved the checkpoint but exited with status 1 and printed a SignalException
+traceback (its agent turns the signal into an exception); `run_local_processes`
+exits with status 2, the stop said once and no traceback. Reaching step 8 took
+22.3 s against 26.5 s, within the noise of the shared machine. Calling torchrun's
+`run()` in-process, catching its SignalException and ChildFailedError, with
+--shutdown-timeout above a checkpoint's time, is the way to reuse it; that
+needs the distributed stop tests run again, which this change did not have time for.
+
 ddp is accelerate's: every process holds the whole model. fsdp is trainer's own,
 with PyTorch's FSDP2 (`fully_shard`, `shard_model` below) on GPUs and CPUs alike:
 each decoder layer (the model's `_no_split_modules` class) is one unit, and
@@ -27,6 +38,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from trainer.config import Config
 from trainer.errors import UserError
@@ -54,7 +66,7 @@ def num_processes(config: Config, gpus: int) -> int:
     return wanted
 
 
-def shard_model(module, model):
+def shard_model(module: Any, model: Any) -> Any:
     """FSDP: shard `module` (the loss wrapper around `model`) across the processes, one unit per decoder layer.
 
     Every process keeps 1/N of each weight, its gradient and its optimizer state, and gathers a layer's weights only
@@ -126,7 +138,7 @@ def zero3_loading(config: Config, mixed_precision: str) -> dict | None:
     return settings
 
 
-def deepspeed_engine(loss_module, optimizer, config: Config, mixed_precision: str):
+def deepspeed_engine(loss_module: Any, optimizer: Any, config: Config, mixed_precision: str) -> Any:
     """Hand the loss wrapper and its optimizer to DeepSpeed; returns the engine (it also holds the wrapped optimizer).
 
     The engine casts the model to the run's bf16/fp16 and keeps float32 master weights in the optimizer; it reuses the
@@ -236,7 +248,7 @@ def run_together(children: list) -> int:
     import signal
     import time
 
-    def stop_all(signum=None, frame=None):
+    def stop_all(signum: int | None = None, frame: Any = None) -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

@@ -1,44 +1,83 @@
-"""A run's lifecycle: check the machine, pick the backend, train, report where the result is."""
+"""A run's lifecycle: check the machine, pick the backend, train, and say what came of it (a `RunResult`).
+
+Exit codes of `trainer --config` (trainer/errors.py, README.md; the UI reads them):
+  0    EXIT_OK: the run finished (or, in a launching or non-main process, its part of it did)
+  2    EXIT_BAD_INPUT: a problem with the config, the data or the machine, said before or during the run; also
+       EXIT_STOPPED: a stop (Ctrl-C, SIGTERM) ended the run after saving a checkpoint (continue it with --resume)
+  130  EXIT_INTERRUPTED: a second Ctrl-C ended the run at once, without a checkpoint
+A stop and a problem share status 2 (scripts and tests written against trainer expect 2 for both); the UI tells
+them apart by whether it asked for the stop.
+"""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import distributed
-from trainer.backends import get_backend
+from trainer.backends import Backend, get_backend
 from trainer.config import Config
 from trainer.config.rules import check_hardware
-from trainer.errors import Problem, UserError
+from trainer.errors import EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
 from trainer.hardware import Hardware
+from trainer.rundir import RunSummary
 
 
-def preflight(config: Config, config_file: str):
+@dataclass(frozen=True)
+class RunResult:
+    """What came of `run`, for the CLI (and anything else that starts runs in-process)."""
+
+    run_dir: Path
+    stopped: bool = False  # a stop ended it after a checkpoint; `message` says where and how to go on
+    message: str = ""
+    reports: bool = True  # this process speaks for the run: not a non-main rank, nor the process that launched them
+    summary: RunSummary | None = None  # summary.json of a finished run, as this process wrote it
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_STOPPED if self.stopped else EXIT_OK
+
+
+def problems_before_running(config: Config, config_file: str, machine: bool = True) -> list[Problem]:
+    """Everything that can be known without loading a model: this machine's (`machine`) and the backend's."""
+    found = check_hardware(config, Hardware.detect()) if machine else []
+    backend = get_backend(config.backend.name)
+    if machine and not found:
+        found += backend.check_machine(config)
+    found += backend.check(config)
+    return [Problem(message, ".".join(map(str, path)), config_file) for path, message in found]
+
+
+def preflight(config: Config, config_file: str) -> Backend:
     """Everything that can be known before loading a model, checked before loading it."""
-    found = check_hardware(config, Hardware.detect())
-    backend = None if found else get_backend(config.backend.name)
-    found += backend.check(config) if backend else []
-    if found:
-        problems = [Problem(message, ".".join(map(str, path)), config_file) for path, message in found]
+    problems = problems_before_running(config, config_file)
+    if problems:
         raise UserError(problems, title=f"{config_file}: {len(problems)} problem(s) with running this config here; nothing was run.")
-    return backend
+    return get_backend(config.backend.name)
 
 
-def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> Path:
+def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> RunResult:
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
     if config.distributed.strategy != "none" and not distributed.is_launched():
-        return _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
-    run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
-    if config.evaluation.after_training and distributed.is_main_process():
+        _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
+        return RunResult(run_dir, reports=False)  # the launched processes did the run and said how it went
+    try:
+        run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
+    except RunStopped as stop:
+        return RunResult(run_dir, stopped=True, message=stop.render(), reports=distributed.is_main_process())
+    if not distributed.is_main_process():
+        return RunResult(run_dir, reports=False)
+    if config.evaluation.after_training:
         from trainer.evaluation.report import write_report
         from trainer.evaluation.runner import evaluate_run
 
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
         print(write_report(run_dir, evaluation, config))
-    return run_dir
+    return RunResult(run_dir, summary=RunSummary.read(run_dir))
 
 
-def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
+def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:
     """Start one trainer process per device with the same arguments, and wait for them (they do the whole run)."""
     import torch
 
@@ -56,5 +95,3 @@ def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> Path:
         code = distributed.run_local_processes(processes, argv)
     if code != 0:
         sys.exit(code if code > 0 else 2)  # the processes have said what went wrong
-    return run_dir
-

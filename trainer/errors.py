@@ -1,10 +1,17 @@
 """Problems with what the user gave us, and the one exception that carries them.
 
 A `UserError` is printed as its problems, never as a traceback, and the CLI exits 2.
+A `RunStopped` is the run ending on a stop that was asked for (engine.run reports it as its outcome).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Exit codes of `trainer` (README.md, "Exit codes"); the UI reads them.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # a problem with the config, the data or the machine; nothing (more) was run
+EXIT_STOPPED = 2  # a stop (Ctrl-C, SIGTERM) ended the run after saving a checkpoint; --resume continues it
+EXIT_INTERRUPTED = 130  # a second Ctrl-C ended the run at once
 
 
 @dataclass(frozen=True)
@@ -48,3 +55,7 @@ class UserError(Exception):
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more problems")
         return "\n".join(lines)
+
+
+class RunStopped(UserError):
+    """A stop (Ctrl-C, SIGTERM) ended the run as asked; the message says what was kept and how to go on."""

@@ -18,7 +18,6 @@ class Hardware:
     cuda: bool
     cuda_bf16: bool
     mps: bool
-    exact: bool  # False for a guess made without importing torch
 
     @classmethod
     def detect(cls) -> "Hardware":
@@ -29,14 +28,13 @@ class Hardware:
             cuda=cuda,
             cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
             mps=bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-            exact=True,
         )
 
     @classmethod
     def guess(cls) -> "Hardware":
         cuda = os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
         mps = platform.system() == "Darwin" and platform.machine() == "arm64"
-        return cls(cuda=cuda, cuda_bf16=cuda, mps=mps, exact=False)
+        return cls(cuda=cuda, cuda_bf16=cuda, mps=mps)
 
     def device(self, wanted: str = "auto") -> str:
         if wanted != "auto":

@@ -15,13 +15,20 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from trainer import checkpoint
+from trainer.config import Config
 from trainer.data.batching import collate_packed, collate_padded, length_grouped_batches, pack_examples
 from trainer.data.tokenize import IGNORE, Tokenized
 from trainer.distributed import is_main_process
+from trainer.rundir import eval_perplexity
+
+if TYPE_CHECKING:
+    from trainer.recipe import Run
 
 
 class LossOnTrainedTokens(nn.Module):
@@ -40,7 +47,8 @@ class LossOnTrainedTokens(nn.Module):
         checkpointing = "is_activation_checkpointing" if hasattr(type(causal_lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
         self.choose_kernel = not getattr(causal_lm, checkpointing, False)
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with attention_kernel_for(input_ids) if self.choose_kernel else contextlib.nullcontext():
             hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state  # a KV cache only helps generation
@@ -54,7 +62,7 @@ class LossOnTrainedTokens(nn.Module):
 SHORT_ROWS_ON_CPU = 160
 
 
-def attention_kernel_for(input_ids):
+def attention_kernel_for(input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
     """On CPU, PyTorch's plain (math) attention kernel for rows of up to SHORT_ROWS_ON_CPU tokens, its flash kernel above.
 
     The CPU flash kernel's backward is slow on short rows: forward + backward of one SmolLM2 layer's attention
@@ -84,34 +92,48 @@ class TrainState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     last_eval_loss: float | None = None
-    history: list = field(default_factory=list)  # (step, loss) of every optimizer step
+    history: list[list] = field(default_factory=list)  # (step, loss) of every optimizer step
 
 
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved."""
 
 
-def shard(plan: list, accelerator) -> list:
+def shard(plan: list, accelerator: Any) -> list:
     """This process's share of an epoch's micro-batches; every process gets the same number (collectives must match)."""
     n = accelerator.num_processes
     usable = len(plan) - len(plan) % n if len(plan) >= n else len(plan)
     return plan[:usable][accelerator.process_index :: n]
 
 
-def epoch_plan(examples: list[Tokenized], config, epoch: int) -> list[list]:
-    """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
-    t, d = config.training, config.data
-    lengths = [len(e.input_ids) for e in examples]
-    if d.packing:
-        rows = [[examples[i] for i in row] for row in pack_examples(lengths, d.max_seq_length, t.seed, epoch)]
-        return [rows[i : i + t.batch_size] for i in range(0, len(rows), t.batch_size)]
-    return [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, t.batch_size, t.seed, epoch)]
+@dataclass(frozen=True)
+class Batching:
+    """How examples become micro-batches and tensors: all that training and evaluation need of the config for it."""
 
+    batch_size: int
+    seed: int
+    packing: bool
+    max_seq_length: int
+    pad_id: int
+    flash: bool  # flash-attention separates packed examples by their position ids, so no 4-D mask is made
 
-def collate(batch: list, config, pad_id: int, flash: bool) -> dict:
-    if config.data.packing:
-        return collate_packed(batch, pad_id, with_mask=not flash)
-    return collate_padded(batch, pad_id)
+    @classmethod
+    def of(cls, config: Config, pad_id: int) -> Batching:
+        return cls(config.training.batch_size, config.training.seed, config.data.packing, config.data.max_seq_length,
+                   pad_id, config.model.attn_implementation == "flash_attention_2")
+
+    def plan(self, examples: list[Tokenized], epoch: int) -> list[list]:
+        """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
+        lengths = [len(e.input_ids) for e in examples]
+        if self.packing:
+            rows = [[examples[i] for i in row] for row in pack_examples(lengths, self.max_seq_length, self.seed, epoch)]
+            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        return [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
+
+    def collate(self, batch: list) -> dict:
+        if self.packing:
+            return collate_packed(batch, self.pad_id, with_mask=not self.flash)
+        return collate_padded(batch, self.pad_id)
 
 
 def trained_in(batch: dict) -> int:
@@ -141,12 +163,12 @@ class Progress:
 class SignalGuard:
     """The first SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one stops at once."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
         self._first = 0.0
-        self._previous = {}
+        self._previous: dict = {}
 
-    def __enter__(self):
+    def __enter__(self) -> SignalGuard:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -154,7 +176,7 @@ class SignalGuard:
                 pass
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             if time.monotonic() - self._first > 2:  # within 2 s it is the same stop arriving twice (terminal and launcher)
                 raise KeyboardInterrupt
@@ -163,26 +185,27 @@ class SignalGuard:
         if is_main_process():
             print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        return False
 
 
-def evaluate(run, examples: list[Tokenized]) -> float | None:
-    """Mean loss per trained token over `examples` (None without a validation set)."""
+def evaluate(module: nn.Module, examples: list[Tokenized], accelerator: Any, batching: Batching) -> float | None:
+    """Mean loss per trained token of `module` (a LossOnTrainedTokens, unwrapped) over `examples`; None without any.
+
+    Every process of a run calls it and gets the same number."""
     if not examples:
         return None
-    acc = run.accelerator
-    module = acc.unwrap_model(run.loss_module).eval()  # no DDP wrapper: evaluation needs no gradient sync
-    plan = epoch_plan(examples, run.config, epoch=0)
+    acc = accelerator
+    module.eval()
+    plan = batching.plan(examples, epoch=0)
     mine = plan[acc.process_index :: acc.num_processes]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     with torch.no_grad():
         # every process runs as many batches (fsdp gathers each layer's weights together); a short share repeats one uncounted
         for i in range(math.ceil(len(plan) / acc.num_processes)):
             batch = mine[i] if i < len(mine) else plan[0]
-            tensors = {k: v.to(acc.device) for k, v in collate(batch, run.config, run.pad_id, run.flash).items()}
+            tensors = {k: v.to(acc.device) for k, v in batching.collate(batch).items()}
             with acc.autocast():
                 loss_sum, count = module(**tensors)
             if i < len(mine):
@@ -192,7 +215,7 @@ def evaluate(run, examples: list[Tokenized]) -> float | None:
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
-def adapters_take_autocast_inputs(model, autocast: bool):
+def adapters_take_autocast_inputs(model: nn.Module, autocast: bool) -> contextlib.AbstractContextManager:
     """Under autocast, stop peft from casting each adapter's input up to the adapter's float32 dtype.
 
     autocast casts it straight back to bf16/fp16 for the matmul (the same numbers), but the copy kept for
@@ -206,9 +229,9 @@ def adapters_take_autocast_inputs(model, autocast: bool):
     return disable_input_dtype_casting(model)
 
 
-def train_loop(run) -> TrainState:
+def train_loop(run: Run) -> TrainState:
     """Train from run.state to run.total_steps (or an early stop), checkpointing on the way."""
-    cfg, acc, state = run.config, run.accelerator, run.state
+    cfg, acc, state, strategy = run.config, run.accelerator, run.state, run.strategy
     t = cfg.training
     progress = Progress(run.total_steps, cfg.logging.log_every)
     started, tokens_at_start, seconds_before = time.perf_counter(), state.trained_tokens, state.seconds
@@ -217,22 +240,18 @@ def train_loop(run) -> TrainState:
     with SignalGuard() as guard, adapters_take_autocast_inputs(run.model, acc.mixed_precision != "no"):
         while state.step < run.total_steps and not state.stopped_early:
             if state.epoch not in plans:
-                plans = {state.epoch: shard(epoch_plan(run.data.train, cfg, state.epoch), acc)}
+                plans = {state.epoch: shard(run.batching.plan(run.data.train, state.epoch), acc)}
             plan = plans[state.epoch]
             window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
-            batches = [{k: v.to(acc.device) for k, v in collate(b, cfg, run.pad_id, run.flash).items()} for b in window]
+            batches = [{k: v.to(acc.device) for k, v in run.batching.collate(b).items()} for b in window]
             window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()
 
             loss_total = 0.0
             for i, batch in enumerate(batches):
                 # sum over the window / trained tokens in the window; DDP and ZeRO average over processes, so scale back up
                 scale = acc.num_processes / max(window_tokens, 1)
-                loss_total += backward(run, batch, scale, last=i == len(batches) - 1)
-            if run.engine is None:  # DeepSpeed's engine clipped and stepped at the window's last micro-batch
-                if t.max_grad_norm > 0:
-                    acc.clip_grad_norm_(run.trainable, t.max_grad_norm)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
+                loss_total += strategy.backward(run.loss_module, batch, scale, last=i == len(batches) - 1)
+            strategy.step(run.optimizer, run.trainable, t.max_grad_norm)
             run.scheduler.step()
 
             state.step += 1
@@ -249,44 +268,48 @@ def train_loop(run) -> TrainState:
 
             elapsed = seconds_before + time.perf_counter() - started
             speed = (state.trained_tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-            if acc.is_main_process:
-                if state.step % cfg.logging.log_every == 0 or state.step == run.total_steps:
-                    run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(len(plan), 1), 4),
-                                      loss=step_loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
-                                      trained_tokens_per_second=round(speed, 2))
-                progress.update(state, step_loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
+            _report_step(run, progress, len(plan), step_loss, speed, elapsed)
 
             last = state.step >= run.total_steps
             if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
                 _evaluate_and_track(run, progress)
             if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or stop:
-                run.save_checkpoint(f"step-{state.step}", elapsed)
+                save_checkpoint(run, f"step-{state.step}", elapsed)
             if stop:
                 raise StopRequested()
     state.seconds = seconds_before + time.perf_counter() - started
     return state
 
 
-def backward(run, batch: dict, scale: float, last: bool) -> float:
-    """Forward and backward one micro-batch of an accumulation window (the gradients synchronise at the `last`);
-    returns its summed loss."""
-    if run.engine is not None:
-        run.engine.set_gradient_accumulation_boundary(last)  # the loop's windows, not a fixed count: an epoch's last is shorter
-        loss_sum, _ = run.engine(**batch)
-        run.engine.backward(loss_sum * scale, scale_wrt_gas=False)
-        run.engine.step()  # at the boundary: clip, step the optimizer, zero the gradients; before it, only counts
-        return loss_sum.item()
-    acc = run.accelerator
-    with acc.no_sync(run.loss_module) if not last else contextlib.nullcontext():
-        with acc.autocast():
-            loss_sum, _ = run.loss_module(**batch)
-        acc.backward(loss_sum * scale)
-    return loss_sum.item()
+def _report_step(run: Run, progress: Progress, batches_in_epoch: int, loss: float, speed: float, elapsed: float) -> None:
+    """metrics.jsonl every logging.log_every steps and the progress line (main process only)."""
+    state = run.state
+    if run.metrics is None:
+        return
+    if state.step % run.config.logging.log_every == 0 or state.step == run.total_steps:
+        run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(batches_in_epoch, 1), 4),
+                          loss=loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
+                          trained_tokens_per_second=round(speed, 2), total_steps=run.total_steps)
+    progress.update(state, loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
 
 
-def _evaluate_and_track(run, progress: Progress) -> None:
+def save_checkpoint(run: Run, name: str, seconds: float | None) -> None:
+    """checkpoints/<name> of the run as it is now; every process calls it (the strategy gathers what they hold)."""
+    if seconds is not None:
+        run.state.seconds = seconds
+    run.accelerator.wait_for_everyone()
+    weights, optimizer_state, staged = run.strategy.checkpoint_state(run.model, run.optimizer, run.run_dir, name)
+    if run.accelerator.is_main_process:
+        checkpoint.save_checkpoint(run.run_dir, name, weights, optimizer_state, run.scheduler,
+                                   state_to_json(run.state), run.config.to_yaml(), staged)
+        if name.startswith("step-"):
+            checkpoint.prune(run.run_dir, run.config.training.keep_last)
+    run.accelerator.wait_for_everyone()
+
+
+def _evaluate_and_track(run: Run, progress: Progress) -> None:
     state, stopping = run.state, run.config.training.early_stopping
-    eval_loss = evaluate(run, run.data.validation)
+    eval_loss = evaluate(run.strategy.eval_module(run.loss_module), run.data.validation, run.accelerator, run.batching)
     if eval_loss is None:
         return
     state.last_eval_loss = eval_loss
@@ -294,12 +317,12 @@ def _evaluate_and_track(run, progress: Progress) -> None:
     if improved:
         state.best_eval_loss, state.best_step, state.evals_without_improvement = eval_loss, state.step, 0
         if stopping:
-            run.save_checkpoint("best", None)
+            save_checkpoint(run, "best", None)
     else:
         state.evals_without_improvement += 1
-    if run.accelerator.is_main_process:
-        run.metrics.write(step=state.step, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
-        progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+    if run.metrics is not None:
+        run.metrics.write_eval(state.step, eval_loss)
+        progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {eval_perplexity(eval_loss):.2f})")
     if stopping and state.evals_without_improvement >= stopping.patience:
         state.stopped_early = True  # in every process (each saw the same loss); said by the main one
         if run.accelerator.is_main_process:

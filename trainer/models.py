@@ -4,8 +4,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from trainer.config import Config
 from trainer.errors import UserError
 
 
@@ -22,7 +25,7 @@ def _gguf_cache(path: Path, what: str = "tokenizer") -> Path:
     return cache_dir() / f"gguf-{what}s" / f"{path.stem}-{key}"
 
 
-def _save_once(obj, final: Path) -> None:
+def _save_once(obj: Any, final: Path) -> None:
     """save_pretrained into a temporary folder, then rename: a killed save never looks finished."""
     import shutil
 
@@ -35,7 +38,7 @@ def _save_once(obj, final: Path) -> None:
         os.replace(partial, final)
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(os.path.expanduser(name_or_path))
@@ -85,7 +88,7 @@ def native_bf16(device: str) -> bool:
     return False
 
 
-def torch_dtype(config, device: str):
+def torch_dtype(config: Config, device: str) -> Any:
     """The dtype the base weights are loaded in: model.dtype, or for auto, bf16 where the device computes in bf16
     natively (frozen weights only: a full fine-tune keeps float32 weights on a CPU), else float32."""
     import torch
@@ -97,7 +100,7 @@ def torch_dtype(config, device: str):
     return torch.float32
 
 
-def mixed_precision(config, device: str) -> str:
+def mixed_precision(config: Config, device: str) -> str:
     """accelerate's mixed_precision for training.precision; auto is bf16 where the device computes in it natively."""
     precision = config.training.precision
     if precision == "auto":
@@ -124,7 +127,7 @@ def dequantised_gguf(path: Path) -> Path:
     return cached
 
 
-def load_model(config, device: str, zero3: dict | None = None):
+def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora).
 
     `zero3`: a DeepSpeed ZeRO-3 configuration. The model is then built partitioned across the processes
@@ -150,6 +153,7 @@ def load_model(config, device: str, zero3: dict | None = None):
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     path = Path(os.path.expanduser(m.name_or_path))
+    source: str | Path
     try:
         if is_gguf(m.name_or_path):
             source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs
@@ -167,7 +171,7 @@ def load_model(config, device: str, zero3: dict | None = None):
 
 
 @contextlib.contextmanager
-def _built_partitioned(zero3: dict | None):
+def _built_partitioned(zero3: dict | None) -> Iterator[None]:
     """While this lasts, transformers builds and loads models partitioned by ZeRO-3 (it looks for a live
     HfDeepSpeedConfig); after it, a model loads whole again (the merge after training loads a fresh base)."""
     if zero3 is None:
@@ -183,7 +187,7 @@ def _built_partitioned(zero3: dict | None):
         unset_hf_deepspeed_config()
 
 
-def add_adapter(model, config):
+def add_adapter(model: Any, config: Config) -> Any:
     """Wrap the model for the configured method: LoRA/DoRA/QLoRA adapters through peft, or every weight trainable."""
     t = config.training
     if t.gradient_checkpointing:

@@ -1,14 +1,73 @@
-"""What a run leaves behind: metrics.jsonl, loss.png, the model card, and the measured throughput."""
+"""What a run leaves behind: summary.json, metrics.jsonl, loss.png, the model card, and the measured throughput.
+
+Both backends write these files through the classes and functions here, so a
+metric has one name whichever backend trained.
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer import __version__
 from trainer.config import Config
+from trainer.errors import UserError
+
+SUMMARY_FILE = "summary.json"
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+@dataclass
+class RunSummary:
+    """summary.json: what a finished run did, the same names for every backend."""
+
+    backend: str  # which backend trained (backend.name)
+    steps: int  # optimizer steps taken
+    epochs: float  # passes over the training data, with the fraction of the last
+    final_train_loss: float | None  # per trained token, of the last step
+    final_eval_loss: float | None  # on the validation set, at the end
+    best_eval_loss: float | None
+    best_step: int | None  # the step of best_eval_loss
+    stopped_early: bool
+    trained_tokens: int  # tokens in the loss, over the whole run
+    train_seconds: float
+    trained_tokens_per_second: float
+    finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def __post_init__(self) -> None:
+        self.epochs = round(self.epochs, 3)
+        self.final_train_loss = _rounded(self.final_train_loss, 4)
+        self.final_eval_loss = _rounded(self.final_eval_loss, 4)
+        self.best_eval_loss = _rounded(self.best_eval_loss, 4)
+        self.train_seconds = round(self.train_seconds, 1)
+        self.trained_tokens_per_second = round(self.trained_tokens_per_second, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, run_dir: Path) -> None:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunSummary | None:
+        """The summary of a finished run, or None (no summary.json, or one written before `backend` was in it)."""
+        try:
+            return cls(**json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def eval_perplexity(eval_loss: float) -> float:
+    """exp(loss per trained token), capped where it would overflow."""
+    return math.exp(min(eval_loss, 50))
 
 
 class MetricsLog:
@@ -17,7 +76,7 @@ class MetricsLog:
     With `tensorboard=True` the same numbers also go to TensorBoard event files in <run>/tensorboard.
     """
 
-    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool = False):
+    def __init__(self, path: Path, resume_step: int | None, tensorboard: bool = False) -> None:
         self.path = path
         self.board = None
         if tensorboard:
@@ -31,23 +90,41 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
-    def write(self, **row) -> None:
+    def write(self, **row: Any) -> None:
         row = {"time": round(time.time(), 3), **row}
         self.rows.append(row)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.board is not None:
             for key, value in row.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)):
+                if key not in ("step", "time", "total_steps") and isinstance(value, (int, float)):
                     self.board.add_scalar(key if key.startswith("eval") else f"train/{key}", value, row["step"])
             self.board.flush()
+
+    def write_eval(self, step: int, eval_loss: float) -> None:
+        """A validation row: its loss per trained token and the perplexity from it."""
+        self.write(step=step, eval_loss=eval_loss, eval_perplexity=eval_perplexity(eval_loss))
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         points = [(r["step"], r[key]) for r in self.rows if key in r]
         return [p[0] for p in points], [p[1] for p in points]
 
 
-def write_merged(run_dir: Path, adapted_model, tokenizer) -> None:
+def guard_run_dir(run_dir: Path, resume: bool) -> None:
+    """Clear what a killed save left, and refuse to overwrite an earlier run silently."""
+    from trainer import checkpoint
+
+    checkpoint.remove_partial_saves(run_dir)
+    if resume:
+        return
+    if checkpoint.complete_checkpoints(run_dir) or (run_dir / "model").exists():
+        raise UserError(
+            f"output.dir {run_dir} already holds a run. Add --resume (or resume: auto) to continue it, "
+            "or choose another output.dir (e.g. --set output.dir=runs/new) to start fresh."
+        )
+
+
+def write_merged(run_dir: Path, adapted_model: Any, tokenizer: Any) -> None:
     """<run>/merged: `adapted_model` (a peft model) with its adapter folded into the base weights."""
     merged = adapted_model.merge_and_unload()
     shutil.rmtree(run_dir / "merged", ignore_errors=True)
@@ -86,7 +163,7 @@ def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
     plt.close(fig)
 
 
-def write_model_card(run_dir: Path, config: Config, summary: dict) -> None:
+def write_model_card(run_dir: Path, config: Config, summary: RunSummary) -> None:
     t = config.training
     adapter = t.method != "full"
     base = config.model.name_or_path
@@ -98,7 +175,7 @@ def write_model_card(run_dir: Path, config: Config, summary: dict) -> None:
         else "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         "model = AutoModelForCausalLM.from_pretrained(\"model\")\ntokenizer = AutoTokenizer.from_pretrained(\"model\")\n```"
     )
-    final = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    final = "\n".join(f"| {k} | {v} |" for k, v in summary.to_dict().items() if not isinstance(v, (dict, list)))
     text = f"""---
 library_name: {"peft" if adapter else "transformers"}
 base_model: {base}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.patterns import get_path, set_path
+
 GROUPS = {"model": "Model", "data": "Data", "training": "Training", "output": "Output", "backend": "Backend",
           "evaluation": "Evaluation", "logging": "Output", "resume": "Output", "distributed": "Backend"}
 
@@ -105,11 +107,11 @@ def to_document(specs: list[FieldSpec], values: list[Any]) -> dict:
     on = [s.path for s, v in zip(specs, values) if s.kind == "toggle" and v]
     data: dict = {}
     for path in on:
-        _put(data, path, {})
+        set_path(data, path, {})
     for spec, value in zip(specs, values):
         if spec.kind == "toggle" or any(spec.path[: len(p)] == p for p in off) or _is_empty(value):
             continue
-        _put(data, spec.path, _typed(spec, value))
+        set_path(data, spec.path, _typed(spec, value))
     return data
 
 
@@ -128,7 +130,7 @@ def from_config(specs: list[FieldSpec], data: dict) -> list[Any]:
     """Normalised config data (Config.to_dict()) -> one form value per spec."""
     values = []
     for spec in specs:
-        value = _get(data, spec.path)
+        value = get_path(data, spec.path)
         if spec.kind == "toggle":
             values.append(value is not None)
         elif spec.kind == "list":
@@ -138,17 +140,3 @@ def from_config(specs: list[FieldSpec], data: dict) -> list[Any]:
         else:
             values.append(value)
     return values
-
-
-def _get(data: Any, path: tuple) -> Any:
-    for part in path:
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
-
-
-def _put(data: dict, path: tuple, value: Any) -> None:
-    for part in path[:-1]:
-        data = data.setdefault(part, {})
-    data[path[-1]] = value

@@ -6,12 +6,16 @@ session, so closing the browser or restarting the UI does not stop it; the
 state on disk is read back when the UI starts again. Stop sends SIGTERM, on
 which the training loop saves a checkpoint; Resume runs the same config with
 --resume.
+
+What the UI shows comes from files, not from the printed log: progress from the
+run's metrics.jsonl (each training row carries step and total_steps), the
+outcome from trainer's exit code (trainer/errors.py): 0 finished, and
+EXIT_STOPPED after a Stop this UI asked for is "stopped"; anything else failed.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PROGRESS = re.compile(r"step (\d+)/(\d+)")
+from trainer.errors import EXIT_OK, EXIT_STOPPED
 
 # Runs `trainer` (at a lower CPU priority) and writes its exit code to a file, so the outcome is known even if the
 # UI restarted meanwhile; SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
@@ -46,6 +50,7 @@ class Job:
     pid: int | None = None
     returncode: int | None = None
     resume: bool = False
+    stop_requested: bool = False  # Stop was pressed while it ran: its EXIT_STOPPED means stopped, not failed
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
@@ -99,6 +104,7 @@ class JobManager:
             if job.status in ("queued", "running"):
                 return job
             job.status, job.resume, job.returncode, job.pid, job.finished = "queued", True, None, None, None
+            job.stop_requested = False
             job.created = time.time()
             self._save(job)
         self.poll()
@@ -111,6 +117,8 @@ class JobManager:
                 job.status = "stopped"
                 self._save(job)
             elif job.status == "running" and job.pid:
+                job.stop_requested = True
+                self._save(job)
                 try:
                     os.kill(job.pid, signal.SIGTERM)  # passed on to trainer, which saves a checkpoint and exits
                 except ProcessLookupError:
@@ -125,7 +133,7 @@ class JobManager:
                 if job.status == "running" and not _alive(job.pid):
                     code = _exit_code(self._dir(job.id))
                     job.returncode = code
-                    job.status = "finished" if code == 0 else "stopped" if _was_stopped(self.log(job.id)) else "failed"
+                    job.status = outcome(code, job.stop_requested)
                     job.finished = time.time()
                     self._save(job)
             if not any(j.status == "running" for j in jobs):
@@ -161,11 +169,14 @@ class JobManager:
         if not path.is_file():
             return ""
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-        return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
+        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
     def progress(self, job_id: str) -> tuple[int, int] | None:
-        found = PROGRESS.findall(self.log(job_id, 400))
-        return (int(found[-1][0]), int(found[-1][1])) if found else None
+        """(step, total steps) of the newest training row in a training job's metrics.jsonl."""
+        if self.get(job_id).kind != "train":
+            return None
+        rows = [r for r in self.losses(job_id) if "total_steps" in r]
+        return (int(rows[-1]["step"]), int(rows[-1]["total_steps"])) if rows else None
 
     def losses(self, job_id: str) -> list[dict]:
         """metrics.jsonl of the job's run directory: training loss per logged step and validation losses."""
@@ -203,5 +214,8 @@ def _exit_code(folder: Path) -> int | None:
         return None
 
 
-def _was_stopped(log: str) -> bool:
-    return "stopped at step" in log or "Continue with the same command plus --resume" in log
+def outcome(code: int | None, stop_requested: bool) -> str:
+    """A finished job's status from trainer's exit code (and whether Stop was pressed)."""
+    if code == EXIT_OK:
+        return "finished"
+    return "stopped" if code == EXIT_STOPPED and stop_requested else "failed"

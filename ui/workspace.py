@@ -18,7 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+from trainer.patterns import HUB_DATASET
+
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml")
 FILE_SUFFIXES = UPLOAD_SUFFIXES + (".gguf", ".txt", ".safetensors", ".bin")  # a file name, never a Hub id
 
@@ -46,7 +47,7 @@ class Workspace:
         """(the path or Hub id to use, None) or (None, why it is refused). Relative paths are relative to the work
         directory. In the sandbox, absolute paths and paths leading out of the work directory are refused."""
         text = text.strip()
-        if kind in ("model", "data") and HUB_ID.match(text) and not text.lower().endswith(FILE_SUFFIXES) \
+        if kind in ("model", "data") and HUB_DATASET.match(text) and not text.lower().endswith(FILE_SUFFIXES) \
                 and not (self.root / text.split(":")[0]).exists():
             return text, None  # a Hub id, downloaded by the libraries, never a local path
         if self.sandbox:

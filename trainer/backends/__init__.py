@@ -17,7 +17,11 @@ class Backend(Protocol):
     name: str
 
     def check(self, config: Config) -> list[tuple[tuple, str]]:
-        """Problems with this config that only this backend has, as (path, message) pairs."""
+        """Problems with this config that only this backend has, on any machine, as (path, message) pairs.
+        `trainer validate` reports them too, so it must import nothing heavy."""
+
+    def check_machine(self, config: Config) -> list[tuple[tuple, str]]:
+        """What this machine lacks for running the config with this backend, as (path, message) pairs."""
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         """Train, write the run directory, and return it."""

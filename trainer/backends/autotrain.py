@@ -24,14 +24,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from trainer.backends.autotrain_env import VERSION, autotrain_python, bin_path, child_env, environment_problem, tail_of
 from trainer.config import Config
 from trainer.config.autotrain import data_columns, differences, export, project_name
-from trainer.errors import UserError
+from trainer.errors import RunStopped, UserError
+from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_model_card
 
-VERSION = "0.8.36"
 LOG_PREFIX = "[autotrain] "
 FAILURE_MARKER = "has failed due to an exception"  # AutoTrain's @monitor logs this and the process still exits 0
 
@@ -40,120 +42,9 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# --- its own environment -------------------------------------------------------------------------------------------
-
-def default_venv() -> Path:
-    """TRAINER_AUTOTRAIN_VENV (the Docker image sets it), else <trainer cache>/autotrain-<version>."""
-    from trainer.demo import cache_dir
-
-    if os.environ.get("TRAINER_AUTOTRAIN_VENV"):
-        return Path(os.environ["TRAINER_AUTOTRAIN_VENV"]).expanduser()
-    return cache_dir() / f"autotrain-{VERSION}"
-
-
-def autotrain_python(config: Config | None = None) -> Path:
-    configured = config.backend.autotrain.python if config is not None else None
-    return Path(configured).expanduser() if configured else default_venv() / "bin" / "python"
-
-
-def _bin(python: Path, name: str) -> Path:
-    return python.parent / name
-
-
-def environment_problem(python: Path) -> str | None:
-    """Why the AutoTrain environment at `python` cannot run, or None when `autotrain --help` works."""
-    if not python.exists():
-        return f"AutoTrain's environment is not set up ({python} does not exist). Create it once with: trainer backends setup autotrain"
-    if not _bin(python, "autotrain").exists():
-        return f"{python.parent} has no `autotrain` command. Run: trainer backends setup autotrain"
-    return None
-
-
-def setup_environment(venv: Path | None = None, say=_say, gpu: bool | None = None) -> Path:
-    """Create AutoTrain's virtual environment, install the pinned version, repair torchvision, check it starts.
-
-    gpu: install the CUDA build of torch (None: when nvidia-smi is present; a Docker build for GPUs has none)."""
-    venv = Path(venv or default_venv()).expanduser()
-    python = venv / "bin" / "python"
-    if environment_problem(python) is None and _autotrain_help(python).returncode == 0:
-        say(f"AutoTrain {VERSION} is already set up: {venv / 'bin' / 'autotrain'}")
-        return python
-    if not python.exists():
-        say(f"Creating a virtual environment for AutoTrain {VERSION} in {venv} ...")
-        _check_call([sys.executable, "-m", "venv", str(venv)], "could not create the virtual environment")
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    if not (gpu if gpu is not None else shutil.which("nvidia-smi") is not None):
-        # Without an NVIDIA GPU, install the CPU build trainer itself runs on, and hold it there: AutoTrain does not
-        # pin torch, but torchvision (through timm) pins an exact torch, and pip would otherwise replace the CPU
-        # build with the newest CUDA build and several GB of CUDA packages this machine cannot use.
-        import torch
-
-        version = torch.__version__.split("+")[0]
-        say(f"Installing torch {version} (CPU build) into it ...")
-        _check_call(pip + [f"torch=={version}"], "could not install torch")
-        constraints = venv / "constraints.txt"
-        constraints.write_text(f"torch=={version}\n")
-        pip += ["--constraint", str(constraints)]
-    say(f"Installing autotrain-advanced=={VERSION} (a few minutes) ...")
-    _check_call(pip + [f"autotrain-advanced=={VERSION}"], "could not install autotrain-advanced")
-    repaired = repair_torchvision(python)
-    if repaired:
-        say(repaired)
-    help_run = _autotrain_help(python)
-    if help_run.returncode != 0:
-        raise UserError(f"AutoTrain was installed in {venv} but `autotrain --help` fails:\n{_tail(help_run.stderr or help_run.stdout)}")
-    say(f"AutoTrain {VERSION} is ready: {venv / 'bin' / 'autotrain'}")
-    return python
-
-
-def _autotrain_help(python: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(_bin(python, "autotrain")), "--help"], capture_output=True, text=True, env=_child_env(python), timeout=600)
-
-
-def repair_torchvision(python: Path) -> str | None:
-    """PyPI's torchvision is built for PyPI's (CUDA) torch; beside a CPU-only torch its compiled operators fail to
-    load, and AutoTrain's imports (through accelerate and timm) fail with them. LLM training needs neither, so a
-    torchvision that does not import is removed, with timm, which cannot import without it."""
-    probe = subprocess.run([str(python), "-c", "import torchvision"], capture_output=True, text=True, env=_child_env(python))
-    if probe.returncode == 0 or "No module named 'torchvision'" in probe.stderr:
-        return None
-    reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
-    _check_call([str(python), "-m", "pip", "uninstall", "--yes", "torchvision", "timm"], "could not remove torchvision")
-    return (f"Removed torchvision and timm from AutoTrain's environment: PyPI's torchvision does not work with the "
-            f"CPU-only torch ({reason}), and LLM fine-tuning uses neither.")
-
-
-def _check_call(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UserError(f"{what}: `{' '.join(cmd)}` exited with {done.returncode}:\n{_tail(done.stderr or done.stdout)}")
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _child_env(python: Path, config: Config | None = None) -> dict:
-    """AutoTrain's environment variables: its venv first on PATH (it launches `accelerate` by name), nothing of ours
-    on PYTHONPATH, and the Hub, token and CUDA settings passed through."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
-    env["VIRTUAL_ENV"] = str(python.parent.parent)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    env["PAUSE_ON_FAILURE"] = "0"  # AutoTrain would otherwise try to pause a Hugging Face Space on failure
-    if shutil.which("nvidia-smi") is None and "OMP_NUM_THREADS" not in env:
-        # On a CPU, `accelerate launch --cpu` (which AutoTrain runs) sets OMP_NUM_THREADS=1 unless it is already set:
-        # one core of however many there are. Give it the cores this process may use, as trainer's loop has.
-        env["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
-    if config is not None:
-        env["ALLOW_REMOTE_CODE"] = "true" if config.model.trust_remote_code else "false"
-    return env
-
-
 # --- the hand-over -------------------------------------------------------------------------------------------------
 
-def write_data(config: Config, tokenizer, data, folder: Path) -> None:
+def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
     in the column data_columns() names: the conversations, or the text trainer's template renders from them."""
     from trainer.data.templates import resolve_template
@@ -176,7 +67,7 @@ def write_data(config: Config, tokenizer, data, folder: Path) -> None:
             (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def materialise_model(config: Config, tokenizer, folder: Path) -> str:
+def materialise_model(config: Config, tokenizer: Any, folder: Path) -> str:
     """What AutoTrain's `base_model` should be: a Hub id as it is; a local folder or .gguf file as a folder that
     transformers 4.48 reads exactly as trainer does (weights linked, config and tokenizer files rewritten)."""
     from trainer.models import dequantised_gguf, is_gguf
@@ -219,7 +110,7 @@ def legacy_model_config(data: dict) -> dict:
     return data
 
 
-def save_legacy_tokenizer(tokenizer, folder: Path) -> None:
+def save_legacy_tokenizer(tokenizer: Any, folder: Path) -> None:
     """Save the tokenizer so that transformers 4.48 loads it: transformers 5 names a `TokenizersBackend` class that
     4.48 does not have, and keeps the chat template in a separate file 4.48 does not read."""
     tokenizer.save_pretrained(folder)
@@ -246,7 +137,7 @@ def mixed_precision_for(config: Config) -> str | None:
     return None if value == "no" else value
 
 
-def prepare_handover(config: Config, work: Path) -> tuple[dict, object, object]:
+def prepare_handover(config: Config, work: Path) -> tuple[dict, Any, Any]:
     """Write data, model and autotrain.yml into `work`; return (AutoTrain YAML data, tokenizer, prepared data)."""
     import yaml
 
@@ -301,11 +192,12 @@ class AutoTrainLog:
 
 def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -> None:
     """`autotrain --config autotrain.yml` in `work`, as an argument list (no shell), in its own process group."""
-    cmd = [str(_bin(python, "autotrain")), "--config", "autotrain.yml"]
-    child = subprocess.Popen(cmd, cwd=work, env=_child_env(python, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    cmd = [str(bin_path(python, "autotrain")), "--config", "autotrain.yml"]
+    child = subprocess.Popen(cmd, cwd=work, env=child_env(python, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, bufsize=1, errors="replace", start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        assert child.stdout is not None  # stdout=PIPE
         for line in child.stdout:
             line = line.rstrip("\n")
             log.feed(line)
@@ -314,18 +206,18 @@ def run_autotrain(python: Path, work: Path, config: Config, log: AutoTrainLog) -
         code = child.wait()
     except KeyboardInterrupt:
         _stop_group(child)
-        raise UserError("stopped: AutoTrain and its training processes were ended. AutoTrain cannot resume a run; "
+        raise RunStopped("stopped: AutoTrain and its training processes were ended. AutoTrain cannot resume a run; "
                         "start it again with the same command.") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         log.close()
     if code != 0:
-        raise UserError(f"AutoTrain exited with status {code}. The end of its log ({work / 'autotrain.log'}):\n{_tail(chr(10).join(log.failure or []) or _last_lines(work / 'autotrain.log'))}")
+        raise UserError(f"AutoTrain exited with status {code}. The end of its log ({work / 'autotrain.log'}):\n{tail_of(chr(10).join(log.failure or []) or _last_lines(work / 'autotrain.log'))}")
     if log.failure is not None:
         raise UserError(f"AutoTrain reported a failure (and exited 0). From its log ({work / 'autotrain.log'}):\n{_failure_text(log.failure)}")
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
@@ -344,23 +236,40 @@ def _stop_group(child: subprocess.Popen) -> None:
 
 
 def _last_lines(path: Path) -> str:
-    return _tail(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else ""
+    return tail_of(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else ""
 
 
 def _failure_text(lines: list[str]) -> str:
     """The exception AutoTrain logged: its last traceback line says what went wrong; keep a few lines around it."""
-    text = [l for l in lines if l.strip()]
-    errors = [l for l in text if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", l.strip())]
+    text = [line for line in lines if line.strip()]
+    errors = [line for line in text if re.match(r"^\w+(\.\w+)*(Error|Exception)\b", line.strip())]
     head = errors[-1].strip() if errors else text[0].strip()
-    return head + "\n" + _tail("\n".join(text), 12)
+    return head + "\n" + tail_of("\n".join(text), 12)
 
 
 # --- bringing the result back ---------------------------------------------------------------------------------------
 
-def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: AutoTrainLog) -> dict:
+def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any, log: AutoTrainLog) -> RunSummary:
     """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
-    from trainer.rundir import MetricsLog, merge_saved_adapter, plot_losses, write_model_card
+    adapter = config.training.method != "full"
+    collect_model(config, run_dir, work, tokenizer)
+    metrics, history = log_metrics(config, run_dir, log)
+    final = log.final
+    steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
+    eval_loss = validation_loss(config, run_dir, data)
+    if eval_loss is not None:
+        metrics.write_eval(steps, eval_loss)
+    summary = summarise(config, log.final, history, steps, eval_loss)
+    summary.write(run_dir)
+    plot_losses(history, metrics, run_dir / "loss.png")
+    if config.output.merge_adapter and adapter:
+        merge_saved_adapter(run_dir)
+    write_model_card(run_dir, config, summary)
+    return summary
 
+
+def collect_model(config: Config, run_dir: Path, work: Path, tokenizer: Any) -> None:
+    """<run>/model from AutoTrain's project folder: the adapter (naming the real base model) or the weights."""
     project = work / project_name(config.output.dir)
     adapter = config.training.method != "full"
     marker = "adapter_config.json" if adapter else "config.json"
@@ -383,86 +292,80 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer, data, log: Aut
         if (project / name).is_file():
             shutil.copy2(project / name, work / f"autotrain-{name}")
 
+
+def log_metrics(config: Config, run_dir: Path, log: AutoTrainLog) -> tuple[MetricsLog, list[list]]:
+    """metrics.jsonl from the losses AutoTrain logged; returns it and the (step, loss) history."""
     metrics = MetricsLog(run_dir / "metrics.jsonl", None, config.logging.report_to == "tensorboard")
     steps_per_log = max(1, int(config.logging.log_every))
-    history = []
+    history: list[list] = []
     for i, logged in enumerate(log.losses, start=1):
         step = i * steps_per_log  # AutoTrain logs every logging_steps (= logging.log_every) steps
         history.append([step, float(logged["loss"])])
         metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"))
-    final = log.final
-    steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
-    eval_loss = validation_loss(config, run_dir, data)
-    if eval_loss is not None:
-        metrics.write(step=steps, eval_loss=round(eval_loss, 6), perplexity=round(min(float("inf"), 2.718281828 ** eval_loss), 4))
+    return metrics, history
+
+
+def summarise(config: Config, final: dict, history: list[list], steps: int, eval_loss: float | None) -> RunSummary:
+    """The run's summary from AutoTrain's final log line (its train_* figures) and trainer's validation loss."""
     seconds = float(final.get("train_runtime", 0.0))
-    epochs = float(final.get("epoch", 0.0))
     # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
     tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
-    summary = {
-        "backend": "autotrain",
-        "steps": steps,
-        "epochs": round(epochs, 3),
-        "final_train_loss": round(float(final.get("train_loss", history[-1][1] if history else 0.0)), 4) if (final or history) else None,
-        "final_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
-        "best_eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
-        "best_step": steps if eval_loss is not None else None,
-        "stopped_early": False,
-        "trained_tokens": tokens,
-        "train_seconds": round(seconds, 1),
-        "trained_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    plot_losses(history, metrics, run_dir / "loss.png")
-    if config.output.merge_adapter and adapter:
-        merge_saved_adapter(run_dir)
-    write_model_card(run_dir, config, summary)
-    return summary
+    return RunSummary(
+        backend="autotrain",
+        steps=steps,
+        epochs=float(final.get("epoch", 0.0)),
+        final_train_loss=float(final.get("train_loss", history[-1][1] if history else 0.0)) if (final or history) else None,
+        final_eval_loss=eval_loss,
+        best_eval_loss=eval_loss,
+        best_step=steps if eval_loss is not None else None,
+        stopped_early=False,
+        trained_tokens=tokens,
+        train_seconds=seconds,
+        trained_tokens_per_second=tokens / seconds if seconds else 0.0,
+    )
 
 
-def validation_loss(config: Config, run_dir: Path, data) -> float | None:
+def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
     """The validation loss of the result, computed exactly as the peft backend computes it (per trained token)."""
     if not data.validation:
         return None
-    from types import SimpleNamespace
-
-    from trainer.backends.peft import make_accelerator
     from trainer.generate import load_run
     from trainer.hardware import Hardware
-    from trainer.loop import LossOnTrainedTokens, evaluate
+    from trainer.loop import Batching, LossOnTrainedTokens, evaluate
+    from trainer.strategies import make_accelerator
 
     device = Hardware.detect().device(config.backend.peft.device)
     accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
     module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
-    run = SimpleNamespace(accelerator=accelerator, loss_module=module, config=config, pad_id=pad_id, flash=False)
-    return evaluate(run, data.validation)
+    tokenizer: Any = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batching = replace(Batching.of(config, pad_id), flash=False)
+    return evaluate(module, data.validation, accelerator, batching)
 
 
 class AutoTrainBackend:
     name = "autotrain"
 
     def check(self, config: Config) -> list[tuple[tuple, str]]:
-        found = []
+        """What a run of this config would refuse, whatever the machine: AutoTrain's differences, unless allowed."""
+        if config.backend.autotrain.allow_differences:
+            return []
+        return [(path, message + " Set backend.autotrain.allow_differences: true to run it anyway (AutoTrain's way), "
+                 "or use backend.name: peft.") for path, message in differences(config)]
+
+    def check_machine(self, config: Config) -> list[tuple[tuple, str]]:
+        """What this machine lacks for the run: AutoTrain's own environment."""
         problem = environment_problem(autotrain_python(config))
-        if problem:
-            found.append((("backend", "autotrain", "python"), problem))
-        if not config.backend.autotrain.allow_differences:
-            found += [(path, message + " Set backend.autotrain.allow_differences: true to run it anyway (AutoTrain's way), "
-                       "or use backend.name: peft.") for path, message in differences(config)]
-        return found
+        return [(("backend", "autotrain", "python"), problem)] if problem else []
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
-        from trainer.backends.peft import _check_run_dir
-
         for path, message in differences(config):
             _say(f"warning: {'.'.join(path)}: {message}")
         if resume and (run_dir / "model").is_dir() and (run_dir / "summary.json").is_file():
             _say(f"{run_dir} already holds the finished AutoTrain run; nothing to resume.")
             return run_dir
-        _check_run_dir(run_dir, resume)
+        guard_run_dir(run_dir, resume)
         if resume:
             _say("AutoTrain cannot continue an interrupted run; it starts again from the beginning.")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -478,7 +381,7 @@ class AutoTrainBackend:
         run_autotrain(python, work, config, log)
         summary = collect(config, run_dir, work, tokenizer, data, log)
         shutil.rmtree(work / project_name(config.output.dir), ignore_errors=True)  # its copy is now in model/
-        _say(f"Done in {summary['train_seconds'] / 60:.1f} min of AutoTrain training. Run directory: {run_dir}")
+        _say(f"Done in {summary.train_seconds / 60:.1f} min of AutoTrain training. Run directory: {run_dir}")
         if config.output.push_to_hub is not None:
             from trainer.hub import push_run
 

@@ -14,7 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trainer.config.model import Config
 from trainer.config.yaml_loader import Document
+from trainer.patterns import MISSING, get_path, set_path
 
 SFT_TASKS = {"llm", "llm-sft", "llm-generic", "lm_training", "llm_training", "llm_finetuning"}
 OTHER_LLM_TASKS = {"llm-dpo", "llm-orpo", "llm-reward", "llm-grpo"}
@@ -122,103 +124,112 @@ def is_autotrain_config(data: dict) -> bool:
     return "task" in data and ("base_model" in data or "params" in data or "project_name" in data)
 
 
-def _get(data: dict, dotted_key: str) -> Any:
-    node: Any = data
-    for part in dotted_key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _put(data: dict, dotted_key: str, value: Any) -> None:
-    parts = dotted_key.split(".")
-    for part in parts[:-1]:
-        data = data.setdefault(part, {})
-    data[parts[-1]] = value
-
-
-_MISSING = object()
-
-
 def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
     """AutoTrain YAML data -> (our data, notices, {our key: AutoTrain key it came from}).
 
     Raises ValueError with a user-facing message for what cannot be translated at all.
     """
+    _check_task(source)
+    ours: dict = {}
+    origin: dict[str, str] = {}
+    notices = ["this is an AutoTrain Advanced config; it was translated to trainer's format (see `trainer convert --from autotrain`)."]
+    _translate_fields(source, ours, origin)
+    _translate_data(source, ours, origin)
+    _translate_method(source, ours, origin)
+    notices += _translate_hub(source, ours, origin)
+    notices += _unused_keys(source)
+    return ours, notices, origin
+
+
+def _check_task(source: dict) -> None:
     task = str(source.get("task"))
     if task in OTHER_LLM_TASKS or source.get("params", {}).get("trainer", "sft") not in ("sft", "default"):
         raise ValueError(f"AutoTrain task {task!r} is not supervised fine-tuning; trainer translates llm-sft configs only.")
     if task not in SFT_TASKS:
         raise ValueError(f"AutoTrain task {task!r} is not a language-model task; trainer translates llm-sft configs only.")
-    ours: dict = {}
-    origin: dict[str, str] = {}
-    notices = ["this is an AutoTrain Advanced config; it was translated to trainer's format (see `trainer convert --from autotrain`)."]
+
+
+def _translate_fields(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """The keys of the FIELDS table, with AutoTrain's defaults for those it leaves out."""
     for field in FIELDS:
         if field.ours is None:
             continue
-        value = _get(source, field.autotrain)
-        if value is _MISSING:
+        value = get_path(source, field.autotrain, MISSING)
+        if value is MISSING:
             if field.default is None:
                 continue
             value = field.default
-        _put(ours, field.ours, field.to_ours(value))
+        set_path(ours, field.ours, field.to_ours(value))
         origin[field.ours] = field.autotrain
 
+
+def _translate_data(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """data.path + splits -> data.train/validation; the chat template and text column -> format and columns."""
     data = source.get("data", {}) if isinstance(source.get("data"), dict) else {}
     path = data.get("path", "data")
     for split_key, our_key, fallback in (("train_split", "data.train", "train"), ("valid_split", "data.validation", None)):
         split = data.get(split_key, fallback)
         if split:
-            _put(ours, our_key, _data_ref(str(path), str(split)))
+            set_path(ours, our_key, _data_ref(str(path), str(split)))
             origin[our_key] = f"data.{split_key}"
     if ours["data"].get("validation") is None:
-        _put(ours, "data.validation_split", 0.0)  # AutoTrain without valid_split evaluates nothing
+        set_path(ours, "data.validation_split", 0.0)  # AutoTrain without valid_split evaluates nothing
     template = data.get("chat_template")
-    column = _get(source, "data.column_mapping.text_column")
+    column = get_path(source, "data.column_mapping.text_column", MISSING)
     if template in (None, "none"):
         ours["data"].pop("chat_template", None)
-        _put(ours, "data.format", "text")
-        _put(ours, "data.train_on", "all")
-        if column not in (_MISSING, "text"):
-            _put(ours, "data.columns.text", column)
-    elif column not in (_MISSING, "messages"):
-        _put(ours, "data.columns.messages", column)
+        set_path(ours, "data.format", "text")
+        set_path(ours, "data.train_on", "all")
+        if column not in (MISSING, "text"):
+            set_path(ours, "data.columns.text", column)
+    elif column not in (MISSING, "messages"):
+        set_path(ours, "data.columns.messages", column)
 
+
+def _translate_method(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """params.peft and params.quantization -> training.method; params.block_size -> data.max_seq_length."""
     params = source.get("params", {}) if isinstance(source.get("params"), dict) else {}
     if params.get("peft", False):
         quantization = params.get("quantization", "int4")
         method = {"int4": "qlora", None: "lora", "none": "lora"}.get(quantization)
         if method is None:
             raise ValueError(f"params.quantization {quantization!r} has no trainer equivalent; use int4 (qlora) or none (lora).")
-        _put(ours, "training.method", method)
+        set_path(ours, "training.method", method)
     else:
-        _put(ours, "training.method", "full")
+        set_path(ours, "training.method", "full")
         for key in ("r", "alpha", "dropout", "target_modules"):
             ours["training"]["lora"].pop(key, None)
     origin["training.method"] = "params.peft"
     block = params.get("block_size", -1)
     if isinstance(block, int) and block > 0:
-        _put(ours, "data.max_seq_length", block)
+        set_path(ours, "data.max_seq_length", block)
         origin["data.max_seq_length"] = "params.block_size"
 
+
+def _translate_hub(source: dict, ours: dict, origin: dict[str, str]) -> list[str]:
+    """hub.push_to_hub -> output.push_to_hub; a token is never copied (notices say so)."""
     hub = source.get("hub", {}) if isinstance(source.get("hub"), dict) else {}
     if hub.get("push_to_hub"):
         username = str(hub.get("username") or "")
         if username.startswith("${"):
             username = os.environ.get(username.strip("${}"), "")
-        _put(ours, "output.push_to_hub", {"repo_id": f"{username or 'YOUR-NAME'}/{source.get('project_name', 'model')}"})
+        set_path(ours, "output.push_to_hub", {"repo_id": f"{username or 'YOUR-NAME'}/{source.get('project_name', 'model')}"})
         origin["output.push_to_hub"] = "hub.push_to_hub"
     if hub.get("token"):
-        notices.append("hub.token is not copied: trainer reads the token from the HF_TOKEN environment variable only.")
+        return ["hub.token is not copied: trainer reads the token from the HF_TOKEN environment variable only."]
+    return []
 
+
+def _unused_keys(source: dict) -> list[str]:
+    """A notice for each AutoTrain key trainer does not use, and why."""
     known = {f.autotrain for f in FIELDS}
+    notices = []
     for key in _leaves(source):
         if key in IGNORED:
             notices.append(f"AutoTrain's {key} is not used: {IGNORED[key]}.")
         elif key not in known and not key.startswith(("data.column_mapping.", "hub.")):
             notices.append(f"AutoTrain's {key} has no trainer equivalent and is not used.")
-    return ours, notices, origin
+    return notices
 
 
 def _data_ref(path: str, split: str) -> str:
@@ -258,7 +269,7 @@ def translate_document(doc: Document) -> tuple[Document, list[str]]:
         mark = doc.mark(theirs_path)
         out.aliases[tuple(ours.split("."))] = theirs
         for i in range(1, len(ours.split(".")) + 1):
-            out.marks.setdefault(tuple(ours.split(".")[:i]), mark)
+            out.marks.setdefault(tuple(ours.split(".")[:i]), mark)  # type: ignore[arg-type]  # None: no line known
         if theirs_path in doc.env_refs:
             out.env_refs[tuple(ours.split("."))] = doc.env_refs[theirs_path]
     return out, notices
@@ -278,17 +289,17 @@ def project_name(output_dir: str) -> str:
     return name or "trainer-run"
 
 
-def whole_epochs(config) -> int:
+def whole_epochs(config: Config) -> int:
     """AutoTrain trains whole epochs: a fraction is rounded up, and max_steps (which it cannot express) becomes 1."""
     import math
 
     return max(1, math.ceil(config.training.epochs)) if config.training.epochs else 1
 
 
-def differences(config) -> list[tuple[tuple, str]]:
+def differences(config: Config) -> list[tuple[tuple, str]]:
     """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
     t, d, m = config.training, config.data, config.model
-    found = []
+    found: list[tuple[tuple, str]] = []
     if t.method == "dora":
         found.append((("training", "method"), "AutoTrain has no DoRA; it would train plain LoRA."))
     if d.train_on == "assistant" and d.format != "text":
@@ -320,7 +331,7 @@ def differences(config) -> list[tuple[tuple, str]]:
     return found
 
 
-def data_columns(config) -> tuple[str, str | None]:
+def data_columns(config: Config) -> tuple[str, str | None]:
     """How the data goes to AutoTrain: (text column, AutoTrain chat_template).
 
     Conversations go as a `messages` column when AutoTrain applies the same template trainer would (the
@@ -332,7 +343,7 @@ def data_columns(config) -> tuple[str, str | None]:
     return "text", None
 
 
-def export(config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
+def export(config: Config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
     """Our config -> AutoTrain 0.8.36 LLM YAML data (`autotrain --config`), for the data layout of write_data."""
     ours = config.to_dict()
     text_column, chat_template = data_columns(config)
@@ -357,10 +368,10 @@ def export(config, *, base_model: str | None = None, data_dir: str = "data", mix
     for field in FIELDS:
         if field.ours is None or field.to_autotrain is None:
             continue
-        value = _get(ours, field.ours)
-        if value is _MISSING or value is None:
+        value = get_path(ours, field.ours, MISSING)
+        if value is MISSING or value is None:
             continue
-        _put(out, field.autotrain, field.to_autotrain(value))
+        set_path(out, field.autotrain, field.to_autotrain(value))
     method = config.training.method
     params["peft"] = method != "full"
     params["quantization"] = "int4" if method == "qlora" else None

@@ -8,11 +8,12 @@ lists to tuples), so two configs that mean the same thing compare equal.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import yaml
 
 from trainer.config.schema import is_section, load_schema, sections, types_of
+from trainer.patterns import set_path
 
 _PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": tuple, "null": type(None)}
 
@@ -22,23 +23,25 @@ class Section:
 
     def to_dict(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast(Any, self)):  # every Section subclass is made a dataclass
             if not f.compare:
                 continue
             out[f.name] = _plain(getattr(self, f.name))
         return out
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(cast(Any, self), **changes)
 
 
 class ConfigBase(Section):
     """The root: adds YAML output. `env_refs` remembers values written as ${VAR} so they are written back that way."""
 
+    env_refs: dict[tuple, str]  # a field of the generated root class (below); named here for the type checker
+
     def to_yaml(self) -> str:
         data = self.to_dict()
         for path, original in self.env_refs.items():
-            _set_path(data, path, original)
+            set_path(data, path, original)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
@@ -48,12 +51,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _set_path(data: Any, path: tuple, value: Any) -> None:
-    for part in path[:-1]:
-        data = data[part]
-    data[path[-1]] = value
 
 
 def _class_name(path: tuple) -> str:
@@ -79,7 +76,7 @@ def _build_classes() -> None:
     for path, sub in ordered:
         _path_of[id(sub)] = path
     for path, sub in reversed(ordered):  # children first, so annotations can name them
-        fields = [(name, _annotation(prop)) for name, prop in sub["properties"].items()]
+        fields: list[tuple] = [(name, _annotation(prop)) for name, prop in sub["properties"].items()]
         bases: tuple[type, ...] = (Section,)
         if not path:
             fields.append(("env_refs", dict, dataclasses.field(default_factory=dict, compare=False, repr=False)))
@@ -91,7 +88,10 @@ def _build_classes() -> None:
 
 
 _build_classes()
-Config = SECTION_CLASSES[()]
+if TYPE_CHECKING:  # the classes are made from the schema at import time; a type checker sees what is not written down
+    Config = Any
+else:
+    Config = SECTION_CLASSES[()]
 
 
 def build_config(data: dict, env_refs: dict | None = None) -> Config:
@@ -99,7 +99,7 @@ def build_config(data: dict, env_refs: dict | None = None) -> Config:
     return _build(load_schema(), (), data, env_refs or {})
 
 
-def _build(schema: dict, path: tuple, data: dict, env_refs: dict):
+def _build(schema: dict, path: tuple, data: dict, env_refs: dict) -> Any:
     values = {}
     for name, prop in schema["properties"].items():
         value = data.get(name)

@@ -7,29 +7,14 @@ errors when a run starts and warnings in `trainer validate`.
 from __future__ import annotations
 
 import os
-import re
 from typing import Callable, Iterator
 
 from trainer.config.model import Config
 from trainer.config.schema import subschema
 from trainer.hardware import Hardware, has_package
+from trainer.patterns import DATA_SUFFIXES, is_local_data, is_local_model  # noqa: F401 (DATA_SUFFIXES: trainer.data.records)
 
 Found = Iterator[tuple[tuple, str]]
-
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
-_HUB_MODEL = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def is_local_data(ref: str) -> bool:
-    """A data reference is a local path unless it reads as a Hub id (org/name or org/name:split)."""
-    path = os.path.expanduser(ref)
-    return os.path.exists(path) or path.lower().endswith(DATA_SUFFIXES) or not _HUB_DATASET.match(ref)
-
-
-def is_local_model(ref: str) -> bool:
-    path = os.path.expanduser(ref)
-    return os.path.exists(path) or path.lower().endswith(".gguf") or ref.startswith((".", "/", "~")) or not _HUB_MODEL.match(ref)
 
 
 # ---- training length and evaluation -----------------------------------------------------------
@@ -54,7 +39,7 @@ def early_stopping_needs_validation(cfg: Config) -> Found:
 
 
 def chat_template_is_named_or_jinja(cfg: Config) -> Found:
-    named = subschema(("data", "chat_template"))["x-named"]
+    named = (subschema(("data", "chat_template")) or {})["x-named"]
     template = cfg.data.chat_template
     if template not in named and "{{" not in template and "{%" not in template:
         import difflib

@@ -72,7 +72,7 @@ def sections(schema: dict, path: tuple = ()) -> Iterator[tuple[tuple, dict]]:
 
 def subschema(path: tuple, schema: dict | None = None) -> dict | None:
     """The schema of the value at `path`, or None when the path is not in the schema."""
-    node = schema or load_schema()
+    node: Any = schema or load_schema()
     for part in path:
         if isinstance(part, int):
             node = node.get("items")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -127,7 +127,7 @@ def read_yaml(text: str, file: str) -> Document:
     return doc
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str):
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, file: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark else None
     column = mark.column + 1 if mark else None
@@ -172,7 +172,7 @@ class _Builder:
             if node.tag != f"{_YAML_TAG}seq":
                 raise _tag_refused(node)
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        return self._scalar(node, path)
+        return self._scalar(cast(yaml.ScalarNode, node), path)  # a YAML node is a mapping, a sequence or a scalar
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         out: dict[str, Any] = {}
@@ -209,7 +209,7 @@ class _Builder:
             out.setdefault(key, value)
         return out
 
-    def doc_problem(self, path: Path, message: str, pos: tuple[int, int]):
+    def doc_problem(self, path: Path, message: str, pos: tuple[int, int]) -> Problem:
         return Problem(message, dotted(path), self.doc.file, pos[0], pos[1])
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:

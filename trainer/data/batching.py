@@ -80,14 +80,13 @@ def collate_padded(examples: Sequence[Tokenized], pad_id: int):
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, dtype=None, with_mask: bool = True):
+def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, with_mask: bool = True):
     """Packed rows: position ids restart at each example; a 4-D additive mask keeps examples apart.
 
     `with_mask=False` leaves the mask out for flash-attention, which separates examples by their position ids.
     """
     import torch
 
-    dtype = dtype or torch.float32
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -112,6 +111,6 @@ def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, dtype=None,
         allowed = same & causal
         # padding rows attend to themselves only, so no row of the softmax is empty
         allowed |= torch.eye(width, dtype=torch.bool)
-        mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
-        batch["attention_mask"] = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        mask = torch.zeros((len(rows), 1, width, width), dtype=torch.float32)
+        batch["attention_mask"] = mask.masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
     return batch

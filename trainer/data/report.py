@@ -8,9 +8,10 @@ import statistics
 from dataclasses import dataclass
 
 from trainer.config import Config
-from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
+from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
 from trainer.data.pipeline import PreparedData
+from trainer.steps import planned_processes, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     rows = pack_examples(lengths, config.data.max_seq_length, seed, 0)
     packed_batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     per_epoch = len(packed_batches) if config.data.packing else len(batches)
-    steps = math.ceil(per_epoch / config.training.gradient_accumulation)
+    steps = steps_per_epoch(per_epoch, planned_processes(config), config.training.gradient_accumulation)
     seen: set = set()
     duplicates = 0
     for e in train:
@@ -143,9 +144,11 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
     if report.checks is not None:
         out += [""] + render_checks(report.checks)
     out.append("")
-    effective = config.training.batch_size * config.training.gradient_accumulation
+    processes = planned_processes(config)
+    effective = config.training.batch_size * config.training.gradient_accumulation * processes
     mode = "packed" if config.data.packing else "length-grouped"
-    out.append(f"Steps per epoch: {report.steps_per_epoch} ({mode} batches of {config.training.batch_size}, effective batch {effective})")
+    over = f" over {processes} processes" if processes > 1 else ""
+    out.append(f"Steps per epoch: {report.steps_per_epoch} ({mode} batches of {config.training.batch_size}, effective batch {effective}{over})")
     out.append(
         f"Padding: {report.padding_unpacked:.1%} of positions with length-grouped batches; "
         f"{report.padding_packed:.1%} with packing ({report.rows_packed} rows of {config.data.max_seq_length})"

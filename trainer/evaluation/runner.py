@@ -15,10 +15,10 @@ from pathlib import Path
 
 from trainer.config import Config
 from trainer.data.pipeline import load_examples, split_validation
-from trainer.evaluation.metrics import METRICS
-from trainer.evaluation.intervals import PerCase, confidence
-from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
 from trainer.errors import UserError
+from trainer.evaluation.intervals import PerCase, confidence
+from trainer.evaluation.metrics import METRICS
+from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
 
 SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "tuned")
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -45,12 +45,11 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     and how many tokens that was: their ratio over all cases is the mean loss per token."""
     import torch
 
+    from trainer.data.batching import collate_padded
     from trainer.data.formats import Example, Message
     from trainer.data.templates import resolve_template
-    from trainer.data.tokenize import Tokenizer
+    from trainer.data.tokenize import IGNORE, Tokenizer
     from trainer.loop import LossOnTrainedTokens
-    from trainer.data.batching import collate_padded
-    from trainer.data.tokenize import IGNORE
 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)

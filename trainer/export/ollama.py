@@ -138,7 +138,7 @@ def go_template(found: Transitions) -> str:
 
 
 def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
-    lines = [f"# Written by trainer. Create the model with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}",
+    lines = ["# Written by trainer. Create the model with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}",
              f'TEMPLATE """{template}"""']
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop]
     lines.append("PARAMETER temperature 0")  # trainer's own answers and evaluation are greedy

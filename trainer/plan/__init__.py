@@ -212,7 +212,9 @@ def _duration(hours: float) -> str:
 
 def render_plan(plan: dict) -> str:
     p, m = plan["parameters"], plan["memory"]
-    gib = lambda b: f"{b / GIB:.2f} GiB"
+    def gib(b: float) -> str:
+        return f"{b / GIB:.2f} GiB"
+
     out = [f"Model: {plan['model']['name_or_path']} ({plan['model']['type']}, {plan['model']['layers']} layers)",
            f"Parameters: {p['total']:,} in all, {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
            + (f" on {p['adapted_layers']} linear layers" if p["adapted_layers"] else ""), ""]

@@ -1,0 +1,360 @@
+"""The UI's Gradio Blocks: the form, the Run and Results tabs, their events, and the scripting API.
+
+`build_blocks` lays out each part with a small function and wires its events
+with another; the functions behind the events are App's methods (ui/app.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from trainer.errors import UserError
+from ui.app import PRESET_LABELS, App
+from ui.form import FieldSpec, from_config
+
+
+@dataclass
+class Form:
+    """The form's components: one per schema field (`fields`), and those around them."""
+
+    fields: list[Any]
+    preset: Any
+    upload_yaml: Any
+    data_file: Any
+    detected: Any
+    preview_rows: Any
+    check_data: Any
+    data_report: Any
+    status: Any
+    yaml_preview: Any
+    download: Any
+    runnable: Any  # gr.State: the YAML to run, or None while the form has problems
+    plan: Any  # `trainer plan` for the runnable YAML, beside the form
+
+
+@dataclass
+class RunTab:
+    start: Any
+    stop: Any
+    resume: Any
+    job_status: Any
+    progress: Any
+    curve: Any
+    log: Any
+    queue: Any
+    timer: Any
+
+
+@dataclass
+class ResultsTab:
+    run_choice: Any
+    refresh_runs: Any
+    evaluate: Any
+    zip_button: Any
+    export: Any
+    report: Any
+    export_files: Any  # the run's GGUF files and Modelfile, to download
+    use_it: Any  # the serve and Ollama commands
+    chatbot: Any
+    message: Any
+
+
+def build_blocks(app: App) -> gr.Blocks:
+    with gr.Blocks(title="trainer") as demo:
+        gr.Markdown("# trainer\nFine-tune an open language model: fill in the form (or pick a preset), check the data, "
+                    "start training, then compare and chat with the result.")
+        job_state = gr.State(None)
+        form = _form(app)
+        run_tab = _run_tab()
+        results = _results_tab(app)
+        _wire_form(app, demo, form)
+        _wire_data(app, form)
+        _wire_run(app, form, run_tab, job_state)
+        _wire_results(app, results, job_state)
+        _api(app)
+    return demo
+
+
+# --- layout --------------------------------------------------------------------------------------------------------
+
+def _form(app: App) -> Form:
+    specs, initial = app.specs, app.preset_values("cpu-demo")
+    groups: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(spec.group, []).append(i)
+    components: list[Any] = [None] * len(specs)
+    data_parts: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                preset = gr.Dropdown(list(PRESET_LABELS.values()), value=PRESET_LABELS["cpu-demo"], label="Preset",
+                                     info="Fills the whole form with a tested starting point.", elem_id="preset")
+                upload_yaml = gr.File(label="Load a YAML (trainer's or AutoTrain's)", file_types=[".yaml", ".yml"],
+                                      type="filepath", elem_id="upload-yaml")
+            with gr.Tabs():
+                for group, indices in groups.items():
+                    with gr.Tab(group, elem_id=f"tab-{group.lower()}"):
+                        _group_fields(specs, indices, initial, components, data_parts if group == "Data" else None)
+        with gr.Column(scale=2):
+            status = gr.Markdown(elem_id="form-status")
+            yaml_preview = gr.Code(language="yaml", label="config.yaml (live)", interactive=False, elem_id="yaml-preview")
+            download = gr.DownloadButton("Download the YAML", elem_id="download-yaml")
+            plan_view = gr.Markdown(elem_id="plan")
+    return Form(components, preset, upload_yaml, data_parts["data_file"], data_parts["detected"], data_parts["preview_rows"],
+                data_parts["check_data"], data_parts["data_report"], status, yaml_preview, download, gr.State(None), plan_view)
+
+
+def _group_fields(specs: list[FieldSpec], indices: list[int], initial: list, components: list, data_parts: dict | None) -> None:
+    """One tab of the form: its fields, the advanced ones folded away; the Data tab also gets the upload and report."""
+    if data_parts is not None:
+        data_parts["data_file"] = gr.File(label="Upload training data (.jsonl, .csv, .parquet)",
+                                          file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath",
+                                          elem_id="upload-data")
+        data_parts["detected"] = gr.Markdown(elem_id="data-detected")
+        data_parts["preview_rows"] = gr.Dataframe(label="First rows", interactive=False, elem_id="data-preview")
+    mapping = [i for i in indices if specs[i].path[:2] == ("data", "columns")]
+    if mapping:  # column mapping: shown for the columns the loaded file's format needs
+        with gr.Row():
+            for i in mapping:
+                components[i] = _component(specs[i], initial[i])
+                components[i].visible = bool(initial[i])
+    for i in [i for i in indices if not specs[i].advanced and i not in mapping]:
+        components[i] = _component(specs[i], initial[i])
+    advanced = [i for i in indices if specs[i].advanced and i not in mapping]
+    if advanced:  # folded away, unless the whole group is advanced settings
+        with gr.Accordion("Advanced", open=len(advanced) + len(mapping) == len(indices)):
+            for i in advanced:
+                components[i] = _component(specs[i], initial[i])
+    if data_parts is not None:
+        data_parts["check_data"] = gr.Button("Check the data", elem_id="check-data")
+        data_parts["data_report"] = gr.Textbox(label="Data report", lines=14, interactive=False, elem_id="data-report")
+
+
+def _run_tab() -> RunTab:
+    with gr.Tab("Run", elem_id="tab-run"):
+        with gr.Row():
+            start = gr.Button("Start training", variant="primary", elem_id="start")
+            stop = gr.Button("Stop (saves a checkpoint)", elem_id="stop")
+            resume = gr.Button("Resume", elem_id="resume")
+        job_status = gr.Markdown(elem_id="job-status")
+        progress = gr.Markdown(elem_id="job-progress")
+        curve = gr.LinePlot(x="step", y="loss", color="series", label="Loss", elem_id="loss-curve")
+        log = gr.Textbox(label="Log (last lines)", lines=14, max_lines=14, interactive=False, autoscroll=True, elem_id="job-log")
+        queue = gr.Dataframe(headers=["job", "kind", "status", "run directory"], label="Jobs", interactive=False, elem_id="queue")
+        timer = gr.Timer(1.0)
+    return RunTab(start, stop, resume, job_status, progress, curve, log, queue, timer)
+
+
+def _results_tab(app: App) -> ResultsTab:
+    with gr.Tab("Results", elem_id="tab-results"):
+        with gr.Row():
+            run_choice = gr.Dropdown(choices=app.finished_runs(), label="Run", allow_custom_value=True, elem_id="run-choice")
+            refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
+            evaluate = gr.Button("Evaluate (base, few-shot, retrieval, tuned)", elem_id="evaluate")
+            zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
+            export = gr.Button("Export (GGUF + Ollama Modelfile)", elem_id="export")
+        report = gr.Markdown(elem_id="report")
+        with gr.Row():
+            export_files = gr.File(label="GGUF and Modelfile", file_count="multiple", interactive=False, elem_id="export-files")
+            use_it = gr.Markdown(elem_id="use-it")
+        chatbot = gr.Chatbot(label="Chat with the fine-tuned model", elem_id="chatbot", height=360)
+        message = gr.Textbox(label="Your message", elem_id="chat-input")
+    return ResultsTab(run_choice, refresh_runs, evaluate, zip_button, export, report, export_files, use_it, chatbot, message)
+
+
+# --- events --------------------------------------------------------------------------------------------------------
+
+def _form_outputs(form: Form) -> list:
+    return [form.yaml_preview, form.status, form.download, form.runnable, *form.fields]
+
+
+def _refresher(app: App) -> Any:
+    """The event that re-checks the form: YAML preview, problems beside the fields, the runnable YAML."""
+    specs = app.specs
+
+    def refresh(*values: Any) -> list:
+        preview, problems, runnable = app.check(list(values))
+        path = None
+        if runnable is not None:
+            path = app.ws.root / ".ui-config.yaml"
+            path.write_text(preview, encoding="utf-8")
+        updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else _help(s)) for s in specs]
+        text = "**The config is valid.**" if not problems else "**Fix these before training:**\n" + "\n".join(
+            f"- `{k or 'config'}`: {m}" for k, m in problems.items())
+        return [preview, text, gr.update(value=str(path) if path else None), runnable, *updates]
+
+    return refresh
+
+
+def _wire_form(app: App, demo: gr.Blocks, form: Form) -> None:
+    components, outputs, refresh = form.fields, _form_outputs(form), _refresher(app)
+    for component in components:  # what the user types; filling the form in code refreshes once, below
+        component.input(refresh, components, outputs, show_progress="hidden")
+    demo.load(refresh, components, outputs)
+    # the plan follows the config: recomputed for the newest valid config only, however fast the fields change
+    form.runnable.change(app.plan, form.runnable, form.plan, trigger_mode="always_last", show_progress="hidden")
+    form.preset.input(lambda name: app.preset_values(name), form.preset, components).then(refresh, components, outputs)
+    form.upload_yaml.upload(lambda path: app.load_yaml(path), form.upload_yaml, components).then(refresh, components, outputs)
+
+
+def _wire_data(app: App, form: Form) -> None:
+    specs, components, outputs, refresh = app.specs, form.fields, _form_outputs(form), _refresher(app)
+    train_index = next(i for i, s in enumerate(specs) if s.key == "data.train")
+    column_indices = [i for i, s in enumerate(specs) if s.path[:2] == ("data", "columns")]
+    shown = [components[train_index], form.detected, form.preview_rows, *[components[i] for i in column_indices]]
+
+    def data_shown(source: str) -> list:
+        """Preview, detected format and column mapping for a data file (uploaded, or a path typed in the form)."""
+        import pandas as pd
+
+        try:
+            rows, detection, columns, needed = app.inspect_data(source)
+        except (ValueError, UserError, OSError) as exc:
+            message = exc.render() if isinstance(exc, UserError) else str(exc)
+            return [source, f"**Could not read the data:** {message}", None, *[gr.update() for _ in column_indices]]
+        table = pd.DataFrame([{k: (v if len(v) <= 300 else v[:300] + " ...") for k, v in row.items()} for row in rows])
+        return [source, f"**{detection}.** Columns: {', '.join(columns)}", table,
+                *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
+
+    def data_uploaded(path: str) -> list:
+        try:
+            saved = app.ws.save_upload(path)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return data_shown(app.ws.relative(saved))
+
+    def report(runnable: str | None) -> str:
+        return app.data_report(runnable) if runnable else "Fix the config first."
+
+    form.data_file.upload(data_uploaded, form.data_file, shown, api_name="upload_data").then(
+        refresh, components, outputs).then(report, form.runnable, form.data_report)
+    components[train_index].blur(data_shown, components[train_index], shown)
+    form.check_data.click(report, form.runnable, form.data_report, api_name="data_report")
+
+
+def _wire_run(app: App, form: Form, tab: RunTab, job_state: Any) -> None:
+    def started(runnable: str | None) -> str:
+        if not runnable:
+            raise gr.Error("The config has problems; they are listed beside the form.")
+        return app.start(runnable)
+
+    tab.start.click(started, form.runnable, job_state, api_name="start")
+    tab.stop.click(lambda job: app.jobs.stop(job).id if job else None, job_state, job_state, api_name="stop")
+    tab.resume.click(lambda job: app.jobs.resume(job).id if job else None, job_state, job_state, api_name="resume")
+
+    def tick(job: str | None) -> tuple:
+        import pandas as pd
+
+        view = app.job_view(job)
+        losses = pd.DataFrame(view["losses"] or [], columns=["step", "loss", "series"])
+        return view.get("job"), view["status"], view["progress"], losses, view["log"], view["queue"]
+
+    shown = [job_state, tab.job_status, tab.progress, tab.curve, tab.log, tab.queue]
+    tab.timer.tick(tick, job_state, shown, show_progress="hidden")
+    gr.Button("Refresh status", visible=False).click(tick, job_state, shown, api_name="status")
+
+
+def _wire_results(app: App, tab: ResultsTab, job_state: Any) -> None:
+    tab.refresh_runs.click(lambda: gr.update(choices=app.finished_runs()), None, tab.run_choice)
+    tab.run_choice.change(app.report, tab.run_choice, tab.report, api_name="report")
+    tab.evaluate.click(app.evaluate, tab.run_choice, job_state, api_name="evaluate")
+    tab.run_choice.change(lambda run: app.archive(run) if run else None, tab.run_choice, tab.zip_button)
+    exported = [tab.export_files, tab.use_it]
+    tab.run_choice.change(lambda run: app.exported(run) if run else ([], ""), tab.run_choice, exported)
+    tab.refresh_runs.click(lambda run: app.exported(run) if run else ([], ""), tab.run_choice, exported)
+    tab.export.click(app.export, tab.run_choice, job_state, api_name="export")
+    tab.message.submit(app.reply, [tab.run_choice, tab.chatbot, tab.message], tab.chatbot, api_name="chat").then(
+        lambda: "", None, tab.message)
+
+
+def _api(app: App) -> None:
+    """Scripting (gradio_client): the same operations on YAML text, without the form."""
+    specs = app.specs
+
+    def checked(config_yaml: str) -> tuple[str | None, dict, str | None]:
+        """(preview, problems, runnable YAML or None) of YAML text, through the same check as the form."""
+        from trainer.config import parse_config
+
+        try:
+            values = from_config(specs, parse_config(config_yaml, "api", check_files=False).to_dict())
+        except UserError as exc:
+            return None, {p.path: p.message for p in exc.problems}, None
+        return app.check(values)
+
+    def validate_yaml(config_yaml: str) -> dict:
+        """Check a config; returns {"valid", "problems": {key: message}, "config": normalised YAML}."""
+        preview, problems, runnable = checked(config_yaml)
+        return {"valid": runnable is not None, "problems": problems, "config": preview}
+
+    def start_yaml(config_yaml: str) -> str:
+        """Queue a training run of a config; returns the job id."""
+        _, problems, runnable = checked(config_yaml)
+        if runnable is None:
+            raise gr.Error("; ".join(f"{k}: {m}" for k, m in problems.items()))
+        return app.start(runnable)
+
+    def job_status(job_id: str) -> dict:
+        """Status, progress, log tail and losses of a job."""
+        return app.job_view(job_id)
+
+    def stop_job(job_id: str) -> str:
+        """Stop a job (a training run saves a checkpoint first)."""
+        return app.jobs.stop(job_id).status
+
+    def resume_job(job_id: str) -> str:
+        """Queue a stopped or failed training job again, from its newest checkpoint."""
+        return app.jobs.resume(job_id).status
+
+    def chat_once(run: str, message: str, max_new_tokens: int = 64) -> str:
+        """One answer of a run's fine-tuned model."""
+        *_, history = app.reply(run, [], message, int(max_new_tokens))
+        return history[-1]["content"]
+
+    for fn in (validate_yaml, start_yaml, job_status, stop_job, resume_job, chat_once):
+        gr.api(fn, api_name=fn.__name__)
+
+
+# --- rendering -----------------------------------------------------------------------------------------------------
+
+def _component(spec: FieldSpec, value: Any) -> Any:
+    info = spec.description
+    common = dict(label=spec.title, info=info, elem_id="field-" + spec.key.replace(".", "-"))
+    if spec.kind in ("dropdown",):
+        return gr.Dropdown(choices=list(spec.choices), value=value, **common)
+    if spec.kind == "multiselect":
+        return gr.Dropdown(choices=list(spec.choices), value=value, multiselect=True, **common)
+    if spec.kind in ("checkbox", "toggle"):
+        return gr.Checkbox(value=bool(value), label=spec.title if spec.kind == "checkbox" else f"Use: {spec.title}", info=info,
+                           elem_id=common["elem_id"])
+    if _is_slider(spec):  # a share or a probability: a slider over its bounds
+        return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.001, value=value, **common)
+    if spec.kind in ("integer", "number"):
+        # Open-ended numbers show their bounds in the help text rather than as gr.Number limits: Gradio would refuse
+        # an out-of-range number itself, in its own words, before the validator could say what is allowed.
+        bounds = _bounds(spec)
+        return gr.Number(value=value, precision=0 if spec.kind == "integer" else None,
+                         **{**common, "info": f"{info} {bounds}".strip()})
+    if spec.path[:2] == ("data", "columns"):  # column mapping: the columns of the loaded file, or any name
+        return gr.Dropdown(choices=[], value=value or None, allow_custom_value=True, **common)
+    return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+def _is_slider(spec: FieldSpec) -> bool:
+    return (spec.kind == "number" and not spec.nullable and not spec.exclusive_minimum and spec.minimum is not None
+            and spec.maximum is not None and spec.maximum - spec.minimum <= 1)
+
+
+def _bounds(spec: FieldSpec) -> str:
+    low = f"above {spec.minimum:g}" if spec.exclusive_minimum else f"{spec.minimum:g}" if spec.minimum is not None else None
+    if low is not None and spec.maximum is not None:
+        return f"({low} to {spec.maximum:g})" if not spec.exclusive_minimum else f"({low}, at most {spec.maximum:g})"
+    if low is not None:
+        return f"(at least {low})" if not spec.exclusive_minimum else f"({low})"
+    return f"(at most {spec.maximum:g})" if spec.maximum is not None else ""
+
+
+def _help(spec: FieldSpec) -> str:
+    shown = spec.kind in ("integer", "number") and not _is_slider(spec)
+    return f"{spec.description} {_bounds(spec)}".strip() if shown else spec.description

@@ -1,8 +1,9 @@
 """From the config's data section to tokenized train and validation sets, with the report of what happened."""
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trainer.config import Config
 from trainer.data.formats import Example, columns_for, detect_format, to_example
@@ -54,6 +55,19 @@ def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]
     return examples, report
 
 
+def split_turns(example: Example) -> list[Example]:
+    """data.turns: each: one example per trained assistant turn, ending with it (earlier answers are context, not trained),
+    so a template that renders the last turn differently from earlier ones trains every turn as it is generated."""
+    if example.messages is None:
+        return [example]
+    pieces = []
+    for i, message in enumerate(example.messages):
+        if message.role == "assistant" and message.trained:
+            context = tuple(replace(m, trained=False) if m.role == "assistant" else m for m in example.messages[:i])
+            pieces.append(Example(context + (message,), None, example.file, example.line, example.tools))
+    return pieces
+
+
 def split_validation(examples: list, share: float, seed: int) -> tuple[list, list]:
     if share <= 0 or len(examples) < 2:
         return examples, []
@@ -75,8 +89,12 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         validation_examples, validation_report = load_examples(config.data.validation, config)
         splits.append(validation_report)
 
+    if config.data.turns == "each":
+        train_examples = [piece for e in train_examples for piece in split_turns(e)]
+        validation_examples = [piece for e in validation_examples for piece in split_turns(e)]
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
-    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length)
+    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config))
     tokenized, sources = [], []
     for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
         out, kept = [], []
@@ -107,6 +125,12 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
 
 
 _NO_TEMPLATE = resolve_template("chatml", None)
+
+
+def model_label(config: Config) -> str:
+    """The model as messages name it: its file or folder name, or its Hub id."""
+    name = config.model.name_or_path
+    return os.path.basename(name.rstrip("/")) if os.path.exists(os.path.expanduser(name)) else name
 
 
 def _stop_on_problems(splits: list[SplitReport]) -> None:

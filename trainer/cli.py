@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="check the data and report tokens, problems and steps", description="Read the data the config names, check every record, and report problems (with file and line), token statistics with the model's tokenizer, truncation, duplicates, steps per epoch and padding. Exit code 2 when there are problems and data.on_invalid is error.")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="also print the first N training examples as the model sees them, trained text marked")
 
     sub.add_parser("schema", help="print the JSON Schema of the config", description="Print the JSON Schema (draft 2020-12) of the config, for editors and tools.")
 
@@ -210,14 +211,21 @@ def _data(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer, stop_on_problems=False)
+    from trainer.data.report import render_shown, show_examples
+
     report = build_report(config, data)
+    shown = show_examples(data, args.show) if args.show else []
     if args.json:
-        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept,
+        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept, "fields": s.fields,
                    "problems": [str(p) for p in s.problems]} for s in data.splits]
-        print(json.dumps({"splits": splits, **report.to_dict()}, indent=2))
+        print(json.dumps({"splits": splits, "template_features": data.features, **report.to_dict(), "shown": shown}, indent=2))
     else:
         print(render_report(config, data, report))
+        if shown:
+            print("\n" + render_shown(shown))
     problems = sum(len(s.problems) for s in data.splits)
+    if not data.train:
+        return EXIT_BAD_INPUT
     if problems and config.data.on_invalid == "error":
         print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -22,6 +22,7 @@ class SplitReport:
     records: int  # readable records plus unreadable lines: everything in the input
     kept: int
     problems: list[Problem] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)  # what the examples use: tools, tool calls, reasoning, multi-turn, system prompts
 
 
 @dataclass
@@ -32,6 +33,8 @@ class PreparedData:
     template: str
     held_out: bool  # validation was split off the training data
     sources: tuple[list[Example], list[Example]] = ([], [])  # the examples behind train and validation, in order
+    features: str | None = None  # what the chat template does (renders tools, keeps reasoning, ...), in words
+    encoder: Tokenizer | None = None  # what turned the examples into tokens (for showing them as the model sees them)
 
 
 def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
@@ -51,8 +54,21 @@ def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]
         if example is not None:
             examples.append(example)
     bad_records = len({(p.file, p.line) for p in problems})
-    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems)
+    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, fields_used(examples))
     return examples, report
+
+
+def fields_used(examples: list[Example]) -> dict:
+    """How many examples use each kind of content, for the data report."""
+    chats = [e for e in examples if e.messages]
+    return {
+        "examples": len(examples),
+        "tools": sum(1 for e in chats if e.tools),
+        "tool_calls": sum(1 for e in chats if any(m.tool_calls for m in e.messages)),
+        "reasoning": sum(1 for e in chats if any(m.reasoning for m in e.messages)),
+        "multi_turn": sum(1 for e in chats if sum(m.role == "assistant" for m in e.messages) > 1),
+        "system_prompt": sum(1 for e in chats if e.messages[0].role == "system"),
+    }
 
 
 def split_turns(example: Example) -> list[Example]:
@@ -110,6 +126,11 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         sources.append(kept)
     if config.data.on_invalid == "error" and stop_on_problems:
         _stop_on_problems(splits)
+    features = encode.features.describe() if template is not None and (train_examples or validation_examples) else None
+    prepared = PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
+                            (sources[0], sources[1]), features, encode)
+    if not stop_on_problems:  # `trainer data` explains whatever it found, even when nothing is usable
+        return prepared
     if not tokenized[0]:
         raise UserError(f"{config.data.train}: no usable training examples are left.")
     if not any(e.trained for e in tokenized[0]):
@@ -120,8 +141,7 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
                "Raise data.max_seq_length (`trainer data --config ...` shows the lengths)." if lost else
                ": check data.train_on and that the examples have assistant answers.")
         )
-    return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
-                        (sources[0], sources[1]))
+    return prepared
 
 
 _NO_TEMPLATE = resolve_template("chatml", None)

@@ -62,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="one user message")
     src.add_argument("--input", metavar="FILE", help='a .jsonl file of {"messages": [...]} or {"prompt": "..."} lines')
     p.add_argument("--system", help="a system message to put before --prompt")
+    p.add_argument("--tools", metavar="FILE", help="a JSON list of tools the model may call (a line's own \"tools\" wins); calls are parsed into \"tool_calls\"")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
 
     p = sub.add_parser("chat", help="talk to a fine-tuned model", description="An interactive chat with the model of a run directory, streaming its answers.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     p.add_argument("--system", help="a system message for the conversation")
+    p.add_argument("--tools", metavar="FILE", help="a JSON list of tools the model may call; its calls are shown, and you type each result")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
     p = sub.add_parser("export", help="write the config in another tool's format", description="Translate the config into another tool's format without running it. For AutoTrain: the LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
@@ -250,26 +252,34 @@ def _eval(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.generate import generate, load_run, read_prompts
+    from trainer.generate import generate, load_run, read_prompts_with_tools
+    from trainer.tools import load_tools, parse_tool_calls
 
+    default_tools = load_tools(args.tools) if args.tools else None
     if args.prompt is not None:
         conversations = [([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]]
+        tools = [default_tools]
     else:
-        conversations = read_prompts(args.input)
+        conversations, tools = read_prompts_with_tools(args.input)
+        tools = [t or default_tools for t in tools]
     loaded = load_run(args.run)
-    answers = generate(loaded, conversations, args.max_new_tokens, args.batch_size)
+    answers = generate(loaded, conversations, args.max_new_tokens, args.batch_size, tools=tools)
     if args.prompt is not None:
         print(answers[0].text)
     else:
-        for answer in answers:
-            print(json.dumps({"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}))
+        for answer, offered in zip(answers, tools):
+            line = {"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}
+            if offered:
+                line["tool_calls"] = parse_tool_calls(answer.text)  # None: the answer tries a call but it is malformed
+            print(json.dumps(line, ensure_ascii=False))
     return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
     from trainer.generate import chat, load_run
+    from trainer.tools import load_tools
 
-    chat(load_run(args.run), args.system, args.max_new_tokens)
+    chat(load_run(args.run), args.system, args.max_new_tokens, load_tools(args.tools) if args.tools else None)
     return 0
 
 

@@ -35,7 +35,7 @@ def eval_cases(config: Config) -> tuple[list[Case], list]:
     return cases, train
 
 
-def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) -> float:
+def answer_loss(loaded, conversations: list[list[dict]], references: list[str], cases: list[Case] | None = None) -> float:
     """Mean loss per token of the reference answers (with their end-of-turn token), given each prompt."""
     import torch
 
@@ -48,9 +48,15 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)
     items = []
-    for messages, reference in zip(conversations, references):
-        turns = [Message(m["role"], m["content"], False) for m in messages] + [Message("assistant", reference, True)]
-        tokenized, problem = encode(Example(tuple(turns), None, "", 0))
+    for k, (messages, reference) in enumerate(zip(conversations, references)):
+        case = cases[k] if cases else None
+        if case is not None and case.turns and len(messages) == len(case.messages):  # the case's own turns, tool calls included
+            from dataclasses import replace
+
+            turns = [replace(m, trained=False) for m in case.turns[:-1]] + [replace(case.turns[-1], trained=True)]
+        else:
+            turns = [Message(m["role"], m["content"] or "", False) for m in messages if m["role"] != "tool"] + [Message("assistant", reference, True)]
+        tokenized, problem = encode(Example(tuple(turns), None, "", 0, case.tools if case else None))
         if tokenized is not None:
             items.append(tokenized)
     loss_module = LossOnTrainedTokens(loaded.model).eval()
@@ -67,14 +73,14 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     from trainer.generate import generate
 
     started = time.perf_counter()
-    answers = generate(loaded, conversations, max_new_tokens=max_new_tokens)
+    answers = generate(loaded, conversations, max_new_tokens=max_new_tokens, tools=[c.tools for c in cases])
     seconds = time.perf_counter() - started
     predictions = [a.text for a in answers]
     references = [c.reference for c in cases]
     result: dict = {}
     for name in metrics:
         if name == "loss":
-            loss = answer_loss(loaded, conversations, references)
+            loss = answer_loss(loaded, conversations, references, cases)
             result.update({"loss": loss, "perplexity": math.exp(min(loss, 50))})
         else:
             result.update(METRICS[name](predictions, references))

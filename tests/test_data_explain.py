@@ -69,3 +69,16 @@ def test_json_carries_the_rendered_text_and_trained_spans(setup, capsys):
     text = shown[0]["text"]
     assert [text[a:b] for a, b in shown[0]["trained"]] == [
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>', "18 C.<|im_end|>"]
+
+
+def test_ui_preview_shows_tool_calls_and_reasoning_readably(tmp_path):
+    from trainer.data.records import read_records
+    from ui.app import _readable
+
+    row = dict(ROW)
+    row["messages"] = ROW["messages"][:3] + [{"role": "assistant", "content": "<think>\nIt said 18.\n</think>\n\n18 C."}]
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    records, _ = read_records(str(path))
+    assert _readable(records, "messages") == ["tools: get_weather\nuser: Paris?\nassistant calls get_weather({\"city\": \"Paris\"})\n"
+                                              "tool (get_weather) -> 18 C\nassistant [reasoning] It said 18.\nassistant: 18 C."]

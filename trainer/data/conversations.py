@@ -235,3 +235,22 @@ def check_calls_against_tools(record: Record, messages: list, tools: tuple[dict,
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def readable(example) -> str:
+    """A conversation for people to read (the UI's data preview): roles, tool calls as name(arguments), reasoning marked."""
+    lines = []
+    if example.tools:
+        lines.append("tools: " + ", ".join(t["function"]["name"] for t in example.tools))
+    for m in example.messages or ():
+        if m.role == "tool":
+            lines.append(f"tool ({m.name or m.tool_call_id}) -> {m.content}")
+            continue
+        head = m.role + ("" if m.role != "assistant" or m.trained else " (weight 0, not trained)")
+        if m.reasoning:
+            lines.append(f"{head} [reasoning] {m.reasoning}")
+        for call in m.tool_calls:
+            lines.append(f"{head} calls {call.name}({json.dumps(call.arguments, ensure_ascii=False)})")
+        if m.content or not (m.tool_calls or m.reasoning):
+            lines.append(f"{head}: {m.content}")
+    return "\n".join(lines) if example.messages else (example.text or "")

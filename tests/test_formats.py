@@ -185,3 +185,25 @@ def test_sharegpt_function_call_and_observation(tmp_path):
     assert [m.role for m in e.messages] == ["user", "assistant", "tool", "assistant"]
     assert e.messages[1].tool_calls[0].arguments == {"city": "Paris"} and e.messages[2].tool_call_id == e.messages[1].tool_calls[0].id
     assert e.tools == (WEATHER_TOOL,)
+
+
+@pytest.mark.parametrize("bad", [None, 1, "x", [], {}, [None], [{"function": None}], [{"function": {"name": 3}}], {"name": "f"}, True])
+def test_odd_tool_shapes_are_problems_never_tracebacks(tmp_path, bad):
+    from trainer.data.formats import columns_for, to_example
+    from trainer.data.records import Record
+
+    base = {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    rows = [
+        {"tools": bad, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {**base, "tool_calls": bad}]},
+        {"messages": [{"role": "user", "content": "q"}, {**base, "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": bad}}]}]},
+        {"messages": [{"role": "user", "content": bad}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, base, {"role": "tool", "tool_call_id": bad, "content": "r"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": bad}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": bad}]},
+    ]
+    for row in rows:
+        fmt = "sharegpt" if "conversations" in row else "messages"
+        example, problems = to_example(Record(row, "f.jsonl", 1), fmt, columns_for(fmt, {}), "assistant")
+        assert (example is None) == bool(problems)
+        assert all(str(p).startswith("f.jsonl:1: ") for p in problems)

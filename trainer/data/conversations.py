@@ -201,7 +201,7 @@ def chat_messages(record: Record, fmt: str, names: dict) -> tuple[list, list[Pro
             call_id = turn.get("tool_call_id")
             if call_id is None and pending:  # ShareGPT observations and legacy function results answer the oldest open call
                 call_id = pending[0]
-            if call_id is None or call_id not in open_calls:
+            if not isinstance(call_id, str) or call_id not in open_calls:
                 asked = f" (tool_call_id {call_id!r})" if call_id is not None else ""
                 problems.append(record.problem(
                     f"{where} is a tool result{asked} that answers no call: put it after the assistant message whose tool_calls "

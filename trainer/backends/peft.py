@@ -158,6 +158,8 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     data = prepare_data(config, tokenizer)
     say(f"Data: {len(data.train)} training and {len(data.validation)} validation examples, "
         f"{sum(e.trained for e in data.train)} trained tokens per epoch")
+    if data.features:
+        say(f"Chat template ({config.data.chat_template}): {data.features}")
 
     say(f"Loading {config.model.name_or_path} on {device} ...")
     model = add_adapter(load_model(config, device, zero3_loading(config, precision)), config)

@@ -202,3 +202,18 @@ def test_probe_describes_each_template(saved_smollm2):
                                 "keeps the system prompt")
     gemma2 = probe_template(family_tokenizer(saved_smollm2, "gemma"), template("gemma2.jinja"))
     assert (gemma2.tools, gemma2.system, gemma2.header, gemma2.close) == (False, "refuses", "<start_of_turn>model\n", "<end_of_turn>")
+
+
+def test_smollm3_reasoning_inline_and_no_think_mode(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "qwen")
+    problem, _ = trained(tokenizer, template("smollm3.jinja"), conversation(), name="SmolLM3-3B")
+    assert "the chat template of SmolLM3-3B ignores them" in problem and "not trained on ChatML" not in problem
+    runs, _ = trained(tokenizer, template("smollm3.jinja"), conversation(tools=False, reasoning=True))
+    assert runs == ["<think>\nThe tool said 18.\n</think>\n\nIt is 18 C in Paris.<|im_end|>",
+                    "<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]
+    quiet = conversation(tools=False)
+    quiet = Example((Message("system", "Be brief. /no_think", False),) + quiet.messages[1:], None, quiet.file, quiet.line)
+    runs, _ = trained(tokenizer, template("smollm3.jinja"), quiet)
+    # Known limit: the header is probed once per template, in its default (/think) mode, so with /no_think in an example's
+    # system prompt the empty think block, which the generation prompt gives in that mode, is trained with the answer.
+    assert runs == ["<think>\n\n</think>\nIt is 18 C in Paris.<|im_end|>", "<think>\n\n</think>\nYou're welcome.<|im_end|>"]

@@ -13,17 +13,17 @@ import random
 from pathlib import Path
 
 SYSTEM = "You are a home assistant. Call a function when one fits the request; otherwise answer briefly."
-TOOLS = [
+TOOLS = [  # short descriptions: the five definitions are in every example's prompt
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
-                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
-    {"type": "function", "function": {"name": "convert_currency", "description": "Convert an amount of money.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "convert_currency", "description": "Convert money.",
                                       "parameters": {"type": "object", "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}}, "required": ["amount", "from", "to"]}}},
-    {"type": "function", "function": {"name": "set_timer", "description": "Start a countdown timer.",
+    {"type": "function", "function": {"name": "set_timer", "description": "Start a timer.",
                                       "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}}, "required": ["minutes"]}}},
-    {"type": "function", "function": {"name": "search_recipes", "description": "Find recipes with an ingredient.",
+    {"type": "function", "function": {"name": "search_recipes", "description": "Find recipes.",
                                       "parameters": {"type": "object", "properties": {"ingredient": {"type": "string"}, "max_minutes": {"type": "integer"}}, "required": ["ingredient"]}}},
-    {"type": "function", "function": {"name": "add_event", "description": "Add an event to the calendar.",
-                                      "parameters": {"type": "object", "properties": {"title": {"type": "string"}, "date": {"type": "string", "description": "YYYY-MM-DD"}, "time": {"type": "string", "description": "HH:MM"}}, "required": ["title", "date"]}}},
+    {"type": "function", "function": {"name": "add_event", "description": "Add a calendar event.",
+                                      "parameters": {"type": "object", "properties": {"title": {"type": "string"}, "date": {"type": "string"}, "time": {"type": "string"}}, "required": ["title", "date"]}}},
 ]
 CITIES = ["Paris", "Tokyo", "Lagos", "Lima", "Oslo", "Cairo", "Denver", "Mumbai", "Seoul", "Madrid", "Nairobi", "Quito", "Hanoi", "Dublin", "Perth"]
 CURRENCIES = ["USD", "EUR", "JPY", "GBP", "INR", "CAD", "CHF", "BRL"]

@@ -101,7 +101,16 @@ def event(rng):
     return ask, ("add_event", {"title": title, "date": date, "time": time}), {"status": "added"}, f"Added {title} on {date} at {time}."
 
 
-KINDS = [weather, currency, timer, recipes, event]
+KINDS = [weather, currency, timer, recipes, event]  # in the order of TOOLS
+
+
+def offered(rng, *needed) -> list[dict]:
+    """The example's tools: the functions it needs and others up to three, in a random order (as an app offers a few)."""
+    names = {k.__name__ for k in needed}
+    others = [k for k in KINDS if k.__name__ not in names]
+    chosen = list(needed) + rng.sample(others, 3 - len(needed))
+    rng.shuffle(chosen)
+    return [TOOLS[KINDS.index(k)] for k in chosen]
 
 
 def conversation(rng, shape: str) -> dict:
@@ -109,22 +118,23 @@ def conversation(rng, shape: str) -> dict:
     k = 0
     if shape == "chat":
         ask, answer = rng.choice(CHAT)
-        return {"tools": TOOLS, "messages": messages + [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]}
+        return {"tools": offered(rng), "messages": messages + [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]}
     first, second = rng.sample(KINDS, 2)
+    tools = offered(rng, first, second) if shape in ("two_step", "follow_up") else offered(rng, first)
     ask, (name, args), value, reply = first(rng)
     if shape == "two_step":
         ask2, (name2, args2), value2, reply2 = second(rng)
         messages.append({"role": "user", "content": f"{ask.rstrip('.?')}, and {ask2[0].lower() + ask2[1:]}"})
         messages += [call(name, args, 1), result(1, value), call(name2, args2, 2), result(2, value2),
                      {"role": "assistant", "content": f"{reply} {reply2}"}]
-        return {"tools": TOOLS, "messages": messages}
+        return {"tools": tools, "messages": messages}
     k += 1
     messages += [{"role": "user", "content": ask}, call(name, args, k), result(k, value), {"role": "assistant", "content": reply}]
     if shape == "follow_up":
         ask2, (name2, args2), value2, reply2 = second(rng)
         k += 1
         messages += [{"role": "user", "content": ask2}, call(name2, args2, k), result(k, value2), {"role": "assistant", "content": reply2}]
-    return {"tools": TOOLS, "messages": messages}
+    return {"tools": tools, "messages": messages}
 
 
 def eval_case(rng, shape: str) -> dict:
@@ -132,8 +142,8 @@ def eval_case(rng, shape: str) -> dict:
     full = conversation(rng, shape)
     messages = full["messages"]
     if shape == "two_step":  # stop after the second call: the model must make it, given the first result
-        return {"tools": TOOLS, "messages": messages[:5]}
-    return {"tools": TOOLS, "messages": messages[:3]}  # system, user, and the call (or the direct answer)
+        return {"tools": full["tools"], "messages": messages[:5]}
+    return {"tools": full["tools"], "messages": messages[:3]}  # system, user, and the call (or the direct answer)
 
 
 def main() -> None:

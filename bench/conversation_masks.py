@@ -20,15 +20,14 @@ import subprocess
 import sys
 import time
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven bakers fold dough and count loaves of bread "
-         "under warm lamps near the harbour where boats rest").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bakers", "fold", "dough", "and", "count", "loaves", "of", "bread", "under", "warm", "lamps", "near", "the", "harbour", "where", "boats", "rest"]
 
 
 def conversations(count: int, seed: int = 0):
     from trainer.data.formats import Example, Message
 
     rng = random.Random(seed)
-    say = lambda n: " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."  # noqa: E731
+    say = lambda n: " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
     for i in range(count):
         messages = [Message("system", "You are a helpful assistant.", False)]
         for _ in range(3):
@@ -91,7 +90,7 @@ def main() -> None:
         return
     results = []
     for method in ("old", "new"):
-        done = subprocess.run([sys.executable, __file__, "--method", method, "--count", str(args.count)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, __file__, "--method", method, "--count", str(args.count)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(done.stderr)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -90,7 +90,7 @@ CALL_LLAMA = '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>
 
 @pytest.mark.parametrize("name", ["llama3.1.jinja", "llama3.2.jinja"])
 def test_llama3(saved_smollm2, name):
-    runs, result = trained(family_tokenizer(saved_smollm2, "llama"), template(name), conversation())
+    runs, _ = trained(family_tokenizer(saved_smollm2, "llama"), template(name), conversation())
     assert runs == [CALL_LLAMA, "It is 18 C in Paris.<|eot_id|>", "You're welcome.<|eot_id|>"]
 
 
@@ -174,8 +174,8 @@ def test_deepseek_r1_distill_tool_calls_without_a_tools_list(saved_smollm2):
     runs, _ = trained(family_tokenizer(saved_smollm2, "deepseek"), template("deepseek-r1-distill-qwen.jinja"), example)
     # The template needs the arguments as JSON text and, with transformers dropping a None content, an empty content,
     # which it renders as an empty answer after the calls: that is how this template lays the turn out, so it is trained.
-    assert runs == ['<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
-                    '<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜Assistant｜><｜end▁of▁sentence｜>',
+    assert runs == [('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
+                     '<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜Assistant｜><｜end▁of▁sentence｜>'),
                     "It is 18 C in Paris.<｜end▁of▁sentence｜>", "You're welcome.<｜end▁of▁sentence｜>"]
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainer.errors import UserError
 
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def _call(value) -> dict | None:
@@ -73,7 +73,7 @@ def reference_calls(reference: str) -> list[dict] | None:
 
 def _same(calls: list[dict], expected: list[dict]) -> bool:
     """The same functions with equal arguments (JSON equality: key order ignored), in any order."""
-    key = lambda c: (c["name"], json.dumps(c["arguments"], sort_keys=True))  # noqa: E731
+    key = lambda c: (c["name"], json.dumps(c["arguments"], sort_keys=True))
     return sorted(map(key, calls)) == sorted(map(key, expected))
 
 

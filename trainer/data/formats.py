@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from trainer.data.conversations import check_calls_against_tools, chat_messages, parse_tools
+from trainer.data.conversations import (
+    chat_messages,
+    check_calls_against_tools,
+    parse_tools,
+)
 from trainer.data.records import Record
 from trainer.errors import Problem, UserError
 

@@ -61,7 +61,7 @@ def render(tokenizer, jinja: str, messages: list[dict], tools=None, generation_p
 def _try(tokenizer, jinja, messages, tools=None, generation_prompt=False) -> str | None:
     try:
         return render(tokenizer, jinja, messages, tools, generation_prompt)
-    except Exception:  # a probe that a template refuses is an answer, not an error
+    except Exception:  # noqa: BLE001 - a probe that a template refuses is an answer, not an error
         return None
 
 

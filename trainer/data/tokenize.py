@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainer.data.formats import Example
-from trainer.data.masks import SpanError, TemplateFeatures, label_spans, probe_template, render_with_spans, template_messages
+from trainer.data.masks import (
+    SpanError,
+    TemplateFeatures,
+    label_spans,
+    probe_template,
+    render_with_spans,
+    template_messages,
+)
 from trainer.data.templates import ChatTemplate
 from trainer.errors import Problem
 

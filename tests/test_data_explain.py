@@ -82,3 +82,13 @@ def test_ui_preview_shows_tool_calls_and_reasoning_readably(tmp_path):
     records, _ = read_records(str(path))
     assert _readable(records, "messages") == [("tools: get_weather\nuser: Paris?\nassistant calls get_weather({\"city\": \"Paris\"})\n"
                                                "tool (get_weather) -> 18 C\nassistant [reasoning] It said 18.\nassistant: 18 C.")]
+
+
+def test_turns_each_makes_one_example_per_answer(setup, capsys):
+    config, _ = setup
+    assert main(["data", "--config", config, "--set", "data.chat_template=hermes", "--set", "data.turns=each", "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples: 4 for training" in out  # two records, two answers each
+    assert out.count("<|im_end|>⟧") == 2  # each example trains only its last answer
+    assert main(["data", "--config", config, "--set", "data.turns=each"]) == 2
+    assert "2 records, 0 usable, 2 problem(s)" in capsys.readouterr().out  # each record's refusal said once

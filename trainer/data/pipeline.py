@@ -113,12 +113,14 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
                        fold_system=config.data.system_prompt == "fold", model_name=model_label(config))
     tokenized, sources = [], []
     for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
-        out, kept = [], []
+        out, kept, refused = [], [], set()
         for example in examples:
             result, problem = encode(example)
             if problem:
-                report.problems.append(problem)
-                report.kept -= 1
+                if (example.file, example.line) not in refused:  # with data.turns: each, a record's pieces fail alike
+                    refused.add((example.file, example.line))
+                    report.problems.append(problem)
+                    report.kept -= 1
             else:
                 out.append(result)
                 kept.append(example)

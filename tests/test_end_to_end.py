@@ -30,3 +30,24 @@ def test_quickstart_shortened(tmp_path):
                          "--system", "You are a helpful recipe assistant. You are to extract the generic ingredients from each of the recipes provided.")
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert answer.stdout.strip()
+
+
+def test_tools_quickstart_shortened(tmp_path):
+    """The tool-calling quickstart: trains on tools data with the hermes template, evaluates tool_call_match for the
+    three systems, and `generate --tools` returns the parsed calls."""
+    run = tmp_path / "tools"
+    overrides = ["--set", "training.epochs=null", "--set", "training.max_steps=3", "--set", f"output.dir={run}",
+                 "--set", "evaluation.max_examples=4", "--set", "evaluation.few_shot=1", "--set", "evaluation.max_new_tokens=40"]
+    result = run_trainer("--config", "configs/tools-quickstart.yaml", *overrides, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "eval.json").read_text())
+    for system in ("base_zero_shot", "base_few_shot", "tuned"):
+        assert 0.0 <= report[system]["tool_call_match"] <= 1.0 and "tool_call_wellformed" in report[system]
+    assert report["summary"]["main_metric"] == "tool_call_match"
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "What's the weather in Oslo?"}]}) + "\n")
+    answer = run_trainer("generate", "--run", str(run), "--max-new-tokens", "40", "--input", str(prompts), "--tools", "data/tools/tools.json")
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    line = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert "tool_calls" in line  # a list of parsed calls, [] for a text answer, or null for a malformed call

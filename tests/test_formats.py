@@ -126,3 +126,84 @@ def test_hub_loader_reads_a_local_copy(tmp_path):
     write_jsonl(repo / "train.jsonl", [{"prompt": "q", "completion": "a"}] * 3)
     records = read_hub_dataset(f"{repo}:train")
     assert len(records) == 3 and records[0].row == {"prompt": "q", "completion": "a"} and records[0].file == f"{repo}:train"
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_openai_function_calling_record(tmp_path):
+    from trainer.data.formats import ToolCall
+
+    row = {"tools": [WEATHER_TOOL], "messages": [
+        {"role": "system", "content": "Weather bot."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather"}, {"type": "text", "text": "in Paris?"}], "name": "ana"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                              "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        {"role": "assistant", "content": "<think>\nThe tool said 18.\n</think>\n\nIt is 18 C.", "weight": 1},
+        {"role": "user", "content": "And Rome?"},
+        {"role": "assistant", "content": "Not known.", "reasoning_content": "No call made.", "weight": 0}]}
+    path = write_jsonl(tmp_path / "t.jsonl", [row])
+    examples, report = load_examples(str(path), config_for(path))
+    assert not report.problems
+    e = examples[0]
+    assert e.tools == (WEATHER_TOOL,)
+    assert e.messages[1] == Message("user", "Weather\nin Paris?", False, name="ana")
+    assert e.messages[2] == Message("assistant", "", True, (ToolCall("get_weather", {"city": "Paris"}, "call_1"),))
+    assert e.messages[3] == Message("tool", "18 C", False, name="get_weather", tool_call_id="call_1")
+    assert e.messages[4] == Message("assistant", "It is 18 C.", True, reasoning="The tool said 18.")
+    assert e.messages[6] == Message("assistant", "Not known.", False, reasoning="No call made.")
+
+
+def test_legacy_functions_and_function_call(tmp_path):
+    from trainer.data.formats import ToolCall
+
+    row = {"functions": [{"name": "get_weather", "parameters": {"type": "object"}}], "messages": [
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"role": "function", "name": "get_weather", "content": "18 C"},
+        {"role": "assistant", "content": "18 C."}]}
+    path = write_jsonl(tmp_path / "f.jsonl", [row])
+    examples, report = load_examples(str(path), config_for(path))
+    assert not report.problems
+    e = examples[0]
+    assert e.tools == ({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},)
+    assert e.messages[1].tool_calls == (ToolCall("get_weather", {"city": "Paris"}, "call00001"),)
+    assert e.messages[2] == Message("tool", "18 C", False, name="get_weather", tool_call_id="call00001")
+
+
+def test_sharegpt_function_call_and_observation(tmp_path):
+    row = {"tools": json.dumps([WEATHER_TOOL]), "conversations": [
+        {"from": "human", "value": "Paris?"},
+        {"from": "function_call", "value": "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
+        {"from": "observation", "value": "18 C"},
+        {"from": "gpt", "value": "18 C."}]}
+    path = write_jsonl(tmp_path / "s.jsonl", [row])
+    examples, report = load_examples(str(path), config_for(path))
+    assert not report.problems
+    e = examples[0]
+    assert [m.role for m in e.messages] == ["user", "assistant", "tool", "assistant"]
+    assert e.messages[1].tool_calls[0].arguments == {"city": "Paris"} and e.messages[2].tool_call_id == e.messages[1].tool_calls[0].id
+    assert e.tools == (WEATHER_TOOL,)
+
+
+@pytest.mark.parametrize("bad", [None, 1, "x", [], {}, [None], [{"function": None}], [{"function": {"name": 3}}], {"name": "f"}, True])
+def test_odd_tool_shapes_are_problems_never_tracebacks(tmp_path, bad):
+    from trainer.data.formats import columns_for, to_example
+    from trainer.data.records import Record
+
+    base = {"role": "assistant", "content": None, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    rows = [
+        {"tools": bad, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {**base, "tool_calls": bad}]},
+        {"messages": [{"role": "user", "content": "q"}, {**base, "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": bad}}]}]},
+        {"messages": [{"role": "user", "content": bad}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, base, {"role": "tool", "tool_call_id": bad, "content": "r"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": bad}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": bad}]},
+    ]
+    for row in rows:
+        fmt = "sharegpt" if "conversations" in row else "messages"
+        example, problems = to_example(Record(row, "f.jsonl", 1), fmt, columns_for(fmt, {}), "assistant")
+        assert (example is None) == bool(problems)
+        assert all(str(p).startswith("f.jsonl:1: ") for p in problems)

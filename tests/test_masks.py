@@ -78,16 +78,18 @@ def test_custom_jinja_template(char_tokenizer):
     assert labels == [M] * 7 + [101, 91, 1] + [M] * 7 + [90, 91, 1]
 
 
-def test_template_that_retokenises_at_a_boundary_is_reported(char_tokenizer):
+def test_template_whose_turns_cannot_be_located_is_reported(char_tokenizer):
+    # no header, no end-of-turn text except after the last turn: where "yo" ends is unknowable, so it is reported, not guessed
     jinja = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}!{% endif %}{% endfor %}"
     result, problem = Tokenizer(char_tokenizer, resolve_template(jinja, char_tokenizer), "assistant", 512)(TWO_TURNS)
     assert result is None
-    assert str(problem).startswith("f.jsonl:7: the chat template tokenises message 2 differently")
+    assert str(problem) == ("f.jsonl:7: could not find where assistant message 2 begins in the rendered conversation (looked for '!' "
+                            "after message 1); the template lays this turn out unlike the others.")
 
 
 def test_tokenizer_without_template_is_a_clear_error():
     tokenizer = make_char_tokenizer(None)
-    with pytest.raises(UserError, match=r"data.chat_template: the model's tokenizer has no chat template.*chatml, zephyr or llama3"):
+    with pytest.raises(UserError, match=r"data.chat_template: the model's tokenizer has no chat template.*chatml, zephyr, llama3 or hermes"):
         resolve_template("tokenizer", tokenizer)
 
 
@@ -105,3 +107,24 @@ def test_truncation_counts_lost_trained_tokens(char_tokenizer):
 def test_plain_text_learns_everything_and_ends_with_eos(char_tokenizer):
     result, _ = Tokenizer(char_tokenizer, resolve_template("chatml", char_tokenizer), "all", 512)(Example(None, "ab", "f", 1))
     assert list(result.input_ids) == [77, 78, 1] and list(result.labels) == [77, 78, 1]
+
+
+def test_a_template_that_trims_content_is_located_exactly(char_tokenizer):
+    # llama3 trims every message; the markers sit inside the whitespace, so the render is what the model sees
+    padded = Example((Message("user", "  hi \n", False), Message("assistant", " yo ", True)), None, "f", 1)
+    ids, labels = encode(char_tokenizer, "llama3", padded)
+    text = lambda ids: "".join(char_tokenizer.convert_ids_to_tokens(ids))  # noqa: E731
+    assert text([t for t in labels if t != M]) == "yo<|eot_id|>"
+    assert text(ids).count("\n\nhi<|eot_id|>") == 1
+
+
+def test_one_render_per_conversation(char_tokenizer, monkeypatch):
+    tokenizer = Tokenizer(char_tokenizer, resolve_template("chatml", char_tokenizer), "assistant", 512)
+    tokenizer.features  # the template is probed once, before any example
+    calls = []
+    original = char_tokenizer.apply_chat_template
+    monkeypatch.setattr(char_tokenizer, "apply_chat_template", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for _ in range(3):
+        result, problem = tokenizer(TWO_TURNS)
+        assert problem is None
+    assert len(calls) == 3

@@ -64,6 +64,7 @@ def _add_data_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="check the data and report tokens, problems and steps", description="Read the data the config names, check every record, and report problems (with file and line), token statistics with the model's tokenizer, truncation, duplicates, steps per epoch and padding. Exit code 2 when there are problems and data.on_invalid is error.")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="also print the first N training examples as the model sees them, trained text marked")
 
 
 def _add_plan_command(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +99,7 @@ def _add_generate_command(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt", help="one user message")
     src.add_argument("--input", metavar="FILE", help='a .jsonl file of {"messages": [...]} or {"prompt": "..."} lines')
     p.add_argument("--system", help="a system message to put before --prompt")
+    p.add_argument("--tools", metavar="FILE", help="a JSON list of tools the model may call (a line's own \"tools\" wins); calls are parsed into \"tool_calls\"")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
 
@@ -106,6 +108,7 @@ def _add_chat_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="talk to a fine-tuned model", description="An interactive chat with the model of a run directory, streaming its answers.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (output.dir of the config)")
     p.add_argument("--system", help="a system message for the conversation")
+    p.add_argument("--tools", metavar="FILE", help="a JSON list of tools the model may call; its calls are shown, and you type each result")
     p.add_argument("--max-new-tokens", type=int, default=512)
 
 
@@ -297,14 +300,21 @@ def _data(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer, stop_on_problems=False)
+    from trainer.data.report import render_shown, show_examples
+
     report = build_report(config, data)
+    shown = show_examples(data, args.show) if args.show else []
     if args.json:
-        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept,
+        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept, "fields": s.fields,
                    "problems": [str(p) for p in s.problems]} for s in data.splits]
-        print(json.dumps({"splits": splits, **report.to_dict()}, indent=2))
+        print(json.dumps({"splits": splits, "template_features": data.features, **report.to_dict(), "shown": shown}, indent=2))
     else:
         print(render_report(config, data, report))
+        if shown:
+            print("\n" + render_shown(shown))
     problems = sum(len(s.problems) for s in data.splits)
+    if not data.train:
+        return EXIT_BAD_INPUT
     if problems and config.data.on_invalid == "error":
         print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -341,26 +351,34 @@ def _eval(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.generate import generate, load_run, read_prompts
+    from trainer.generate import generate, load_run, read_prompts_with_tools
+    from trainer.tools import load_tools, parse_tool_calls
 
+    default_tools = load_tools(args.tools) if args.tools else None
     if args.prompt is not None:
         conversations = [([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]]
+        tools = [default_tools]
     else:
-        conversations = read_prompts(args.input)
+        conversations, tools = read_prompts_with_tools(args.input)
+        tools = [t or default_tools for t in tools]
     loaded = load_run(args.run)
-    answers = generate(loaded, conversations, args.max_new_tokens, args.batch_size)
+    answers = generate(loaded, conversations, args.max_new_tokens, args.batch_size, tools=tools)
     if args.prompt is not None:
         print(answers[0].text)
     else:
-        for answer in answers:
-            print(json.dumps({"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}))
+        for answer, offered in zip(answers, tools):
+            line = {"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}
+            if offered:
+                line["tool_calls"] = parse_tool_calls(answer.text)  # None: the answer tries a call but it is malformed
+            print(json.dumps(line, ensure_ascii=False))
     return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
     from trainer.generate import chat, load_run
+    from trainer.tools import load_tools
 
-    chat(load_run(args.run), args.system, args.max_new_tokens)
+    chat(load_run(args.run), args.system, args.max_new_tokens, load_tools(args.tools) if args.tools else None)
     return 0
 
 

@@ -74,14 +74,16 @@ class Answer:
     seconds: float  # this answer's share of its batch's wall time
 
 
-def render_prompt(tokenizer, messages: list[dict], template: str | None = None, tools: list[dict] | None = None) -> str:
+def render_prompt(tokenizer, messages: list[dict], template: str | None = None, tools=None) -> str:
     if template is None and not getattr(tokenizer, "chat_template", None):
-        return "\n".join(m["content"] for m in messages)
-    return tokenizer.apply_chat_template(messages, chat_template=template, tools=tools or None, tokenize=False,
-                                         add_generation_prompt=True)
+        return "\n".join(m["content"] or "" for m in messages)
+    extra = {"tools": list(tools)} if tools else {}
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True, **extra)
 
 
-def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8) -> list[Answer]:
+def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8,
+             tools: list | None = None) -> list[Answer]:
+    """`tools`: per conversation, the tools the template shows the model (None for none)."""
     """Greedy answers to each conversation (its last turn a user turn), in batches with left padding."""
     import torch
 
@@ -93,7 +95,7 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
     results: dict[int, Answer] = {}
     for begin in range(0, len(order), batch_size):
         chunk = order[begin : begin + batch_size]
-        prompts = [render_prompt(tok, conversations[i], template) for i in chunk]
+        prompts = [render_prompt(tok, conversations[i], template, tools[i] if tools else None) for i in chunk]
         encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
         started = time.perf_counter()
         with torch.no_grad():
@@ -104,9 +106,18 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
         for row, i in enumerate(chunk):
             new = output[row, width:].tolist()
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
-            results[i] = Answer(tok.decode(new[:cut], skip_special_tokens=True).strip(), int(encoded["attention_mask"][row].sum()),
+            results[i] = Answer(_decode(tok, new[:cut]), int(encoded["attention_mask"][row].sum()),
                                 min(cut + 1, len(new)), seconds)
     return [results[i] for i in range(len(conversations))]
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    """The answer's text; special tokens that mark tool calls (<tool_call>, [TOOL_CALLS]) are kept so the calls can be read."""
+    keep = {"<tool_call>", "</tool_call>", "[TOOL_CALLS]"}
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    special = set(getattr(tokenizer, "all_special_tokens", []) or []) - keep
+    kept = [i for i, t in zip(ids, tokens) if t not in special]
+    return tokenizer.decode(kept, skip_special_tokens=False).strip()
 
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -128,8 +139,14 @@ def stop_texts(tokenizer) -> list[str]:
 
 
 def read_prompts(path: str) -> list[list[dict]]:
-    """A .jsonl of {"messages": [...]} (the final assistant turn, if any, is dropped) or {"prompt": "..."}."""
-    conversations = []
+    """A .jsonl of {"messages": [...]} (the final assistant turn, if any, is dropped) or {"prompt": "..."}.
+    A line's "tools" is kept on the conversation as `read_prompts.tools[k]` via read_prompts_with_tools."""
+    return read_prompts_with_tools(path)[0]
+
+
+def read_prompts_with_tools(path: str) -> tuple[list[list[dict]], list]:
+    """read_prompts, and each line's "tools" (None where it has none)."""
+    conversations, tools = [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -138,6 +155,7 @@ def read_prompts(path: str) -> list[list[dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+            tools.append(row.get("tools") or None if isinstance(row, dict) else None)
             if isinstance(row, dict) and isinstance(row.get("messages"), list):
                 messages = list(row["messages"])
                 while messages and messages[-1].get("role") == "assistant":
@@ -147,11 +165,14 @@ def read_prompts(path: str) -> list[list[dict]]:
                 conversations.append([{"role": "user", "content": row["prompt"]}])
             else:
                 raise UserError(f"{path}:{number}: each line needs \"messages\" (a list) or \"prompt\" (text).")
-    return conversations
+    return conversations, tools
 
 
-def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
-    """An interactive chat on the terminal, streaming each answer as it is generated."""
+def chat(loaded: Loaded, system: str | None, max_new_tokens: int, tools: list | None = None) -> None:
+    """An interactive chat on the terminal, streaming each answer as it is generated. With tools, the model sees them,
+    and a call it makes is shown parsed; type the tool's result as the next message (it is sent as the tool's answer)."""
+    from trainer.tools import parse_tool_calls
+
     history = [{"role": "system", "content": system}] if system else []
     print("Chatting with the fine-tuned model. Empty line or Ctrl-D to quit, /reset to forget the conversation.", file=sys.stderr)
     while True:
@@ -164,24 +185,36 @@ def chat(loaded: Loaded, system: str | None, max_new_tokens: int) -> None:
         if text == "/reset":
             history = history[:1] if system else []
             continue
-        history.append({"role": "user", "content": text})
+        open_calls = [m for m in history[-1:] if m.get("tool_calls")]
+        if open_calls:  # the model called a tool: this line is the tool's result
+            for call in open_calls[0]["tool_calls"]:
+                history.append({"role": "tool", "content": text, "tool_call_id": call["id"], "name": call["function"]["name"]})
+        else:
+            history.append({"role": "user", "content": text})
         print("model> ", end="", flush=True)
         reply = ""
-        for piece in stream_answer(loaded, history, max_new_tokens):
+        for piece in stream_answer(loaded, history, max_new_tokens, tools):
             reply += piece
             print(piece, end="", flush=True)
         print()
-        history.append({"role": "assistant", "content": reply.strip()})
+        calls = parse_tool_calls(reply) if tools else []
+        if calls:
+            print("  tool call(s): " + "; ".join(f"{c['name']}({json.dumps(c['arguments'], ensure_ascii=False)})" for c in calls)
+                  + " -- type the result", file=sys.stderr)
+            history.append({"role": "assistant", "content": "", "tool_calls": [
+                {"id": f"call{k:05d}", "type": "function", "function": c} for k, c in enumerate(calls, 1)]})
+        else:
+            history.append({"role": "assistant", "content": reply.strip()})
 
 
-def stream_answer(loaded: Loaded, messages: list[dict], max_new_tokens: int):
+def stream_answer(loaded: Loaded, messages: list[dict], max_new_tokens: int, tools: list | None = None):
     """The greedy answer to a conversation (its last turn a user turn), yielded piece by piece as it is generated."""
     import threading
 
     from transformers import TextIteratorStreamer
 
     tok = loaded.tokenizer
-    encoded = tok(render_prompt(tok, messages, loaded.template), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    encoded = tok(render_prompt(tok, messages, loaded.template, tools), return_tensors="pt", add_special_tokens=False).to(loaded.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
                                                                        do_sample=False, eos_token_id=stop_ids(tok),

@@ -149,6 +149,8 @@ def setup_data(config: Config, accelerator: Any) -> tuple[Any, PreparedData]:
     data = prepare_data(config, tokenizer)
     _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation examples, "
          f"{sum(e.trained for e in data.train)} trained tokens per epoch")
+    if data.features:
+        _say(accelerator, f"Chat template ({config.data.chat_template}): {data.features}")
     return tokenizer, data
 
 

@@ -107,11 +107,12 @@ class App:
         try:
             fmt, detection = detect_format(records, {})
             needed = set(DEFAULT_COLUMNS[fmt])
+            rows = [{"conversation": text, **row} for row, text in zip(rows, _readable(records[:5], fmt))]
         except UserError as exc:  # unknown column names: every mapping is offered
             detection, needed = exc.problems[0].message, {k for names in DEFAULT_COLUMNS.values() for k in names}
         return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns, needed
 
-    def data_report(self, runnable_yaml: str) -> str:
+    def data_report(self, runnable_yaml: str) -> str:  # includes the chat template's features (renders tools, ...)
         """The data report (`trainer data`): problems with their lines, token statistics, steps."""
         import subprocess
 
@@ -264,3 +265,15 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
 if __name__ == "__main__":
     on_space = bool(os.environ.get("SPACE_ID"))
     launch("0.0.0.0" if on_space else os.environ.get("TRAINER_UI_HOST", "127.0.0.1"), int(os.environ.get("PORT", "7860")))
+
+
+def _readable(records, fmt: str) -> list[str]:
+    """The first records as people read a conversation: tool calls as name(arguments), reasoning marked."""
+    from trainer.data.conversations import readable
+    from trainer.data.formats import columns_for, to_example
+
+    out = []
+    for record in records:
+        example, problems = to_example(record, fmt, columns_for(fmt, {}), "assistant")
+        out.append(readable(example) if example else "; ".join(p.message for p in problems))
+    return out

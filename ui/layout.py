@@ -214,7 +214,9 @@ def _wire_data(app: App, form: Form) -> None:
         except (ValueError, UserError, OSError) as exc:
             message = exc.render() if isinstance(exc, UserError) else str(exc)
             return [source, f"**Could not read the data:** {message}", None, *[gr.update() for _ in column_indices]]
-        table = pd.DataFrame([{k: (v if len(v) <= 300 else v[:300] + " ...") for k, v in row.items()} for row in rows])
+        limit = {"conversation": 3000}  # the readable conversation (tool calls, reasoning) is shown whole
+        table = pd.DataFrame([{k: (v if len(v) <= limit.get(k, 300) else v[:limit.get(k, 300)] + " ...") for k, v in row.items()}
+                              for row in rows])
         return [source, f"**{detection}.** Columns: {', '.join(columns)}", table,
                 *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
 

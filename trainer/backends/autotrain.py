@@ -52,17 +52,24 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     column, _ = data_columns(config)
-    render = None
+    encoder = None
     if column == "text" and config.data.format != "text":
-        render = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length).render
+        encoder = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length,
+                            fold_system=config.data.system_prompt == "fold")
     for name, examples in (("train", data.sources[0]), ("validation", data.sources[1])):
         rows = []
         for example in examples:
             if example.text is not None:
                 rows.append({"text": example.text})
                 continue
-            messages = [{"role": m.role, "content": m.content} for m in example.messages]
-            rows.append({"messages": messages} if render is None else {"text": render(messages, False)})
+            if encoder is not None:  # tool calls, results and reasoning rendered as trainer renders them
+                rows.append({"text": encoder.render(encoder.template_messages(example.messages), False, example.tools)})
+                continue
+            if example.tools or any(m.tool_calls or m.reasoning or m.role == "tool" for m in example.messages):
+                raise UserError(f"{example.file}:{example.line}: AutoTrain applies the tokenizer's template without tools, tool calls "
+                                "or reasoning; set data.chat_template to a named template (e.g. hermes) so trainer renders the "
+                                "conversations for it, or use backend.name: peft.")
+            rows.append({"messages": [{"role": m.role, "content": m.content} for m in example.messages]})
         if rows:
             (folder / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 

@@ -1,7 +1,7 @@
 """The data formats people use, detected from the records and turned into one shape: a list of messages.
 
-messages            {"messages": [{"role": "user", "content": "..."}, ...]}  (OpenAI; optional "weight": 0/1)
-sharegpt            {"conversations": [{"from": "human", "value": "..."}, ...]}
+messages            {"messages": [{"role": "user", "content": "..."}, ...], "tools": [...]}  (OpenAI, with tool calls; see conversations.py)
+sharegpt            {"conversations": [{"from": "human", "value": "..."}, ...], "tools": "[...]"}
 alpaca              {"instruction": ..., "input": ..., "output": ...}
 prompt_completion   {"prompt": ..., "completion": ...}
 text                {"text": ...}
@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from trainer.data.conversations import (
+    chat_messages,
+    check_calls_against_tools,
+    parse_tools,
+)
 from trainer.data.records import Record
 from trainer.errors import Problem, UserError
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
-MESSAGE_KEYS = {"role", "content", "weight", "name"}
+TOOLS_COLUMNS = ("tools", "functions")  # per example: OpenAI's tools, or its legacy functions
 
 # The usual column names of each format; data.columns renames them.
 DEFAULT_COLUMNS = {
@@ -36,10 +39,21 @@ SIGNATURES = {  # the columns a record must have to be in each format
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict  # the parsed JSON object
+    id: str  # from the data, or made up (call00001, ...) where the data has none
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str
-    content: str
+    role: str  # system, user, assistant or tool
+    content: str  # "" for an assistant message that only calls tools
     trained: bool  # in the loss when train_on is assistant (assistant turns without weight: 0)
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None  # reasoning_content, or a leading <think> block of the content
+    name: str | None = None  # a message's name; for a tool result, the function that produced it
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class Example:
     text: str | None  # the text format
     file: str
     line: int
+    tools: tuple[dict, ...] | None = None  # the functions the example offers, as apply_chat_template(tools=...) takes them
 
 
 def columns_for(fmt: str, overrides: dict) -> dict:
@@ -100,8 +115,14 @@ def to_example(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Ex
         if not isinstance(text, str) or not text.strip():
             return None, [record.problem(f"the {names['text']!r} column must be non-empty text, got {_short(text)}.")]
         return Example(None, text, record.file, record.line), []
+    tools = None
     if fmt in ("messages", "sharegpt"):
-        messages, problems = _chat_messages(record, fmt, names)
+        messages, problems = chat_messages(record, fmt, names)
+        column = next((c for c in TOOLS_COLUMNS if row.get(c) not in (None, "", [])), None)
+        if column:
+            tools, found = parse_tools(record, row[column], column)
+            problems += found
+        problems += check_calls_against_tools(record, messages, tools)
     else:
         messages, problems = _single_turn(record, fmt, names)
     if problems:
@@ -113,42 +134,7 @@ def to_example(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Ex
         return None, [record.problem("the conversation has no assistant turn, so there is nothing to learn; add the answer as an assistant message.")]
     if train_on == "assistant" and not any(m.trained for m in messages):
         return None, [record.problem("every assistant turn has weight 0, so nothing would be learned from this example.")]
-    return Example(tuple(messages), None, record.file, record.line), []
-
-
-def _chat_messages(record: Record, fmt: str, names: dict) -> tuple[list[Message], list[Problem]]:
-    turns = record.row.get(names["messages"])
-    if turns is None:
-        return [], [record.problem(f"missing the {names['messages']!r} column; each example needs its list of messages.")]
-    if not isinstance(turns, list) or not turns:
-        return [], [record.problem(f"{names['messages']!r} must be a non-empty list of messages, got {_short(turns)}.")]
-    messages, problems = [], []
-    role_key, content_key = names["role"], names["content"]
-    allowed_keys = {role_key, content_key, "weight", "name"} | (MESSAGE_KEYS if fmt == "messages" else set())
-    for i, turn in enumerate(turns):
-        where = f"message {i + 1}"
-        if not isinstance(turn, dict):
-            problems.append(record.problem(f"{where} must be an object with {role_key!r} and {content_key!r}, got {_short(turn)}."))
-            continue
-        unknown = sorted(set(turn) - allowed_keys)
-        if unknown:
-            problems.append(record.problem(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; a message has {role_key!r}, {content_key!r} and optionally 'weight'."))
-        role = turn.get(role_key)
-        mapped = SHAREGPT_ROLES.get(role) if fmt == "sharegpt" else (role if role in ROLES else None)
-        if mapped is None:
-            known = ", ".join(SHAREGPT_ROLES) if fmt == "sharegpt" else ", ".join(ROLES)
-            problems.append(record.problem(f"{where} has unknown role {_short(role)}; use one of: {known}."))
-        content = turn.get(content_key)
-        if not isinstance(content, str):
-            problems.append(record.problem(f"{where} {content_key!r} must be text, got {_short(content)}."))
-        elif not content.strip():
-            problems.append(record.problem(f"{where} ({role}) has empty {content_key!r}."))
-        weight = turn.get("weight", 1)
-        if weight not in (0, 1) or isinstance(weight, bool):
-            problems.append(record.problem(f"{where} weight must be 0 or 1, got {_short(weight)}."))
-        if mapped and isinstance(content, str):
-            messages.append(Message(mapped, content, mapped == "assistant" and weight != 0))
-    return messages, problems
+    return Example(tuple(messages), None, record.file, record.line, tools), []
 
 
 def _single_turn(record: Record, fmt: str, names: dict) -> tuple[list[Message], list[Problem]]:

@@ -1,8 +1,9 @@
 """From the config's data section to tokenized train and validation sets, with the report of what happened."""
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trainer.config import Config
 from trainer.data.formats import Example, columns_for, detect_format, to_example
@@ -21,6 +22,7 @@ class SplitReport:
     records: int  # readable records plus unreadable lines: everything in the input
     kept: int
     problems: list[Problem] = field(default_factory=list)
+    fields: dict = field(default_factory=dict)  # what the examples use: tools, tool calls, reasoning, multi-turn, system prompts
 
 
 @dataclass
@@ -31,6 +33,8 @@ class PreparedData:
     template: str
     held_out: bool  # validation was split off the training data
     sources: tuple[list[Example], list[Example]] = ([], [])  # the examples behind train and validation, in order
+    features: str | None = None  # what the chat template does (renders tools, keeps reasoning, ...), in words
+    encoder: Tokenizer | None = None  # what turned the examples into tokens (for showing them as the model sees them)
 
 
 def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
@@ -50,8 +54,34 @@ def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]
         if example is not None:
             examples.append(example)
     bad_records = len({(p.file, p.line) for p in problems})
-    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems)
+    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, fields_used(examples))
     return examples, report
+
+
+def fields_used(examples: list[Example]) -> dict:
+    """How many examples use each kind of content, for the data report."""
+    chats = [e for e in examples if e.messages]
+    return {
+        "examples": len(examples),
+        "tools": sum(1 for e in chats if e.tools),
+        "tool_calls": sum(1 for e in chats if any(m.tool_calls for m in e.messages)),
+        "reasoning": sum(1 for e in chats if any(m.reasoning for m in e.messages)),
+        "multi_turn": sum(1 for e in chats if sum(m.role == "assistant" for m in e.messages) > 1),
+        "system_prompt": sum(1 for e in chats if e.messages[0].role == "system"),
+    }
+
+
+def split_turns(example: Example) -> list[Example]:
+    """data.turns: each: one example per trained assistant turn, ending with it (earlier answers are context, not trained),
+    so a template that renders the last turn differently from earlier ones trains every turn as it is generated."""
+    if example.messages is None:
+        return [example]
+    pieces = []
+    for i, message in enumerate(example.messages):
+        if message.role == "assistant" and message.trained:
+            context = tuple(replace(m, trained=False) if m.role == "assistant" else m for m in example.messages[:i])
+            pieces.append(Example(context + (message,), None, example.file, example.line, example.tools))
+    return pieces
 
 
 def split_validation(examples: list, share: float, seed: int) -> tuple[list, list]:
@@ -75,16 +105,22 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         validation_examples, validation_report = load_examples(config.data.validation, config)
         splits.append(validation_report)
 
+    if config.data.turns == "each":
+        train_examples = [piece for e in train_examples for piece in split_turns(e)]
+        validation_examples = [piece for e in validation_examples for piece in split_turns(e)]
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
-    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length)
+    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config))
     tokenized, sources = [], []
     for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
-        out, kept = [], []
+        out, kept, refused = [], [], set()
         for example in examples:
             result, problem = encode(example)
             if problem:
-                report.problems.append(problem)
-                report.kept -= 1
+                if (example.file, example.line) not in refused:  # with data.turns: each, a record's pieces fail alike
+                    refused.add((example.file, example.line))
+                    report.problems.append(problem)
+                    report.kept -= 1
             else:
                 out.append(result)
                 kept.append(example)
@@ -92,6 +128,11 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         sources.append(kept)
     if config.data.on_invalid == "error" and stop_on_problems:
         _stop_on_problems(splits)
+    features = encode.features.describe() if template is not None and (train_examples or validation_examples) else None
+    prepared = PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
+                            (sources[0], sources[1]), features, encode)
+    if not stop_on_problems:  # `trainer data` explains whatever it found, even when nothing is usable
+        return prepared
     if not tokenized[0]:
         raise UserError(f"{config.data.train}: no usable training examples are left.")
     if not any(e.trained for e in tokenized[0]):
@@ -102,11 +143,16 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
                "Raise data.max_seq_length (`trainer data --config ...` shows the lengths)." if lost else
                ": check data.train_on and that the examples have assistant answers.")
         )
-    return PreparedData(tokenized[0], tokenized[1], splits, template.name if template else "none (plain text)", held_out,
-                        (sources[0], sources[1]))
+    return prepared
 
 
 _NO_TEMPLATE = resolve_template("chatml", None)
+
+
+def model_label(config: Config) -> str:
+    """The model as messages name it: its file or folder name, or its Hub id."""
+    name = config.model.name_or_path
+    return os.path.basename(name.rstrip("/")) if os.path.exists(os.path.expanduser(name)) else name
 
 
 def _stop_on_problems(splits: list[SplitReport]) -> None:

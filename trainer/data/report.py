@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 
 from trainer.config import Config
@@ -54,6 +56,7 @@ class DataReport:
     rows_packed: int
     seconds_per_epoch: float | None  # from a measured throughput on this device, when one is known
     checks: CookbookChecks | None = None  # OpenAI cookbook's checks (data/checks.py)
+    reasoning_dropped: int = 0  # assistant turns trained without the reasoning the data gives them (the template drops it)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -91,6 +94,7 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
         rows_packed=len(rows),
         seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
         checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] else None,
+        reasoning_dropped=sum(e.reasoning_dropped for e in train),
     )
 
 
@@ -119,13 +123,21 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
     for split in data.splits:
         out.append(f"{split.source}: {split.detection}")
         out.append(f"  {split.records} records, {split.kept} usable, {len(split.problems)} problem(s)")
+        if split.fields.get("examples"):
+            out.append("  " + _fields_line(split.fields))
         skipped_lines = sorted({p.line for p in split.problems if p.line is not None})
         if split.problems and config.data.on_invalid == "skip":
             out.append(f"  skipped (on_invalid: skip): {len(skipped_lines)} record(s), lines {_ranges(skipped_lines)}")
-        for problem in split.problems[:20]:
-            out.append(f"  {problem}")
-        if len(split.problems) > 20:
-            out.append(f"  ... and {len(split.problems) - 20} more problem(s)")
+        out += _grouped_problems(split.problems)
+    if data.features:
+        out.append(f"Chat template features: {data.features}")
+    if not data.train:
+        out.append(f"No usable training examples: the problems above say why ({sum(len(s.problems) for s in data.splits)} in all).")
+        return "\n".join(out)
+    if report.reasoning_dropped:
+        out.append(f"Reasoning: {report.reasoning_dropped} assistant turn(s) are trained without their reasoning, because the chat template "
+                   "drops the reasoning of turns before the last user turn (it is never shown to the model there either). "
+                   "Set data.turns: each to train every turn as it is generated, its reasoning included (more tokens).")
     held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
     out.append(f"Examples: {len(data.train)} for training, {len(data.validation)} for validation{held}")
     out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")
@@ -158,6 +170,78 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         out.append(f"Estimated time: {report.seconds_per_epoch * epochs / 60:.1f} min ({report.seconds_per_epoch / 60:.1f} min per epoch, from an earlier run on this machine)")
     else:
         out.append("Estimated time: not known yet; it is measured by the first training run on this machine.")
+    return "\n".join(out)
+
+
+def problem_kind(message: str) -> str:
+    """A problem's message without its numbers and quoted values: problems of one kind read the same."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", message)
+    return re.sub(r"\d+", "N", text).split(";")[0]
+
+
+def _grouped_problems(problems: list, shown_kinds: int = 12, shown_each: int = 3) -> list[str]:
+    """Problems grouped by kind, most frequent first: the count, then the first few with their file and line."""
+    groups: dict[str, list] = defaultdict(list)
+    for problem in problems:
+        groups[problem_kind(problem.message)].append(problem)
+    out = []
+    for kind, members in sorted(groups.items(), key=lambda item: -len(item[1]))[:shown_kinds]:
+        out.append(f"  {len(members)} x {members[0].message}")
+        out += [f"      {p}" for p in members[:shown_each]]
+        if len(members) > shown_each:
+            out.append(f"      ... and {len(members) - shown_each} more like these")
+    if len(groups) > shown_kinds:
+        out.append(f"  ... and {len(groups) - shown_kinds} more kind(s) of problem")
+    return out
+
+
+def _fields_line(fields: dict) -> str:
+    n = fields["examples"]
+    share = lambda k: f"{fields[k]} ({fields[k] / n:.0%})"  # noqa: E731
+    return (f"found: tools in {share('tools')}, tool calls in {share('tool_calls')}, reasoning in {share('reasoning')}, "
+            f"multi-turn {share('multi_turn')}, system prompts in {share('system_prompt')} of {n} examples")
+
+
+def show_examples(data: PreparedData, count: int) -> list[dict]:
+    """The first `count` training examples as the model sees them: the rendered text and the character spans it learns."""
+    from trainer.data.tokenize import IGNORE
+
+    shown = []
+    for example, tokenized in list(zip(data.sources[0], data.train))[:count]:
+        if example.text is not None or data.encoder is None:
+            text = data.encoder.tok.decode(tokenized.input_ids) if data.encoder else ""
+            shown.append({"file": example.file, "line": example.line, "text": text, "trained": [[0, len(text)]]})
+            continue
+        rendered = data.encoder.rendered(example)
+        if not isinstance(rendered, tuple):
+            continue
+        text, _, ids, offsets = rendered
+        spans: list[list[int]] = []
+        for (begin, end), label in zip(offsets[: len(tokenized.labels)], tokenized.labels):
+            if label == IGNORE or end <= begin:
+                continue
+            if spans and spans[-1][1] >= begin:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([begin, end])
+        shown.append({"file": example.file, "line": example.line, "text": text, "trained": spans})
+    return shown
+
+
+def render_shown(shown: list[dict]) -> str:
+    """Shown examples for a terminal: trained text between ⟦ and ⟧ (and in green where colours work)."""
+    import sys
+
+    color = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
+    start, end = ("\x1b[32m⟦", "⟧\x1b[0m") if color else ("⟦", "⟧")
+    out = []
+    for i, item in enumerate(shown, 1):
+        text, at, pieces = item["text"], 0, []
+        for begin, finish in item["trained"]:
+            pieces += [text[at:begin], start, text[begin:finish], end]
+            at = finish
+        pieces.append(text[at:])
+        out += [f"--- example {i}: {item['file']}:{item['line']} (trained text between ⟦ and ⟧)", "".join(pieces)]
     return "\n".join(out)
 
 

@@ -29,7 +29,41 @@ LLAMA3 = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
-BUILT_IN = {"chatml": (CHATML, "<|im_end|>"), "zephyr": (ZEPHYR, None), "llama3": (LLAMA3, "<|eot_id|>")}
+# ChatML with tools, tool calls and reasoning in the widely used Hermes / Qwen layout: the tools as JSON lines in
+# <tools></tools> in the system turn, each call as {"name": ..., "arguments": {...}} in <tool_call></tool_call>,
+# results in <tool_response></tool_response> inside a user turn, reasoning in <think></think>. Written for trainer
+# (not copied); it renders every turn the same whatever follows, so all reasoning is kept.
+HERMES = (
+    "{%- set first_system = messages and messages[0].role == 'system' %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}{% if first_system %}{{- messages[0].content + '\\n\\n' }}{% endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to help with the request. Their signatures (JSON Schema) are within <tools></tools>:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{- '\\n</tools>\\n\\nTo call a function, answer with a JSON object per call within <tool_call></tool_call> tags:\\n"
+    "<tool_call>\\n{\"name\": <function name>, \"arguments\": <arguments object>}\\n</tool_call><|im_end|>\\n' }}"
+    "{%- elif first_system %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if message.reasoning_content %}{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}{% endif %}"
+    "{%- if message.content %}{{- message.content }}{% endif %}"
+    "{%- for call in message.tool_calls or [] %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{% endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call.function.name + '\", \"arguments\": ' + (call.function.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{% endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{% endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{% endif %}"
+)
+BUILT_IN = {"chatml": (CHATML, "<|im_end|>"), "zephyr": (ZEPHYR, None), "llama3": (LLAMA3, "<|eot_id|>"), "hermes": (HERMES, "<|im_end|>")}
 
 
 @dataclass(frozen=True)
@@ -50,7 +84,7 @@ def resolve_template(setting: str, tokenizer) -> ChatTemplate:
         if not jinja:
             raise UserError(
                 "data.chat_template: the model's tokenizer has no chat template, so trainer cannot tell how to lay out "
-                "a conversation. Set data.chat_template to chatml, zephyr or llama3 (or paste a Jinja template), "
+                "a conversation. Set data.chat_template to chatml, zephyr, llama3 or hermes (ChatML with tools) (or paste a Jinja template), "
                 "or use data.format: text with train_on: all."
             )
         return ChatTemplate("tokenizer", jinja, None)

@@ -1,17 +1,23 @@
 """Conversations to token ids and labels, with the loss mask computed exactly.
 
-The mask is found by rendering the conversation prefix by prefix: an assistant
-turn's tokens are those between the prompt rendered up to it (with the
-generation prompt) and the conversation rendered through it. Each prefix's
-tokens must be a prefix of the whole conversation's tokens; where a template
-re-tokenises differently at a boundary, the example is reported, not guessed
-at. No searching for response-template token ids.
+Each conversation is rendered once; masks.py locates every assistant turn in that one render and the text
+is tokenized once with offsets, so a token is trained exactly when it belongs to an assistant turn as the
+template renders it in the whole conversation (plus the text that closes the turn). No searching for
+response-template token ids, and no assumption that a prefix renders like the whole.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from trainer.data.formats import Example
+from trainer.data.masks import (
+    SpanError,
+    TemplateFeatures,
+    label_spans,
+    probe_template,
+    render_with_spans,
+    template_messages,
+)
 from trainer.data.templates import ChatTemplate
 from trainer.errors import Problem
 
@@ -26,6 +32,7 @@ class Tokenized:
     line: int
     full_length: int  # tokens before truncation
     trained_lost: int  # trained tokens cut off by max_seq_length
+    reasoning_dropped: int = 0  # assistant turns whose reasoning the template left out of the render
 
     @property
     def trained(self) -> int:
@@ -35,72 +42,105 @@ class Tokenized:
 class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
-    def __init__(self, tokenizer, template: ChatTemplate, train_on: str, max_length: int):
+    def __init__(self, tokenizer, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
+                 model_name: str = "the model"):
         self.tok = tokenizer
         self.template = template
         self.train_on = train_on
         self.max_length = max_length
-        self.turn_end_ids = self.encode(template.turn_end) if template.turn_end else []
-        self.special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self.fold_system = fold_system
+        self.model_name = model_name
+        self._features: TemplateFeatures | None = None
+        self._specials: list[str] | None = None
+
+    @property
+    def features(self) -> TemplateFeatures:
+        """What the template does with tools, reasoning and system prompts (probed once, when first needed)."""
+        if self._features is None:
+            from trainer.data.masks import _special_texts
+
+            self._features = probe_template(self.tok, self.template.jinja)
+            self._specials = _special_texts(self.tok)
+        return self._features
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], generation_prompt: bool, tools=None) -> str:
+        extra = {"tools": list(tools)} if tools else {}
         return self.tok.apply_chat_template(
-            messages, chat_template=self.template.jinja, tokenize=False, add_generation_prompt=generation_prompt
+            messages, chat_template=self.template.jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
         )
+
+    def template_messages(self, messages) -> list[dict]:
+        return template_messages(messages, self.features, self.fold_system)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
         if example.text is not None:
             ids = self.encode(example.text) + ([self.tok.eos_token_id] if self.tok.eos_token_id is not None else [])
             return self._truncated(example, ids, list(ids)), None
-        messages = [{"role": m.role, "content": m.content} for m in example.messages]
+        result = self.rendered(example)
+        if isinstance(result, Problem):
+            return None, result
+        text, spans, ids, offsets = result
+        if self.train_on == "all":  # every token but those of assistant turns with weight 0
+            untrained = label_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
+            labels = [IGNORE if out else t for t, out in zip(ids, untrained)]
+        else:
+            trained = [(s, e) for i, s, e in spans if self._trained(example, i)]
+            labels = [t if inside else IGNORE for t, inside in zip(ids, label_spans(offsets, trained))]
+        dropped = sum(1 for i, s, e in spans if self._message(example, i).reasoning and self._message(example, i).reasoning.strip()[:40] not in text[s:e])
+        out = self._truncated(example, ids, labels)
+        return Tokenized(out.input_ids, out.labels, out.file, out.line, out.full_length, out.trained_lost, dropped), None
+
+    def rendered(self, example: Example):
+        """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
+        def problem(message: str) -> Problem:
+            return Problem(message, "", example.file, example.line)
+
+        why = self.dropped_features(example)
+        if why:
+            return problem(why)
+        items = self.template_messages(example.messages)
         try:
-            full_ids = self.encode(self.render(messages, False))
+            text, spans = render_with_spans(self.tok, self.template.jinja, self.features, items, example.tools, self._specials)
+        except SpanError as exc:
+            return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
-            return None, Problem(f"the chat template could not render this conversation: {exc}", "", example.file, example.line)
-        labels = list(full_ids) if self.train_on == "all" else [IGNORE] * len(full_ids)
-        for i, message in enumerate(example.messages):
-            if message.role != "assistant":
-                continue
-            if i == 0:
-                return None, Problem("the conversation begins with an assistant message; begin it with a user (or system) "
-                                     "message, so there is something to answer.", "", example.file, example.line)
-            try:
-                start_ids = self.encode(self.render(messages[:i], True))
-                end_ids = self.encode(self.render(messages[: i + 1], False))
-            except Exception as exc:  # a Jinja template can raise anything on a partial conversation
-                return None, Problem(f"the chat template could not render the conversation up to message {i + 1}: {exc}",
-                                     "", example.file, example.line)
-            for part in (start_ids, end_ids):
-                if full_ids[: len(part)] != part:
-                    return None, Problem(
-                        f"the chat template tokenises message {i + 1} differently inside the whole conversation than on its own, "
-                        "so its loss mask cannot be computed exactly. Try another data.chat_template (e.g. chatml).",
-                        "", example.file, example.line,
-                    )
-            start, end = len(start_ids), self._turn_end(full_ids, len(start_ids), len(end_ids))
-            labels[start:end] = full_ids[start:end] if message.trained else [IGNORE] * (end - start)
-        return self._truncated(example, full_ids, labels), None
+            return problem(f"the chat template could not render this conversation: {exc}")
+        encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
-    def _turn_end(self, ids: list[int], start: int, end: int) -> int:
-        """The end of an assistant turn: just after the token(s) that close it, so the model learns to stop,
-        but not the template's scaffolding after them (such as a newline before the next turn).
+    def _message(self, example: Example, index: int):
+        """The example's message behind template message `index` (a folded system prompt shifts them by one)."""
+        shift = 1 if self.fold_system and example.messages and example.messages[0].role == "system" else 0
+        return example.messages[index + shift]
 
-        A built-in template names its closing text; for others it is the turn's last special token
-        (the EOS or end-of-turn token); a turn without one is learned whole.
-        """
-        n = len(self.turn_end_ids)
-        if n:
-            for pos in range(end - n, start - 1, -1):
-                if ids[pos : pos + n] == self.turn_end_ids:
-                    return pos + n
-            return end
-        for pos in range(end - 1, start - 1, -1):
-            if ids[pos] in self.special_ids:
-                return pos + 1
-        return end
+    def _trained(self, example: Example, index: int) -> bool:
+        return self._message(example, index).trained
+
+    def dropped_features(self, example: Example) -> str | None:
+        """Why the template cannot train this example as written: it would silently drop part of it."""
+        f = self.features
+        fix_tools = ("set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results)"
+                     + ("" if f.chatml else ", though this model was not trained on ChatML,") + " or use a model whose template renders tools")
+        messages = example.messages
+        if example.tools and not f.tools:
+            return f"the example has 'tools', but the chat template of {self.model_name} ignores them, so the model would never see them; {fix_tools}."
+        if any(m.tool_calls for m in messages) and not f.tool_calls:
+            return f"the example has assistant 'tool_calls', but the chat template of {self.model_name} does not render them; {fix_tools}."
+        if any(m.role == "tool" for m in messages) and not f.tool_results:
+            return f"the example has 'tool' messages, but the chat template of {self.model_name} does not render them; {fix_tools}."
+        if any(m.reasoning for m in messages) and f.reasoning == "none":
+            return (f"the example has reasoning ('reasoning_content' or <think>), but the chat template of {self.model_name} drops it, "
+                    "so it would not be trained; remove the reasoning from the data, or use a template that keeps it "
+                    "(data.chat_template: hermes keeps it in every turn).")
+        if messages and messages[0].role == "system" and f.system != "keeps" and not self.fold_system:
+            what = ("refuses a system role" if f.system == "refuses" else
+                    "drops the system prompt of a conversation that ends with an answer (it puts it only into a final user turn)")
+            return (f"the example has a system prompt, but the chat template of {self.model_name} {what}; "
+                    "set data.system_prompt: fold to put it at the start of the first user turn.")
+        return None
 
     def _truncated(self, example: Example, ids: list[int], labels: list[int]) -> Tokenized:
         lost = sum(1 for label in labels[self.max_length :] if label != IGNORE)

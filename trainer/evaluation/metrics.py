@@ -75,7 +75,14 @@ def json_list_f1(predictions: Sequence[str], references: Sequence[str]) -> dict:
     return {"json_list_f1": _mean(scores), "json_parsed": parsed / len(scores) if scores else 0.0}
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "json_list_f1": json_list_f1}
+def _tool_call_match(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    from trainer.tools import tool_call_match
+
+    return tool_call_match(predictions, references)
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "json_list_f1": json_list_f1,
+           "tool_call_match": _tool_call_match}
 
 
 def _mean(values: list[float]) -> float:

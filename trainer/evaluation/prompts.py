@@ -1,10 +1,11 @@
 """The prompts each system sees: the conversation as it is (zero-shot), or with k solved examples before it (few-shot)."""
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
-from trainer.data.formats import Example
+from trainer.data.formats import Example, Message
 
 
 @dataclass(frozen=True)
@@ -12,16 +13,37 @@ class Case:
     """One evaluation item: the conversation up to the final answer, and that answer."""
 
     messages: tuple[dict, ...]  # system (if any) and the turns before the final assistant turn
-    reference: str
+    reference: str  # the final answer's text, or its tool calls as a JSON list of {"name", "arguments"}
     file: str
     line: int
+    tools: tuple[dict, ...] | None = None  # the functions the example offers
+    turns: tuple[Message, ...] = ()  # the same turns as Messages, and the answer last (for the answer loss)
+
+
+def message_dict(m: Message) -> dict:
+    """A message as apply_chat_template takes it (tool calls with their arguments as objects)."""
+    item: dict = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
+    if m.tool_call_id:
+        item["tool_call_id"] = m.tool_call_id
+    if m.name:
+        item["name"] = m.name
+    return item
+
+
+def reference_text(m: Message) -> str:
+    if m.tool_calls:
+        return json.dumps([{"name": c.name, "arguments": c.arguments} for c in m.tool_calls], ensure_ascii=False)
+    return m.content
 
 
 def to_case(example: Example) -> Case | None:
-    messages = [{"role": m.role, "content": m.content} for m in example.messages]
-    if not messages or messages[-1]["role"] != "assistant":
+    if not example.messages or example.messages[-1].role != "assistant":
         return None
-    return Case(tuple(messages[:-1]), messages[-1]["content"], example.file, example.line)
+    answer = example.messages[-1]
+    return Case(tuple(message_dict(m) for m in example.messages[:-1]), reference_text(answer), example.file, example.line,
+                example.tools, example.messages)
 
 
 def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
@@ -35,5 +57,5 @@ def few_shot_messages(case: Case, shots: list[Example]) -> list[dict]:
     system = [m for m in case.messages if m["role"] == "system"]
     turns = []
     for shot in shots:
-        turns += [{"role": m.role, "content": m.content} for m in shot.messages if m.role != "system"]
+        turns += [message_dict(m) for m in shot.messages if m.role != "system"]
     return system + turns + [m for m in case.messages if m["role"] != "system"]

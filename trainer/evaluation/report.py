@@ -6,7 +6,7 @@ from pathlib import Path
 
 from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS
 
-SHOWN = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed")
+SHOWN = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed", "tool_call_match", "tool_call_wellformed")
 COSTS = ("prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example")
 
 

@@ -40,7 +40,7 @@ def eval_cases(config: Config) -> tuple[list[Case], list]:
     return cases, train
 
 
-def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) -> PerCase:
+def answer_loss(loaded, conversations: list[list[dict]], references: list[str], cases: list[Case] | None = None) -> PerCase:
     """Per case, the summed loss over the reference answer's tokens (with its end-of-turn token) given the prompt,
     and how many tokens that was: their ratio over all cases is the mean loss per token."""
     import torch
@@ -54,9 +54,15 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str]) 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)
     items = []
-    for messages, reference in zip(conversations, references):
-        turns = [Message(m["role"], m["content"], False) for m in messages] + [Message("assistant", reference, True)]
-        tokenized, problem = encode(Example(tuple(turns), None, "", 0))
+    for k, (messages, reference) in enumerate(zip(conversations, references)):
+        case = cases[k] if cases else None
+        if case is not None and case.turns and len(messages) == len(case.messages):  # the case's own turns, tool calls included
+            from dataclasses import replace
+
+            turns = [replace(m, trained=False) for m in case.turns[:-1]] + [replace(case.turns[-1], trained=True)]
+        else:
+            turns = [Message(m["role"], m["content"] or "", False) for m in messages if m["role"] != "tool"] + [Message("assistant", reference, True)]
+        tokenized, problem = encode(Example(tuple(turns), None, "", 0, case.tools if case else None))
         items.append(tokenized)  # None (nothing to score) counts as 0 tokens
     loss_module = LossOnTrainedTokens(loaded.model).eval()
     sums, counts = [0.0] * len(items), [0.0] * len(items)
@@ -83,7 +89,7 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     from trainer.generate import generate
 
     started = time.perf_counter()
-    answers = generate(loaded, conversations, max_new_tokens=max_new_tokens)
+    answers = generate(loaded, conversations, max_new_tokens=max_new_tokens, tools=[c.tools for c in cases])
     seconds = time.perf_counter() - started
     predictions = [a.text for a in answers]
     references = [c.reference for c in cases]
@@ -91,7 +97,7 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     per_case: dict[str, PerCase] = {}
     for name in metrics:
         if name == "loss":
-            per_case["loss"] = answer_loss(loaded, conversations, references)
+            per_case["loss"] = answer_loss(loaded, conversations, references, cases)
             loss = per_case["loss"].value
             result.update({"loss": loss, "perplexity": math.exp(min(loss, 50))})
         else:

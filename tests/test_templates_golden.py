@@ -1,0 +1,219 @@
+"""Golden masks on real chat templates (tests/chat_templates, sources in SOURCES.md).
+
+One conversation with a system prompt, a tool call, its result and a second user turn is rendered on each
+template; the test writes out, literally, the text that is trained. The tokenizers are the demo model's
+SmolLM2 tokenizer with each family's special tokens added, so tokens never straddle a turn boundary the
+way they would not in the real tokenizer either.
+"""
+from pathlib import Path
+
+import pytest
+
+from trainer.data.formats import Example, Message, ToolCall
+from trainer.data.templates import ChatTemplate, resolve_template
+from trainer.data.tokenize import IGNORE, Tokenizer
+
+TEMPLATES = Path(__file__).parent / "chat_templates"
+FAMILIES = {
+    "llama": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"],
+              "<|begin_of_text|>", "<|eot_id|>"),
+    "qwen": (["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "<think>", "</think>",
+              "<tool_response>", "</tool_response>"], None, "<|im_end|>"),
+    "mistral": (["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+                 "[/TOOL_RESULTS]"], "<s>", "</s>"),
+    "gemma": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
+    "phi": (["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"], None, "<|endoftext|>"),
+    "deepseek": (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>",
+                  "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
+                  "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"],
+                 "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def saved_smollm2(smollm2_tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("smollm2-tokenizer")
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+def family_tokenizer(saved, family: str):
+    from transformers import AutoTokenizer
+
+    specials, bos, eos = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    if bos:
+        tokenizer.bos_token = bos
+    tokenizer.eos_token = eos
+    return tokenizer
+
+
+def conversation(tools: bool = True, reasoning: bool = False) -> Example:
+    think = (lambda text: text) if reasoning else (lambda text: None)
+    messages = [Message("system", "You are a weather bot.", False), Message("user", "Weather in Paris?", False)]
+    if tools:
+        messages += [Message("assistant", "", True, (ToolCall("get_weather", {"city": "Paris"}, "call00001"),), think("Call the tool.")),
+                     Message("tool", '{"temp_c": 18}', False, name="get_weather", tool_call_id="call00001")]
+    messages += [Message("assistant", "It is 18 C in Paris.", True, (), think("The tool said 18.")),
+                 Message("user", "Thanks!", False), Message("assistant", "You're welcome.", True, (), think("Be polite."))]
+    return Example(tuple(messages), None, "chat.jsonl", 4, (WEATHER,) if tools else None)
+
+
+def trained(tokenizer, jinja: str, example: Example, fold: bool = False, name: str = "the model"):
+    """(the trained text, one string per run of trained tokens; the Tokenized result) or the problem."""
+    encode = Tokenizer(tokenizer, ChatTemplate("tokenizer", jinja, None), "assistant", 4096, fold_system=fold, model_name=name)
+    result, problem = encode(example)
+    if problem:
+        return str(problem), None
+    runs, current = [], []
+    for token, label in zip(result.input_ids, result.labels):
+        if label != IGNORE:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs, result
+
+
+def template(name: str) -> str:
+    return (TEMPLATES / name).read_text()
+
+
+CALL_QWEN = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+CALL_LLAMA = '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
+
+
+@pytest.mark.parametrize("name", ["llama3.1.jinja", "llama3.2.jinja"])
+def test_llama3(saved_smollm2, name):
+    runs, _ = trained(family_tokenizer(saved_smollm2, "llama"), template(name), conversation())
+    assert runs == [CALL_LLAMA, "It is 18 C in Paris.<|eot_id|>", "You're welcome.<|eot_id|>"]
+
+
+def test_qwen25_with_tools(saved_smollm2):
+    runs, _ = trained(family_tokenizer(saved_smollm2, "qwen"), template("qwen2.5.jinja"), conversation())
+    assert runs == [CALL_QWEN, "It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+
+
+def test_qwen25_default_system_prompt_is_not_trained(saved_smollm2):
+    example = Example(conversation(tools=False).messages[1:], None, "chat.jsonl", 4)
+    runs, _ = trained(family_tokenizer(saved_smollm2, "qwen"), template("qwen2.5.jinja"), example)
+    assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+
+
+def test_qwen3_trains_each_turn_as_rendered_in_the_whole_conversation(saved_smollm2):
+    # Qwen3 drops the reasoning of turns before the last user turn: those are trained without it (and counted),
+    # the last turn with its <think> block; the old prefix-by-prefix mask refused this conversation.
+    runs, result = trained(family_tokenizer(saved_smollm2, "qwen"), template("qwen3.jinja"), conversation(reasoning=True))
+    assert runs == [CALL_QWEN, "It is 18 C in Paris.<|im_end|>", "<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]
+    assert result.reasoning_dropped == 2
+
+
+def test_qwen3_turn_by_turn_keeps_every_reasoning(saved_smollm2):
+    from trainer.data.pipeline import split_turns
+
+    tokenizer = family_tokenizer(saved_smollm2, "qwen")
+    pieces = split_turns(conversation(reasoning=True))
+    assert len(pieces) == 3
+    runs = [trained(tokenizer, template("qwen3.jinja"), piece)[0] for piece in pieces]
+    assert runs == [['<think>\nCall the tool.\n</think>\n\n' + CALL_QWEN],
+                    ["<think>\nThe tool said 18.\n</think>\n\nIt is 18 C in Paris.<|im_end|>"],
+                    ["<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]]
+
+
+def test_mistral_nemo_drops_the_system_prompt_unless_folded(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "mistral")
+    problem, _ = trained(tokenizer, template("mistral-nemo.jinja"), conversation(), name="Mistral-Nemo")
+    assert problem == ("chat.jsonl:4: the example has a system prompt, but the chat template of Mistral-Nemo drops the system prompt of a "
+                       "conversation that ends with an answer (it puts it only into a final user turn); set data.system_prompt: fold "
+                       "to put it at the start of the first user turn.")
+    runs, _ = trained(tokenizer, template("mistral-nemo.jinja"), conversation(), fold=True)
+    assert runs == ['[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call00001"}]</s>',
+                    "It is 18 C in Paris.</s>", "You're welcome.</s>"]
+
+
+def test_gemma2_refuses_system_and_tools(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "gemma")
+    problem, _ = trained(tokenizer, template("gemma2.jinja"), conversation(), name="gemma-2-2b-it")
+    assert problem.startswith("chat.jsonl:4: the example has 'tools', but the chat template of gemma-2-2b-it ignores them")
+    assert "data.chat_template: hermes" in problem and "not trained on ChatML" in problem
+    problem, _ = trained(tokenizer, template("gemma2.jinja"), conversation(tools=False), name="gemma-2-2b-it")
+    assert "refuses a system role; set data.system_prompt: fold" in problem
+    runs, _ = trained(tokenizer, template("gemma2.jinja"), conversation(tools=False), fold=True)
+    assert runs == ["It is 18 C in Paris.<end_of_turn>", "You're welcome.<end_of_turn>"]
+
+
+def test_gemma3_folds_the_system_prompt_itself(saved_smollm2):
+    runs, _ = trained(family_tokenizer(saved_smollm2, "gemma"), template("gemma3.jinja"), conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<end_of_turn>", "You're welcome.<end_of_turn>"]
+
+
+def test_phi35_trains_end_but_not_the_final_eos(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "phi")
+    runs, _ = trained(tokenizer, template("phi3.5.jinja"), conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|end|>", "You're welcome.<|end|>"]
+    problem, _ = trained(tokenizer, template("phi3.5.jinja"), conversation(), name="Phi-3.5")
+    assert "the chat template of Phi-3.5 ignores them" in problem
+
+
+def test_deepseek_r1_distill_strips_reasoning(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "deepseek")
+    runs, _ = trained(tokenizer, template("deepseek-r1-distill-qwen.jinja"), conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<｜end▁of▁sentence｜>", "You're welcome.<｜end▁of▁sentence｜>"]
+    problem, _ = trained(tokenizer, template("deepseek-r1-distill-qwen.jinja"), conversation(tools=False, reasoning=True), name="R1-Distill")
+    assert "has reasoning ('reasoning_content' or <think>), but the chat template of R1-Distill drops it" in problem
+
+
+def test_deepseek_r1_distill_tool_calls_without_a_tools_list(saved_smollm2):
+    example = conversation()
+    example = Example(example.messages, None, example.file, example.line, None)  # R1 renders calls but no tools list
+    runs, _ = trained(family_tokenizer(saved_smollm2, "deepseek"), template("deepseek-r1-distill-qwen.jinja"), example)
+    # The template needs the arguments as JSON text and, with transformers dropping a None content, an empty content,
+    # which it renders as an empty answer after the calls: that is how this template lays the turn out, so it is trained.
+    assert runs == [('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```'
+                     '<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜Assistant｜><｜end▁of▁sentence｜>'),
+                    "It is 18 C in Paris.<｜end▁of▁sentence｜>", "You're welcome.<｜end▁of▁sentence｜>"]
+
+
+def test_smollm2_own_template_and_builtin_hermes(smollm2_tokenizer):
+    own = smollm2_tokenizer.chat_template
+    problem, _ = trained(smollm2_tokenizer, own, conversation(), name="SmolLM2-135M-Instruct")
+    assert "the chat template of SmolLM2-135M-Instruct ignores them" in problem and "data.chat_template: hermes" in problem
+    assert "not trained on ChatML" not in problem  # SmolLM2 is a ChatML model: hermes is its own layout
+    runs, _ = trained(smollm2_tokenizer, own, conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    hermes = resolve_template("hermes", smollm2_tokenizer).jinja
+    runs, _ = trained(smollm2_tokenizer, hermes, conversation(reasoning=True))
+    assert runs == ['<think>\nCall the tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+                    "<think>\nThe tool said 18.\n</think>\n\nIt is 18 C in Paris.<|im_end|>",
+                    "<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]
+
+
+def test_probe_describes_each_template(saved_smollm2):
+    from trainer.data.masks import probe_template
+
+    qwen3 = probe_template(family_tokenizer(saved_smollm2, "qwen"), template("qwen3.jinja"))
+    assert (qwen3.tools, qwen3.tool_calls, qwen3.reasoning, qwen3.system) == (True, True, "last", "keeps")
+    assert qwen3.describe() == ("renders tools, keeps reasoning only after the last user turn (drops earlier turns' reasoning), "
+                                "keeps the system prompt")
+    gemma2 = probe_template(family_tokenizer(saved_smollm2, "gemma"), template("gemma2.jinja"))
+    assert (gemma2.tools, gemma2.system, gemma2.header, gemma2.close) == (False, "refuses", "<start_of_turn>model\n", "<end_of_turn>")
+
+
+def test_smollm3_reasoning_inline_and_no_think_mode(saved_smollm2):
+    tokenizer = family_tokenizer(saved_smollm2, "qwen")
+    problem, _ = trained(tokenizer, template("smollm3.jinja"), conversation(), name="SmolLM3-3B")
+    assert "the chat template of SmolLM3-3B ignores them" in problem and "not trained on ChatML" not in problem
+    runs, _ = trained(tokenizer, template("smollm3.jinja"), conversation(tools=False, reasoning=True))
+    assert runs == ["<think>\nThe tool said 18.\n</think>\n\nIt is 18 C in Paris.<|im_end|>",
+                    "<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]
+    quiet = conversation(tools=False)
+    quiet = Example((Message("system", "Be brief. /no_think", False),) + quiet.messages[1:], None, quiet.file, quiet.line)
+    runs, _ = trained(tokenizer, template("smollm3.jinja"), quiet)
+    # Known limit: the header is probed once per template, in its default (/think) mode, so with /no_think in an example's
+    # system prompt the empty think block, which the generation prompt gives in that mode, is trained with the answer.
+    assert runs == ["<think>\n\n</think>\nIt is 18 C in Paris.<|im_end|>", "<think>\n\n</think>\nYou're welcome.<|im_end|>"]

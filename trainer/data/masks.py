@@ -1,0 +1,292 @@
+"""Which tokens of a rendered conversation are trained: exactly each assistant turn as the template renders it
+in the whole conversation (text, tool calls, reasoning) plus the text that closes it.
+
+Each conversation is rendered once. The content of every system, user and tool message is wrapped in
+invisible markers first, so after the render the markers say where each of those messages sits; the
+markers are then removed (they never reach the tokenizer). An assistant turn is what lies between the
+message before it and the message after it: it begins after the template's assistant header (what the
+generation prompt adds) and ends with the template's end-of-turn text. The whole text is tokenized once
+with offsets, and a token is trained when it begins inside a trained span. This does not depend on the
+template rendering a prefix of the conversation the way it renders the whole (Qwen3 and DeepSeek-R1
+drop earlier reasoning, Mistral moves the system prompt into the last user turn), and nothing searches
+for response-template token ids.
+
+What a template does with tools, tool calls, tool results, reasoning and a system prompt is found once
+per template by rendering small probe conversations with and without each (`probe_template`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
+_MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
+MARKED_ROLES = ("system", "user", "tool")
+
+
+@dataclass(frozen=True)
+class TemplateFeatures:
+    """What a chat template does, found by rendering probe conversations with and without each feature."""
+
+    header: str  # what the generation prompt adds: the text before an assistant turn's body ("" for Mistral)
+    close: str  # the text that ends an assistant turn, up to its first special token (trained: the model learns to stop)
+    tails: dict  # role -> the text between that role's content and the next assistant turn's body, on the generation prompt
+    system: str  # "keeps" a system prompt, "drops" it (Mistral: only into a final user turn) or "refuses" it (Gemma 2 raises)
+    tools: bool  # renders the tools list
+    tool_calls: bool  # renders assistant tool calls
+    tool_results: bool  # renders tool messages
+    reasoning: str  # "all" turns keep their reasoning, "last" (earlier turns' reasoning dropped, Qwen3/DeepSeek-R1), or "none"
+    reasoning_key: bool  # reads message.reasoning_content; otherwise reasoning goes into the content as <think>...</think>
+    empty_content: str  # how an assistant message with only tool calls is passed: "absent", "none" or "empty"
+    arguments: str  # tool-call arguments as an "object", or as "json" text (templates that concatenate them)
+    chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
+
+    def describe(self) -> str:
+        said = [
+            "renders tools" if self.tools and self.tool_calls else "does not render tools" if not self.tools else "renders the tools list but not tool calls",
+            {"all": "keeps reasoning in every turn", "last": "keeps reasoning only after the last user turn (drops earlier turns' reasoning)",
+             "none": "drops reasoning"}[self.reasoning],
+            {"keeps": "keeps the system prompt", "drops": "drops the system prompt of a conversation that ends with an answer",
+             "refuses": "refuses a system prompt"}[self.system],
+        ]
+        return ", ".join(said)
+
+
+def render(tokenizer, jinja: str, messages: list[dict], tools=None, generation_prompt: bool = False) -> str:
+    extra = {"tools": list(tools)} if tools else {}
+    return tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra)
+
+
+def _try(tokenizer, jinja, messages, tools=None, generation_prompt=False) -> str | None:
+    try:
+        return render(tokenizer, jinja, messages, tools, generation_prompt)
+    except Exception:  # noqa: BLE001 - a probe that a template refuses is an answer, not an error
+        return None
+
+
+def _special_texts(tokenizer) -> list[str]:
+    added = set(getattr(tokenizer, "get_added_vocab", dict)() or {}) | set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted((t for t in added if t), key=len, reverse=True)
+
+
+def _through_first_special(text: str, specials: list[str]) -> str:
+    """`text` up to the end of the first special token in it (all of it when it has none)."""
+    best = None
+    for token in specials:
+        at = text.find(token)
+        if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(token) > best[1])):
+            best = (at, len(token))
+    return text[: best[0] + best[1]] if best else text.rstrip()
+
+
+def _cuts_after_specials(text: str, specials: list[str]) -> list[str]:
+    """Prefixes of `text` that end right after a special token, longest first (for a header a template shortens)."""
+    ends = set()
+    for token in specials:
+        start = text.find(token)
+        while start >= 0:
+            ends.add(start + len(token))
+            start = text.find(token, start + 1)
+    return [text[:e] for e in sorted(ends, reverse=True) if e < len(text)]
+
+
+PROBE_TOOL = {"type": "function", "function": {"name": "probe_lookup_zq", "description": "Look a word up.",
+                                               "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}
+
+
+def _probe_call(content_style: str, arguments: str) -> dict:
+    call = {"id": "call00001", "type": "function",
+            "function": {"name": "probe_lookup_zq", "arguments": {"word": "probeargzq"} if arguments == "object" else '{"word": "probeargzq"}'}}
+    message = {"role": "assistant", "tool_calls": [call]}
+    if content_style != "absent":
+        message["content"] = None if content_style == "none" else ""
+    return message
+
+
+def probe_template(tokenizer, jinja: str) -> TemplateFeatures:
+    """Render small conversations with and without each feature, once per template."""
+    specials = _special_texts(tokenizer)
+    user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
+    plain = _try(tokenizer, jinja, [user, answer]) or ""
+    prompt = _try(tokenizer, jinja, [user], generation_prompt=True) or ""
+    prompt_without = _try(tokenizer, jinja, [user]) or ""
+    common = 0
+    while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
+        common += 1
+    for token in specials:  # never cut a special token in two ("<|assistant|>" after "<|endoftext|>" share "<|")
+        at = prompt.find(token, max(0, common - len(token) + 1))
+        if 0 <= at < common < at + len(token):
+            common = at
+    header = prompt[common:]
+    after = plain[plain.rfind("Yo") + 2 :] if "Yo" in plain else ""
+    close = _through_first_special(after, specials)
+    tails = {"user": prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header}
+
+    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer])
+    system = "refuses" if with_system is None else "keeps" if "Sysprobezq" in with_system else "drops"
+
+    with_tools = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
+    tools = with_tools is not None and with_tools != plain and "probe_lookup_zq" in with_tools
+
+    tool_calls = tool_results = False
+    empty_content, arguments = "absent", "object"
+    for content_style in ("absent", "none", "empty"):
+        for argument_style in ("object", "json"):
+            result = {"role": "tool", "content": "Resultprobezq", "tool_call_id": "call00001", "name": "probe_lookup_zq"}
+            conversation = [user, _probe_call(content_style, argument_style), result]
+            text = _try(tokenizer, jinja, conversation + [answer], tools=[PROBE_TOOL])
+            if text is None:
+                continue
+            empty_content, arguments = content_style, argument_style
+            tool_calls = "probeargzq" in text
+            tool_results = "Resultprobezq" in text
+            tool_prompt = _try(tokenizer, jinja, conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
+            if "Resultprobezq" in tool_prompt:
+                tails["tool"] = tool_prompt[tool_prompt.rfind("Resultprobezq") + len("Resultprobezq") :]
+            break
+        if text is not None:
+            break
+
+    reasoning_key = "reasoning_content" in jinja
+
+    def thinking(text: str) -> dict:
+        if reasoning_key:
+            return {"role": "assistant", "content": f"Answer{text}", "reasoning_content": f"Thought{text}zq"}
+        return {"role": "assistant", "content": f"<think>\nThought{text}zq\n</think>\n\nAnswer{text}"}
+
+    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")]) or ""
+    last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
+    reasoning = "all" if last and first else "last" if last else "none"
+    return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
+                            empty_content, arguments, "<|im_start|>" in jinja)
+
+
+def template_messages(messages, features: TemplateFeatures, fold_system: bool = False) -> list[dict]:
+    """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content)."""
+    out = []
+    for m in messages:
+        item: dict = {"role": m.role}
+        content = m.content
+        if m.role == "assistant" and m.reasoning:
+            if features.reasoning_key:
+                item["reasoning_content"] = m.reasoning
+            else:
+                content = f"<think>\n{m.reasoning}\n</think>\n\n{content}"
+        if m.tool_calls:
+            item["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.name, "arguments": c.arguments if features.arguments == "object" else json.dumps(c.arguments, ensure_ascii=False)}}
+                for c in m.tool_calls]
+            if content or features.empty_content != "absent":
+                item["content"] = content or (None if features.empty_content == "none" else "")
+        else:
+            item["content"] = content
+        if m.role == "tool":
+            item["tool_call_id"] = m.tool_call_id
+        if m.name:
+            item["name"] = m.name
+        out.append(item)
+    if fold_system and out and out[0]["role"] == "system":
+        system = out.pop(0)["content"]
+        first_user = next((x for x in out if x["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = f"{system}\n\n{first_user['content']}"
+    return out
+
+
+def _wrap(text: str, k: int) -> str:
+    """Markers around the text without its outer whitespace, so a template that trims renders the same text."""
+    core = text.strip()
+    if not core:
+        return f"{text}{_OPEN}{k}{_OPEN_END}{_CLOSE}{k}{_CLOSE_END}"
+    lead = text[: len(text) - len(text.lstrip())]
+    trail = text[len(text.rstrip()) :]
+    return f"{lead}{_OPEN}{k}{_OPEN_END}{core}{_CLOSE}{k}{_CLOSE_END}{trail}"
+
+
+def _unmark(text: str) -> tuple[str, dict[int, int], dict[int, int]]:
+    """The text without markers, and where each marked message's content begins and ends in it."""
+    starts: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    pieces, at, clean_length = [], 0, 0
+    for match in _MARK.finditer(text):
+        pieces.append(text[at : match.start()])
+        clean_length += match.start() - at
+        at = match.end()
+        k = int(match.group(2))
+        if match.group(1) == _OPEN:
+            starts.setdefault(k, clean_length)
+        elif k in starts and k not in ends:
+            ends[k] = clean_length
+    pieces.append(text[at:])
+    return "".join(pieces), starts, ends
+
+
+class SpanError(Exception):
+    """The turns of a rendered conversation could not be located; the message says which and why."""
+
+
+def render_with_spans(tokenizer, jinja: str, features: TemplateFeatures, items: list[dict], tools=None,
+                      specials: list[str] | None = None) -> tuple[str, list[tuple[int, int, int]]]:
+    """The rendered conversation and, per assistant message, (index in items, start, end) of its trained text."""
+    marked = [dict(m, content=_wrap(m["content"], k)) if m["role"] in MARKED_ROLES and isinstance(m.get("content"), str) else m
+              for k, m in enumerate(items)]
+    text, starts, ends = _unmark(render(tokenizer, jinja, marked, tools))
+    specials = specials if specials is not None else _special_texts(tokenizer)
+    spans = []
+    previous_end = 0
+    for i, item in enumerate(items):
+        if item["role"] != "assistant":
+            if i in ends:
+                previous_end = ends[i]
+            continue
+        if i == 0:
+            raise SpanError("the conversation begins with an assistant message; begin it with a user (or system) message, "
+                            "so there is something to answer.")
+        before = items[i - 1]["role"]
+        if before in MARKED_ROLES and i - 1 not in ends:
+            raise SpanError(f"the chat template does not render message {i} ({before}), so the turn after it cannot be located.")
+        following = next((starts[j] for j in range(i + 1, len(items)) if j in starts), len(text))
+        anchors = _anchors(features, before, specials)
+        start = None if anchors else previous_end  # a template with no header: the turn follows the message before it
+        for anchor in anchors:
+            at = text.find(anchor, previous_end, following)
+            if at >= 0:
+                start = at + len(anchor)
+                break
+        if start is None:
+            raise SpanError(f"could not find where assistant message {i + 1} begins in the rendered conversation "
+                            f"(looked for {anchors[0]!r} after message {i}); the template lays this turn out unlike the others.")
+        end = following
+        if features.close:
+            at = text.rfind(features.close, start, following)
+            if at < 0:
+                raise SpanError(f"the chat template does not close assistant message {i + 1} with {features.close!r} as it does "
+                                "elsewhere, so where it ends is unknown.")
+            end = at + len(features.close)
+        spans.append((i, start, end))
+        previous_end = end
+    return text, spans
+
+
+def _anchors(features: TemplateFeatures, before: str, specials: list[str]) -> list[str]:
+    found = []
+    if features.header:
+        found += [features.header] + _cuts_after_specials(features.header, specials)
+    tail = features.tails.get(before) or features.tails.get("user", "")
+    if tail:
+        found += [tail] + [tail[i:] for i in sorted({tail.rfind(s) for s in specials if s in tail}) if i > 0]
+    return [a for k, a in enumerate(found) if a and a not in found[:k]]
+
+
+def label_spans(offsets, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token (its character offsets), whether it begins inside one of the spans."""
+    import bisect
+
+    spans = sorted(spans)
+    starts = [s for s, _ in spans]
+    out = []
+    for begin, finish in offsets:
+        k = bisect.bisect_right(starts, begin) - 1
+        out.append(k >= 0 and begin < spans[k][1] and finish > begin)
+    return out

@@ -1,0 +1,119 @@
+"""Tool calls in a model's answer, and the tool_call_match metric.
+
+A model trained on a template writes its calls the way the template lays them out; parse_tool_calls reads
+the common layouts back: Hermes/Qwen (<tool_call>{"name": ..., "arguments": ...}</tool_call>), Mistral
+([TOOL_CALLS][{...}]) and Llama 3.x (a bare {"name": ..., "parameters": ...} object).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from trainer.errors import UserError
+
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _call(value) -> dict | None:
+    """{"name": str, "arguments": dict} from one decoded call object, or None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("function"), dict):  # OpenAI's {"type": "function", "function": {...}}
+        value = value["function"]
+    name = value.get("name")
+    arguments = value.get("arguments", value.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        return None
+    return {"name": name, "arguments": arguments}
+
+
+def parse_tool_calls(text: str) -> list[dict] | None:
+    """The calls in an answer, [] when it makes none, or None when it tries to call but the call is malformed."""
+    text = text.strip()
+    if "<tool_call>" in text:
+        calls = []
+        for body in _HERMES.findall(text):
+            try:
+                call = _call(json.loads(body))
+            except json.JSONDecodeError:
+                return None
+            if call is None:
+                return None
+            calls.append(call)
+        return calls or None
+    if text.startswith("[TOOL_CALLS]"):
+        text = text[len("[TOOL_CALLS]") :].strip()
+    if text[:1] in "[{":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        values = value if isinstance(value, list) else [value]
+        calls = [_call(v) for v in values]
+        return None if not calls or any(c is None for c in calls) else calls
+    return []
+
+
+def reference_calls(reference: str) -> list[dict] | None:
+    """A reference answer written as a JSON list of calls (evaluation cases of tool-calling data), else None."""
+    try:
+        value = json.loads(reference)
+    except (json.JSONDecodeError, ValueError):
+        return None
+    if isinstance(value, list) and value and all(_call(v) is not None for v in value):
+        return [_call(v) for v in value]
+    return None
+
+
+def _same(calls: list[dict], expected: list[dict]) -> bool:
+    """The same functions with equal arguments (JSON equality: key order ignored), in any order."""
+    def key(c: dict) -> tuple[str, str]:
+        return (c["name"], json.dumps(c["arguments"], sort_keys=True))
+
+    return sorted(map(key, calls)) == sorted(map(key, expected))
+
+
+def tool_call_match(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """tool_call_match: the share of cases answered right: where a call is expected, the same function(s) with equal
+    arguments; where a text answer is expected, no call. tool_call_wellformed: of the cases expecting a call, the share
+    whose answer is a well-formed call (whatever it calls)."""
+    right, wellformed, expected_calls = [], 0, 0
+    for prediction, reference in zip(predictions, references):
+        got, want = parse_tool_calls(prediction), reference_calls(reference)
+        if want is None:
+            right.append(float(got == []))
+            continue
+        expected_calls += 1
+        wellformed += bool(got)
+        right.append(float(bool(got) and _same(got, want)))
+    return {"tool_call_match": sum(right) / len(right) if right else 0.0,
+            "tool_call_wellformed": wellformed / expected_calls if expected_calls else 0.0}
+
+
+def load_tools(path: str) -> list[dict]:
+    """A JSON file with a list of tools (OpenAI's {"type": "function", "function": {...}}, or bare function definitions)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except OSError as exc:
+        raise UserError(f"--tools: cannot read {path}: {exc.strerror}.") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); --tools needs a JSON list of function definitions.") from None
+    if isinstance(value, dict) and isinstance(value.get("tools"), list):
+        value = value["tools"]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{path}: --tools needs a non-empty JSON list of tools, e.g. "
+                        '[{"type": "function", "function": {"name": "get_weather", "parameters": {...}}}].')
+    tools = []
+    for i, tool in enumerate(value):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise UserError(f"{path}: tool {i + 1} must be a function definition with a 'name'.")
+        tools.append({"type": "function", "function": function})
+    return tools

@@ -23,7 +23,7 @@ def test_quickstart_shortened(tmp_path):
     assert set(report["summary"]["comparisons"]) == {"tuned vs base_zero_shot", "tuned vs base_few_shot", "tuned vs base_retrieval"}
     assert report["base_few_shot"]["prompt_tokens_mean"] > 2.5 * report["base_zero_shot"]["prompt_tokens_mean"]
     assert (run / "eval.md").read_text().count("**Reference:**") == 5 and (run / "eval.png").is_file()
-    assert "The fine-tuned model" in result.stdout
+    assert "the fine-tuned model" in result.stdout.lower()  # the verdict, whichever way it went
 
     answer = run_trainer("generate", "--run", str(run), "--max-new-tokens", "40", "--prompt",
                          "Title: Toast\n\nIngredients: [\"2 slices bread\", \"1 Tbsp. butter\"]\n\nGeneric ingredients: ",

@@ -31,8 +31,11 @@ def test_transformers_and_peft_block(demo_run):
     from trainer.demo import demo_model_path
 
     model = demo_model_path()
-    code = block("PeftModel").replace('from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")',
-                                      f'from_pretrained({str(model.parent)!r}, gguf_file={model.name!r})')
+    # the README names the base by its Hub id (unreachable here): the line marked "the run's model.name_or_path"
+    # loads the same model from the demo GGUF instead
+    code = re.sub(r'from_pretrained\("[^"]+"\)(?=  # the run\'s model.name_or_path)',
+                  f'from_pretrained({str(model.parent)!r}, gguf_file={model.name!r})', block("PeftModel"))
+    assert "gguf_file=" in code
     assert "tea" in run_block(code, demo_run).lower()
 
 

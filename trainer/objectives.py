@@ -114,6 +114,7 @@ class PreferenceLoss(nn.Module):
         t = config.training
         self.objective = t.objective
         self.beta, self.dpo_loss, self.sft_weight, self.orpo_weight = t.dpo.beta, t.dpo.loss, t.dpo.sft_weight, t.orpo.weight
+        self.last_rewards: tuple[torch.Tensor, torch.Tensor] | None = None
         self.totals = {"train": torch.zeros(len(self.STATS), dtype=torch.float64), "eval": torch.zeros(len(self.STATS), dtype=torch.float64)}
 
     def logps(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -131,6 +132,7 @@ class PreferenceLoss(nn.Module):
             if reference is None:
                 raise ValueError("dpo needs the reference model's log-probabilities in the batch")
             losses, reward_c, reward_r = self._dpo(chosen, rejected, reference[:pairs], reference[pairs:], n_chosen, n_rejected, token_logps, counts)
+        self.last_rewards = (reward_c.detach(), reward_r.detach())  # per pair, for the evaluation's intervals
         with torch.no_grad():
             stats = torch.stack([torch.tensor(float(pairs), dtype=torch.float64), reward_c.double().sum(), reward_r.double().sum(),
                                  (reward_c > reward_r).double().sum(), chosen.double().sum(), rejected.double().sum()])

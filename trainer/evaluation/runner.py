@@ -19,6 +19,7 @@ from pathlib import Path
 
 from trainer.config import Config
 from trainer.data.pipeline import load_examples, split_validation
+from trainer.data.preference import Pair
 from trainer.errors import UserError
 from trainer.evaluation.intervals import PerCase, confidence
 from trainer.evaluation.metrics import METRICS
@@ -31,19 +32,25 @@ LOWER_IS_BETTER = {"loss", "perplexity"}
 def eval_cases(config: Config) -> tuple[list[Case], list]:
     """The cases (test set, validation set, or the held-out share of the training data) and the few-shot pool."""
     train, _ = load_examples(config.data.train, config)
-    source = config.evaluation.test or config.data.validation
-    if source:
-        examples, _ = load_examples(source, config)
+    if config.evaluation.test:  # conversations ending with the reference answer, whatever the objective
+        chats = config.replace(training=config.training.replace(objective="sft"), data=config.data.replace(format="auto"))
+        examples, _ = load_examples(config.evaluation.test, chats)
+    elif config.data.validation:
+        examples, _ = load_examples(config.data.validation, config)
     else:
         train, examples = split_validation(train, config.data.validation_split, config.training.seed)
-    if config.training.objective != "sft":  # preference pairs: their prompts, answered as the chosen answer does
-        train, examples = [p.chosen for p in train], [p.chosen for p in examples]
+    # preference pairs: their prompts, with the chosen answer as the reference (and as the few-shot examples)
+    train, examples = [_chat_of(e) for e in train], [_chat_of(e) for e in examples]
     cases = [c for c in (to_case(e) for e in examples if e.messages) if c is not None]
     if config.evaluation.max_examples:
         cases = cases[: config.evaluation.max_examples]
     if not cases:
         raise UserError("evaluation: there are no chat examples ending in an assistant answer to evaluate on; set evaluation.test.")
     return cases, train
+
+
+def _chat_of(example):
+    return example.chosen if isinstance(example, Pair) else example
 
 
 def answer_loss(loaded, conversations: list[list[dict]], references: list[str], cases: list[Case] | None = None) -> PerCase:

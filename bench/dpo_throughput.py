@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import re
+import resource
 import statistics
 import subprocess
 import sys

@@ -185,6 +185,11 @@ class Preference:
         self.pair_batching: PairBatching | None = None
 
     def module(self, model: nn.Module) -> nn.Module:
+        # no dropout (TRL's DPOTrainer default too): the rewards compare the policy with reference log-probs computed
+        # without it, and an adapter trained with lora.dropout would otherwise start away from its own reference
+        for layer in model.modules():
+            if isinstance(layer, nn.Dropout):
+                layer.p = 0.0
         self.loss = PreferenceLoss(model, self.config)
         return self.loss
 

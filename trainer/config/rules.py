@@ -127,7 +127,8 @@ def local_files_exist(cfg: Config) -> Found:
         yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
     adapter = cfg.model.adapter
     if adapter is not None and not os.path.exists(os.path.expanduser(adapter)):
-        yield ("model", "adapter"), f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()})."
+        yield ("model", "adapter"), (f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()}). "
+                                     "Train that run first (runs/quickstart comes from `make demo`), or give the folder of another adapter.")
 
 
 # ---- output -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import yaml
 
 from conftest import REPO, make_char_tokenizer, run_trainer, tiny_llama
 from trainer.config import parse_config
-from trainer.config.autotrain import FIELDS, differences, export, mapping_table, project_name, translate
+from trainer.config.autotrain import FIELDS, export, mapping_table, project_name, translate
+from trainer.config.autotrain_differences import differences
 
 NON_DEFAULT = """
 model: {name_or_path: org/model, attn_implementation: flash_attention_2}
@@ -39,14 +40,22 @@ def config_of(text: str = NON_DEFAULT):
     return parse_config(text, check_files=False)
 
 
-def test_every_mapped_field_survives_export_and_translation_back():
-    config = config_of()
+def preference_config(objective: str) -> str:
+    """NON_DEFAULT as dpo or orpo: pairs, no packing, answers only, dropout 0 (AutoTrain's dpo and orpo train without)."""
+    text = NON_DEFAULT.replace("packing: true, train_on: all", "format: preference").replace("dropout: 0.1", "dropout: 0")
+    settings = "  dpo: {beta: 0.3}\n" if objective == "dpo" else "  orpo: {weight: 0.1}\n"
+    return text.replace("  method: lora\n", f"  method: lora\n  objective: {objective}\n{settings}")
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "orpo"])
+def test_every_mapped_field_survives_export_and_translation_back(objective):
+    config = config_of(NON_DEFAULT if objective == "sft" else preference_config(objective))
     document = export(config, mixed_precision="bf16")
     back, _, _ = translate(document)
     ours = config.to_dict()
     checked = []
     for field in FIELDS:
-        if field.ours is None or field.to_autotrain is None or field.ours == "output.merge_adapter":
+        if field.ours is None or field.to_autotrain is None or field.ours == "output.merge_adapter" or objective not in field.objectives:
             continue
         node_ours, node_back = ours, back
         for part in field.ours.split("."):
@@ -54,6 +63,10 @@ def test_every_mapped_field_survives_export_and_translation_back():
         assert node_back == node_ours, field.autotrain
         checked.append(field.autotrain)
     assert len(checked) >= 18
+    again = config_of(yaml.safe_dump(back))
+    assert again.training.objective == objective and again.training.lora.dropout == config.training.lora.dropout
+    assert (again.training.dpo, again.training.orpo) == (config.training.dpo, config.training.orpo)
+    assert (again.data.format == "preference") == (objective != "sft")
 
 
 def test_export_writes_autotrain_0836_shape():

@@ -414,7 +414,8 @@ def _export(args: argparse.Namespace) -> int:
 
     from trainer.backends.autotrain import VERSION, mixed_precision_for, prepare_handover
     from trainer.config import load_config
-    from trainer.config.autotrain import differences, export
+    from trainer.config.autotrain import export
+    from trainer.config.autotrain_differences import differences
     from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)

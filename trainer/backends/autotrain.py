@@ -30,7 +30,8 @@ from typing import Any
 
 from trainer.backends.autotrain_env import VERSION, autotrain_python, bin_path, child_env, environment_problem, tail_of
 from trainer.config import Config
-from trainer.config.autotrain import data_columns, differences, export, project_name
+from trainer.config.autotrain import data_columns, export, project_name
+from trainer.config.autotrain_differences import differences
 from trainer.errors import RunStopped, UserError
 from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_model_card
 

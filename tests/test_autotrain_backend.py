@@ -225,6 +225,134 @@ def test_plain_text_goes_as_text(tmp_path):
     assert json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])["text"].startswith("plain ")
 
 
+# --- preference pairs (llm-dpo, llm-orpo) --------------------------------------------------------------------------
+
+def recipe_pairs(path: Path, count: int) -> Path:
+    """`count` pairs from the recipe task in TRL's layout: the reference ingredients chosen, the same list with its last
+    ingredient swapped for salt rejected."""
+    rows = [json.loads(line) for line in (REPO / "data" / "recipes" / "train.jsonl").read_text().splitlines()[:count]]
+    pairs = []
+    for row in rows:
+        messages = row["messages"]
+        wrong = json.dumps(json.loads(messages[-1]["content"])[:-1] + ["salt"])
+        pairs.append({"prompt": messages[:-1], "chosen": [messages[-1]], "rejected": [{"role": "assistant", "content": wrong}]})
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+def _preference_prepared(tmp_path, tokenizer, objective: str = "dpo", max_seq_length: int = 512, count: int = 4):
+    from trainer.data.pipeline import prepare_data
+
+    config = parse_config(yaml.safe_dump({
+        "model": {"name_or_path": "org/m"},
+        "data": {"train": str(recipe_pairs(tmp_path / "pairs.jsonl", count)), "max_seq_length": max_seq_length, "validation_split": 0.25},
+        "training": {"epochs": 1, "objective": objective}}), check_files=False)
+    return config, prepare_data(config, tokenizer)
+
+
+def test_pairs_go_as_the_text_trainer_trains_cut_where_the_answer_begins(tmp_path, smollm2_tokenizer, capsys):
+    """AutoTrain gets no template: TRL 0.13 tokenizes prompt and answer apart and appends the end-of-text token to the
+    answer, which gives exactly the tokens and the trained positions of trainer's own pairs."""
+    from trainer.backends.autotrain import write_data
+
+    tok = smollm2_tokenizer
+    config, data = _preference_prepared(tmp_path, tok)
+    write_data(config, tok, data, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == len(data.train) == 3 and (tmp_path / "out" / "validation.jsonl").is_file()
+    assert rows[0]["prompt"].startswith("<|im_start|>system\nYou are a helpful recipe assistant")
+    assert rows[0]["prompt"].endswith("Generic ingredients: <|im_end|>\n<|im_start|>assistant\n")
+    assert rows[0]["rejected"].endswith(', "salt"]')
+    for row, pair in zip(rows, data.train):
+        prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        for side, tokenized in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            answer = tok(row[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            assert list(tokenized.input_ids[: len(prompt) + len(answer)]) == prompt + answer
+            assert [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != -100] == answer
+    assert "warning" not in capsys.readouterr().err  # nothing differs for SmolLM2's template
+
+
+def test_pairs_that_autotrain_trains_unlike_trainer_are_counted(tmp_path, capsys):
+    """The character tokenizer's end-of-text token (</s>) does not close ChatML's turns: TRL's appended one is trained
+    as well; ORPO cuts pairs longer than max_seq_length its own way."""
+    from trainer.backends.autotrain import write_data
+    from trainer.data.templates import CHATML
+
+    tokenizer = make_char_tokenizer(CHATML)
+    config, data = _preference_prepared(tmp_path, tokenizer, "orpo", max_seq_length=400)
+    write_data(config, tokenizer, data, tmp_path / "out")
+    said = capsys.readouterr().err
+    assert "warning: AutoTrain's llm-orpo (TRL 0.13) appends </s> to every answer, and 6 of 6 answers do not end with it" in said
+    assert "pairs are longer than data.max_seq_length=400: AutoTrain's llm-orpo cuts their prompt to its last 200 tokens" in said
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
+    assert first["chosen"].endswith("]<|im_end|>")  # the turn's own end stays: only </s> would be TRL's
+
+
+def test_export_writes_llm_dpo_and_llm_orpo():
+    dpo = export(config_of(preference_config("dpo")))
+    assert dpo["task"] == "llm-dpo" and dpo["params"]["dpo_beta"] == 0.3
+    assert dpo["data"]["chat_template"] is None  # trainer renders the pairs; AutoTrain's own rendering differs (above)
+    assert dpo["data"]["column_mapping"] == {"text_column": "chosen", "rejected_text_column": "rejected", "prompt_text_column": "prompt"}
+    assert dpo["params"]["max_prompt_length"] == dpo["params"]["block_size"] == 384  # DPO then cuts as trainer does
+    assert dpo["params"]["max_completion_length"] is None and dpo["params"]["lora_dropout"] == 0
+    orpo = export(config_of(preference_config("orpo")))
+    assert orpo["task"] == "llm-orpo" and "dpo_beta" not in orpo["params"]  # 0.8.36 does not pass it to ORPO
+    assert orpo["params"]["max_prompt_length"] == 192
+
+
+PREFERENCE_DIFFERENCES = [
+    ("objective: dpo, dpo: {loss: ipo}", "training.dpo.loss"),
+    ("objective: dpo, dpo: {sft_weight: 1}", "training.dpo.sft_weight"),
+    ("objective: orpo, orpo: {weight: 0.2}", "training.orpo.weight"),
+    ("objective: dpo, lora: {dropout: 0.1}", "training.lora.dropout"),
+    ("objective: orpo, method: dora, lora: {dropout: 0}", "training.method"),
+]
+
+
+@pytest.mark.parametrize("snippet, key", PREFERENCE_DIFFERENCES)
+def test_each_preference_difference_is_named(snippet, key):
+    config = parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1, {snippet}}}\n", check_files=False)
+    assert key in {".".join(path) for path, _ in differences(config)}
+
+
+def test_a_dpo_run_without_dropout_trains_as_trainer_does():
+    """AutoTrain's dpo and orpo do not pack and train the answers only: only what the config asks beyond that differs."""
+    for objective in ("dpo", "orpo"):
+        config = parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\n"
+                              f"training: {{epochs: 2, objective: {objective}, lora: {{dropout: 0}}}}\n", check_files=False)
+        assert differences(config) == []
+
+
+def test_validate_names_what_autotrain_cannot_do_for_orpo(tmp_path):
+    cfg = tmp_path / "x.yaml"
+    pairs = recipe_pairs(tmp_path / "pairs.jsonl", 2)
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {pairs}}}\n"
+                   "training: {epochs: 1, objective: orpo, orpo: {weight: 0.5}}\nbackend: {name: autotrain}\n")
+    result = run_trainer("validate", "--config", str(cfg))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "training.orpo.weight: AutoTrain's llm-orpo always trains with lambda 0.1" in result.stderr  # a rule: no allowing it
+    fixed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1")
+    assert fixed.returncode == 2 and "training.lora.dropout" in fixed.stderr and "allow_differences: true" in fixed.stderr
+    allowed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1", "--set", "training.lora.dropout=0")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_preference_figures_autotrain_logs_get_trainers_names(tmp_path):
+    from trainer.backends.autotrain import AutoTrainLog, log_metrics
+
+    log = AutoTrainLog(tmp_path / "a.log")
+    log.feed("INFO     | 2026-12-01 18:50:01 | autotrain.trainers.common:on_log:226 - {'loss': 0.6931, 'grad_norm': 1.2, "
+             "'learning_rate': 0.0001, 'rewards/chosen': 0.01, 'rewards/rejected': -0.02, 'rewards/accuracies': 0.5, "
+             "'rewards/margins': 0.03, 'logps/chosen': -40.5, 'logps/rejected': -42.25, 'logits/chosen': -1.5, "
+             "'logits/rejected': -1.4, 'epoch': 0.5}")
+    log.close()
+    config = config_of(preference_config("dpo").replace("log_every: 3", "log_every: 1").replace("tensorboard", "none"))
+    log_metrics(config, tmp_path, log)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["step"] == 1 and row["loss"] == 0.6931 and row["reward_margin"] == 0.03 and row["reward_accuracy"] == 0.5
+    assert row["logps_chosen"] == -40.5 and row["logps_rejected"] == -42.25 and row["reward_rejected"] == -0.02
+
+
 # --- model materialisation -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

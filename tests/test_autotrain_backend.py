@@ -535,6 +535,80 @@ def test_autotrain_trains_and_the_result_is_a_trainer_run(tmp_path, rope_model_d
     assert answered.returncode == 0, answered.stderr[-2000:]
 
 
+# What TRL 0.13 (AutoTrain's) makes of the rows trainer wrote: its DPO tokenize_row, and its ORPO tokenize_row on a
+# trainer object made without __init__ (the method reads only the settings set here).
+TRL_TOKENIZE = """
+import json, sys
+from transformers import AutoTokenizer
+from trl import DPOTrainer, ORPOTrainer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+orpo = ORPOTrainer.__new__(ORPOTrainer)
+orpo.processing_class, orpo.is_encoder_decoder, orpo.truncation_mode, orpo.label_pad_token_id = tok, False, "keep_end", -100
+orpo.max_length, orpo.max_prompt_length = 512, 256
+for line in open(sys.argv[2]):
+    row = json.loads(line)
+    dpo = DPOTrainer.tokenize_row(row, tok, max_prompt_length=512, max_completion_length=None, add_special_tokens=False)
+    o = orpo.tokenize_row(row)
+    print(json.dumps({"dpo": dpo, "orpo": {k: o[k] for k in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")}}))
+"""
+
+
+@pytest.mark.slow
+def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_python, smollm2_tokenizer):
+    """A short real llm-dpo run on the demo model: the run directory, the adapter, and TRL's tokens of the pairs."""
+    import subprocess
+
+    from trainer.backends.autotrain_env import child_env
+    from trainer.data.pipeline import prepare_data
+    from trainer.demo import demo_model_path
+    from trainer.generate import load_run
+
+    config = {
+        "model": {"name_or_path": str(demo_model_path())},
+        "data": {"train": str(recipe_pairs(tmp_path / "pairs.jsonl", 4)), "max_seq_length": 512, "validation_split": 0},
+        "training": {"objective": "dpo", "epochs": 1, "batch_size": 2, "gradient_accumulation": 1, "learning_rate": 1e-3,
+                     "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0}},
+        "output": {"dir": str(tmp_path / "run")},
+        "logging": {"log_every": 1},
+        "backend": {"name": "autotrain", "autotrain": {"python": str(autotrain_python)}},  # nothing differs: no allowing
+    }
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_trainer("--config", str(path), timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "run"
+    assert "Starting DPO training" in (run / "autotrain" / "autotrain.log").read_text()
+    document = yaml.safe_load((run / "autotrain" / "autotrain.yml").read_text())
+    assert document["task"] == "llm-dpo" and document["params"]["dpo_beta"] == 0.1 and document["data"]["chat_template"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == "autotrain" and summary["steps"] == 2 and summary["final_eval_loss"] is None
+    ours = prepare_data(parse_config(path.read_text(), str(path)), smollm2_tokenizer)
+    assert summary["trained_tokens"] == sum(pair.trained for pair in ours.train)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["reward_accuracy"] <= 1 and "reward_margin" in r for r in rows)
+    assert abs(rows[0]["loss"] - 0.6931) < 0.01  # DPO starts at log 2: the policy is the reference
+    for name in ("config.yaml", "README.md", "loss.png", "model/adapter_config.json", "model/adapter_model.safetensors"):
+        assert (run / name).is_file(), name
+
+    loaded = load_run(run, "cpu")
+    trained = [name for name, value in loaded.model.named_parameters() if "lora_B" in name and value.abs().sum() > 0]
+    assert trained, "the adapter AutoTrain trained is all zeros"
+
+    done = subprocess.run([str(autotrain_python), "-c", TRL_TOKENIZE, str(run / "autotrain" / "base-model"),
+                           str(run / "autotrain" / "data" / "train.jsonl")], capture_output=True, text=True,
+                          env=child_env(autotrain_python), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert len(theirs) == len(ours.train) == 4
+    for trl, pair in zip(theirs, ours.train):
+        for side, tokenized in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            trained = [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != -100]
+            dpo = trl["dpo"]["prompt_input_ids"] + trl["dpo"][f"{side}_input_ids"]
+            assert dpo == list(tokenized.input_ids[: len(dpo)]) and trl["dpo"][f"{side}_input_ids"] == trained
+            orpo = trl["orpo"]
+            assert orpo[f"{side}_input_ids"] == dpo and [t for t in orpo[f"{side}_labels"] if t != -100] == trained
+
+
 @pytest.mark.slow
 def test_a_failure_autotrain_only_logs_fails_the_run(tmp_path, rope_model_dir, autotrain_python):
     """AutoTrain's @monitor logs an exception in training and exits 0; trainer must not report success."""

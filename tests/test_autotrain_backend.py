@@ -172,6 +172,18 @@ def test_export_command_prints_yaml_and_warns(tmp_path):
     assert "data.train_on" in result.stderr and ".gguf" in result.stderr
 
 
+def test_export_command_writes_llm_orpo_and_warns(tmp_path):
+    cfg = tmp_path / "orpo.yaml"
+    cfg.write_text(f"model: {{name_or_path: org/m}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   "training: {epochs: 1, objective: orpo, orpo: {weight: 0.3}}\n")
+    result = run_trainer("export", "--to", "autotrain", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(result.stdout)
+    assert document["task"] == "llm-orpo" and document["data"]["column_mapping"]["rejected_text_column"] == "rejected"
+    assert "warning: training.orpo.weight: AutoTrain's llm-orpo always trains with lambda 0.1" in result.stderr
+    assert "warning: training.lora.dropout" in result.stderr
+
+
 def test_docs_show_the_same_table():
     assert mapping_table() in (REPO / "docs" / "autotrain.md").read_text()
 

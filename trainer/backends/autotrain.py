@@ -7,7 +7,7 @@ hand-over, in order:
 
 1. translate the config (trainer/config/autotrain.py: one table, both ways),
    refusing what AutoTrain cannot do unless backend.autotrain.allow_differences;
-2. write the data trainer's pipeline accepted in AutoTrain's local layout;
+2. write the data trainer's pipeline accepted in AutoTrain's local layout (preference pairs: autotrain_pairs.py);
 3. materialise a local or .gguf model as a folder transformers 4.48 can read;
 4. run `autotrain --config`, streaming its log, and fail on the failures it
    only logs;
@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.backends.autotrain_env import VERSION, autotrain_python, bin_path, child_env, environment_problem, tail_of
+from trainer.backends.autotrain_pairs import logged_metrics, write_pairs
 from trainer.config import Config
-from trainer.config.autotrain import data_columns, differences, export, project_name
+from trainer.config.autotrain import data_columns, export, project_name
+from trainer.config.autotrain_differences import differences
 from trainer.errors import RunStopped, UserError
 from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_model_card
 
@@ -46,11 +48,17 @@ def _say(text: str) -> None:
 
 def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
-    in the column data_columns() names: the conversations, or the text trainer's template renders from them."""
+    in the column data_columns() names: the conversations, or the text trainer's template renders from them.
+    Preference pairs go as prompt/chosen/rejected text (autotrain_pairs.py)."""
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import Tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
+    if config.training.objective != "sft":
+        assert data.encoder is not None  # prepare_data keeps what tokenized the pairs: the hand-over renders them alike
+        for note in write_pairs(data.encoder, data.sources, config.training.objective, folder):
+            _say(f"warning: {note}")
+        return
     column, _ = data_columns(config)
     encoder = None
     if column == "text" and config.data.format != "text":
@@ -266,7 +274,7 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any
     eval_loss = validation_loss(config, run_dir, data)
     if eval_loss is not None:
         metrics.write_eval(steps, eval_loss)
-    summary = summarise(config, log.final, history, steps, eval_loss)
+    summary = summarise(config, log.final, history, steps, eval_loss, data)
     summary.write(run_dir)
     plot_losses(history, metrics, run_dir / "loss.png")
     if config.output.merge_adapter and adapter:
@@ -308,15 +316,18 @@ def log_metrics(config: Config, run_dir: Path, log: AutoTrainLog) -> tuple[Metri
     for i, logged in enumerate(log.losses, start=1):
         step = i * steps_per_log  # AutoTrain logs every logging_steps (= logging.log_every) steps
         history.append([step, float(logged["loss"])])
-        metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"))
+        metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"),
+                      **logged_metrics(logged))
     return metrics, history
 
 
-def summarise(config: Config, final: dict, history: list[list], steps: int, eval_loss: float | None) -> RunSummary:
+def summarise(config: Config, final: dict, history: list[list], steps: int, eval_loss: float | None, data: Any) -> RunSummary:
     """The run's summary from AutoTrain's final log line (its train_* figures) and trainer's validation loss."""
     seconds = float(final.get("train_runtime", 0.0))
-    # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
-    tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
+    if config.training.objective == "sft":  # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
+        tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
+    else:  # its dpo and orpo train the answers of each pair, as trainer counts them, once an epoch
+        tokens = round(sum(pair.trained for pair in data.train) * float(final.get("epoch", 0.0)))
     return RunSummary(
         backend="autotrain",
         steps=steps,
@@ -333,8 +344,10 @@ def summarise(config: Config, final: dict, history: list[list], steps: int, eval
 
 
 def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
-    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token)."""
-    if not data.validation:
+    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token).
+    None for dpo and orpo: their validation figures (loss, reward accuracy and margin) need the objective's reference
+    log-probabilities, which trainer's evaluation of the run computes."""
+    if not data.validation or config.training.objective != "sft":
         return None
     from trainer.generate import load_run
     from trainer.hardware import Hardware
@@ -382,7 +395,8 @@ class AutoTrainBackend:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         python = autotrain_python(config)
         _, tokenizer, data = prepare_handover(config, work)
-        _say(f"Data: {len(data.train)} training and {len(data.validation)} validation examples; "
+        unit = "examples" if config.training.objective == "sft" else "pairs"
+        _say(f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}; "
              f"running AutoTrain {VERSION} ({work / 'autotrain.yml'}) ...")
         log = AutoTrainLog(work / "autotrain.log")
         run_autotrain(python, work, config, log)

@@ -95,7 +95,12 @@ def preference_strategies(cfg: Config) -> Found:
 
 
 def autotrain_preference_settings(cfg: Config) -> Found:
-    if cfg.backend.name != "autotrain" or cfg.training.objective != "dpo":
+    if cfg.backend.name != "autotrain" or cfg.training.objective == "sft":
+        return
+    if cfg.training.objective == "orpo" and cfg.training.orpo.weight != 0.1:  # TRL 0.13's ORPOConfig.beta; AutoTrain sets none
+        yield ("training", "orpo", "weight"), ("AutoTrain's llm-orpo always trains with lambda 0.1 (it does not pass params.dpo_beta on "
+                                               "to ORPO); set training.orpo.weight: 0.1, or backend.name: peft.")
+    if cfg.training.objective != "dpo":
         return
     if cfg.training.dpo.loss != "sigmoid":
         yield ("training", "dpo", "loss"), "AutoTrain's llm-dpo trains with the sigmoid loss only; set training.dpo.loss: sigmoid, or backend.name: peft."

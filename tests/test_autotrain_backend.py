@@ -595,7 +595,7 @@ def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_py
     document = yaml.safe_load((run / "autotrain" / "autotrain.yml").read_text())
     assert document["task"] == "llm-dpo" and document["params"]["dpo_beta"] == 0.1 and document["data"]["chat_template"] is None
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["backend"] == "autotrain" and summary["steps"] == 1 and summary["final_eval_loss"] is None
+    assert summary["backend"] == "autotrain" and summary["steps"] == 1 and summary["final_eval_loss"] is None  # no validation set
     ours = prepare_data(parse_config(path.read_text(), str(path)), smollm2_tokenizer)
     assert summary["trained_tokens"] == sum(pair.trained for pair in ours.train)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

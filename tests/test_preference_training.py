@@ -48,6 +48,19 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, tiny_model_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["final_eval_loss"] == pytest.approx(evals[-1]["eval_loss"], abs=1e-4)
 
+    # the AutoTrain backend measures its DPO result the same way, computing the reference (adapter off) itself
+    from trainer.backends.autotrain import validation_loss
+    from trainer.config import load_config
+    from trainer.data.pipeline import prepare_data
+    from trainer.models import load_tokenizer
+
+    (run / REFERENCE_FILE).unlink()
+    loaded_config = load_config(str(run / "config.yaml"), check_files=False)
+    data = prepare_data(loaded_config, load_tokenizer(str(tiny_model_dir)))
+    loss, figures = validation_loss(loaded_config, run, data)
+    assert loss == pytest.approx(evals[-1]["eval_loss"], abs=1e-5)
+    assert figures["eval_reward_accuracy"] == evals[-1]["eval_reward_accuracy"] and (run / REFERENCE_FILE).is_file()
+
 
 def test_orpo_runs_and_lowers_its_loss(tmp_path, tiny_model_dir):
     config = preference_config(tmp_path, tiny_model_dir, "orpo", max_steps=8)

@@ -271,8 +271,10 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any
     metrics, history = log_metrics(config, run_dir, log)
     final = log.final
     steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
-    eval_loss = validation_loss(config, run_dir, data)
-    if eval_loss is not None:
+    eval_loss, figures = validation_loss(config, run_dir, data)
+    if eval_loss is not None and figures:  # dpo, orpo: their loss has no perplexity; the rewards say more
+        metrics.write(step=steps, eval_loss=eval_loss, **figures)
+    elif eval_loss is not None:
         metrics.write_eval(steps, eval_loss)
     summary = summarise(config, log.final, history, steps, eval_loss, data)
     summary.write(run_dir)
@@ -343,12 +345,11 @@ def summarise(config: Config, final: dict, history: list[list], steps: int, eval
     )
 
 
-def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
-    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token).
-    None for dpo and orpo: their validation figures (loss, reward accuracy and margin) need the objective's reference
-    log-probabilities, which trainer's evaluation of the run computes."""
-    if not data.validation or config.training.objective != "sft":
-        return None
+def validation_loss(config: Config, run_dir: Path, data: Any) -> tuple[float | None, dict[str, float]]:
+    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token, or per
+    pair for dpo and orpo with their reward accuracy and margin), and those figures; (None, {}) without validation data."""
+    if not data.validation:
+        return None, {}
     from trainer.generate import load_run
     from trainer.hardware import Hardware
     from trainer.loop import Batching, LossOnTrainedTokens, evaluate
@@ -357,11 +358,36 @@ def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
     device = Hardware.detect().device(config.backend.peft.device)
     accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
-    module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     tokenizer: Any = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.training.objective != "sft":
+        return preference_validation(config, run_dir, data, loaded, accelerator, pad_id)
+    module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     batching = replace(Batching.of(config, pad_id), flash=False)
-    return evaluate(module, data.validation, accelerator, batching)
+    return evaluate(module, data.validation, accelerator, batching), {}
+
+
+def preference_validation(config: Config, run_dir: Path, data: Any, loaded: Any, accelerator: Any, pad_id: int) -> tuple[float | None, dict[str, float]]:
+    """dpo and orpo as trainer's loop measures them. AutoTrain's DPO reference is the base model (TRL switches the new
+    adapter off; a full fine-tune's is the base model loaded again): its log-probs go to the run directory, as the
+    peft backend's do, for `trainer eval`."""
+    from trainer.generate import load_base
+    from trainer.loop import evaluate
+    from trainer.objectives import Preference, load_or_compute_reference
+
+    objective = Preference(config)
+    module = objective.module(loaded.model)
+    batching = objective.batching(config, pad_id)
+    if config.training.objective == "dpo":
+        has_adapter = hasattr(loaded.model, "disable_adapter")
+        reference_model = loaded.model if has_adapter else load_base(config, loaded.device).model
+        reference_loss = module if has_adapter else Preference(config).module(reference_model)
+        assert isinstance(reference_loss, type(module))
+        reference = load_or_compute_reference(run_dir, reference_loss, reference_model, batching, {"validation": data.validation},
+                                              accelerator, fresh_adapter=has_adapter)
+        batching = replace(batching, reference=reference, split="validation")
+    loss = evaluate(module, data.validation, accelerator, batching)
+    return loss, objective.take_metrics("eval_")
 
 
 class AutoTrainBackend:

@@ -38,8 +38,9 @@ def _call(value: object) -> ToolCall | None:
     """{"name": str, "arguments": dict} from one decoded call object, or None if it is not one."""
     if not isinstance(value, dict):
         return None
-    if isinstance(value.get("function"), dict):  # OpenAI's {"type": "function", "function": {...}}
-        value = value["function"]
+    function = value.get("function")
+    if isinstance(function, dict):  # OpenAI's {"type": "function", "function": {...}}
+        value = function
     name = value.get("name")
     arguments = value.get("arguments", value.get("parameters", {}))
     if isinstance(arguments, str):

@@ -1,12 +1,19 @@
-"""`trainer plan`'s memory (and, with --time, time) estimate against a measured run, for shipped configs shortened.
+"""`trainer plan`'s memory and time estimates against measured runs, for shipped configs shortened.
 
 Run by hand: .venv/bin/python bench/plan_vs_measured.py [--cases quickstart,full,lora-ckpt] [--time]
 
 Each case is a shipped config with overrides that make it run on this machine's CPU with the demo model
-(SmolLM2-135M-Instruct GGUF) and the recipe data, for a step or two without validation. For each: `trainer plan
---json` with the same overrides, then the training run in a child process, whose peak resident memory (VmHWM,
-ru_maxrss of the children) is the measurement. With --time the run is made twice: the first records this machine's
-throughput, from which the plan estimates the second. A private TRAINER_CACHE keeps these throughputs out of yours.
+(SmolLM2-135M-Instruct GGUF) and the recipe data, without validation. For each: `trainer plan --json` with the
+same overrides, then the training run in a child process, whose peak resident memory (VmHWM, ru_maxrss of the
+children) is the measurement. Memory alone: two optimizer steps.
+
+With --time each case is run twice, for the step counts in TIME_STEPS (about an epoch for the measured run): the
+first run records this machine's throughput, from which the plan estimates the second; the second is timed (its
+training loop, and the whole command from start to exit). Before its own first run, each case is also planned
+from whatever the earlier cases recorded (the quickstart's throughput, where the key matches), which is what a
+user who ran the quickstart and then plans another config gets. A private TRAINER_CACHE keeps these throughputs
+out of yours. The machine's load (os.getloadavg) is printed before and after each run: shared machines make the
+times say more about the neighbours than the hardware.
 
 glibc keeps freed blocks below its (rising) mmap threshold in the heap, and resident memory counts them: a step's
 activations, freed and allocated again in other sizes, leave the process larger than what it holds (the tiny
@@ -38,6 +45,9 @@ CASES = {
     "lora-ckpt": ("configs/llama3.2-3b-lora-gpu.yaml", ["model.name_or_path={demo}", "data.train=data/recipes/train.jsonl",
                                                         "data.max_seq_length=512", "training.max_steps=2"]),
 }
+# --time: (steps of the run that records the throughput, steps of the timed run): the timed run is one epoch of the
+# recipe data (101 examples: 13 batches of 8 unpacked; packed into 29 rows of 512 tokens, 4 batches of 8 or 8 of 4)
+TIME_STEPS = {"quickstart": (6, 13), "full": (2, 4), "lora-ckpt": (3, 8)}
 
 
 def overrides(case: str, out: Path, steps: int | None = None) -> list[str]:
@@ -48,6 +58,15 @@ def overrides(case: str, out: Path, steps: int | None = None) -> list[str]:
     if steps:
         sets.append(f"training.max_steps={steps}")
     return ["--config", config] + [arg for s in sets for arg in ("--set", s)]
+
+
+def plan_of(args: list[str], env: dict) -> dict:
+    return json.loads(subprocess.run([sys.executable, "-m", "trainer", "plan", "--json", *args],
+                                     cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def measured(args: list[str], env: dict) -> tuple[float, dict]:
@@ -82,19 +101,23 @@ def main() -> None:
     rows = []
     for case in a.cases.split(","):
         out = work / case
-        if a.time:  # a first run measures the throughput the plan then uses
-            measured(overrides(case, work / f"{case}-first", 1), env)
-        plan_args = overrides(case, out)
-        plan = json.loads(subprocess.run([sys.executable, "-m", "trainer", "plan", "--json", *plan_args],
-                                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout)
+        first, steps = TIME_STEPS[case] if a.time else (None, None)
+        row: dict = {"case": case, "load_before": load()}
+        if a.time:  # planned from what earlier cases recorded, then a first run records this case's own throughput
+            row["estimated_before_own_run_seconds"] = plan_of(overrides(case, out, steps), env)["time"].get("measured_here_seconds")
+            first_started = time.time()
+            _, first_summary = measured(overrides(case, work / f"{case}-first", first), env)
+            row.update(first_steps=first, first_train_seconds=first_summary["train_seconds"], first_wall_seconds=time.time() - first_started)
+        plan_args = overrides(case, out, steps)
+        plan = plan_of(plan_args, env)
         started = time.time()
         peak, summary = measured(plan_args, env)
         estimate = plan["memory"]["peak_bytes"]
-        row = {"case": case, "method": plan["method"], "precision": plan["precision"], "shape": plan["shape"],
-               "estimated_gib": estimate / 2**30, "measured_gib": peak / 2**30, "error": estimate / peak - 1,
-               "parts_gib": {k: v / 2**30 for k, v in plan["memory"]["parts_bytes"].items()},
-               "train_seconds": summary["train_seconds"], "wall_seconds": time.time() - started,
-               "estimated_seconds": plan["time"].get("measured_here_seconds")}
+        row.update({"method": plan["method"], "precision": plan["precision"], "shape": plan["shape"], "steps": summary["steps"],
+                    "estimated_gib": estimate / 2**30, "measured_gib": peak / 2**30, "error": estimate / peak - 1,
+                    "parts_gib": {k: v / 2**30 for k, v in plan["memory"]["parts_bytes"].items()},
+                    "train_seconds": summary["train_seconds"], "wall_seconds": time.time() - started,
+                    "estimated_seconds": plan["time"].get("measured_here_seconds"), "load_after": load()})
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| case | method | micro-batch x tokens | estimated peak | measured peak (RSS) | error |")
@@ -103,6 +126,23 @@ def main() -> None:
         s = r["shape"]
         print(f"| {r['case']} | {r['method']} | {s['micro_batch']} x {s['tokens_per_row']} | {r['estimated_gib']:.2f} GiB | "
               f"{r['measured_gib']:.2f} GiB | {r['error']:+.0%} |")
+    if a.time:
+        print("\n| case | steps (first run, timed run) | estimated training | measured training | error | whole command | "
+              "estimate from the earlier cases' runs | load average before / after |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            est, took = r["estimated_seconds"], r["train_seconds"]
+            cross = r["estimated_before_own_run_seconds"]
+            print(f"| {r['case']} | {r['first_steps']}, {r['steps']} | {_s(est)} | {took:.0f} s | {_error(est, took)} | "
+                  f"{r['wall_seconds']:.0f} s | {_s(cross)} ({_error(cross, took)}) | {r['load_before']} / {r['load_after']} |")
+
+
+def _s(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds:.0f} s"
+
+
+def _error(estimate: float | None, measured: float) -> str:
+    return "" if estimate is None else f"{estimate / measured - 1:+.0%}"
 
 
 if __name__ == "__main__":

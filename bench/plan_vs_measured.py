@@ -104,7 +104,8 @@ def main() -> None:
         first, steps = TIME_STEPS[case] if a.time else (None, None)
         row: dict = {"case": case, "load_before": load()}
         if a.time:  # planned from what earlier cases recorded, then a first run records this case's own throughput
-            row["estimated_before_own_run_seconds"] = plan_of(overrides(case, out, steps), env)["time"].get("measured_here_seconds")
+            before = plan_of(overrides(case, out, steps), env)["time"]
+            row.update(estimated_before_own_run_seconds=before.get("measured_here_seconds"), estimated_before_from=before.get("measured_here_from"))
             first_started = time.time()
             _, first_summary = measured(overrides(case, work / f"{case}-first", first), env)
             row.update(first_steps=first, first_train_seconds=first_summary["train_seconds"], first_wall_seconds=time.time() - first_started)
@@ -117,7 +118,8 @@ def main() -> None:
                     "estimated_gib": estimate / 2**30, "measured_gib": peak / 2**30, "error": estimate / peak - 1,
                     "parts_gib": {k: v / 2**30 for k, v in plan["memory"]["parts_bytes"].items()},
                     "train_seconds": summary["train_seconds"], "wall_seconds": time.time() - started,
-                    "estimated_seconds": plan["time"].get("measured_here_seconds"), "load_after": load()})
+                    "estimated_seconds": plan["time"].get("measured_here_seconds"),
+                    "estimated_total_seconds": plan["time"].get("total_here_seconds"), "load_after": load()})
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| case | method | micro-batch x tokens | estimated peak | measured peak (RSS) | error |")
@@ -127,14 +129,15 @@ def main() -> None:
         print(f"| {r['case']} | {r['method']} | {s['micro_batch']} x {s['tokens_per_row']} | {r['estimated_gib']:.2f} GiB | "
               f"{r['measured_gib']:.2f} GiB | {r['error']:+.0%} |")
     if a.time:
-        print("\n| case | steps (first run, timed run) | estimated training | measured training | error | whole command | "
-              "estimate from the earlier cases' runs | load average before / after |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| case | steps (first run, timed run) | training: estimated / measured | error | whole command: estimated / "
+              "measured | error | training estimated from the earlier cases' runs | error | load average before / after |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            est, took = r["estimated_seconds"], r["train_seconds"]
+            est, took, total, wall = r["estimated_seconds"], r["train_seconds"], r["estimated_total_seconds"], r["wall_seconds"]
             cross = r["estimated_before_own_run_seconds"]
-            print(f"| {r['case']} | {r['first_steps']}, {r['steps']} | {_s(est)} | {took:.0f} s | {_error(est, took)} | "
-                  f"{r['wall_seconds']:.0f} s | {_s(cross)} ({_error(cross, took)}) | {r['load_before']} / {r['load_after']} |")
+            print(f"| {r['case']} | {r['first_steps']}, {r['steps']} | {_s(est)} / {took:.0f} s | {_error(est, took)} | "
+                  f"{_s(total)} / {wall:.0f} s | {_error(total, wall)} | {_s(cross)} | {_error(cross, took)} | "
+                  f"{r['load_before']} / {r['load_after']} |")
 
 
 def _s(seconds: float | None) -> str:

@@ -19,7 +19,9 @@ glibc keeps freed blocks below its (rising) mmap threshold in the heap, and resi
 activations, freed and allocated again in other sizes, leave the process larger than what it holds (the tiny
 checkpointing case of tests/test_plan.py: 1.25 GiB resident against 0.63 GiB held). The plan estimates what the
 process holds, so runs are measured with MALLOC_MMAP_THRESHOLD_=65536, which returns large freed blocks to the
-system; --glibc-default measures without it.
+system; --glibc-default measures without it. That setting costs time: every large free goes back to the system and
+the next step faults those pages in again (a quickstart step here took about 25 times longer: 2.0 instead of about
+50 trained tokens/s), so --time measures with glibc's default, and its memory column is the resident peak then.
 """
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def main() -> None:
     for name in ("models", "gguf-models", "gguf-tokenizers"):
         (cache / name).symlink_to(cache_dir() / name)
     env = {**os.environ, "TRAINER_CACHE": str(cache)}
-    if not a.glibc_default:
+    if not a.glibc_default and not a.time:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     rows = []
     for case in a.cases.split(","):

@@ -19,9 +19,8 @@ glibc keeps freed blocks below its (rising) mmap threshold in the heap, and resi
 activations, freed and allocated again in other sizes, leave the process larger than what it holds (the tiny
 checkpointing case of tests/test_plan.py: 1.25 GiB resident against 0.63 GiB held). The plan estimates what the
 process holds, so runs are measured with MALLOC_MMAP_THRESHOLD_=65536, which returns large freed blocks to the
-system; --glibc-default measures without it. That setting costs time: every large free goes back to the system and
-the next step faults those pages in again (a quickstart step here took about 25 times longer: 2.0 instead of about
-50 trained tokens/s), so --time measures with glibc's default, and its memory column is the resident peak then.
+system; --glibc-default measures without it. --time measures with glibc's default, as users run (returning memory
+to the system on every large free costs time), so its memory column is the resident peak then.
 """
 from __future__ import annotations
 
@@ -50,9 +49,10 @@ CASES = {
     "lora-ckpt": ("configs/llama3.2-3b-lora-gpu.yaml", ["model.name_or_path={demo}", "data.train=data/recipes/train.jsonl",
                                                         "data.max_seq_length=512", "training.max_steps=2"]),
 }
-# --time: (steps of the run that records the throughput, steps of the timed run): the timed run is one epoch of the
-# recipe data (101 examples: 13 batches of 8 unpacked; packed into 29 rows of 512 tokens, 4 batches of 8 or 8 of 4)
-TIME_STEPS = {"quickstart": (6, 13), "quickstart-eval": (6, 13), "full": (2, 4), "lora-ckpt": (3, 8)}
+# --time: (steps of the run that records the throughput, steps of the timed run). Few, because a step of these cases
+# took 1 to 4 minutes on the shared machine (load average about 12); more steps measure better where time allows.
+TIME_STEPS = {"quickstart": (3, 6), "quickstart-eval": (3, 6), "full": (1, 2), "lora-ckpt": (1, 2)}
+TIME_EXTRA = {"full": ["training.batch_size=4"]}  # micro-batch 4 x 512 like lora-ckpt: half the time of a step
 
 
 def overrides(case: str, out: Path, steps: int | None = None) -> list[str]:
@@ -60,8 +60,8 @@ def overrides(case: str, out: Path, steps: int | None = None) -> list[str]:
 
     config, extra = CASES[case]
     sets = SHORT + [e.format(demo=demo_model_path()) for e in extra] + [f"output.dir={out}"]
-    if steps:
-        sets.append(f"training.max_steps={steps}")
+    if steps:  # --time
+        sets += TIME_EXTRA.get(case, []) + [f"training.max_steps={steps}"]
     return ["--config", config] + [arg for s in sets for arg in ("--set", s)]
 
 

@@ -49,6 +49,7 @@ def test_time_here_from_recorded_runs_literal():
     assert scaled.training_seconds == pytest.approx(30.0) and "scaled by FLOPs per token from the throughput of a lora run" in scaled.training_from
     assert (scaled.overhead_seconds, scaled.evaluation_seconds) == (30.0, None)  # the model's loading time; no evaluation asked
     assert time_here(table, "m.gguf|lora|auto|1024", 2000, base=1000, evaluation=False) is None  # another length: not known
+    assert time_here(table, "m.gguf|full|auto|512", 2000, base=1000, evaluation=False) is None  # another method: not known
 
 
 def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):

@@ -82,15 +82,15 @@ def _parts(key: str) -> tuple[str, str, str, str, bool]:
 
 
 def time_here(table: dict[str, float], key: str, trained_tokens: float, base: int, evaluation: bool) -> TimeHere | None:
-    """Training time from the throughput an earlier run of the same model, method and length measured here. Without
-    one, from a run of the same model and length with another method or checkpointing, scaled by FLOPs per token (an
-    approximation: it leaves out that the share of trained tokens among those processed differs between configs).
+    """Training time from the throughput an earlier run of the same model, method, length and checkpointing measured
+    here. Without one, from a run that differs only in checkpointing, scaled by FLOPs per token (4 or 6 x parameters
+    for LoRA): measured on this CPU, that came within 24% (bench/plan_vs_measured.py). Not across methods: LoRA's
+    throughput scaled to full fine-tuning by FLOPs was 2.8 times the measured time, so another method is "not known".
     Plus the loading and saving time, and the evaluation after training, those runs took."""
     name, method, device, length, checkpointing = _parts(key)
     flops, _ = flops_per_token(base, method, checkpointing)
     rate, source = table.get(key), "this model, method and length's throughput measured by an earlier run here"
-    similar = [k for k in table if not k.endswith("_seconds") and _parts(k)[0] == name and _parts(k)[2:4] == (device, length)]
-    similar.sort(key=lambda k: _parts(k)[1] != method)  # the same method first
+    similar = [k for k in table if not k.endswith("_seconds") and _parts(k)[:4] == (name, method, device, length)]
     if rate is None and similar:
         other = similar[0]
         _, other_method, _, _, other_checkpointing = _parts(other)

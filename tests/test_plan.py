@@ -37,6 +37,21 @@ def test_openai_rules_literal():
     assert sufficiency(5).startswith("too few") and sufficiency(30).startswith("enough to start")
 
 
+def test_time_here_from_recorded_runs_literal():
+    from trainer.plan.cost import time_here
+
+    table = {"m.gguf|lora|auto|512": 100.0, "m.gguf|lora|auto|512|overhead_seconds": 30.0,
+             "m.gguf|lora|auto|512|evaluation_seconds": 90.0, "other.gguf|full|auto|512": 5.0}
+    same = time_here(table, "m.gguf|lora|auto|512", 2000, base=1000, evaluation=True)
+    assert (same.training_seconds, same.overhead_seconds, same.evaluation_seconds, same.total_seconds) == (20.0, 30.0, 90.0, 140.0)
+    # gradient checkpointing repeats the forward pass: 6 instead of 4 x parameters per token, so 100 -> 66.7 tokens/s
+    scaled = time_here(table, "m.gguf|lora|auto|512|checkpointing", 2000, base=1000, evaluation=False)
+    assert scaled.training_seconds == pytest.approx(30.0) and "scaled by FLOPs per token from the throughput of a lora run" in scaled.training_from
+    assert (scaled.overhead_seconds, scaled.evaluation_seconds) == (30.0, None)  # the model's loading time; no evaluation asked
+    assert time_here(table, "m.gguf|lora|auto|1024", 2000, base=1000, evaluation=False) is None  # another length: not known
+    assert time_here(table, "m.gguf|full|auto|512", 2000, base=1000, evaluation=False) is None  # another method: not known
+
+
 def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
     from trainer.plan.memory import Precision, Shape, estimate_memory
 

@@ -206,14 +206,18 @@ def test_probe_describes_each_template(saved_smollm2):
 
 def test_smollm3_reasoning_inline_and_no_think_mode(saved_smollm2):
     tokenizer = family_tokenizer(saved_smollm2, "qwen")
+    # The Hub template lists the tools (as xml_tools) but renders no assistant tool calls: such data is refused
     problem, _ = trained(tokenizer, template("smollm3.jinja"), conversation(), name="SmolLM3-3B")
-    assert "the chat template of SmolLM3-3B ignores them" in problem and "not trained on ChatML" not in problem
+    assert problem == ("chat.jsonl:4: the example has assistant 'tool_calls', but the chat template of SmolLM3-3B does not render "
+                       "them; set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results) "
+                       "or use a model whose template renders tools.")
     runs, _ = trained(tokenizer, template("smollm3.jinja"), conversation(tools=False, reasoning=True))
     assert runs == ["<think>\nThe tool said 18.\n</think>\n\nIt is 18 C in Paris.<|im_end|>",
                     "<think>\nBe polite.\n</think>\n\nYou're welcome.<|im_end|>"]
     quiet = conversation(tools=False)
     quiet = Example((Message("system", "Be brief. /no_think", False),) + quiet.messages[1:], None, quiet.file, quiet.line)
-    runs, _ = trained(tokenizer, template("smollm3.jinja"), quiet)
-    # Known limit: the header is probed once per template, in its default (/think) mode, so with /no_think in an example's
-    # system prompt the empty think block, which the generation prompt gives in that mode, is trained with the answer.
-    assert runs == ["<think>\n\n</think>\nIt is 18 C in Paris.<|im_end|>", "<think>\n\n</think>\nYou're welcome.<|im_end|>"]
+    runs, result = trained(tokenizer, template("smollm3.jinja"), quiet)
+    # With /no_think in the system prompt every answer opens with an empty think block, which the generation prompt
+    # writes in that mode: it is prompt, not answer, so it is rendered but not trained.
+    assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    assert tokenizer.decode(result.input_ids).count("<|im_start|>assistant\n<think>\n\n</think>\nIt is 18 C") == 1

@@ -47,3 +47,16 @@ def test_load_tools_accepts_bare_functions_and_explains_bad_files(tmp_path):
     path.write_text("[{")
     with pytest.raises(UserError, match=r"tools.json:1: invalid JSON"):
         load_tools(str(path))
+
+
+def test_the_server_reads_hermes_calls_as_the_metric_does():
+    from trainer.serve.toolcalls import split_tool_calls
+
+    text = ('Let me check.\n<tool_call>\n{"name": "get_weather", "parameters": {"unit": "c", "city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"c\\"}"}')  # unclosed
+    content, calls = split_tool_calls(text)
+    assert content == "Let me check."
+    assert [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])} for c in calls] == [PARIS, PARIS]
+    assert parse_tool_calls(text) == [PARIS, PARIS]
+    broken = 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Par</tool_call>'
+    assert split_tool_calls(broken) == (broken, []) and parse_tool_calls(broken) is None

@@ -11,6 +11,7 @@ them apart by whether it asked for the stop.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,13 +69,30 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
         return RunResult(run_dir, stopped=True, message=stop.render(), reports=distributed.is_main_process())
     if not distributed.is_main_process():
         return RunResult(run_dir, reports=False)
+    summary = RunSummary.read(run_dir)
+    if summary is not None:  # from the start of the process (imports included) to now, less the training loop
+        import psutil  # accelerate's dependency
+
+        _record_seconds(config, "overhead", time.time() - psutil.Process().create_time() - summary.train_seconds)
     if config.evaluation.after_training:
         from trainer.evaluation.report import write_report
         from trainer.evaluation.runner import evaluate_run
 
+        started = time.perf_counter()
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
         print(write_report(run_dir, evaluation, config))
-    return RunResult(run_dir, summary=RunSummary.read(run_dir))
+        _record_seconds(config, "evaluation", time.perf_counter() - started)
+    return RunResult(run_dir, summary=summary)
+
+
+def _record_seconds(config: Config, part: str, seconds: float) -> None:
+    """What a run spent besides its training loop ("overhead": loading the model and data, saving; "evaluation": the
+    evaluation after training), kept beside the measured throughput for `trainer plan`'s estimate of the next run."""
+    from trainer.data.report import throughput_key
+    from trainer.rundir import record_throughput
+
+    if seconds > 0:  # a resumed run's train_seconds include the time before the resume
+        record_throughput(f"{throughput_key(config)}|{part}_seconds", seconds)
 
 
 def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:

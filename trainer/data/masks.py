@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -109,19 +109,10 @@ def probe_template(tokenizer, jinja: str) -> TemplateFeatures:
     specials = _special_texts(tokenizer)
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
     plain = _try(tokenizer, jinja, [user, answer]) or ""
-    prompt = _try(tokenizer, jinja, [user], generation_prompt=True) or ""
-    prompt_without = _try(tokenizer, jinja, [user]) or ""
-    common = 0
-    while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
-        common += 1
-    for token in specials:  # never cut a special token in two ("<|assistant|>" after "<|endoftext|>" share "<|")
-        at = prompt.find(token, max(0, common - len(token) + 1))
-        if 0 <= at < common < at + len(token):
-            common = at
-    header = prompt[common:]
+    header, user_tail = _generation_header(tokenizer, jinja, [user], specials)
     after = plain[plain.rfind("Yo") + 2 :] if "Yo" in plain else ""
     close = _through_first_special(after, specials)
-    tails = {"user": prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header}
+    tails = {"user": user_tail}
 
     with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer])
     system = "refuses" if with_system is None else "keeps" if "Sysprobezq" in with_system else "drops"
@@ -160,6 +151,36 @@ def probe_template(tokenizer, jinja: str) -> TemplateFeatures:
     reasoning = "all" if last and first else "last" if last else "none"
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
                             empty_content, arguments, "<|im_start|>" in jinja)
+
+
+def _generation_header(tokenizer, jinja: str, messages: list[dict], specials: list[str]) -> tuple[str, str]:
+    """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
+    text between "Hi" and the answer (the user tail)."""
+    prompt = _try(tokenizer, jinja, messages, generation_prompt=True) or ""
+    prompt_without = _try(tokenizer, jinja, messages) or ""
+    common = 0
+    while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
+        common += 1
+    for token in specials:  # never cut a special token in two ("<|assistant|>" after "<|endoftext|>" share "<|")
+        at = prompt.find(token, max(0, common - len(token) + 1))
+        if 0 <= at < common < at + len(token):
+            common = at
+    header = prompt[common:]
+    return header, prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header
+
+
+def features_with_system(tokenizer, jinja: str, features: TemplateFeatures, system: str, specials: list[str]) -> TemplateFeatures:
+    """The features for conversations with this system prompt. A template may open the answers by what the system prompt
+    says: SmolLM3's generation prompt writes an empty think block after '/no_think', so there the block is part of the
+    header, prompt rather than answer, and not trained."""
+    if features.system != "keeps":
+        return features
+    header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials)
+    if not header or header == features.header:
+        return features
+    tails = {role: tail[: len(tail) - len(features.header)] + header if features.header and tail.endswith(features.header) else tail
+             for role, tail in features.tails.items()}
+    return replace(features, header=header, tails={**tails, "user": user_tail})
 
 
 def template_messages(messages, features: TemplateFeatures, fold_system: bool = False) -> list[dict]:

@@ -119,7 +119,9 @@ def known_throughput(config: Config) -> float | None:
 
 
 def throughput_key(config: Config) -> str:
-    return f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}|{config.data.max_seq_length}"
+    """model|method|device|max length, and |checkpointing when activations are recomputed (a second forward pass)."""
+    key = f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}|{config.data.max_seq_length}"
+    return key + ("|checkpointing" if config.training.gradient_checkpointing else "")
 
 
 def render_report(config: Config, data: PreparedData, report: DataReport) -> str:

@@ -13,6 +13,7 @@ from trainer.data.formats import Example
 from trainer.data.masks import (
     SpanError,
     TemplateFeatures,
+    features_with_system,
     label_spans,
     probe_template,
     render_with_spans,
@@ -52,6 +53,7 @@ class Tokenizer:
         self.model_name = model_name
         self._features: TemplateFeatures | None = None
         self._specials: list[str] | None = None
+        self._by_system: dict[str, TemplateFeatures] = {}  # per system prompt: most data sets have one or a few
 
     @property
     def features(self) -> TemplateFeatures:
@@ -103,13 +105,22 @@ class Tokenizer:
             return problem(why)
         items = self.template_messages(example.messages)
         try:
-            text, spans = render_with_spans(self.tok, self.template.jinja, self.features, items, example.tools, self._specials)
+            text, spans = render_with_spans(self.tok, self.template.jinja, self._features_for(items), items, example.tools, self._specials)
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
             return problem(f"the chat template could not render this conversation: {exc}")
         encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
+
+    def _features_for(self, items: list[dict]) -> TemplateFeatures:
+        """The template's features for this conversation's system prompt (see masks.features_with_system)."""
+        system = items[0]["content"] if items and items[0]["role"] == "system" and isinstance(items[0].get("content"), str) else None
+        if system is None:
+            return self.features
+        if system not in self._by_system:
+            self._by_system[system] = features_with_system(self.tok, self.template.jinja, self.features, system, self._specials or [])
+        return self._by_system[system]
 
     def _message(self, example: Example, index: int):
         """The example's message behind template message `index` (a folded system prompt shifts them by one)."""

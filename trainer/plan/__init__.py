@@ -19,6 +19,7 @@ from trainer.plan.cost import (
     monthly_saving,
     openai_billed_tokens,
     sufficiency,
+    time_here,
 )
 from trainer.plan.memory import (
     GIB,
@@ -92,8 +93,7 @@ def _data_side(config: Config, tokenizer) -> dict | None:
         epochs = t.max_steps / max(report.steps_per_epoch, 1)
     return {"examples": len(lengths), "tokens_per_epoch": report.tokens.total, "trained_tokens_per_epoch": report.trained.total,
             "processed_tokens_per_epoch": per_epoch_tokens, "epochs": epochs, "steps_per_epoch": report.steps_per_epoch,
-            "shape": shape, "packed": packed, "lengths": lengths, "report": report,
-            "seconds_per_epoch_measured": report.seconds_per_epoch}
+            "shape": shape, "packed": packed, "lengths": lengths, "report": report}
 
 
 def _prompt_tokens(config: Config, tokenizer) -> dict | None:
@@ -124,6 +124,20 @@ def _prompt_tokens(config: Config, tokenizer) -> dict | None:
             "retrieval": mean_tokens([few_shot_messages(c, r) for c, r in zip(cases, retrieved)]), "retrieval_k": retriever.k}
 
 
+def _recorded() -> dict[str, float]:
+    """What earlier runs measured on this machine: throughputs and times (trainer.rundir.record_throughput)."""
+    import json
+
+    from trainer.data.report import throughput_file
+
+    try:
+        with open(throughput_file(), encoding="utf-8") as handle:
+            table = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
 @functools.lru_cache(maxsize=8)
 def _architecture(model):
     """The architecture of config.model, read once per process (the web UI re-plans on every change of the form)."""
@@ -131,6 +145,7 @@ def _architecture(model):
 
 
 def make_plan(config: Config, requests: int | None = None, price_per_million: float | None = None, gpus_file: str | None = None) -> dict:
+    from trainer.data.report import throughput_key
     from trainer.hardware import Hardware
     from trainer.models import native_bf16
 
@@ -184,8 +199,13 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
             row.update(hours=seconds / 3600, cost=seconds / 3600 * gpu.price_per_hour)
         rows.append(row)
     plan["gpus"] = {"prices_taken": table.prices_taken, "currency": table.currency, "utilisation": table.utilisation, "rows": rows}
-    plan["time"] = {"flops_per_token": flops, "flops_rule": why, "processed_tokens": processed,
-                    "measured_here_seconds": data["seconds_per_epoch_measured"] * data["epochs"] if data and data["seconds_per_epoch_measured"] else None}
+    plan["time"] = {"flops_per_token": flops, "flops_rule": why, "processed_tokens": processed, "measured_here_seconds": None}
+    here = time_here(_recorded(), throughput_key(config), data["trained_tokens_per_epoch"] * data["epochs"], count.base,
+                     config.evaluation.after_training) if data else None
+    if here is not None:
+        plan["time"].update(measured_here_seconds=here.training_seconds, measured_here_from=here.training_from,
+                            overhead_here_seconds=here.overhead_seconds, evaluation_here_seconds=here.evaluation_seconds,
+                            total_here_seconds=here.total_seconds)
     if config.backend.name == "autotrain":
         plan["time"]["note"] = ("AutoTrain packs the examples into rows of block_size (data.max_seq_length) tokens, so it "
                                 "processes rows x block_size tokens, padding included; the token count above is that.")
@@ -239,7 +259,13 @@ def render_plan(plan: dict) -> str:
     out += ["", f"Time: {t['flops_per_token'] / 1e9:.2f} GFLOP per processed token ({t['flops_rule']})"
             + (f"; {t['processed_tokens']:,.0f} tokens processed" if t["processed_tokens"] else "")]
     if t.get("measured_here_seconds"):
-        out.append(f"  on this machine: {t['measured_here_seconds'] / 60:.1f} min (from the throughput an earlier run measured here)")
+        parts = [f"{t['measured_here_seconds'] / 60:.1f} min of training ({t['measured_here_from']})"]
+        if t.get("overhead_here_seconds") is not None:
+            parts.append(f"{t['overhead_here_seconds'] / 60:.1f} min loading and saving")
+        if t.get("evaluation_here_seconds") is not None:
+            parts.append(f"{t['evaluation_here_seconds'] / 60:.1f} min evaluating")
+        out.append(f"  on this machine: {t['total_here_seconds'] / 60:.1f} min in all: " + ", ".join(parts)
+                   + " (as earlier runs here took)")
     else:
         out.append("  on this machine: not known yet (the first run here measures its throughput)")
     if t.get("note"):

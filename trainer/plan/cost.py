@@ -62,6 +62,47 @@ def flops_per_token(parameters: int, method: str, checkpointing: bool) -> tuple[
     return factor * parameters, why
 
 
+@dataclass(frozen=True)
+class TimeHere:
+    """A run's time on this machine, from what earlier runs measured here (the run history in throughput.json)."""
+    training_seconds: float
+    training_from: str
+    overhead_seconds: float | None  # loading the model and the data, saving: everything but the training loop
+    evaluation_seconds: float | None  # the evaluation after training, where the config asks for one
+
+    @property
+    def total_seconds(self) -> float:
+        return self.training_seconds + (self.overhead_seconds or 0.0) + (self.evaluation_seconds or 0.0)
+
+
+def _parts(key: str) -> tuple[str, str, str, str, bool]:
+    """(model, method, device, max length, checkpointing) of a throughput key (trainer.data.report.throughput_key)."""
+    name, method, device, length, *rest = key.split("|") + ["", "", "", ""]
+    return name, method, device, length, "checkpointing" in rest
+
+
+def time_here(table: dict[str, float], key: str, trained_tokens: float, base: int, evaluation: bool) -> TimeHere | None:
+    """Training time from the throughput an earlier run of the same model, method, length and checkpointing measured
+    here. Without one, from a run that differs only in checkpointing, scaled by FLOPs per token (4 or 6 x parameters
+    for LoRA): measured on this CPU, that came within 24% (bench/plan_vs_measured.py). Not across methods: LoRA's
+    throughput scaled to full fine-tuning by FLOPs was 2.8 times the measured time, so another method is "not known".
+    Plus the loading and saving time, and the evaluation after training, those runs took."""
+    name, method, device, length, checkpointing = _parts(key)
+    flops, _ = flops_per_token(base, method, checkpointing)
+    rate, source = table.get(key), "this model, method and length's throughput measured by an earlier run here"
+    similar = [k for k in table if not k.endswith("_seconds") and _parts(k)[:4] == (name, method, device, length)]
+    if rate is None and similar:
+        other = similar[0]
+        _, other_method, _, _, other_checkpointing = _parts(other)
+        rate = table[other] * flops_per_token(base, other_method, other_checkpointing)[0] / flops
+        source = (f"scaled by FLOPs per token from the throughput of a {other_method}"
+                  f"{' + gradient checkpointing' if other_checkpointing else ''} run of this model here")
+    if not rate:
+        return None
+    overhead = table.get(f"{key}|overhead_seconds", next((table[f"{k}|overhead_seconds"] for k in similar if f"{k}|overhead_seconds" in table), None))
+    return TimeHere(trained_tokens / rate, source, overhead, table.get(f"{key}|evaluation_seconds") if evaluation else None)
+
+
 def openai_epochs(examples: int) -> int:
     if examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
         return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // max(examples, 1))

@@ -12,8 +12,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.serve.engines import Engine
 
 ENGINES = ("auto", "llama.cpp", "transformers", "vllm")
 
@@ -70,16 +74,17 @@ def choose_engine(options: ServeOptions) -> str:
     return "transformers"
 
 
-def build_engine(options: ServeOptions, engine: str):
+def build_engine(options: ServeOptions, engine: str) -> Engine:
     from trainer.serve.engines import LlamaCppEngine, TransformersEngine
 
-    if engine == "transformers":
-        return TransformersEngine(options.run)
     if options.gguf is not None:
         return LlamaCppEngine(options.gguf, str(options.gguf), None, options.gguf.stem)
+    run = options.run
+    assert run is not None  # check_options: a run or a GGUF file
+    if engine == "transformers":
+        return TransformersEngine(run)
     from trainer.export.gguf import run_name
 
-    run = options.run
     gguf = run / "export" / f"{run_name(run)}-{options.quant}.gguf"
     if not gguf.is_file() or gguf.stat().st_mtime < (run / "model").stat().st_mtime:
         from trainer.export.gguf import export_gguf

@@ -12,13 +12,21 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.serve.engines import Cancel, Engine, Piece, Sampling, Worker
 from trainer.serve.toolcalls import split_tool_calls
+
+if TYPE_CHECKING:  # fastapi is an optional dependency (trainer[serve]), imported when an app is made
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+    from starlette.responses import Response
 
 
 class Message(BaseModel):
@@ -50,8 +58,8 @@ class ServeLimits:
     max_messages: int = 256
 
 
-def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits = ServeLimits()):
-    from fastapi import FastAPI, Request
+def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits = ServeLimits()) -> FastAPI:
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -59,11 +67,12 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
     worker = Worker(engine)
     app = FastAPI(title="trainer serve", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+              code: str | None = None) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
@@ -71,11 +80,11 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
         return error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if api_key is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
@@ -88,16 +97,17 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
             return error(411, "send the request with a Content-Length header", code="length_required")
         return await call_next(request)
 
-    @app.get("/health")
-    def health():
+    # response_model=None: FastAPI would otherwise build a response model from each return annotation
+    @app.get("/health", response_model=None)
+    def health() -> dict[str, str]:
         return {"status": "ok", "model": engine.model_id}
 
-    @app.get("/v1/models")
-    def models():
+    @app.get("/v1/models", response_model=None)
+    def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0, "owned_by": "trainer"}]}
 
-    @app.post("/v1/chat/completions")
-    def chat(body: ChatRequest):
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(body: ChatRequest) -> JSONResponse | StreamingResponse | dict[str, Any]:
         if body.model not in (None, "", engine.model_id):
             return error(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
                          param="model", code="model_not_found")
@@ -141,7 +151,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
     return app
 
 
-def _plain_message(message: dict) -> dict:
+def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
     """A message as chat templates take it: content as one string (OpenAI allows a list of text parts)."""
     content = message.get("content")
     if isinstance(content, list):
@@ -156,12 +166,13 @@ def _plain_message(message: dict) -> dict:
     return message
 
 
-def _events(worker: Worker, prompt: str, sampling: Sampling, ident: str, created: int, model: str, tools: bool):
+def _events(worker: Worker, prompt: str, sampling: Sampling, ident: str, created: int, model: str,
+            tools: bool) -> Iterator[str]:
     """Server-sent events in OpenAI's chunk format; the client going away cancels the generation."""
     cancel = Cancel()
 
-    def event(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-        chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+    def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+        chunk: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         if usage is not None:
             chunk["usage"] = usage

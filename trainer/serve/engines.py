@@ -9,9 +9,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Cancel:
 class Engine(Protocol):
     model_id: str
 
-    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str: ...
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str: ...
 
     def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]: ...
 
@@ -100,7 +103,7 @@ class TransformersEngine:
         self.loaded = load_run(run_dir, device)
         self.model_id = run_dir.resolve().name
 
-    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
 
         return render_prompt(self.loaded.tokenizer, messages, self.loaded.template, tools=tools)
@@ -111,16 +114,17 @@ class TransformersEngine:
 
         from trainer.generate import stop_ids
 
-        tok, model = self.loaded.tokenizer, self.loaded.model
+        tok: Any = self.loaded.tokenizer  # a transformers tokenizer and model
+        model: Any = self.loaded.model
         encoded = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.loaded.device)
         width = encoded["input_ids"].shape[1]
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
 
         class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # torch tensors in and out
                 return torch.full((input_ids.shape[0],), cancel.requested, dtype=torch.bool, device=input_ids.device)
 
-        output: dict = {}
+        output: dict[str, Any] = {}
         sample = sampling.temperature > 0
         kwargs = dict(**encoded, streamer=streamer, max_new_tokens=sampling.max_tokens, eos_token_id=stop_ids(tok),
                       pad_token_id=tok.pad_token_id, do_sample=sample, stopping_criteria=StoppingCriteriaList([Cancelled()]))
@@ -174,7 +178,7 @@ class LlamaCppEngine:
         threads = threads or os.cpu_count() or 1
         self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
 
-    def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
 
         return render_prompt(self.tokenizer, messages, self.template, tools=tools)
@@ -186,16 +190,17 @@ class LlamaCppEngine:
             raise ValueError(f"the prompt ({len(tokens)} tokens) plus max_tokens ({sampling.max_tokens}) exceed "
                              f"the context of {self.llm.n_ctx()} tokens")
         count, finish = 0, "length"
-        chunks = self.llm.create_completion(tokens, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+        chunks = cast("Iterator[CreateCompletionStreamResponse]", self.llm.create_completion(tokens, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                             top_p=sampling.top_p, top_k=0 if sampling.temperature > 0 else 1,
-                                            seed=sampling.seed if sampling.seed is not None else 0, stream=True)
+                                            seed=sampling.seed if sampling.seed is not None else 0, stream=True))
         for chunk in chunks:
             choice = chunk["choices"][0]
             count += 1
             if choice["text"]:
                 yield Piece(choice["text"])
-            if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
+            reason = choice["finish_reason"]
+            if reason:
+                finish = reason
             if cancel.requested:
                 finish = "stop"
                 break

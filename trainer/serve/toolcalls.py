@@ -1,31 +1,30 @@
-"""Tool calls in a model's answer, in the Hermes/Qwen style most open chat templates use:
-`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, turned into OpenAI's `tool_calls`."""
+"""Tool calls in a served answer, turned into OpenAI's `tool_calls`. The calls are read by trainer.tools.hermes_calls,
+the parser the tool_call_match metric uses (Hermes/Qwen style: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`)."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
+from typing import Any
 
-_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+from trainer.tools import ToolCall, hermes_calls
 
 
-def split_tool_calls(text: str) -> tuple[str, list[dict]]:
+def openai_tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
+
+
+def split_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     """The answer's text without its well-formed tool calls, and those calls in OpenAI's shape.
     A malformed call (not JSON, no name) stays in the text, so the caller sees what the model wrote."""
-    calls: list[dict] = []
-
-    def take(match: re.Match) -> str:
-        try:
-            payload = json.loads(match.group(1))
-        except json.JSONDecodeError:
-            return match.group(0)
-        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-            return match.group(0)
-        arguments = payload.get("arguments", {})
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": payload["name"],
-                                   "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
-        return ""
-
-    rest = _CALL.sub(take, text)
-    return rest.strip(), calls
+    calls: list[dict[str, Any]] = []
+    kept: list[str] = []
+    at = 0
+    for block in hermes_calls(text):
+        if block.call is None:
+            continue
+        kept.append(text[at : block.start])
+        calls.append(openai_tool_call(block.call))
+        at = block.end
+    kept.append(text[at:])
+    return "".join(kept).strip(), calls

@@ -11,8 +11,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.serve import ServeOptions
 
 
 def vllm_command(run: Path, host: str, port: int, api_key: str | None, gpus: int, max_tokens: int,
@@ -60,13 +64,14 @@ def write_chat_template(run: Path) -> Path:
     return path
 
 
-def run_vllm(options) -> None:
+def run_vllm(options: ServeOptions) -> None:
     import torch
 
     from trainer.config import load_config
     from trainer.models import is_gguf
 
     run = options.run
+    assert run is not None  # check_options: vLLM serves a run directory, not a GGUF file
     gpus = options.gpus or (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     if gpus < 1:
         raise UserError("--engine vllm needs NVIDIA GPUs (none is visible). On a CPU, serve with the default engine: "

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -122,18 +122,27 @@ class Batching:
         return cls(config.training.batch_size, config.training.seed, config.data.packing, config.data.max_seq_length,
                    pad_id, config.model.attn_implementation == "flash_attention_2")
 
-    def plan(self, examples: list[Tokenized], epoch: int) -> list[list]:
-        """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
-        lengths = [len(e.input_ids) for e in examples]
-        if self.packing:
-            rows = [[examples[i] for i in row] for row in pack_examples(lengths, self.max_seq_length, self.seed, epoch)]
-            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        return [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
+    def plan(self, examples: Sequence[Tokenized], epoch: int) -> list[list]:
+        """This epoch's micro-batches as example indices: lists of indices, or with packing lists of packed rows.
 
-    def collate(self, batch: list) -> dict:
+        Only the lengths are read (a memory-mapped split has them as a column), so planning never loads the examples."""
+        lengths = examples_lengths(examples)
         if self.packing:
-            return collate_packed(batch, self.pad_id, with_mask=not self.flash)
-        return collate_padded(batch, self.pad_id)
+            rows = pack_examples(lengths, self.max_seq_length, self.seed, epoch)
+            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        return length_grouped_batches(lengths, self.batch_size, self.seed, epoch)
+
+    def collate(self, examples: Sequence[Tokenized], batch: list) -> dict:
+        """The tensors of one planned micro-batch; only its examples are read."""
+        if self.packing:
+            return collate_packed([[examples[i] for i in row] for row in batch], self.pad_id, with_mask=not self.flash)
+        return collate_padded([examples[i] for i in batch], self.pad_id)
+
+
+def examples_lengths(examples: Sequence[Tokenized]) -> list[int]:
+    """Each example's length in tokens: the lengths column of a memory-mapped split, or counted from a list."""
+    column = getattr(examples, "lengths", None)
+    return column.tolist() if column is not None else [len(e.input_ids) for e in examples]
 
 
 def trained_in(batch: dict) -> int:
@@ -190,7 +199,7 @@ class SignalGuard:
             signal.signal(sig, handler)
 
 
-def evaluate(module: nn.Module, examples: list[Tokenized], accelerator: Any, batching: Batching) -> float | None:
+def evaluate(module: nn.Module, examples: Sequence[Tokenized], accelerator: Any, batching: Batching) -> float | None:
     """Mean loss per trained token of `module` (a LossOnTrainedTokens, unwrapped) over `examples`; None without any.
 
     Every process of a run calls it and gets the same number."""
@@ -205,7 +214,7 @@ def evaluate(module: nn.Module, examples: list[Tokenized], accelerator: Any, bat
         # every process runs as many batches (fsdp gathers each layer's weights together); a short share repeats one uncounted
         for i in range(math.ceil(len(plan) / acc.num_processes)):
             batch = mine[i] if i < len(mine) else plan[0]
-            tensors = {k: v.to(acc.device) for k, v in batching.collate(batch).items()}
+            tensors = {k: v.to(acc.device) for k, v in batching.collate(examples, batch).items()}
             with acc.autocast():
                 loss_sum, count = module(**tensors)
             if i < len(mine):
@@ -243,7 +252,7 @@ def train_loop(run: Run) -> TrainState:
                 plans = {state.epoch: shard(run.batching.plan(run.data.train, state.epoch), acc)}
             plan = plans[state.epoch]
             window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
-            batches = [{k: v.to(acc.device) for k, v in run.batching.collate(b).items()} for b in window]
+            batches = [{k: v.to(acc.device) for k, v in run.batching.collate(run.data.train, b).items()} for b in window]
             window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()
 
             loss_total = 0.0

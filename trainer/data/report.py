@@ -9,9 +9,11 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from trainer.config import Config
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
-from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
+from trainer.data.checks import CookbookChecks, checks_of, render_checks
 from trainer.data.pipeline import PreparedData
 from trainer.steps import planned_processes, steps_per_epoch
 
@@ -65,8 +67,9 @@ class DataReport:
 
 
 def build_report(config: Config, data: PreparedData) -> DataReport:
+    """The report from the columns of the prepared data (lengths, trained tokens, digests): no example is loaded."""
     train = data.train
-    lengths = [len(e.input_ids) for e in train]
+    lengths = train.lengths.tolist()
     batch = config.training.batch_size
     seed = config.training.seed
     batches = length_grouped_batches(lengths, batch, seed, 0)
@@ -74,27 +77,26 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     packed_batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     per_epoch = len(packed_batches) if config.data.packing else len(batches)
     steps = steps_per_epoch(per_epoch, planned_processes(config), config.training.gradient_accumulation)
-    seen: set = set()
-    duplicates = 0
-    for e in train:
-        duplicates += e.input_ids in seen
-        seen.add(e.input_ids)
-    trained_per_epoch = sum(e.trained for e in train)
+    digests = train.column("digest")  # a hash of each example's ids: equal ids, equal digest
+    trained = train.column("trained")
+    full = train.column("full_length")
     throughput = known_throughput(config)
+    chats = len(train) and int(train.column("messages").max()) > 0
     return DataReport(
         tokens=TokenStats.of(lengths),
-        trained=TokenStats.of([e.trained for e in train]),
-        truncated=sum(e.full_length > config.data.max_seq_length for e in train),
-        trained_lost=sum(e.trained_lost for e in train),
-        duplicates=duplicates,
-        overlap=sum(e.input_ids in seen for e in data.validation),
+        trained=TokenStats.of(trained.tolist()),
+        truncated=int(np.count_nonzero(full > config.data.max_seq_length)),
+        trained_lost=int(train.column("trained_lost").sum()),
+        duplicates=len(digests) - len(np.unique(digests)),
+        overlap=int(np.isin(data.validation.column("digest"), digests).sum()),
         steps_per_epoch=steps,
         padding_unpacked=padding_fraction(batches, lengths),
         padding_packed=padding_fraction(packed_batches, lengths, packed=True),
         rows_packed=len(rows),
-        seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
-        checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] else None,
-        reasoning_dropped=sum(e.reasoning_dropped for e in train),
+        seconds_per_epoch=int(trained.sum()) / throughput if throughput else None,
+        checks=checks_of(train.column("messages"), train.column("roles"), full, trained + train.column("trained_lost"),
+                         config.data.max_seq_length, config.data.train_on) if chats else None,
+        reasoning_dropped=int(train.column("reasoning_dropped").sum()),
     )
 
 
@@ -207,7 +209,7 @@ def show_examples(data: PreparedData, count: int) -> list[dict]:
     from trainer.data.tokenize import IGNORE
 
     shown = []
-    for example, tokenized in list(zip(data.sources[0], data.train))[:count]:
+    for example, tokenized in zip(data.examples(0, limit=count), data.train[:count]):
         if example.text is not None or data.encoder is None:
             text = data.encoder.tok.decode(tokenized.input_ids) if data.encoder else ""
             shown.append({"file": example.file, "line": example.line, "text": text, "trained": [[0, len(text)]]})

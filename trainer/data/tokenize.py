@@ -7,13 +7,15 @@ response-template token ids, and no assumption that a prefix renders like the wh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
 
 from trainer.data.formats import Example
 from trainer.data.masks import (
     SpanError,
     TemplateFeatures,
-    label_spans,
     probe_template,
     render_with_spans,
     template_messages,
@@ -26,8 +28,8 @@ IGNORE = -100  # label of a position that is not in the loss
 
 @dataclass(frozen=True)
 class Tokenized:
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
+    input_ids: Sequence[int]  # a tuple, or a numpy view of the memory-mapped data cache (store.py)
+    labels: Sequence[int]
     file: str
     line: int
     full_length: int  # tokens before truncation
@@ -36,7 +38,10 @@ class Tokenized:
 
     @property
     def trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return int(np.count_nonzero(np.asarray(self.labels) != IGNORE))
+
+
+Rendered = tuple[str, list[tuple[int, int, int]]]  # the conversation's text, and (message index, start, end) of each assistant turn
 
 
 class Tokenizer:
@@ -76,25 +81,51 @@ class Tokenizer:
         return template_messages(messages, self.features, self.fold_system)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
-        if example.text is not None:
-            ids = self.encode(example.text) + ([self.tok.eos_token_id] if self.tok.eos_token_id is not None else [])
-            return self._truncated(example, ids, list(ids)), None
-        result = self.rendered(example)
+        result = self.encode_batch([example])[0]
         if isinstance(result, Problem):
             return None, result
-        text, spans, ids, offsets = result
-        if self.train_on == "all":  # every token but those of assistant turns with weight 0
-            untrained = label_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
-            labels = [IGNORE if out else t for t, out in zip(ids, untrained)]
-        else:
-            trained = [(s, e) for i, s, e in spans if self._trained(example, i)]
-            labels = [t if inside else IGNORE for t, inside in zip(ids, label_spans(offsets, trained))]
-        dropped = sum(1 for i, s, e in spans if self._message(example, i).reasoning and self._message(example, i).reasoning.strip()[:40] not in text[s:e])
-        out = self._truncated(example, ids, labels)
-        return Tokenized(out.input_ids, out.labels, out.file, out.line, out.full_length, out.trained_lost, dropped), None
+        return replace(result, input_ids=tuple(result.input_ids.tolist()), labels=tuple(result.labels.tolist())), None  # type: ignore[attr-defined]
 
-    def rendered(self, example: Example):
-        """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
+    def encode_batch(self, examples: Sequence[Example]) -> list[Tokenized | Problem]:
+        """Each example as ids and labels (int32 numpy arrays), or the Problem that stops it: one render per
+        conversation, and one call of the tokenizer for the whole batch (the Rust tokenizer encodes it at once)."""
+        rendered: list[Rendered | Problem | str] = [example.text if example.text is not None else self.render_spans(example)
+                                                     for example in examples]
+        texts = [r if isinstance(r, str) else r[0] for r in rendered if not isinstance(r, Problem)]
+        encoded = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": [], "offset_mapping": []}
+        out: list[Tokenized | Problem] = []
+        at = 0
+        for example, result in zip(examples, rendered):
+            if isinstance(result, Problem):
+                out.append(result)
+                continue
+            ids = np.asarray(encoded["input_ids"][at], dtype=np.int32)
+            offsets = np.asarray(encoded["offset_mapping"][at], dtype=np.int64).reshape(-1, 2)
+            at += 1
+            if isinstance(result, str):  # plain text: every token is trained, and the end-of-text token closes it
+                eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+                ids = np.concatenate([ids, np.asarray(eos, dtype=np.int32)])
+                out.append(self._truncated(example, ids, ids.copy()))
+                continue
+            out.append(self._labelled(example, result, ids, offsets))
+        return out
+
+    def _labelled(self, example: Example, rendered: Rendered, ids: np.ndarray, offsets: np.ndarray) -> Tokenized:
+        text, spans = rendered
+        if self.train_on == "all":  # every token but those of assistant turns with weight 0
+            untrained = inside_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
+            labels = np.where(untrained, IGNORE, ids).astype(np.int32)
+        else:
+            trained = inside_spans(offsets, [(s, e) for i, s, e in spans if self._trained(example, i)])
+            labels = np.where(trained, ids, IGNORE).astype(np.int32)
+        dropped = 0
+        for i, s, e in spans:
+            reasoning = self._message(example, i).reasoning
+            dropped += bool(reasoning and reasoning.strip()[:40] not in text[s:e])
+        return replace(self._truncated(example, ids, labels), reasoning_dropped=dropped)
+
+    def render_spans(self, example: Example) -> Rendered | Problem:
+        """The conversation rendered once, with where each assistant turn is, or the Problem that stops it."""
         def problem(message: str) -> Problem:
             return Problem(message, "", example.file, example.line)
 
@@ -103,11 +134,18 @@ class Tokenizer:
             return problem(why)
         items = self.template_messages(example.messages)
         try:
-            text, spans = render_with_spans(self.tok, self.template.jinja, self.features, items, example.tools, self._specials)
+            return render_with_spans(self.tok, self.template.jinja, self.features, items, example.tools, self._specials)
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
             return problem(f"the chat template could not render this conversation: {exc}")
+
+    def rendered(self, example: Example) -> tuple[str, list[tuple[int, int, int]], list[int], list[tuple[int, int]]] | Problem:
+        """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
+        result = self.render_spans(example)
+        if isinstance(result, Problem):
+            return result
+        text, spans = result
         encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
@@ -142,6 +180,19 @@ class Tokenizer:
                     "set data.system_prompt: fold to put it at the start of the first user turn.")
         return None
 
-    def _truncated(self, example: Example, ids: list[int], labels: list[int]) -> Tokenized:
-        lost = sum(1 for label in labels[self.max_length :] if label != IGNORE)
-        return Tokenized(tuple(ids[: self.max_length]), tuple(labels[: self.max_length]), example.file, example.line, len(ids), lost)
+    def _truncated(self, example: Example, ids: np.ndarray, labels: np.ndarray) -> Tokenized:
+        lost = int(np.count_nonzero(labels[self.max_length :] != IGNORE))
+        return Tokenized(ids[: self.max_length], labels[: self.max_length], example.file, example.line, len(ids), lost)
+
+
+def inside_spans(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """For each token (a row of character offsets), whether it begins inside one of the spans (masks.label_spans,
+    for a whole conversation at once)."""
+    if not spans:
+        return np.zeros(len(offsets), dtype=bool)
+    ordered = sorted(spans)
+    starts = np.asarray([s for s, _ in ordered])
+    ends = np.asarray([e for _, e in ordered])
+    begin, finish = offsets[:, 0], offsets[:, 1]
+    k = np.searchsorted(starts, begin, side="right") - 1
+    return (k >= 0) & (begin < ends[np.maximum(k, 0)]) & (finish > begin)

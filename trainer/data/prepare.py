@@ -11,6 +11,8 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -98,6 +100,14 @@ def _start_worker(job: Job, in_process: bool = False) -> None:
     _JOB = job
     if not in_process:  # each worker is one core; the Rust tokenizer's own threads would only compete with the others
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker ends when the main process is gone (killed): the pool's queues never tell it."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def prepare_chunk(items: list[Item]) -> ChunkResult:

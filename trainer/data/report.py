@@ -248,7 +248,7 @@ def render_shown(shown: list[dict]) -> str:
 
 
 def _ranges(numbers: list[int]) -> str:
-    parts = []
+    parts: list[list[int]] = []
     for n in numbers:
         if parts and parts[-1][1] == n - 1:
             parts[-1][1] = n

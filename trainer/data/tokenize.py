@@ -8,11 +8,11 @@ response-template token ids, and no assumption that a prefix renders like the wh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from trainer.data.formats import Example
+from trainer.data.formats import Example, Message
 from trainer.data.masks import (
     SpanError,
     TemplateFeatures,
@@ -28,8 +28,8 @@ IGNORE = -100  # label of a position that is not in the loss
 
 @dataclass(frozen=True)
 class Tokenized:
-    input_ids: Sequence[int]  # a tuple, or a numpy view of the memory-mapped data cache (store.py)
-    labels: Sequence[int]
+    input_ids: Any  # a tuple of ints, or an int32 numpy view of the memory-mapped data cache (store.py)
+    labels: Any
     file: str
     line: int
     full_length: int  # tokens before truncation
@@ -47,7 +47,7 @@ Rendered = tuple[str, list[tuple[int, int, int]]]  # the conversation's text, an
 class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
-    def __init__(self, tokenizer, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
+    def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
                  model_name: str = "the model"):
         self.tok = tokenizer
         self.template = template
@@ -71,14 +71,14 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def render(self, messages: list[dict], generation_prompt: bool, tools=None) -> str:
+    def render(self, messages: list[dict], generation_prompt: bool, tools: Sequence[dict] | None = None) -> str:
         extra = {"tools": list(tools)} if tools else {}
         return self.tok.apply_chat_template(
             messages, chat_template=self.template.jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
         )
 
-    def template_messages(self, messages) -> list[dict]:
-        return template_messages(messages, self.features, self.fold_system)
+    def template_messages(self, messages: Sequence[Message] | None) -> list[dict]:
+        return template_messages(messages or (), self.features, self.fold_system)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
         result = self.encode_batch([example])[0]
@@ -149,10 +149,11 @@ class Tokenizer:
         encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
-    def _message(self, example: Example, index: int):
+    def _message(self, example: Example, index: int) -> Message:
         """The example's message behind template message `index` (a folded system prompt shifts them by one)."""
-        shift = 1 if self.fold_system and example.messages and example.messages[0].role == "system" else 0
-        return example.messages[index + shift]
+        messages = example.messages or ()
+        shift = 1 if self.fold_system and messages and messages[0].role == "system" else 0
+        return messages[index + shift]
 
     def _trained(self, example: Example, index: int) -> bool:
         return self._message(example, index).trained
@@ -162,7 +163,7 @@ class Tokenizer:
         f = self.features
         fix_tools = ("set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results)"
                      + ("" if f.chatml else ", though this model was not trained on ChatML,") + " or use a model whose template renders tools")
-        messages = example.messages
+        messages = example.messages or ()
         if example.tools and not f.tools:
             return f"the example has 'tools', but the chat template of {self.model_name} ignores them, so the model would never see them; {fix_tools}."
         if any(m.tool_calls for m in messages) and not f.tool_calls:

@@ -7,6 +7,7 @@ response-template token ids, and no assumption that a prefix renders like the wh
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -92,16 +93,14 @@ class Tokenizer:
         rendered: list[Rendered | Problem | str] = [example.text if example.text is not None else self.render_spans(example)
                                                      for example in examples]
         texts = [r if isinstance(r, str) else r[0] for r in rendered if not isinstance(r, Problem)]
-        encoded = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": [], "offset_mapping": []}
+        encoded = iter(self._encode_with_offsets(texts))
         out: list[Tokenized | Problem] = []
-        at = 0
         for example, result in zip(examples, rendered):
             if isinstance(result, Problem):
                 out.append(result)
                 continue
-            ids = np.asarray(encoded["input_ids"][at], dtype=np.int32)
-            offsets = np.asarray(encoded["offset_mapping"][at], dtype=np.int64).reshape(-1, 2)
-            at += 1
+            token_ids, offsets = next(encoded)
+            ids = np.asarray(token_ids, dtype=np.int32)
             if isinstance(result, str):  # plain text: every token is trained, and the end-of-text token closes it
                 eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
                 ids = np.concatenate([ids, np.asarray(eos, dtype=np.int32)])
@@ -110,14 +109,31 @@ class Tokenizer:
             out.append(self._labelled(example, result, ids, offsets))
         return out
 
-    def _labelled(self, example: Example, rendered: Rendered, ids: np.ndarray, offsets: np.ndarray) -> Tokenized:
+    def _encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character offsets) of each text, in one call: the Rust tokenizer's encode_batch when there is one
+        (what tokenizer(texts) calls, without building a BatchEncoding of Python lists around it)."""
+        if not texts:
+            return []
+        from transformers import PreTrainedTokenizerBase
+
+        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        plain = backend is not None and backend.truncation is None and backend.padding is None  # as tokenizer() sets them
+        if plain and type(self.tok).__call__ is PreTrainedTokenizerBase.__call__:
+            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        encoded = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+
+    def _labelled(self, example: Example, rendered: Rendered, ids: np.ndarray, offsets: list[tuple[int, int]]) -> Tokenized:
         text, spans = rendered
         if self.train_on == "all":  # every token but those of assistant turns with weight 0
-            untrained = inside_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
-            labels = np.where(untrained, IGNORE, ids).astype(np.int32)
+            untrained = token_ranges(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
+            labels = ids.copy()
+            for begin, end in untrained:
+                labels[begin:end] = IGNORE
         else:
-            trained = inside_spans(offsets, [(s, e) for i, s, e in spans if self._trained(example, i)])
-            labels = np.where(trained, ids, IGNORE).astype(np.int32)
+            labels = np.full(len(ids), IGNORE, dtype=np.int32)
+            for begin, end in token_ranges(offsets, [(s, e) for i, s, e in spans if self._trained(example, i)]):
+                labels[begin:end] = ids[begin:end]
         dropped = 0
         for i, s, e in spans:
             reasoning = self._message(example, i).reasoning
@@ -186,14 +202,19 @@ class Tokenizer:
         return Tokenized(ids[: self.max_length], labels[: self.max_length], example.file, example.line, len(ids), lost)
 
 
-def inside_spans(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """For each token (a row of character offsets), whether it begins inside one of the spans (masks.label_spans,
-    for a whole conversation at once)."""
-    if not spans:
-        return np.zeros(len(offsets), dtype=bool)
-    ordered = sorted(spans)
-    starts = np.asarray([s for s, _ in ordered])
-    ends = np.asarray([e for _, e in ordered])
-    begin, finish = offsets[:, 0], offsets[:, 1]
-    k = np.searchsorted(starts, begin, side="right") - 1
-    return (k >= 0) & (begin < ends[np.maximum(k, 0)]) & (finish > begin)
+def token_ranges(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The tokens that begin inside each character span, as ranges of token positions: masks.label_spans's rule
+    (a token is in a span when its first character is), found by bisection on the tokens' start offsets, which
+    never decrease. A token with no characters (an empty offset) is never in a span."""
+    starts = [begin for begin, _ in offsets]
+    ranges = []
+    for s, e in sorted(spans):
+        first, last = bisect.bisect_left(starts, s), bisect.bisect_left(starts, e)
+        empty = [i for i in range(first, last) if offsets[i][1] <= offsets[i][0]]
+        for cut in empty:  # rare: split the range around tokens that cover no text
+            if cut > first:
+                ranges.append((first, cut))
+            first = cut + 1
+        if last > first:
+            ranges.append((first, last))
+    return ranges

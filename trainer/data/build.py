@@ -156,7 +156,8 @@ def _progress_bar(total: int | None, shown: bool) -> Any:
     from tqdm import tqdm
 
     big = total is None or total > CHUNK
-    return tqdm(total=total, unit=" records", unit_scale=True, desc="Preparing data", file=sys.stderr, mininterval=1.0,
+    every = 1.0 if sys.stderr.isatty() else 30.0  # in a log file, a line every 30 s
+    return tqdm(total=total, unit=" records", unit_scale=True, desc="Preparing data", file=sys.stderr, mininterval=every,
                 disable=not (shown and big), smoothing=0.1)
 
 

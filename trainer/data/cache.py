@@ -104,7 +104,7 @@ def cache_key(config: Any, tokenizer: Any, template_jinja: str | None, model_lab
     """The entry's key and what it was made of (kept in meta.json, shown by `trainer cache list`)."""
     settings = {k: v for k, v in config.data.to_dict().items() if k in KEYED_SETTINGS}
     train, lines = data_identity(config.data.train)
-    validation, _ = data_identity(config.data.validation)
+    validation, more = data_identity(config.data.validation)
     inputs = {
         "trainer": __version__,
         "data": settings,
@@ -116,7 +116,7 @@ def cache_key(config: Any, tokenizer: Any, template_jinja: str | None, model_lab
         "model": model_label,  # messages name the model
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return key, dict(inputs, lines=lines)
+    return key, dict(inputs, lines=None if lines is None or more is None else lines + more)
 
 
 def entry_dir(key: str) -> Path:

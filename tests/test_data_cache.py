@@ -262,3 +262,38 @@ def test_cache_clear_frees_the_entries(tmp_path):
     assert listed.returncode == 0 and entries()[0] in listed.stdout and "20 rows" in listed.stdout
     cleared = subprocess.run([sys.executable, "-m", "trainer", "cache", "clear"], env=env, capture_output=True, text=True)
     assert cleared.returncode == 0 and "removed 1 entr" in cleared.stdout and entries() == []
+
+
+def test_shards_and_parquet_are_read_as_a_stream_with_file_and_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_data(folder / "a.jsonl", 1200, broken={700: "{not json"})
+    rows = [conversation(i) for i in range(5000)]
+    rows[4500] = {"messages": [{"role": "robot", "content": "x"}]}
+    pq.write_table(pa.Table.from_pylist(rows), folder / "b.parquet", row_group_size=1000)
+    prepared = prepare_data(config(folder, "data.on_invalid=skip", "data.validation_split=0"), TOKENIZER)
+    assert [(p.file, p.line) for p in prepared.splits[0].problems] == [(str(folder / "a.jsonl"), 700), (str(folder / "b.parquet"), 4501)]
+    assert len(prepared.train) == 6198 and prepared.train[-1].file == str(folder / "b.parquet") and prepared.train[-1].line == 5000
+
+
+def test_num_workers_is_checked():
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match=r"data.num_workers"):
+        config("d.jsonl", "data.num_workers=0")
+
+
+def test_trainer_data_shows_progress_with_rate_and_time_left(tmp_path, tiny_model_dir):
+    from conftest import run_trainer
+
+    data = write_data(tmp_path / "d.jsonl", 2500)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{train: {data}, max_seq_length: 96}}\ntraining: {{epochs: 1}}\n")
+    result = run_trainer("data", "--config", str(path), env={"TRAINER_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Preparing data: 100%" in result.stderr and "records/s" in result.stderr and "2.50k/2.50k" in result.stderr
+    again = run_trainer("data", "--config", str(path), env={"TRAINER_CACHE": str(tmp_path / "cache")})
+    assert "Preparing data" not in again.stderr and again.stdout == result.stdout  # from the cache

@@ -28,6 +28,7 @@ from trainer.config.rules import is_local_data
 KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt",
                   "max_seq_length", "train_on")
 _READ = 1 << 20
+MEMO_FILES = 2000
 RACY_NS = 3 * 10**9  # git's "racily clean" rule: a content hash is remembered only for files older than this
 
 
@@ -57,6 +58,7 @@ def file_digest(path: Path) -> tuple[str, int]:
             lines += block.count(b"\n")
     if time.time_ns() - stat.st_mtime_ns > RACY_NS:  # a file changed this recently could change again within the same mtime
         memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")}
+        memo = dict(list(memo.items())[-MEMO_FILES:])  # the files hashed last
         memo[memo_key] = [sha.hexdigest(), lines]
         _write_atomically(memo_file, json.dumps(memo))
     return sha.hexdigest(), lines

@@ -297,3 +297,27 @@ def test_trainer_data_shows_progress_with_rate_and_time_left(tmp_path, tiny_mode
     assert "Preparing data: 100%" in result.stderr and "records/s" in result.stderr and "2.50k/2.50k" in result.stderr
     again = run_trainer("data", "--config", str(path), env={"TRAINER_CACHE": str(tmp_path / "cache")})
     assert "Preparing data" not in again.stderr and again.stdout == result.stdout  # from the cache
+
+
+def test_preference_pairs_go_into_the_store_as_two_rows_each(tmp_path):
+    from trainer.data.pipeline import load_examples, split_validation
+    from trainer.data.preference import tokenize_pair
+
+    rows = [{"prompt": [{"role": "user", "content": f"say {w} {i}"}], "chosen": [{"role": "assistant", "content": w * (1 + i % 3)}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i, w in enumerate(WORDS * 5)]
+    rows[7]["rejected"] = rows[7]["chosen"]  # identical answers: a problem with its line
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(data, "training.objective=dpo", "data.validation_split=0.2", "data.on_invalid=skip")
+    prepared = prepare_data(cfg, TOKENIZER)
+    assert [(p.line, "identical" in p.message) for p in prepared.splits[0].problems] == [(8, True)]
+    pairs, _ = load_examples(str(data), cfg)
+    train, validation = split_validation(pairs, 0.2, cfg.training.seed)
+    encode = Tokenizer(TOKENIZER, resolve_template("tokenizer", TOKENIZER), "assistant", 96)
+    for split, stored in ((train, prepared.train), (validation, prepared.validation)):
+        expected = [tokenize_pair(encode, pair, i)[0] for i, pair in enumerate(split)]
+        assert len(stored) == len(expected)
+        for got, want in zip(stored, expected):
+            assert got.index == want.index and got.line == want.line and got.length == want.length
+            assert tuple(got.chosen.labels) == tuple(want.chosen.labels) and tuple(got.rejected.input_ids) == tuple(want.rejected.input_ids)
+    assert prepared.train.lengths.tolist() == [p.length for p in prepared.train]

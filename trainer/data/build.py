@@ -20,9 +20,10 @@ import numpy as np
 from trainer.config import Config
 from trainer.data import cache
 from trainer.data.formats import columns_for, detect_format
-from trainer.data.prepare import CHUNK, Job, chunked, default_workers, run_chunks
+from trainer.data.preference import detect_pairs, pair_columns
+from trainer.data.prepare import CHUNK, PREFERENCE, Job, chunked, default_workers, run_chunks
 from trainer.data.records import Item, Record, iter_items, parse_item
-from trainer.data.store import Rows, Store, StoreWriter
+from trainer.data.store import PairRows, Rows, Store, StoreWriter
 from trainer.data.tokenize import Tokenizer
 from trainer.errors import Problem, UserError
 
@@ -84,6 +85,9 @@ def build_entry(config: Config, encode: Tokenizer, key: str, inputs: dict, progr
         sources[0].token_problems.sort(key=lambda item: bool(held[item[0]]))
     else:
         train_rows, validation_rows = np.flatnonzero(source == 0), np.flatnonzero(source == 1)
+    if sources[0].fmt == PREFERENCE:  # a pair is two rows, chosen then rejected; a split lists its chosen rows
+        piece = store.numbers("piece")
+        train_rows, validation_rows = train_rows[piece[train_rows] == 0], validation_rows[piece[validation_rows] == 0]
     np.save(temp / "train.npy", train_rows.astype(np.int64))
     np.save(temp / "validation.npy", validation_rows.astype(np.int64))
     for s in sources:
@@ -103,16 +107,36 @@ def _has_chats(sources: list[_Source], config: Config) -> bool:
     return config.data.format != "text" and any(s.examples for s in sources)
 
 
+def data_format(ref: str, records: list[Record], problems: list[Problem], config: Config) -> tuple[str, dict, str]:
+    """(format, column names, a sentence saying how it was found) from the first records: preference pairs for dpo
+    and orpo, else the format the config sets or the one most of the first records are in."""
+    overrides = config.data.columns.to_dict()
+    if config.training.objective != "sft" or config.data.format == "preference":
+        names = pair_columns(overrides)
+        found = detect_pairs(records, names)
+        if found is None:
+            keys = ", ".join(sorted(records[0].row)) if records else "none"
+            raise UserError(f"{ref}: {config.training.objective} learns from preference pairs, and no record here is one (the first has the "
+                            f"columns: {keys}). Write input/preferred_output/non_preferred_output (OpenAI's preference format) or "
+                            "prompt/chosen/rejected (TRL's); map other column names with data.columns.chosen and data.columns.rejected.")
+        layout, hits = found
+        shown = "input/preferred_output/non_preferred_output" if layout == "openai" else "/".join(names[c] for c in ("prompt", "chosen", "rejected"))
+        return PREFERENCE, names, f"detected preference pairs ({layout} layout): {shown} in {hits} of {min(len(records), DETECT_SAMPLE)} rows"
+    if config.data.format != "auto":
+        return config.data.format, columns_for(config.data.format, overrides), f"format {config.data.format} (set in the config)"
+    if not records:
+        raise UserError(f"{ref}: no readable examples." + (f" First problem: {problems[0]}" if problems else ""))
+    if detect_pairs(records, pair_columns(overrides)):
+        raise UserError(f"{ref}: the data holds preference pairs (a better and a worse answer), which supervised fine-tuning "
+                        "cannot learn from; set training.objective: dpo (or orpo).")
+    fmt, detection = detect_format(records, overrides)
+    return fmt, columns_for(fmt, overrides), detection
+
+
 def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, writer: StoreWriter, bar: Any) -> _Source:
     items = iter_items(ref)
     head, records, problems = _head(items)
-    if config.data.format != "auto":
-        fmt, detection = config.data.format, f"format {config.data.format} (set in the config)"
-    elif not records:
-        raise UserError(f"{ref}: no readable examples." + (f" First problem: {problems[0]}" if problems else ""))
-    else:
-        fmt, detection = detect_format(records, config.data.columns.to_dict())
-    names = columns_for(fmt, config.data.columns.to_dict())
+    fmt, names, detection = data_format(ref, records, problems, config)
     if fmt != "text":
         encode.features  # noqa: B018 - probe the template once, here, so forked workers inherit it
     job = Job(number, fmt, names, config.data.train_on, config.data.turns, encode)
@@ -162,10 +186,11 @@ def _progress_bar(total: int | None, shown: bool) -> Any:
 
 
 def load_entry(folder: Path) -> tuple[Rows, Rows, list[SplitReport], dict]:
-    """(train rows, validation rows, reports, meta) of a complete cache entry, memory-mapped."""
+    """(train rows, validation rows, reports, meta) of a complete cache entry, memory-mapped (PairRows for pairs)."""
     meta = cache.read_meta(folder)
     store = Store(folder / "rows.arrow")
-    train = Rows(store, np.load(folder / "train.npy", mmap_mode="r"))
-    validation = Rows(store, np.load(folder / "validation.npy", mmap_mode="r"))
+    kind = PairRows if meta["formats"][0][0] == PREFERENCE else Rows
+    train = kind(store, np.load(folder / "train.npy", mmap_mode="r"))
+    validation = kind(store, np.load(folder / "validation.npy", mmap_mode="r"))
     splits = [SplitReport(**dict(s, problems=[Problem(**p) for p in s["problems"]])) for s in meta["splits"]]
     return train, validation, splits, meta

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from trainer.config import Config
-from trainer.data.build import SplitReport, build_entry, held_out, load_entry
-from trainer.data.formats import Example, columns_for, detect_format, to_example
-from trainer.data.prepare import fields_of, split_turns
+from trainer.data.build import SplitReport, build_entry, data_format, held_out, load_entry
+from trainer.data.formats import to_example
+from trainer.data.preference import to_pair
+from trainer.data.prepare import PREFERENCE, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
 from trainer.data.records import Record, iter_items, parse_item, read_records
 from trainer.data.store import Rows
@@ -21,7 +22,7 @@ SHOWN_PROBLEMS = 20
 
 @dataclass
 class PreparedData:
-    train: Rows  # memory-mapped from the data cache (store.py); a Sequence of Tokenized
+    train: Rows  # memory-mapped from the data cache (store.py): a Sequence of Tokenized, or of TokenizedPair (PairRows)
     validation: Rows
     splits: list[SplitReport]
     template: str
@@ -31,9 +32,9 @@ class PreparedData:
     config: Config | None = None
     formats: list = field(default_factory=list)  # per source: (format, column names), to read examples again
 
-    def examples(self, which: int, limit: int | None = None) -> Iterator[Example]:
-        """The examples behind the training (0) or validation (1) rows, in order, read again from the data (the
-        cache keeps tokens, not conversations); `limit`: only those of the first rows."""
+    def examples(self, which: int, limit: int | None = None) -> Iterator[Any]:
+        """The examples (Pairs for preference data) behind the training (0) or validation (1) rows, in order, read
+        again from the data (the cache keeps tokens, not conversations); `limit`: only those of the first rows."""
         assert self.config is not None
         rows = self.train if which == 0 else self.validation
         indices = rows.indices if limit is None else rows.indices[:limit]
@@ -50,39 +51,35 @@ class PreparedData:
             record = parse_item(item)
             if not isinstance(record, Record):
                 continue
-            example, _ = to_example(record, fmt, names, self.config.data.train_on)
+            example, _ = _convert(record, fmt, names, self.config)
             if example is None:
                 continue
             number += 1
-            pieces = split_turns(example) if self.config.data.turns == "each" else [example]
+            pieces = [example] if fmt == PREFERENCE or self.config.data.turns != "each" else split_turns(example)
             yield from (piece for p, piece in enumerate(pieces) if (number, p) in wanted)
             if number >= last:
                 return
 
 
-def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
-    """Every example of a file, folder or Hub data set, untokenized (for evaluation cases and few-shot pools)."""
+def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
+    """Every example of a file, folder or Hub data set (Pairs for dpo and orpo), untokenized (for evaluation cases
+    and few-shot pools), and the report of what was found."""
     records, problems = read_records(ref)
-    fmt, detection = _format_of(ref, records, problems, config)
-    names = columns_for(fmt, config.data.columns.to_dict())
+    fmt, names, detection = data_format(ref, records, problems, config)
     examples = []
     for record in records:
-        example, found = to_example(record, fmt, names, config.data.train_on)
+        example, found = _convert(record, fmt, names, config)
         problems += found
         if example is not None:
             examples.append(example)
     bad_records = len({(p.file, p.line) for p in problems})
-    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, fields_of(examples))
+    used = fields_of([p.chosen for p in examples] if fmt == PREFERENCE else examples)
+    report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, used)
     return examples, report
 
 
-def _format_of(ref: str, records: list[Record], problems: list[Problem], config: Config) -> tuple[str, str]:
-    """The data format (detected from the first records, or the one the config sets) and a sentence about it."""
-    if config.data.format != "auto":
-        return config.data.format, f"format {config.data.format} (set in the config)"
-    if not records:
-        raise UserError(f"{ref}: no readable examples." + (f" First problem: {problems[0]}" if problems else ""))
-    return detect_format(records, config.data.columns.to_dict())
+def _convert(record: Record, fmt: str, names: dict, config: Config) -> tuple[Any, list[Problem]]:
+    return to_pair(record, names) if fmt == PREFERENCE else to_example(record, fmt, names, config.data.train_on)
 
 
 def split_validation(examples: list, share: float, seed: int) -> tuple[list, list]:
@@ -113,8 +110,8 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
         return prepared
     if not prepared.train:
         raise UserError(f"{config.data.train}: no usable training examples are left.")
-    if not prepared.train.column("trained").any():
-        lost = int(prepared.train.column("trained_lost").sum())
+    if not prepared.train.sides().column("trained").any():
+        lost = int(prepared.train.sides().column("trained_lost").sum())
         raise UserError(
             f"{config.data.train}: no example has a token to learn from"
             + (f": every answer is cut off by data.max_seq_length={config.data.max_seq_length} ({lost} answer tokens lost). "

@@ -22,11 +22,13 @@ import numpy as np
 
 from trainer.data.checks import ROLE_BITS
 from trainer.data.formats import Example, to_example
+from trainer.data.preference import to_pair
 from trainer.data.records import Item, Record, parse_item
 from trainer.data.tokenize import IGNORE, Tokenized, Tokenizer
 from trainer.errors import Problem
 
 CHUNK = 1000  # items per chunk: one tokenizer call, one record batch in the store
+PREFERENCE = "preference"  # the format of preference pairs (dpo, orpo): each pair is two rows, chosen then rejected
 
 
 @dataclass(frozen=True)
@@ -116,35 +118,66 @@ def prepare_chunk(items: list[Item]) -> ChunkResult:
     assert job is not None, "prepare_chunk runs after _start_worker"
     result = ChunkResult(columns={}, items=len(items))
     pieces: list[tuple[int, int, Example]] = []  # (example in chunk, piece, example to tokenize)
-    examples: list[Example] = []
+    examples: list = []  # Examples, or Pairs (preference.py)
     for item in items:
         record = parse_item(item)
         if isinstance(record, Problem):
             result.read_problems.append(record)
             result.bad_records += 1
         elif isinstance(record, Record):
-            example, problems = to_example(record, job.fmt, job.names, job.train_on)
+            example, problems = to_pair(record, job.names) if job.fmt == PREFERENCE else to_example(record, job.fmt, job.names, job.train_on)
             result.example_problems += problems
             result.bad_records += bool(problems)
             if example is not None:
                 examples.append(example)
     result.examples = len(examples)
-    result.fields = Counter(fields_of(examples))
+    result.fields = Counter(fields_of([e.chosen for e in examples] if job.fmt == PREFERENCE else examples))
     for k, example in enumerate(examples):
-        parts = split_turns(example) if job.turns == "each" else [example]
+        parts = [example.chosen, example.rejected] if job.fmt == PREFERENCE else split_turns(example) if job.turns == "each" else [example]
         pieces += [(k, p, part) for p, part in enumerate(parts)]
     encoded = job.encoder.encode_batch([p[2] for p in pieces])
-    kept: list[tuple[int, int, Example, Tokenized]] = []
+    kept, result.token_problems = _pairs_kept(pieces, encoded, job.encoder.max_length) if job.fmt == PREFERENCE else _kept(pieces, encoded)
+    result.columns = _columns(job.source, kept)
+    return result
+
+
+Kept = list[tuple[int, int, Example, Tokenized]]
+
+
+def _kept(pieces: list[tuple[int, int, Example]], encoded: list) -> tuple[Kept, list[tuple[int, Problem]]]:
+    kept: Kept = []
+    problems: list[tuple[int, Problem]] = []
     refused: set = set()
     for (k, p, example), out in zip(pieces, encoded):
         if isinstance(out, Problem):
             if (example.file, example.line) not in refused:  # with data.turns: each, a record's pieces fail alike
                 refused.add((example.file, example.line))
-                result.token_problems.append((k, out))
+                problems.append((k, out))
         else:
             kept.append((k, p, example, out))
-    result.columns = _columns(job.source, kept)
-    return result
+    return kept, problems
+
+
+def _pairs_kept(pieces: list[tuple[int, int, Example]], encoded: list, max_length: int) -> tuple[Kept, list[tuple[int, Problem]]]:
+    """Both sides of a pair, or its one problem (preference.tokenize_pair's rules: a side with nothing left to train stops it)."""
+    kept: Kept = []
+    problems: list[tuple[int, Problem]] = []
+    for at in range(0, len(pieces), 2):
+        sides = list(zip(pieces[at : at + 2], encoded[at : at + 2]))
+        why = None
+        for name, ((k, _, example), out) in zip(("chosen", "rejected"), sides):
+            if isinstance(out, Problem):
+                why = out
+            elif not out.trained:
+                cut = f" (all {out.trained_lost} of its tokens are past data.max_seq_length={max_length}; raise it)" if out.trained_lost else ""
+                why = Problem(f"the {name} answer has no token to learn from{cut}.", "", example.file, example.line)
+            if why is not None:
+                break
+        if why is not None:
+            problems.append((sides[0][0][0], why))
+        else:
+            kept += [(k, p, example, out) for (k, p, example), out in sides]
+    return kept, problems
 
 
 def _columns(source: int, kept: list[tuple[int, int, Example, Tokenized]]) -> dict:

@@ -8,6 +8,7 @@ import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from trainer.config import Config
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
 from trainer.data.checks import CookbookChecks, checks_of, render_checks
 from trainer.data.pipeline import PreparedData
+from trainer.data.preference import Pair
+from trainer.data.store import PairRows
 from trainer.steps import planned_processes, steps_per_epoch
 
 
@@ -67,9 +70,11 @@ class DataReport:
 
 
 def build_report(config: Config, data: PreparedData) -> DataReport:
-    """The report from the columns of the prepared data (lengths, trained tokens, digests): no example is loaded."""
-    train = data.train
-    lengths = train.lengths.tolist()
+    """The report from the columns of the prepared data (lengths, trained tokens, digests): no example is loaded.
+    Token figures count each side of a preference pair as an example; batches hold whole pairs."""
+    pairs = isinstance(data.train, PairRows)
+    train = data.train.sides()
+    lengths = data.train.lengths.tolist()
     batch = config.training.batch_size
     seed = config.training.seed
     batches = length_grouped_batches(lengths, batch, seed, 0)
@@ -81,14 +86,14 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     trained = train.column("trained")
     full = train.column("full_length")
     throughput = known_throughput(config)
-    chats = len(train) and int(train.column("messages").max()) > 0
+    chats = not pairs and len(train) and int(train.column("messages").max()) > 0
     return DataReport(
         tokens=TokenStats.of(lengths),
         trained=TokenStats.of(trained.tolist()),
         truncated=int(np.count_nonzero(full > config.data.max_seq_length)),
         trained_lost=int(train.column("trained_lost").sum()),
         duplicates=len(digests) - len(np.unique(digests)),
-        overlap=int(np.isin(data.validation.column("digest"), digests).sum()),
+        overlap=int(np.isin(data.validation.sides().column("digest"), digests).sum()),
         steps_per_epoch=steps,
         padding_unpacked=padding_fraction(batches, lengths),
         padding_packed=padding_fraction(packed_batches, lengths, packed=True),
@@ -209,7 +214,10 @@ def show_examples(data: PreparedData, count: int) -> list[dict]:
     from trainer.data.tokenize import IGNORE
 
     shown = []
-    for example, tokenized in zip(data.examples(0, limit=count), data.train[:count]):
+    sides: Iterator[tuple[Any, Any]] = zip(data.examples(0, limit=count), data.train[:count])
+    if isinstance(data.train, PairRows):  # each side of a pair as the model sees it: chosen, then rejected
+        sides = ((e, t) for pair, both in sides if isinstance(pair, Pair) for e, t in ((pair.chosen, both.chosen), (pair.rejected, both.rejected)))
+    for example, tokenized in sides:
         if example.text is not None or data.encoder is None:
             text = data.encoder.tok.decode(tokenized.input_ids) if data.encoder else ""
             shown.append({"file": example.file, "line": example.line, "text": text, "trained": [[0, len(text)]]})

@@ -131,3 +131,32 @@ class Rows(Sequence[Tokenized]):
     @property
     def lengths(self) -> np.ndarray:
         return self.column("length")
+
+    def sides(self) -> Rows:
+        """Every tokenized sequence of the split: the examples themselves (both sides of each pair for PairRows)."""
+        return self
+
+
+class PairRows(Rows):
+    """The preference pairs of one split: each is two rows of the store, its chosen side then its rejected side;
+    `indices` lists the chosen rows. A pair's length is its longer side's (the row it needs in a batch)."""
+
+    def __getitem__(self, i: Any) -> Any:
+        from trainer.data.preference import TokenizedPair
+
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        position = i + len(self) if i < 0 else i
+        row = int(self.indices[position])
+        one = Rows(self.store, np.asarray([row, row + 1]))
+        return TokenizedPair(one[0], one[1], position)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        length = self.store.numbers("length")
+        return np.maximum(length[self.indices], length[np.asarray(self.indices) + 1])
+
+    def sides(self) -> Rows:
+        both = np.empty(2 * len(self.indices), dtype=np.int64)
+        both[0::2], both[1::2] = self.indices, np.asarray(self.indices) + 1
+        return Rows(self.store, both)

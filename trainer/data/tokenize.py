@@ -116,9 +116,9 @@ class Tokenizer:
             return []
         from transformers import PreTrainedTokenizerBase
 
-        backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        backend: Any = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
         plain = backend is not None and backend.truncation is None and backend.padding is None  # as tokenizer() sets them
-        if plain and type(self.tok).__call__ is PreTrainedTokenizerBase.__call__:
+        if backend is not None and plain and type(self.tok).__call__ is PreTrainedTokenizerBase.__call__:
             return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
         encoded = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         return list(zip(encoded["input_ids"], encoded["offset_mapping"]))

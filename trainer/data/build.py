@@ -144,7 +144,7 @@ def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, wr
     examples = bad = 0
     fields: dict = {}
     for result in run_chunks(chunked(itertools.chain(head, items), CHUNK), job, config.data.num_workers or default_workers()):
-        result.columns["example"] = [examples + k for k in result.columns["example"]]
+        result.columns["example"] = result.columns["example"] + examples
         writer.write(result.columns)
         read += result.read_problems
         invalid += result.example_problems

@@ -180,27 +180,31 @@ def _pairs_kept(pieces: list[tuple[int, int, Example]], encoded: list, max_lengt
     return kept, problems
 
 
-def _columns(source: int, kept: list[tuple[int, int, Example, Tokenized]]) -> dict:
+def _columns(source: int, kept: Kept) -> dict:
     ids = [t.input_ids for _, _, _, t in kept]
     labels = [t.labels for _, _, _, t in kept]
+
+    def numbers(values: list[int]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int32)
+
     return {
         "input_ids": ids,
         "labels": labels,
-        "length": [len(i) for i in ids],
-        "full_length": [t.full_length for _, _, _, t in kept],
-        "trained": [int(np.count_nonzero(np.asarray(lab) != IGNORE)) for lab in labels],
-        "trained_lost": [t.trained_lost for _, _, _, t in kept],
-        "reasoning_dropped": [t.reasoning_dropped for _, _, _, t in kept],
+        "length": numbers([len(i) for i in ids]),
+        "full_length": numbers([t.full_length for _, _, _, t in kept]),
+        "trained": numbers([int(np.count_nonzero(np.asarray(lab) != IGNORE)) for lab in labels]),
+        "trained_lost": numbers([t.trained_lost for _, _, _, t in kept]),
+        "reasoning_dropped": numbers([t.reasoning_dropped for _, _, _, t in kept]),
         "file": [t.file for _, _, _, t in kept],
-        "line": [t.line for _, _, _, t in kept],
-        "source": [source] * len(kept),
-        "example": [k for k, _, _, _ in kept],
-        "piece": [p for _, p, _, _ in kept],
-        "messages": [len(e.messages) if e.messages else 0 for _, _, e, _ in kept],
-        "roles": [sum(ROLE_BITS.get(r, 0) for r in {m.role for m in e.messages or ()}) for _, _, e, _ in kept],
+        "line": numbers([t.line for _, _, _, t in kept]),
+        "source": numbers([source] * len(kept)),
+        "example": numbers([k for k, _, _, _ in kept]),
+        "piece": numbers([p for _, p, _, _ in kept]),
+        "messages": numbers([len(e.messages) if e.messages else 0 for _, _, e, _ in kept]),
+        "roles": numbers([sum(ROLE_BITS.get(r, 0) for r in {m.role for m in e.messages or ()}) for _, _, e, _ in kept]),
         # 8 bytes of a hash of the ids: duplicates and train/validation overlap without keeping the ids in memory
-        "digest": [int.from_bytes(hashlib.blake2b(np.ascontiguousarray(i, dtype=np.int32).tobytes(), digest_size=8).digest(), "little", signed=True)
-                   for i in ids],
+        "digest": np.asarray([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(i, dtype=np.int32).tobytes(), digest_size=8).digest(),
+                                             "little", signed=True) for i in ids], dtype=np.int64),
     }
 
 

@@ -21,6 +21,8 @@ Columns = dict[str, Any]  # name -> list of numpy arrays (a sequence column), nu
 def _arrow(values: Any) -> Any:
     import pyarrow as pa
 
+    if isinstance(values, np.ndarray):  # a number per example, in the array's type (int32 for counts)
+        return pa.array(values)
     if values and isinstance(values[0], np.ndarray):  # one array per example: a list<int32> column
         lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
         offsets = np.zeros(len(values) + 1, dtype=np.int32)

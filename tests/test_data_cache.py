@@ -321,3 +321,13 @@ def test_preference_pairs_go_into_the_store_as_two_rows_each(tmp_path):
             assert got.index == want.index and got.line == want.line and got.length == want.length
             assert tuple(got.chosen.labels) == tuple(want.chosen.labels) and tuple(got.rejected.input_ids) == tuple(want.rejected.input_ids)
     assert prepared.train.lengths.tolist() == [p.length for p in prepared.train]
+
+
+def test_a_preparation_that_stops_on_a_problem_leaves_nothing_behind(tmp_path):
+    from trainer.errors import UserError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{not json\n')
+    with pytest.raises(UserError, match="no readable examples"):  # raised half way through the preparation
+        prepare_data(config(data), TOKENIZER)
+    assert not list(cache.cache_root().glob(".tmp-*")) and entries() == []

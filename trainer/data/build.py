@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,15 @@ class _Source:
 def build_entry(config: Config, encode: Tokenizer, key: str, inputs: dict, progress: bool) -> Path:
     """Prepare every source into a new cache entry and return its folder."""
     temp = cache.new_temp_dir(key)
+    try:
+        _build(temp, config, encode, inputs, progress)
+    except BaseException:  # a problem in the data, Ctrl-C: nothing half-written stays (a SIGKILL leaves it to the next run)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return cache.publish(temp, key)
+
+
+def _build(temp: Path, config: Config, encode: Tokenizer, inputs: dict, progress: bool) -> None:
     started = time.time()
     writer = StoreWriter(temp / "rows.arrow")
     refs = [config.data.train] + ([config.data.validation] if config.data.validation else [])
@@ -99,8 +109,6 @@ def build_entry(config: Config, encode: Tokenizer, key: str, inputs: dict, progr
         "features": features, "formats": [[s.fmt, s.names] for s in sources],
         "splits": [dict(asdict(s.report), problems=[asdict(p) for p in s.report.problems]) for s in sources],
     })
-    del store
-    return cache.publish(temp, key)
 
 
 def _has_chats(sources: list[_Source], config: Config) -> bool:

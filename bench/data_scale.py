@@ -7,7 +7,9 @@ system + 1 recipe; three-turn: system + 3 recipes in a row. Tokenizer: the demo 
 GGUF), max length 2048, validation share 0.1.
 
 Each measurement runs in its own process, with a fresh $TRAINER_CACHE (or HF_DATASETS_CACHE for TRL), so the
-peak RSS is its own: "main" is the process that prepares, "workers" the largest of its worker processes.
+peak RSS is its own: "main" is the process that prepares, "workers" the largest of its worker processes. per_cpu_s
+counts conversations per CPU-second (the process and its workers, user and system): on a shared machine it says
+what the cores would do if they were free (2 free cores: twice that per second at most).
 
     python bench/data_scale.py --counts 10000 100000 --turns 1 3           # ours: first preparation and cache load
     python bench/data_scale.py --counts 10000 --turns 3 --systems ours trl  # with TRL's SFTTrainer as the anchor
@@ -52,6 +54,12 @@ def generate(path: Path, count: int, turns: int, seed: int = 0) -> Path:
     return path
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker processes), user and system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def peak_rss_gb() -> tuple[float, float]:
     """(this process, the largest of its finished children) peak RSS in GB."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6)
@@ -67,9 +75,9 @@ def ours(data: str, workers: int | None) -> dict:
     tokenizer = load_tokenizer(str(demo_model_path()))
     config = parse_config(f"model: {{name_or_path: {demo_model_path()}}}\ndata: {{train: {data}, max_seq_length: {MAX_LEN}, "
                           f"num_workers: {workers or 'null'}}}\ntraining: {{epochs: 1}}\n", check_files=False)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     prepared = prepare_data(config, tokenizer, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     # touch what training touches first: the plan of epoch 0 (from the lengths column) and one batch
     from trainer.loop import Batching
 
@@ -79,7 +87,7 @@ def ours(data: str, workers: int | None) -> dict:
     ready = time.perf_counter() - started
     size = sum(f.stat().st_size for f in cache_root().rglob("*") if f.is_file())
     return {"seconds": round(seconds, 2), "ready_seconds": round(ready, 2), "examples": len(prepared.train) + len(prepared.validation),
-            "cache_mb": round(size / 1e6, 1)}
+            "cache_mb": round(size / 1e6, 1), "cpu_s": round(cpu, 1)}
 
 
 def trl(data: str, num_proc: int | None) -> dict:
@@ -95,13 +103,13 @@ def trl(data: str, num_proc: int | None) -> dict:
     tokenizer = load_tokenizer(str(demo_model_path()))
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     dataset = datasets.load_dataset("json", data_files=data, split="train")
     args = SFTConfig(output_dir=os.environ["TRL_OUT"], max_length=MAX_LEN, report_to=[], use_cpu=True, dataset_num_proc=num_proc)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     size = sum(f.stat().st_size for f in Path(os.environ["HF_DATASETS_CACHE"]).rglob("*") if f.is_file())
-    return {"seconds": round(seconds, 2), "examples": len(trainer.train_dataset), "cache_mb": round(size / 1e6, 1)}
+    return {"seconds": round(seconds, 2), "examples": len(trainer.train_dataset), "cache_mb": round(size / 1e6, 1), "cpu_s": round(cpu, 1)}
 
 
 def child(system: str, data: str, workers: int | None) -> None:
@@ -149,7 +157,8 @@ def main() -> None:
                 first = measure(system, data, work, args.workers)
                 second = measure(system, data, work, args.workers)
                 row = {"system": system, "turns": turns, "conversations": count, "data_mb": round(data.stat().st_size / 1e6, 1),
-                       "first_s": first["seconds"], "per_s": round(count / first["seconds"]), "peak_rss_gb": first["peak_rss_gb"],
+                       "first_s": first["seconds"], "per_s": round(count / first["seconds"]),
+                       "per_cpu_s": round(count / first["cpu_s"]) if first.get("cpu_s") else None, "peak_rss_gb": first["peak_rss_gb"],
                        "worker_peak_rss_gb": first["worker_peak_rss_gb"], "cache_mb": first["cache_mb"],
                        "second_s": second["seconds"], "second_ready_s": second.get("ready_seconds"), "second_peak_rss_gb": second["peak_rss_gb"]}
                 print(json.dumps(row), flush=True)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo test lint bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
+.PHONY: install demo demo-dpo test lint bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ endif
 demo: $(STAMP)
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer --config configs/quickstart.yaml --resume
+
+# Preference tuning after the demo: DPO on the quickstart model's own mistakes (configs/recipes-dpo.yaml)
+demo-dpo: demo
+	$(VENV)/bin/trainer --config configs/recipes-dpo.yaml --resume
 
 test: $(STAMP) chromium go lint
 	$(VENV)/bin/trainer download-demo-model

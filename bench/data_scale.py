@@ -83,7 +83,7 @@ def ours(data: str, workers: int | None) -> dict:
 
     batching = Batching.of(config, tokenizer.pad_token_id)
     plan = batching.plan(prepared.train, 0)
-    batching.collate(prepared.train, plan[0])
+    batching.collate(plan[0])
     ready = time.perf_counter() - started
     size = sum(f.stat().st_size for f in cache_root().rglob("*") if f.is_file())
     return {"seconds": round(seconds, 2), "ready_seconds": round(ready, 2), "examples": len(prepared.train) + len(prepared.validation),

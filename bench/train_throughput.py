@@ -93,7 +93,7 @@ def run_bare(steps: int, work: Path) -> dict:
     batches, epoch = [], 0
     batching = Batching.of(config, tokenizer.pad_token_id)
     while len(batches) < steps * ACCUM:
-        batches += [batching.collate(data.train, b) for b in batching.plan(data.train, epoch)]
+        batches += [batching.collate(b) for b in batching.plan(data.train, epoch)]
         epoch += 1
     batches = batches[: steps * ACCUM]
     tokens = sum(trained_in(b) for b in batches)

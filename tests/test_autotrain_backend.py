@@ -8,7 +8,8 @@ import yaml
 
 from conftest import REPO, make_char_tokenizer, run_trainer, tiny_llama
 from trainer.config import parse_config
-from trainer.config.autotrain import FIELDS, differences, export, mapping_table, project_name, translate
+from trainer.config.autotrain import FIELDS, export, mapping_table, project_name, translate
+from trainer.config.autotrain_differences import differences
 
 NON_DEFAULT = """
 model: {name_or_path: org/model, attn_implementation: flash_attention_2}
@@ -39,14 +40,22 @@ def config_of(text: str = NON_DEFAULT):
     return parse_config(text, check_files=False)
 
 
-def test_every_mapped_field_survives_export_and_translation_back():
-    config = config_of()
+def preference_config(objective: str) -> str:
+    """NON_DEFAULT as dpo or orpo: pairs, no packing, answers only, dropout 0 (AutoTrain's dpo and orpo train without)."""
+    text = NON_DEFAULT.replace("packing: true, train_on: all", "format: preference").replace("dropout: 0.1", "dropout: 0")
+    settings = "  dpo: {beta: 0.3}\n" if objective == "dpo" else "  orpo: {weight: 0.1}\n"
+    return text.replace("  method: lora\n", f"  method: lora\n  objective: {objective}\n{settings}")
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "orpo"])
+def test_every_mapped_field_survives_export_and_translation_back(objective):
+    config = config_of(NON_DEFAULT if objective == "sft" else preference_config(objective))
     document = export(config, mixed_precision="bf16")
     back, _, _ = translate(document)
     ours = config.to_dict()
     checked = []
     for field in FIELDS:
-        if field.ours is None or field.to_autotrain is None or field.ours == "output.merge_adapter":
+        if field.ours is None or field.to_autotrain is None or field.ours == "output.merge_adapter" or objective not in field.objectives:
             continue
         node_ours, node_back = ours, back
         for part in field.ours.split("."):
@@ -54,6 +63,10 @@ def test_every_mapped_field_survives_export_and_translation_back():
         assert node_back == node_ours, field.autotrain
         checked.append(field.autotrain)
     assert len(checked) >= 18
+    again = config_of(yaml.safe_dump(back))
+    assert again.training.objective == objective and again.training.lora.dropout == config.training.lora.dropout
+    assert (again.training.dpo, again.training.orpo) == (config.training.dpo, config.training.orpo)
+    assert (again.data.format == "preference") == (objective != "sft")
 
 
 def test_export_writes_autotrain_0836_shape():
@@ -159,6 +172,18 @@ def test_export_command_prints_yaml_and_warns(tmp_path):
     assert "data.train_on" in result.stderr and ".gguf" in result.stderr
 
 
+def test_export_command_writes_llm_orpo_and_warns(tmp_path):
+    cfg = tmp_path / "orpo.yaml"
+    cfg.write_text(f"model: {{name_or_path: org/m}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
+                   "training: {epochs: 1, objective: orpo, orpo: {weight: 0.3}}\n")
+    result = run_trainer("export", "--to", "autotrain", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(result.stdout)
+    assert document["task"] == "llm-orpo" and document["data"]["column_mapping"]["rejected_text_column"] == "rejected"
+    assert "warning: training.orpo.weight: AutoTrain's llm-orpo always trains with lambda 0.1" in result.stderr
+    assert "warning: training.lora.dropout" in result.stderr
+
+
 def test_docs_show_the_same_table():
     assert mapping_table() in (REPO / "docs" / "autotrain.md").read_text()
 
@@ -210,6 +235,135 @@ def test_plain_text_goes_as_text(tmp_path):
     config, tokenizer, data = _prepared(tmp_path, "tokenizer", fmt="text")
     write_data(config, tokenizer, data, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])["text"].startswith("plain ")
+
+
+# --- preference pairs (llm-dpo, llm-orpo) --------------------------------------------------------------------------
+
+def recipe_pairs(path: Path, count: int, shortest: bool = False) -> Path:
+    """`count` pairs from the recipe task (the first, or the shortest) in TRL's layout: the reference ingredients chosen,
+    the same list with its last ingredient swapped for salt rejected."""
+    lines = (REPO / "data" / "recipes" / "train.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in (sorted(lines, key=len) if shortest else lines)[:count]]
+    pairs = []
+    for row in rows:
+        messages = row["messages"]
+        wrong = json.dumps(json.loads(messages[-1]["content"])[:-1] + ["salt"])
+        pairs.append({"prompt": messages[:-1], "chosen": [messages[-1]], "rejected": [{"role": "assistant", "content": wrong}]})
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+def _preference_prepared(tmp_path, tokenizer, objective: str = "dpo", max_seq_length: int = 512, count: int = 4):
+    from trainer.data.pipeline import prepare_data
+
+    config = parse_config(yaml.safe_dump({
+        "model": {"name_or_path": "org/m"},
+        "data": {"train": str(recipe_pairs(tmp_path / "pairs.jsonl", count)), "max_seq_length": max_seq_length, "validation_split": 0.25},
+        "training": {"epochs": 1, "objective": objective}}), check_files=False)
+    return config, prepare_data(config, tokenizer)
+
+
+def test_pairs_go_as_the_text_trainer_trains_cut_where_the_answer_begins(tmp_path, smollm2_tokenizer, capsys):
+    """AutoTrain gets no template: TRL 0.13 tokenizes prompt and answer apart and appends the end-of-text token to the
+    answer, which gives exactly the tokens and the trained positions of trainer's own pairs."""
+    from trainer.backends.autotrain import write_data
+
+    tok = smollm2_tokenizer
+    config, data = _preference_prepared(tmp_path, tok)
+    write_data(config, tok, data, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == len(data.train) == 3 and (tmp_path / "out" / "validation.jsonl").is_file()
+    assert rows[0]["prompt"].startswith("<|im_start|>system\nYou are a helpful recipe assistant")
+    assert rows[0]["prompt"].endswith("Generic ingredients: <|im_end|>\n<|im_start|>assistant\n")
+    assert rows[0]["rejected"].endswith(', "salt"]')
+    for row, pair in zip(rows, data.train):
+        prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        for side, tokenized in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            answer = tok(row[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            assert list(tokenized.input_ids[: len(prompt) + len(answer)]) == prompt + answer
+            assert [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != -100] == answer
+    assert "warning" not in capsys.readouterr().err  # nothing differs for SmolLM2's template
+
+
+def test_pairs_that_autotrain_trains_unlike_trainer_are_counted(tmp_path, capsys):
+    """The character tokenizer's end-of-text token (</s>) does not close ChatML's turns: TRL's appended one is trained
+    as well; ORPO cuts pairs longer than max_seq_length its own way."""
+    from trainer.backends.autotrain import write_data
+    from trainer.data.templates import CHATML
+
+    tokenizer = make_char_tokenizer(CHATML)
+    config, data = _preference_prepared(tmp_path, tokenizer, "orpo", max_seq_length=400)
+    write_data(config, tokenizer, data, tmp_path / "out")
+    said = capsys.readouterr().err
+    assert "warning: AutoTrain's llm-orpo (TRL 0.13) appends </s> to every answer, and 6 of 6 answers do not end with it" in said
+    assert "pairs are longer than data.max_seq_length=400: AutoTrain's llm-orpo cuts their prompt to its last 200 tokens" in said
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
+    assert first["chosen"].endswith("]<|im_end|>")  # the turn's own end stays: only </s> would be TRL's
+
+
+def test_export_writes_llm_dpo_and_llm_orpo():
+    dpo = export(config_of(preference_config("dpo")))
+    assert dpo["task"] == "llm-dpo" and dpo["params"]["dpo_beta"] == 0.3
+    assert dpo["data"]["chat_template"] is None  # trainer renders the pairs; AutoTrain's own rendering differs (above)
+    assert dpo["data"]["column_mapping"] == {"text_column": "chosen", "rejected_text_column": "rejected", "prompt_text_column": "prompt"}
+    assert dpo["params"]["max_prompt_length"] == dpo["params"]["block_size"] == 384  # DPO then cuts as trainer does
+    assert dpo["params"]["max_completion_length"] is None and dpo["params"]["lora_dropout"] == 0
+    orpo = export(config_of(preference_config("orpo")))
+    assert orpo["task"] == "llm-orpo" and "dpo_beta" not in orpo["params"]  # 0.8.36 does not pass it to ORPO
+    assert orpo["params"]["max_prompt_length"] == 192
+
+
+PREFERENCE_DIFFERENCES = [
+    ("objective: dpo, dpo: {loss: ipo}", "training.dpo.loss"),
+    ("objective: dpo, dpo: {sft_weight: 1}", "training.dpo.sft_weight"),
+    ("objective: orpo, orpo: {weight: 0.2}", "training.orpo.weight"),
+    ("objective: dpo, lora: {dropout: 0.1}", "training.lora.dropout"),
+    ("objective: orpo, method: dora, lora: {dropout: 0}", "training.method"),
+]
+
+
+@pytest.mark.parametrize("snippet, key", PREFERENCE_DIFFERENCES)
+def test_each_preference_difference_is_named(snippet, key):
+    config = parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1, {snippet}}}\n", check_files=False)
+    assert key in {".".join(path) for path, _ in differences(config)}
+
+
+def test_a_dpo_run_without_dropout_trains_as_trainer_does():
+    """AutoTrain's dpo and orpo do not pack and train the answers only: only what the config asks beyond that differs."""
+    for objective in ("dpo", "orpo"):
+        config = parse_config(f"model: {{name_or_path: org/m}}\ndata: {{train: x.jsonl}}\n"
+                              f"training: {{epochs: 2, objective: {objective}, lora: {{dropout: 0}}}}\n", check_files=False)
+        assert differences(config) == []
+
+
+def test_validate_names_what_autotrain_cannot_do_for_orpo(tmp_path):
+    cfg = tmp_path / "x.yaml"
+    pairs = recipe_pairs(tmp_path / "pairs.jsonl", 2)
+    cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {pairs}}}\n"
+                   "training: {epochs: 1, objective: orpo, orpo: {weight: 0.5}}\nbackend: {name: autotrain}\n")
+    result = run_trainer("validate", "--config", str(cfg))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "training.orpo.weight: AutoTrain's llm-orpo always trains with lambda 0.1" in result.stderr  # a rule: no allowing it
+    fixed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1")
+    assert fixed.returncode == 2 and "training.lora.dropout" in fixed.stderr and "allow_differences: true" in fixed.stderr
+    allowed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1", "--set", "training.lora.dropout=0")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_preference_figures_autotrain_logs_get_trainers_names(tmp_path):
+    from trainer.backends.autotrain import AutoTrainLog, log_metrics
+
+    log = AutoTrainLog(tmp_path / "a.log")
+    log.feed("INFO     | 2026-12-01 18:50:01 | autotrain.trainers.common:on_log:226 - {'loss': 0.6931, 'grad_norm': 1.2, "
+             "'learning_rate': 0.0001, 'rewards/chosen': 0.01, 'rewards/rejected': -0.02, 'rewards/accuracies': 0.5, "
+             "'rewards/margins': 0.03, 'logps/chosen': -40.5, 'logps/rejected': -42.25, 'logits/chosen': -1.5, "
+             "'logits/rejected': -1.4, 'epoch': 0.5}")
+    log.close()
+    config = config_of(preference_config("dpo").replace("log_every: 3", "log_every: 1").replace("tensorboard", "none"))
+    log_metrics(config, tmp_path, log)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["step"] == 1 and row["loss"] == 0.6931 and row["reward_margin"] == 0.03 and row["reward_accuracy"] == 0.5
+    assert row["logps_chosen"] == -40.5 and row["logps_rejected"] == -42.25 and row["reward_rejected"] == -0.02
 
 
 # --- model materialisation -----------------------------------------------------------------------------------------
@@ -392,6 +546,81 @@ def test_autotrain_trains_and_the_result_is_a_trainer_run(tmp_path, rope_model_d
 
     answered = run_trainer("generate", "--run", str(run), "--prompt", "Ingredients of pancakes?", "--max-new-tokens", "5")
     assert answered.returncode == 0, answered.stderr[-2000:]
+
+
+# What TRL 0.13 (AutoTrain's) makes of the rows trainer wrote: its DPO tokenize_row, and its ORPO tokenize_row on a
+# trainer object made without __init__ (the method reads only the settings set here).
+TRL_TOKENIZE = """
+import json, sys
+from transformers import AutoTokenizer
+from trl import DPOTrainer, ORPOTrainer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+orpo = ORPOTrainer.__new__(ORPOTrainer)
+orpo.processing_class, orpo.is_encoder_decoder, orpo.truncation_mode, orpo.label_pad_token_id = tok, False, "keep_end", -100
+orpo.max_length, orpo.max_prompt_length = 512, 256
+for line in open(sys.argv[2]):
+    row = json.loads(line)
+    dpo = DPOTrainer.tokenize_row(row, tok, max_prompt_length=512, max_completion_length=None, add_special_tokens=False)
+    o = orpo.tokenize_row(row)
+    print(json.dumps({"dpo": dpo, "orpo": {k: o[k] for k in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")}}))
+"""
+
+
+@pytest.mark.slow
+def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_python, smollm2_tokenizer):
+    """A short real llm-dpo run on the demo model: the run directory, the adapter, and TRL's tokens of the pairs."""
+    import subprocess
+
+    from trainer.backends.autotrain_env import child_env
+    from trainer.data.pipeline import prepare_data
+    from trainer.demo import demo_model_path
+    from trainer.generate import load_run
+
+    config = {
+        "model": {"name_or_path": str(demo_model_path())},
+        # one optimizer step on the two shortest recipes (a DPO step of SmolLM2 takes about a minute on two cores)
+        "data": {"train": str(recipe_pairs(tmp_path / "pairs.jsonl", 2, shortest=True)), "max_seq_length": 512, "validation_split": 0},
+        "training": {"objective": "dpo", "epochs": 1, "batch_size": 2, "gradient_accumulation": 1, "learning_rate": 1e-3,
+                     "warmup_ratio": 0, "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0}},
+        "output": {"dir": str(tmp_path / "run")},
+        "logging": {"log_every": 1},
+        "backend": {"name": "autotrain", "autotrain": {"python": str(autotrain_python)}},  # nothing differs: no allowing
+    }
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_trainer("--config", str(path), timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "run"
+    assert "Starting DPO training" in (run / "autotrain" / "autotrain.log").read_text()
+    document = yaml.safe_load((run / "autotrain" / "autotrain.yml").read_text())
+    assert document["task"] == "llm-dpo" and document["params"]["dpo_beta"] == 0.1 and document["data"]["chat_template"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == "autotrain" and summary["steps"] == 1 and summary["final_eval_loss"] is None  # no validation set
+    ours = prepare_data(parse_config(path.read_text(), str(path)), smollm2_tokenizer)
+    assert summary["trained_tokens"] == sum(pair.trained for pair in ours.train)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["reward_margin"] == 0 and rows[0]["logps_chosen"] < 0
+    assert abs(rows[0]["loss"] - 0.6931) < 1e-3  # DPO starts at log 2: before its first update the policy is the reference
+    for name in ("config.yaml", "README.md", "loss.png", "model/adapter_config.json", "model/adapter_model.safetensors"):
+        assert (run / name).is_file(), name
+
+    loaded = load_run(run, "cpu")
+    trained = [name for name, value in loaded.model.named_parameters() if "lora_B" in name and value.abs().sum() > 0]
+    assert trained, "the adapter AutoTrain trained is all zeros"
+
+    done = subprocess.run([str(autotrain_python), "-c", TRL_TOKENIZE, str(run / "autotrain" / "base-model"),
+                           str(run / "autotrain" / "data" / "train.jsonl")], capture_output=True, text=True,
+                          env=child_env(autotrain_python), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(theirs) == len(ours.train) == 2
+    for trl, pair in zip(theirs, ours.train):
+        for side, tokenized in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            trained = [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != -100]
+            dpo = trl["dpo"]["prompt_input_ids"] + trl["dpo"][f"{side}_input_ids"]
+            assert dpo == list(tokenized.input_ids[: len(dpo)]) and trl["dpo"][f"{side}_input_ids"] == trained
+            orpo = trl["orpo"]
+            assert orpo[f"{side}_input_ids"] == dpo and [t for t in orpo[f"{side}_labels"] if t != -100] == trained
 
 
 @pytest.mark.slow

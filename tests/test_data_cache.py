@@ -250,7 +250,7 @@ def test_batch_plans_are_the_plans_made_before_the_cache(tmp_path, packing):
         else:
             new_examples = [[prepared.train[i] for i in batch] for batch in new]
         assert [as_ids(b) for b in new_examples] == [as_ids(b) for b in old]
-        first = batching.collate(prepared.train, new[0])
+        first = batching.collate(new[0])
         assert first["input_ids"].shape[0] == len(new[0])
 
 

@@ -424,7 +424,8 @@ def _export(args: argparse.Namespace) -> int:
 
     from trainer.backends.autotrain import VERSION, mixed_precision_for, prepare_handover
     from trainer.config import load_config
-    from trainer.config.autotrain import differences, export
+    from trainer.config.autotrain import export
+    from trainer.config.autotrain_differences import differences
     from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)
@@ -445,7 +446,7 @@ def _export(args: argparse.Namespace) -> int:
         print("warning: model.name_or_path is a .gguf file, which AutoTrain cannot read; `trainer export --dir DIR` "
               "writes it out as a folder AutoTrain reads.", file=sys.stderr)
     sys.stdout.write(f"# AutoTrain Advanced {VERSION} config translated from {args.config} by trainer {__version__}.\n"
-                     "# data.path must hold train.jsonl with the data.column_mapping column; `trainer export --dir` writes it.\n")
+                     "# data.path must hold train.jsonl with the data.column_mapping columns; `trainer export --dir` writes it.\n")
     sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
     return 0
 

@@ -7,7 +7,7 @@ hand-over, in order:
 
 1. translate the config (trainer/config/autotrain.py: one table, both ways),
    refusing what AutoTrain cannot do unless backend.autotrain.allow_differences;
-2. write the data trainer's pipeline accepted in AutoTrain's local layout;
+2. write the data trainer's pipeline accepted in AutoTrain's local layout (preference pairs: autotrain_pairs.py);
 3. materialise a local or .gguf model as a folder transformers 4.48 can read;
 4. run `autotrain --config`, streaming its log, and fail on the failures it
    only logs;
@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.backends.autotrain_env import VERSION, autotrain_python, bin_path, child_env, environment_problem, tail_of
+from trainer.backends.autotrain_pairs import logged_metrics, write_pairs
 from trainer.config import Config
-from trainer.config.autotrain import data_columns, differences, export, project_name
+from trainer.config.autotrain import data_columns, export, project_name
+from trainer.config.autotrain_differences import differences
 from trainer.errors import RunStopped, UserError
 from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_model_card
 
@@ -46,11 +48,17 @@ def _say(text: str) -> None:
 
 def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
-    in the column data_columns() names: the conversations, or the text trainer's template renders from them."""
+    in the column data_columns() names: the conversations, or the text trainer's template renders from them.
+    Preference pairs go as prompt/chosen/rejected text (autotrain_pairs.py)."""
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import Tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
+    if config.training.objective != "sft":
+        assert data.encoder is not None  # prepare_data keeps what tokenized the pairs: the hand-over renders them alike
+        for note in write_pairs(data.encoder, data.sources, config.training.objective, folder):
+            _say(f"warning: {note}")
+        return
     column, _ = data_columns(config)
     encoder = None
     if column == "text" and config.data.format != "text":
@@ -263,10 +271,12 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any
     metrics, history = log_metrics(config, run_dir, log)
     final = log.final
     steps = round(final.get("train_runtime", 0) * final.get("train_steps_per_second", 0)) or (history[-1][0] if history else 0)
-    eval_loss = validation_loss(config, run_dir, data)
-    if eval_loss is not None:
+    eval_loss, figures = validation_loss(config, run_dir, data)
+    if eval_loss is not None and figures:  # dpo, orpo: their loss has no perplexity; the rewards say more
+        metrics.write(step=steps, eval_loss=eval_loss, **figures)
+    elif eval_loss is not None:
         metrics.write_eval(steps, eval_loss)
-    summary = summarise(config, log.final, history, steps, eval_loss)
+    summary = summarise(config, log.final, history, steps, eval_loss, data)
     summary.write(run_dir)
     plot_losses(history, metrics, run_dir / "loss.png")
     if config.output.merge_adapter and adapter:
@@ -308,15 +318,18 @@ def log_metrics(config: Config, run_dir: Path, log: AutoTrainLog) -> tuple[Metri
     for i, logged in enumerate(log.losses, start=1):
         step = i * steps_per_log  # AutoTrain logs every logging_steps (= logging.log_every) steps
         history.append([step, float(logged["loss"])])
-        metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"))
+        metrics.write(step=step, epoch=logged.get("epoch"), loss=float(logged["loss"]), lr=logged.get("learning_rate"),
+                      **logged_metrics(logged))
     return metrics, history
 
 
-def summarise(config: Config, final: dict, history: list[list], steps: int, eval_loss: float | None) -> RunSummary:
+def summarise(config: Config, final: dict, history: list[list], steps: int, eval_loss: float | None, data: Any) -> RunSummary:
     """The run's summary from AutoTrain's final log line (its train_* figures) and trainer's validation loss."""
     seconds = float(final.get("train_runtime", 0.0))
-    # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
-    tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
+    if config.training.objective == "sft":  # AutoTrain's SFT trains on every token of full packed blocks of block_size tokens
+        tokens = round(final.get("train_samples_per_second", 0) * seconds) * config.data.max_seq_length
+    else:  # its dpo and orpo train the answers of each pair, as trainer counts them, once an epoch
+        tokens = round(sum(pair.trained for pair in data.train) * float(final.get("epoch", 0.0)))
     return RunSummary(
         backend="autotrain",
         steps=steps,
@@ -332,10 +345,11 @@ def summarise(config: Config, final: dict, history: list[list], steps: int, eval
     )
 
 
-def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
-    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token)."""
+def validation_loss(config: Config, run_dir: Path, data: Any) -> tuple[float | None, dict[str, float]]:
+    """The validation loss of the result, computed exactly as the peft backend computes it (per trained token, or per
+    pair for dpo and orpo with their reward accuracy and margin), and those figures; (None, {}) without validation data."""
     if not data.validation:
-        return None
+        return None, {}
     from trainer.generate import load_run
     from trainer.hardware import Hardware
     from trainer.loop import Batching, LossOnTrainedTokens, evaluate
@@ -344,11 +358,36 @@ def validation_loss(config: Config, run_dir: Path, data: Any) -> float | None:
     device = Hardware.detect().device(config.backend.peft.device)
     accelerator = make_accelerator(config, device)
     loaded = load_run(run_dir, device)
-    module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     tokenizer: Any = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.training.objective != "sft":
+        return preference_validation(config, run_dir, data, loaded, accelerator, pad_id)
+    module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     batching = replace(Batching.of(config, pad_id), flash=False)
-    return evaluate(module, data.validation, accelerator, batching)
+    return evaluate(module, data.validation, accelerator, batching), {}
+
+
+def preference_validation(config: Config, run_dir: Path, data: Any, loaded: Any, accelerator: Any, pad_id: int) -> tuple[float | None, dict[str, float]]:
+    """dpo and orpo as trainer's loop measures them. AutoTrain's DPO reference is the base model (TRL switches the new
+    adapter off; a full fine-tune's is the base model loaded again): its log-probs go to the run directory, as the
+    peft backend's do, for `trainer eval`."""
+    from trainer.generate import load_base
+    from trainer.loop import evaluate
+    from trainer.objectives import Preference, load_or_compute_reference
+
+    objective = Preference(config)
+    module = objective.module(loaded.model)
+    batching = objective.batching(config, pad_id)
+    if config.training.objective == "dpo":
+        has_adapter = hasattr(loaded.model, "disable_adapter")
+        reference_model = loaded.model if has_adapter else load_base(config, loaded.device).model
+        reference_loss = module if has_adapter else Preference(config).module(reference_model)
+        assert isinstance(reference_loss, type(module))
+        reference = load_or_compute_reference(run_dir, reference_loss, reference_model, batching, {"validation": data.validation},
+                                              accelerator, fresh_adapter=has_adapter)
+        batching = replace(batching, reference=reference, split="validation")
+    loss = evaluate(module, data.validation, accelerator, batching)
+    return loss, objective.take_metrics("eval_")
 
 
 class AutoTrainBackend:
@@ -382,7 +421,8 @@ class AutoTrainBackend:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         python = autotrain_python(config)
         _, tokenizer, data = prepare_handover(config, work)
-        _say(f"Data: {len(data.train)} training and {len(data.validation)} validation examples; "
+        unit = "examples" if config.training.objective == "sft" else "pairs"
+        _say(f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}; "
              f"running AutoTrain {VERSION} ({work / 'autotrain.yml'}) ...")
         log = AutoTrainLog(work / "autotrain.log")
         run_autotrain(python, work, config, log)

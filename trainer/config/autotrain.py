@@ -5,8 +5,9 @@ directions: `translate` reads an AutoTrain file (`trainer convert`, or a file
 given to `trainer --config`), `export` writes one for the autotrain backend
 (`trainer export --to autotrain`). The defaults are AutoTrain 0.8.36's own
 (trainers/clm/params.py), so a translated file trains what AutoTrain would have
-trained. `differences` lists what AutoTrain cannot do the way a config asks.
-docs/autotrain.md shows the same table (a test keeps the two in step).
+trained. docs/autotrain.md shows the same table (a test keeps the two in step).
+What is particular to llm-dpo and llm-orpo lives in autotrain_preference.py;
+what AutoTrain cannot do the way a config asks, in autotrain_differences.py.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trainer.config.autotrain_differences import whole_epochs
+from trainer.config.autotrain_preference import PREFERENCE_TASKS, export_preference, section, translate_preference
 from trainer.config.model import Config
 from trainer.config.yaml_loader import Document
 from trainer.patterns import MISSING, get_path, set_path
 
 SFT_TASKS = {"llm", "llm-sft", "llm-generic", "lm_training", "llm_training", "llm_finetuning"}
-OTHER_LLM_TASKS = {"llm-dpo", "llm-orpo", "llm-reward", "llm-grpo"}
+OTHER_LLM_TASKS = {"llm-reward": "reward modelling", "llm-grpo": "GRPO"}
+TRAINERS = {"sft": "sft", "default": "sft", "generic": "sft", "dpo": "dpo", "orpo": "orpo"}  # params.trainer -> objective
 
 
 def _same(value: Any) -> Any:
@@ -34,6 +38,7 @@ class Field:
     to_ours: Callable[[Any], Any] = _same
     to_autotrain: Callable[[Any], Any] | None = _same  # None: export() writes it (or leaves it out) itself
     note: str = ""  # for the table in docs/autotrain.md
+    objectives: tuple[str, ...] = ("sft", "dpo", "orpo")  # the objectives (AutoTrain trainers) it belongs to
 
 
 def _optimizer(value: str) -> str:
@@ -92,6 +97,8 @@ FIELDS: list[Field] = [
     Field("params.save_total_limit", "training.keep_last", None),
     Field("params.use_flash_attention_2", "model.attn_implementation", None, lambda v: "flash_attention_2" if v else "auto",
           lambda v: v == "flash_attention_2"),
+    Field("params.dpo_beta", "training.dpo.beta", 0.1, objectives=("dpo",),
+          note="llm-dpo only: llm-orpo does not pass it on (its lambda is always 0.1, `training.orpo.weight`)"),
     # Read by the special cases in translate(), written by export():
     Field("task", None),
     Field("backend", None),
@@ -99,6 +106,11 @@ FIELDS: list[Field] = [
     Field("data.train_split", None),
     Field("data.valid_split", None),
     Field("data.column_mapping.text_column", None),
+    Field("data.column_mapping.rejected_text_column", None),
+    Field("data.column_mapping.prompt_text_column", None),
+    Field("params.max_prompt_length", None),
+    Field("params.max_completion_length", None),
+    Field("params.model_ref", None),
     Field("params.peft", None),
     Field("params.quantization", None),
     Field("params.block_size", None),
@@ -120,6 +132,9 @@ IGNORED = {
 }
 
 
+PREFERENCE_ONLY = {"params.dpo_beta", "params.max_prompt_length", "params.max_completion_length", "params.model_ref"}
+
+
 def is_autotrain_config(data: dict) -> bool:
     return "task" in data and ("base_model" in data or "params" in data or "project_name" in data)
 
@@ -129,30 +144,43 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
 
     Raises ValueError with a user-facing message for what cannot be translated at all.
     """
-    _check_task(source)
+    objective = objective_of(source)
     ours: dict = {}
     origin: dict[str, str] = {}
     notices = ["this is an AutoTrain Advanced config; it was translated to trainer's format (see `trainer convert --from autotrain`)."]
-    _translate_fields(source, ours, origin)
-    _translate_data(source, ours, origin)
+    _translate_fields(source, ours, origin, objective)
+    _translate_splits(source, ours, origin)
+    if objective == "sft":
+        _translate_text(source, ours)
+    else:
+        notices += translate_preference(source, ours, origin, objective)
     _translate_method(source, ours, origin)
     notices += _translate_hub(source, ours, origin)
-    notices += _unused_keys(source)
+    notices += _unused_keys(source, objective)
     return ours, notices, origin
 
 
-def _check_task(source: dict) -> None:
+def objective_of(source: dict) -> str:
+    """What an AutoTrain LLM file trains: sft, dpo or orpo. ValueError for what trainer does not translate."""
     task = str(source.get("task"))
-    if task in OTHER_LLM_TASKS or source.get("params", {}).get("trainer", "sft") not in ("sft", "default"):
-        raise ValueError(f"AutoTrain task {task!r} is not supervised fine-tuning; trainer translates llm-sft configs only.")
-    if task not in SFT_TASKS:
-        raise ValueError(f"AutoTrain task {task!r} is not a language-model task; trainer translates llm-sft configs only.")
+    known = "trainer translates llm-sft, llm-dpo and llm-orpo configs"
+    if task in OTHER_LLM_TASKS:
+        raise ValueError(f"AutoTrain task {task!r} ({OTHER_LLM_TASKS[task]}) has no trainer equivalent; {known}.")
+    if task not in SFT_TASKS and task not in PREFERENCE_TASKS:
+        raise ValueError(f"AutoTrain task {task!r} is not a language-model task; {known}.")
+    params = section(source, "params")
+    trainer = str(params.get("trainer", PREFERENCE_TASKS.get(task, "sft")))  # AutoTrain's parser: params.trainer wins
+    if trainer not in TRAINERS:
+        what = "reward modelling" if trainer == "reward" else "not a trainer AutoTrain 0.8.36 knows"
+        raise ValueError(f"AutoTrain's params.trainer {trainer!r} ({what}) has no trainer equivalent; {known} "
+                         "(params.trainer sft, default, dpo or orpo).")
+    return TRAINERS[trainer]
 
 
-def _translate_fields(source: dict, ours: dict, origin: dict[str, str]) -> None:
+def _translate_fields(source: dict, ours: dict, origin: dict[str, str], objective: str) -> None:
     """The keys of the FIELDS table, with AutoTrain's defaults for those it leaves out."""
     for field in FIELDS:
-        if field.ours is None:
+        if field.ours is None or objective not in field.objectives:
             continue
         value = get_path(source, field.autotrain, MISSING)
         if value is MISSING:
@@ -163,8 +191,8 @@ def _translate_fields(source: dict, ours: dict, origin: dict[str, str]) -> None:
         origin[field.ours] = field.autotrain
 
 
-def _translate_data(source: dict, ours: dict, origin: dict[str, str]) -> None:
-    """data.path + splits -> data.train/validation; the chat template and text column -> format and columns."""
+def _translate_splits(source: dict, ours: dict, origin: dict[str, str]) -> None:
+    """data.path + splits -> data.train/validation."""
     data = source.get("data", {}) if isinstance(source.get("data"), dict) else {}
     path = data.get("path", "data")
     for split_key, our_key, fallback in (("train_split", "data.train", "train"), ("valid_split", "data.validation", None)):
@@ -174,6 +202,11 @@ def _translate_data(source: dict, ours: dict, origin: dict[str, str]) -> None:
             origin[our_key] = f"data.{split_key}"
     if ours["data"].get("validation") is None:
         set_path(ours, "data.validation_split", 0.0)  # AutoTrain without valid_split evaluates nothing
+
+
+def _translate_text(source: dict, ours: dict) -> None:
+    """SFT: the chat template and text column -> format and columns."""
+    data = source.get("data", {}) if isinstance(source.get("data"), dict) else {}
     template = data.get("chat_template")
     column = get_path(source, "data.column_mapping.text_column", MISSING)
     if template in (None, "none"):
@@ -220,13 +253,15 @@ def _translate_hub(source: dict, ours: dict, origin: dict[str, str]) -> list[str
     return []
 
 
-def _unused_keys(source: dict) -> list[str]:
+def _unused_keys(source: dict, objective: str) -> list[str]:
     """A notice for each AutoTrain key trainer does not use, and why."""
     known = {f.autotrain for f in FIELDS}
     notices = []
     for key in _leaves(source):
         if key in IGNORED:
             notices.append(f"AutoTrain's {key} is not used: {IGNORED[key]}.")
+        elif key in PREFERENCE_ONLY and objective == "sft":
+            notices.append(f"AutoTrain's {key} is not used: it belongs to llm-dpo and llm-orpo, and this file trains llm-sft.")
         elif key not in known and not key.startswith(("data.column_mapping.", "hub.")):
             notices.append(f"AutoTrain's {key} has no trainer equivalent and is not used.")
     return notices
@@ -289,48 +324,6 @@ def project_name(output_dir: str) -> str:
     return name or "trainer-run"
 
 
-def whole_epochs(config: Config) -> int:
-    """AutoTrain trains whole epochs: a fraction is rounded up, and max_steps (which it cannot express) becomes 1."""
-    import math
-
-    return max(1, math.ceil(config.training.epochs)) if config.training.epochs else 1
-
-
-def differences(config: Config) -> list[tuple[tuple, str]]:
-    """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
-    t, d, m = config.training, config.data, config.model
-    found: list[tuple[tuple, str]] = []
-    if t.method == "dora":
-        found.append((("training", "method"), "AutoTrain has no DoRA; it would train plain LoRA."))
-    if d.train_on == "assistant" and d.format != "text":
-        found.append((("data", "train_on"), "AutoTrain computes the loss on every token, prompts included; "
-                      "trainer's train_on: assistant trains on the answers only."))
-    found.append((("data", "packing"), "AutoTrain's SFT always packs examples into blocks of data.max_seq_length tokens "
-                  "that run across example boundaries (trainer " + ("packs each example in isolation" if d.packing
-                  else "keeps one example per row") + "), so training.batch_size counts blocks, not examples."))
-    if t.max_steps is not None:
-        found.append((("training", "max_steps"), "AutoTrain trains whole epochs and has no step limit; it would train 1 epoch."))
-    elif t.epochs is not None and t.epochs != int(t.epochs):
-        found.append((("training", "epochs"), f"AutoTrain trains whole epochs; it would train {whole_epochs(config)}."))
-    if t.early_stopping is not None:
-        found.append((("training", "early_stopping"), "AutoTrain has no early stopping; it trains every epoch."))
-    if t.eval_every is not None:
-        found.append((("training", "eval_every"), "AutoTrain is not given the validation set (0.8.36 crashes at the end of a "
-                      "LoRA run that has one, huggingface/autotrain-advanced#695); trainer measures the validation loss "
-                      "once, on the result."))
-    if t.save_every is not None:
-        found.append((("training", "save_every"), "AutoTrain keeps no checkpoints trainer can resume from."))
-    if t.optimizer == "sgd":
-        found.append((("training", "optimizer"), "AutoTrain's sgd has no momentum; trainer's uses momentum 0.9."))
-    if m.dtype not in ("auto", "float32"):
-        found.append((("model", "dtype"), "AutoTrain loads the base weights in float32 (or 4-bit for qlora)."))
-    if not float(t.lora.alpha).is_integer() and t.method != "full":
-        found.append((("training", "lora", "alpha"), f"AutoTrain takes a whole-number LoRA alpha; it would use {round(t.lora.alpha)}."))
-    if m.revision is not None:
-        found.append((("model", "revision"), "AutoTrain always loads the newest revision of a Hub model."))
-    return found
-
-
 def data_columns(config: Config) -> tuple[str, str | None]:
     """How the data goes to AutoTrain: (text column, AutoTrain chat_template).
 
@@ -344,7 +337,8 @@ def data_columns(config: Config) -> tuple[str, str | None]:
 
 
 def export(config: Config, *, base_model: str | None = None, data_dir: str = "data", mixed_precision: str | None = None) -> dict:
-    """Our config -> AutoTrain 0.8.36 LLM YAML data (`autotrain --config`), for the data layout of write_data."""
+    """Our config -> AutoTrain 0.8.36 LLM YAML data (`autotrain --config`), for the data layout of write_data:
+    llm-sft, or llm-dpo / llm-orpo for training.objective dpo / orpo."""
     ours = config.to_dict()
     text_column, chat_template = data_columns(config)
     params: dict = {}
@@ -366,7 +360,7 @@ def export(config: Config, *, base_model: str | None = None, data_dir: str = "da
         "hub": {"username": None, "token": None, "push_to_hub": False},
     }
     for field in FIELDS:
-        if field.ours is None or field.to_autotrain is None:
+        if field.ours is None or field.to_autotrain is None or config.training.objective not in field.objectives:
             continue
         value = get_path(ours, field.ours, MISSING)
         if value is MISSING or value is None:
@@ -382,6 +376,8 @@ def export(config: Config, *, base_model: str | None = None, data_dir: str = "da
     params["block_size"] = config.data.max_seq_length
     params["mixed_precision"] = mixed_precision
     params["padding"] = "right"
+    if config.training.objective != "sft":
+        export_preference(config, out)
     return out
 
 

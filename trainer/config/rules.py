@@ -95,7 +95,12 @@ def preference_strategies(cfg: Config) -> Found:
 
 
 def autotrain_preference_settings(cfg: Config) -> Found:
-    if cfg.backend.name != "autotrain" or cfg.training.objective != "dpo":
+    if cfg.backend.name != "autotrain" or cfg.training.objective == "sft":
+        return
+    if cfg.training.objective == "orpo" and cfg.training.orpo.weight != 0.1:  # TRL 0.13's ORPOConfig.beta; AutoTrain sets none
+        yield ("training", "orpo", "weight"), ("AutoTrain's llm-orpo always trains with lambda 0.1 (it does not pass params.dpo_beta on "
+                                               "to ORPO); set training.orpo.weight: 0.1, or backend.name: peft.")
+    if cfg.training.objective != "dpo":
         return
     if cfg.training.dpo.loss != "sigmoid":
         yield ("training", "dpo", "loss"), "AutoTrain's llm-dpo trains with the sigmoid loss only; set training.dpo.loss: sigmoid, or backend.name: peft."
@@ -127,7 +132,8 @@ def local_files_exist(cfg: Config) -> Found:
         yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
     adapter = cfg.model.adapter
     if adapter is not None and not os.path.exists(os.path.expanduser(adapter)):
-        yield ("model", "adapter"), f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()})."
+        yield ("model", "adapter"), (f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()}). "
+                                     "Train that run first (runs/quickstart comes from `make demo`), or give the folder of another adapter.")
 
 
 # ---- output -----------------------------------------------------------------------------------

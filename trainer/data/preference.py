@@ -144,6 +144,8 @@ def _trl_sides(record: Record, names: dict) -> tuple | list[Problem]:
         problems.append(record.problem(f"the {names['prompt']!r} column must be text or a non-empty list of messages, got {_short(prompt)}."))
     if problems:
         return problems
+    if isinstance(prompt, str) and _whole_conversation(chosen) and _whole_conversation(rejected):
+        prompt = None  # a text prompt beside whole conversations repeats their start (TRL's maybe_extract_prompt reads them so)
     if prompt is not None:
         turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         return turns, tools, _as_answer(chosen), _as_answer(rejected)
@@ -158,6 +160,11 @@ def _trl_sides(record: Record, names: dict) -> tuple | list[Problem]:
     if cut_c == 0:
         return [record.problem(f"{names['chosen']!r} has no prompt before its answer; start it with the user's message.")]
     return chosen[:cut_c], tools, chosen[cut_c:], rejected[cut_r:]
+
+
+def _whole_conversation(value: Any) -> bool:
+    """A list of messages that holds more than the answer (its prompt too)."""
+    return isinstance(value, list) and any(isinstance(m, dict) and m.get("role") not in ("assistant", None) for m in value)
 
 
 def _as_answer(value: str | list) -> list:

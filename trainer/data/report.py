@@ -146,7 +146,8 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
                    "drops the reasoning of turns before the last user turn (it is never shown to the model there either). "
                    "Set data.turns: each to train every turn as it is generated, its reasoning included (more tokens).")
     held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
-    out.append(f"Examples: {len(data.train)} for training, {len(data.validation)} for validation{held}")
+    unit = "Pairs" if isinstance(data.train, PairRows) else "Examples"
+    out.append(f"{unit}: {len(data.train)} for training, {len(data.validation)} for validation{held}")
     out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")
     t, r = report.tokens, report.trained
     out.append("")

@@ -120,7 +120,9 @@ class Rows(Sequence[Tokenized]):
             return [self[k] for k in range(*i.indices(len(self)))]
         row = int(self.indices[i])
         s = self.store
-        return Tokenized(s.sequence("input_ids", row), s.sequence("labels", row), s.text("file", row), int(s.numbers("line")[row]),
+        # tuples, as Tokenized has always held (a batch's worth at a time: the split itself stays in the map)
+        return Tokenized(tuple(s.sequence("input_ids", row).tolist()), tuple(s.sequence("labels", row).tolist()), s.text("file", row),
+                         int(s.numbers("line")[row]),
                          int(s.numbers("full_length")[row]), int(s.numbers("trained_lost")[row]), int(s.numbers("reasoning_dropped")[row]))
 
     def __iter__(self) -> Iterator[Tokenized]:

@@ -2,23 +2,31 @@
 
 old: the mask as trainer computed it before (prefix by prefix: for each assistant turn, the conversation up to it
      with the generation prompt and through it, each rendered and tokenized; 2 renders per turn plus the whole);
-new: trainer.data.tokenize (one render per conversation, one tokenization with offsets).
+new: trainer.data.tokenize, one example at a time (one render per conversation, one tokenization with offsets);
+batched: the same masks as the data pipeline computes them (Tokenizer.encode_batch: 1,000 conversations per call of
+     the Rust tokenizer), in one process (the pipeline adds worker processes on top: bench/data_scale.py).
 
 Each method runs in its own process, so its peak RSS is its own. Conversations: a system prompt and 3 user/assistant
 turns of varied length, on SmolLM2's tokenizer and template (the demo model).
 
-    python bench/conversation_masks.py                 # 100,000 conversations, both methods
+    python bench/conversation_masks.py                 # 100,000 conversations, every method
     python bench/conversation_masks.py --count 5000    # a quicker look
+    python bench/conversation_masks.py --old-count 10000   # 100,000 for new and batched, the slow old way on 10,000
+                                                           # (its rate is per conversation, so it extrapolates linearly)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's trainer, whatever is installed
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bakers", "fold", "dough", "and", "count", "loaves", "of", "bread", "under", "warm", "lamps", "near", "the", "harbour", "where", "boats", "rest"]
 
@@ -27,7 +35,10 @@ def conversations(count: int, seed: int = 0):
     from trainer.data.formats import Example, Message
 
     rng = random.Random(seed)
-    say = lambda n: " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+    def say(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
     for i in range(count):
         messages = [Message("system", "You are a helpful assistant.", False)]
         for _ in range(3):
@@ -68,7 +79,12 @@ def run(method: str, count: int) -> dict:
     encode = Tokenizer(tok, template, "assistant", 4096)
     trained = 0
     started = time.perf_counter()
-    for example in conversations(count):
+    if method == "batched":
+        stream = conversations(count)
+        while chunk := list(itertools.islice(stream, 1000)):
+            for result in encode.encode_batch(chunk):
+                trained += int((result.labels != -100).sum())
+    for example in conversations(count if method != "batched" else 0):
         if method == "old":
             labels = old_mask(tok, template.jinja, example)
         else:
@@ -83,22 +99,27 @@ def run(method: str, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--method", choices=["old", "new"], help="run one method in this process (used by the parent)")
+    parser.add_argument("--old-count", type=int, help="conversations for the old method (default: --count)")
+    parser.add_argument("--method", choices=["old", "new", "batched"], help="run one method in this process (used by the parent)")
     args = parser.parse_args()
     if args.method:
         print(json.dumps(run(args.method, args.count)))
         return
     results = []
-    for method in ("old", "new"):
-        done = subprocess.run([sys.executable, __file__, "--method", method, "--count", str(args.count)], capture_output=True, text=True, check=False)
+    for method in ("old", "new", "batched"):
+        count = args.old_count if method == "old" and args.old_count else args.count
+        done = subprocess.run([sys.executable, __file__, "--method", method, "--count", str(count)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(done.stderr)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    old, new = results
-    print(f"{args.count} conversations (system + 3 turns): old {old['examples_per_s']}/s, peak RSS {old['peak_rss_mib']} MiB; "
+    old, new, batched = results
+    extrapolated = f" (measured on {old['conversations']}; {args.count / old['examples_per_s'] / 60:.1f} min at {args.count})" if old["conversations"] != args.count else ""
+    print(f"{args.count} conversations (system + 3 turns): old {old['examples_per_s']}/s{extrapolated}, peak RSS {old['peak_rss_mib']} MiB; "
           f"new {new['examples_per_s']}/s, peak RSS {new['peak_rss_mib']} MiB ({new['examples_per_s'] / old['examples_per_s']:.1f}x); "
-          f"trained tokens equal: {old['trained_tokens'] == new['trained_tokens']}")
+          f"batched {batched['examples_per_s']}/s, peak RSS {batched['peak_rss_mib']} MiB ({batched['examples_per_s'] / old['examples_per_s']:.1f}x); "
+          f"trained tokens equal (new, batched): {new['trained_tokens'] == batched['trained_tokens']}"
+          + (f", old: {old['trained_tokens'] == new['trained_tokens']}" if old["conversations"] == args.count else ""))
 
 
 if __name__ == "__main__":

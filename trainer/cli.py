@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backends_command(sub)
     _add_ui_command(sub)
     _add_download_demo_model_command(sub)
+    from trainer.data.cache import add_cache_command  # `trainer cache list|clear`: its code lives in trainer/data/cache.py
+
+    add_cache_command(sub)
     return parser
 
 
@@ -222,7 +225,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "serve": _serve,
         "backends": _backends,
         "ui": _ui,
+        "cache": _cache,
     }[command](args)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from trainer.data.cache import cache_command
+
+    return cache_command(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -299,7 +309,7 @@ def _data(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
-    data = prepare_data(config, tokenizer, stop_on_problems=False)
+    data = prepare_data(config, tokenizer, stop_on_problems=False, progress=True)
     from trainer.data.report import render_shown, show_examples
 
     report = build_report(config, data)

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -122,18 +122,36 @@ class Batching:
         return cls(config.training.batch_size, config.training.seed, config.data.packing, config.data.max_seq_length,
                    pad_id, config.model.attn_implementation == "flash_attention_2")
 
-    def plan(self, examples: list[Tokenized], epoch: int) -> list[list]:
-        """This epoch's micro-batches: lists of examples, or with packing lists of packed rows."""
-        lengths = [len(e.input_ids) for e in examples]
+    def plan(self, examples: Sequence[Tokenized], epoch: int) -> list[list]:
+        """This epoch's micro-batches as example indices (PlannedBatch): lists of indices, or with packing lists of
+        packed rows. Only the lengths are read (a memory-mapped split has them as a column), so planning never loads
+        the examples."""
+        lengths = examples_lengths(examples)
         if self.packing:
-            rows = [[examples[i] for i in row] for row in pack_examples(lengths, self.max_seq_length, self.seed, epoch)]
-            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        return [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
+            rows = pack_examples(lengths, self.max_seq_length, self.seed, epoch)
+            return [PlannedBatch(rows[i : i + self.batch_size], examples) for i in range(0, len(rows), self.batch_size)]
+        return [PlannedBatch(batch, examples) for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
 
-    def collate(self, batch: list) -> dict:
+    def collate(self, batch: PlannedBatch) -> dict:
+        """The tensors of one planned micro-batch; only its examples are read."""
+        examples = batch.examples
         if self.packing:
-            return collate_packed(batch, self.pad_id, with_mask=not self.flash)
-        return collate_padded(batch, self.pad_id)
+            return collate_packed([[examples[i] for i in row] for row in batch], self.pad_id, with_mask=not self.flash)
+        return collate_padded([examples[i] for i in batch], self.pad_id)
+
+
+class PlannedBatch(list):
+    """A micro-batch as the indices of its examples (or packed rows of them), with the split they index."""
+
+    def __init__(self, indices: list, examples: Sequence[Tokenized]):
+        super().__init__(indices)
+        self.examples = examples
+
+
+def examples_lengths(examples: Sequence[Tokenized]) -> list[int]:
+    """Each example's length in tokens: the lengths column of a memory-mapped split, or counted from a list."""
+    column = getattr(examples, "lengths", None)
+    return column.tolist() if column is not None else [len(e.input_ids) for e in examples]
 
 
 def trained_in(batch: dict) -> int:
@@ -190,7 +208,7 @@ class SignalGuard:
             signal.signal(sig, handler)
 
 
-def evaluate(module: nn.Module, examples: list, accelerator: Any, batching: Any) -> float | None:
+def evaluate(module: nn.Module, examples: Sequence[Any], accelerator: Any, batching: Any) -> float | None:
     """Mean loss per unit of `module` (a LossOnTrainedTokens per trained token, or a PreferenceLoss per pair; unwrapped)
     over `examples` (Tokenized, or TokenizedPair with a PairBatching); None without any.
 

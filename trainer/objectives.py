@@ -16,7 +16,7 @@ import contextlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ class PairBatching:
     reference: dict[str, torch.Tensor] | None = None  # split name -> (pairs, 2) log-probs of the reference model
     split: str = "train"  # whose reference log-probs go into the batches
 
-    def plan(self, pairs: list[Any], epoch: int) -> list[list[TokenizedPair]]:  # PreparedData's lists hold TokenizedPairs here
+    def plan(self, pairs: Sequence[Any], epoch: int) -> list[list[TokenizedPair]]:  # PreparedData's lists hold TokenizedPairs here
         lengths = [p.length for p in pairs]
         return [[pairs[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
 
@@ -216,7 +216,7 @@ def choose_objective(config: Config) -> SFT | Preference:
     return SFT() if config.training.objective == "sft" else Preference(config)
 
 
-def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatching, pairs: list[TokenizedPair],
+def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatching, pairs: Sequence[TokenizedPair],
                     accelerator: Any, fresh_adapter: bool) -> torch.Tensor:
     """(pairs, 2) summed log-probs of each pair's chosen and rejected answer under the model as the run starts.
 
@@ -241,7 +241,7 @@ def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatchi
 
 
 def load_or_compute_reference(run_dir: Path, loss: PreferenceLoss, model: nn.Module, batching: PairBatching,
-                              splits: dict[str, list[Any]], accelerator: Any, fresh_adapter: bool) -> dict[str, torch.Tensor]:
+                              splits: Mapping[str, Sequence[Any]], accelerator: Any, fresh_adapter: bool) -> dict[str, torch.Tensor]:
     """The reference log-probs of every split: computed at the start of a run and kept in the run directory, so
     that a resume (whose model has moved on) uses the same ones."""
     path = run_dir / REFERENCE_FILE

@@ -152,10 +152,10 @@ def setup_data(config: Config, accelerator: Any) -> tuple[Any, PreparedData]:
     from trainer.models import load_tokenizer
 
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
-    data = prepare_data(config, tokenizer)
+    data = prepare_data(config, tokenizer, progress=accelerator.is_main_process)
     unit = "examples" if config.training.objective == "sft" else "pairs"
     _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}, "
-         f"{sum(e.trained for e in data.train)} trained tokens per epoch")
+         f"{int(data.train.sides().column('trained').sum())} trained tokens per epoch")
     if data.features:
         _say(accelerator, f"Chat template ({config.data.chat_template}): {data.features}")
     return tokenizer, data

@@ -64,7 +64,7 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     if column == "text" and config.data.format != "text":
         encoder = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length,
                             fold_system=config.data.system_prompt == "fold")
-    for name, examples in (("train", data.sources[0]), ("validation", data.sources[1])):
+    for name, examples in (("train", data.examples(0)), ("validation", data.examples(1))):
         rows = []
         for example in examples:
             if example.text is not None:

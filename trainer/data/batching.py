@@ -9,7 +9,7 @@ and a block-diagonal causal mask stops attention across examples.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Any, Sequence
 
 from trainer.data.tokenize import IGNORE, Tokenized
 
@@ -50,7 +50,7 @@ def pack_examples(lengths: Sequence[int], max_length: int, seed: int, epoch: int
     return rows
 
 
-def padding_fraction(batches: list[list[list[int]]] | list[list[int]], lengths: Sequence[int], packed: bool = False, row_length: int | None = None) -> float:
+def padding_fraction(batches: Sequence[Sequence[Any]], lengths: Sequence[int], packed: bool = False, row_length: int | None = None) -> float:
     """Share of the computed positions that are padding. For packed batches, each batch is a list of rows."""
     real = padded = 0
     for batch in batches:
@@ -64,7 +64,7 @@ def padding_fraction(batches: list[list[list[int]]] | list[list[int]], lengths: 
     return 1 - real / padded if padded else 0.0
 
 
-def collate_padded(examples: Sequence[Tokenized], pad_id: int):
+def collate_padded(examples: Sequence[Tokenized], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors: input_ids, labels (IGNORE on padding), attention_mask."""
     import torch
 
@@ -80,7 +80,7 @@ def collate_padded(examples: Sequence[Tokenized], pad_id: int):
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, with_mask: bool = True):
+def collate_packed(rows: Sequence[Sequence[Tokenized]], pad_id: int, with_mask: bool = True) -> dict[str, Any]:
     """Packed rows: position ids restart at each example; a 4-D additive mask keeps examples apart.
 
     `with_mask=False` leaves the mask out for flash-attention, which separates examples by their position ids.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from trainer.data.formats import Example
 from trainer.data.tokenize import Tokenized
 
@@ -54,16 +56,33 @@ class CookbookChecks:
 
 
 def cookbook_checks(examples: list[Example], tokenized: list[Tokenized], max_length: int, train_on: str) -> CookbookChecks:
-    roles = [{m.role for m in e.messages} for e in examples]
+    roles = [{m.role for m in e.messages or ()} for e in examples]
+    return checks_of(
+        np.asarray([len(e.messages or ()) for e in examples]),
+        np.asarray([sum(ROLE_BITS[r] for r in found if r in ROLE_BITS) for found in roles]),
+        np.asarray([t.full_length for t in tokenized]),
+        np.asarray([t.trained + t.trained_lost for t in tokenized]),
+        max_length, train_on)
+
+
+ROLE_BITS = {"system": 1, "user": 2, "assistant": 4}  # the data cache's roles column (prepare.ROLES)
+
+
+def checks_of(messages: np.ndarray, roles: np.ndarray, full_lengths: np.ndarray, assistant: np.ndarray, max_length: int,
+              train_on: str) -> CookbookChecks:
+    """The checks from per-example columns (the data cache's): message counts, roles present (bits), tokens."""
+    def missing(role: str) -> int:
+        return int(np.count_nonzero((roles & ROLE_BITS[role]) == 0))
+
     return CookbookChecks(
-        examples=len(examples),
-        missing_system=sum("system" not in r for r in roles),
-        missing_user=sum("user" not in r for r in roles),
-        missing_assistant=sum("assistant" not in r for r in roles),
-        messages=Distribution.of([len(e.messages) for e in examples]),
-        tokens=Distribution.of([t.full_length for t in tokenized]),
-        assistant_tokens=Distribution.of([t.trained + t.trained_lost for t in tokenized]) if train_on == "assistant" else None,
-        over_max_length=sum(t.full_length > max_length for t in tokenized),
+        examples=len(messages),
+        missing_system=missing("system"),
+        missing_user=missing("user"),
+        missing_assistant=missing("assistant"),
+        messages=Distribution.of(messages.tolist()),
+        tokens=Distribution.of(full_lengths.tolist()),
+        assistant_tokens=Distribution.of(assistant.tolist()) if train_on == "assistant" else None,
+        over_max_length=int(np.count_nonzero(full_lengths > max_length)),
         max_length=max_length,
     )
 

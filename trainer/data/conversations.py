@@ -111,7 +111,7 @@ def _tool_calls(record: Record, where: str, turn: dict, fmt: str, content_key: s
         except json.JSONDecodeError as exc:
             return [], [record.problem(f"{where} (function_call) must hold the call as JSON ({exc.msg} at column {exc.pos + 1}): "
                                        '{"name": ..., "arguments": {...}}.')]
-        entries = [{"function": v} for v in (value if isinstance(value, list) else [value])]
+        entries: Any = [{"function": v} for v in (value if isinstance(value, list) else [value])]
     else:
         entries = turn.get("tool_calls")
         if entries is None and turn.get("function_call") is not None:
@@ -126,12 +126,13 @@ def _tool_calls(record: Record, where: str, turn: dict, fmt: str, content_key: s
                                            f"{{\"name\": ..., \"arguments\": \"{{...}}\"}}}}, got {_short(entry)}."))
             continue
         arguments, why = parse_arguments(function.get("arguments", {}))
-        if why:
+        if why or arguments is None:
             problems.append(record.problem(f"{where} tool call {k + 1} ({function['name']}): the arguments {why}; "
                                            "write them as a JSON object, e.g. \"{\\\"city\\\": \\\"Paris\\\"}\"."))
             continue
         counter[0] += 1
-        call_id = entry.get("id") if isinstance(entry.get("id"), str) and entry.get("id") else f"call{counter[0]:05d}"
+        given = entry.get("id")
+        call_id = given if isinstance(given, str) and given else f"call{counter[0]:05d}"
         calls.append(ToolCall(function["name"], arguments, call_id))
     return calls, problems
 
@@ -197,6 +198,7 @@ def chat_messages(record: Record, fmt: str, names: dict) -> tuple[list, list[Pro
             problems.append(record.problem(f"{where} ({raw_role}) has empty {content_key!r}."))
             continue
         call_id = None
+        name: str | None
         if role == "tool":
             call_id = turn.get("tool_call_id")
             if call_id is None and pending:  # ShareGPT observations and legacy function results answer the oldest open call
@@ -210,7 +212,8 @@ def chat_messages(record: Record, fmt: str, names: dict) -> tuple[list, list[Pro
             pending.remove(call_id)
             name = open_calls.pop(call_id)
         else:
-            name = turn.get("name") if isinstance(turn.get("name"), str) else None
+            given_name = turn.get("name")
+            name = given_name if isinstance(given_name, str) else None
         if role == "tool":
             messages.append(Message("tool", text, False, name=name, tool_call_id=call_id))
         else:
@@ -232,12 +235,12 @@ def check_calls_against_tools(record: Record, messages: list, tools: tuple[dict,
     return problems
 
 
-def _short(value) -> str:
+def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def readable(example) -> str:
+def readable(example: Any) -> str:
     """A conversation for people to read (the UI's data preview): roles, tool calls as name(arguments), reasoning marked."""
     lines = []
     if example.tools:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.data.conversations import (
     chat_messages,
@@ -150,16 +151,16 @@ def _single_turn(record: Record, fmt: str, names: dict) -> tuple[list[Message], 
         if problems:
             return [], problems
         prompt = instruction if not (extra and extra.strip()) else f"{instruction}\n\n{extra}"
-        return [Message("user", prompt, False), Message("assistant", answer, True)], []
+        return [Message("user", str(prompt), False), Message("assistant", str(answer), True)], []  # both checked to be text
     prompt, completion = row.get(names["prompt"]), row.get(names["completion"])
     for column, value in ((names["prompt"], prompt), (names["completion"], completion)):
         if not isinstance(value, str) or not value.strip():
             problems.append(record.problem(f"the {column!r} column must be non-empty text, got {_short(value)}."))
     if problems:
         return [], problems
-    return [Message("user", prompt, False), Message("assistant", completion, True)], []
+    return [Message("user", str(prompt), False), Message("assistant", str(completion), True)], []  # both checked to be text
 
 
-def _short(value) -> str:
+def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -53,19 +54,19 @@ class TemplateFeatures:
         return ", ".join(said)
 
 
-def render(tokenizer, jinja: str, messages: list[dict], tools=None, generation_prompt: bool = False) -> str:
+def render(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False) -> str:
     extra = {"tools": list(tools)} if tools else {}
     return tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra)
 
 
-def _try(tokenizer, jinja, messages, tools=None, generation_prompt=False) -> str | None:
+def _try(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False) -> str | None:
     try:
         return render(tokenizer, jinja, messages, tools, generation_prompt)
     except Exception:  # noqa: BLE001 - a probe that a template refuses is an answer, not an error
         return None
 
 
-def _special_texts(tokenizer) -> list[str]:
+def _special_texts(tokenizer: Any) -> list[str]:
     added = set(getattr(tokenizer, "get_added_vocab", dict)() or {}) | set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted((t for t in added if t), key=len, reverse=True)
 
@@ -98,13 +99,13 @@ PROBE_TOOL = {"type": "function", "function": {"name": "probe_lookup_zq", "descr
 def _probe_call(content_style: str, arguments: str) -> dict:
     call = {"id": "call00001", "type": "function",
             "function": {"name": "probe_lookup_zq", "arguments": {"word": "probeargzq"} if arguments == "object" else '{"word": "probeargzq"}'}}
-    message = {"role": "assistant", "tool_calls": [call]}
+    message: dict[str, Any] = {"role": "assistant", "tool_calls": [call]}
     if content_style != "absent":
         message["content"] = None if content_style == "none" else ""
     return message
 
 
-def probe_template(tokenizer, jinja: str) -> TemplateFeatures:
+def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
     """Render small conversations with and without each feature, once per template."""
     specials = _special_texts(tokenizer)
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
@@ -153,7 +154,7 @@ def probe_template(tokenizer, jinja: str) -> TemplateFeatures:
                             empty_content, arguments, "<|im_start|>" in jinja)
 
 
-def _generation_header(tokenizer, jinja: str, messages: list[dict], specials: list[str]) -> tuple[str, str]:
+def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str]) -> tuple[str, str]:
     """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
     text between "Hi" and the answer (the user tail)."""
     prompt = _try(tokenizer, jinja, messages, generation_prompt=True) or ""
@@ -169,7 +170,7 @@ def _generation_header(tokenizer, jinja: str, messages: list[dict], specials: li
     return header, prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header
 
 
-def features_with_system(tokenizer, jinja: str, features: TemplateFeatures, system: str, specials: list[str]) -> TemplateFeatures:
+def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures, system: str, specials: list[str]) -> TemplateFeatures:
     """The features for conversations with this system prompt. A template may open the answers by what the system prompt
     says: SmolLM3's generation prompt writes an empty think block after '/no_think', so there the block is part of the
     header, prompt rather than answer, and not trained."""
@@ -183,7 +184,7 @@ def features_with_system(tokenizer, jinja: str, features: TemplateFeatures, syst
     return replace(features, header=header, tails={**tails, "user": user_tail})
 
 
-def template_messages(messages, features: TemplateFeatures, fold_system: bool = False) -> list[dict]:
+def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_system: bool = False) -> list[dict]:
     """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content)."""
     out = []
     for m in messages:
@@ -247,7 +248,7 @@ class SpanError(Exception):
     """The turns of a rendered conversation could not be located; the message says which and why."""
 
 
-def render_with_spans(tokenizer, jinja: str, features: TemplateFeatures, items: list[dict], tools=None,
+def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, items: list[dict], tools: Sequence[dict] | None = None,
                       specials: list[str] | None = None) -> tuple[str, list[tuple[int, int, int]]]:
     """The rendered conversation and, per assistant message, (index in items, start, end) of its trained text."""
     marked = [dict(m, content=_wrap(m["content"], k)) if m["role"] in MARKED_ROLES and isinstance(m.get("content"), str) else m
@@ -300,7 +301,7 @@ def _anchors(features: TemplateFeatures, before: str, specials: list[str]) -> li
     return [a for k, a in enumerate(found) if a and a not in found[:k]]
 
 
-def label_spans(offsets, spans: list[tuple[int, int]]) -> list[bool]:
+def label_spans(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> list[bool]:
     """For each token (its character offsets), whether it begins inside one of the spans."""
     import bisect
 

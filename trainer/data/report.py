@@ -8,12 +8,16 @@ import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
 
 from trainer.config import Config
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
-from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
+from trainer.data.checks import CookbookChecks, checks_of, render_checks
 from trainer.data.pipeline import PreparedData
-from trainer.data.preference import TokenizedPair
+from trainer.data.preference import Pair
+from trainer.data.store import PairRows
 from trainer.steps import planned_processes, steps_per_epoch
 
 
@@ -66,11 +70,11 @@ class DataReport:
 
 
 def build_report(config: Config, data: PreparedData) -> DataReport:
-    pairs = bool(data.train) and isinstance(data.train[0], TokenizedPair)
-    # token figures count each side of a preference pair as an example; batches hold whole pairs
-    train = [side for p in data.train for side in (p.chosen, p.rejected)] if pairs else data.train
-    validation = [side for p in data.validation for side in (p.chosen, p.rejected)] if pairs else data.validation
-    lengths = [e.length for e in data.train] if pairs else [len(e.input_ids) for e in train]
+    """The report from the columns of the prepared data (lengths, trained tokens, digests): no example is loaded.
+    Token figures count each side of a preference pair as an example; batches hold whole pairs."""
+    pairs = isinstance(data.train, PairRows)
+    train = data.train.sides()
+    lengths = data.train.lengths.tolist()
     batch = config.training.batch_size
     seed = config.training.seed
     batches = length_grouped_batches(lengths, batch, seed, 0)
@@ -78,27 +82,26 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     packed_batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     per_epoch = len(packed_batches) if config.data.packing else len(batches)
     steps = steps_per_epoch(per_epoch, planned_processes(config), config.training.gradient_accumulation)
-    seen: set = set()
-    duplicates = 0
-    for e in train:
-        duplicates += e.input_ids in seen
-        seen.add(e.input_ids)
-    trained_per_epoch = sum(e.trained for e in train)
+    digests = train.column("digest")  # a hash of each example's ids: equal ids, equal digest
+    trained = train.column("trained")
+    full = train.column("full_length")
     throughput = known_throughput(config)
+    chats = not pairs and len(train) and int(train.column("messages").max()) > 0
     return DataReport(
         tokens=TokenStats.of(lengths),
-        trained=TokenStats.of([e.trained for e in train]),
-        truncated=sum(e.full_length > config.data.max_seq_length for e in train),
-        trained_lost=sum(e.trained_lost for e in train),
-        duplicates=duplicates,
-        overlap=sum(e.input_ids in seen for e in validation),
+        trained=TokenStats.of(trained.tolist()),
+        truncated=int(np.count_nonzero(full > config.data.max_seq_length)),
+        trained_lost=int(train.column("trained_lost").sum()),
+        duplicates=len(digests) - len(np.unique(digests)),
+        overlap=int(np.isin(data.validation.sides().column("digest"), digests).sum()),
         steps_per_epoch=steps,
         padding_unpacked=padding_fraction(batches, lengths),
         padding_packed=padding_fraction(packed_batches, lengths, packed=True),
         rows_packed=len(rows),
-        seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
-        checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] and not pairs else None,
-        reasoning_dropped=sum(e.reasoning_dropped for e in train),
+        seconds_per_epoch=int(trained.sum()) / throughput if throughput else None,
+        checks=checks_of(train.column("messages"), train.column("roles"), full, trained + train.column("trained_lost"),
+                         config.data.max_seq_length, config.data.train_on) if chats else None,
+        reasoning_dropped=int(train.column("reasoning_dropped").sum()),
     )
 
 
@@ -145,7 +148,7 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
                    "drops the reasoning of turns before the last user turn (it is never shown to the model there either). "
                    "Set data.turns: each to train every turn as it is generated, its reasoning included (more tokens).")
     held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
-    unit = "Pairs" if data.train and isinstance(data.train[0], TokenizedPair) else "Examples"
+    unit = "Pairs" if isinstance(data.train, PairRows) else "Examples"
     out.append(f"{unit}: {len(data.train)} for training, {len(data.validation)} for validation{held}")
     out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")
     t, r = report.tokens, report.trained
@@ -214,7 +217,10 @@ def show_examples(data: PreparedData, count: int) -> list[dict]:
     from trainer.data.tokenize import IGNORE
 
     shown = []
-    for example, tokenized in list(zip(data.sources[0], data.train))[:count]:
+    sides: Iterator[tuple[Any, Any]] = zip(data.examples(0, limit=count), data.train[:count])
+    if isinstance(data.train, PairRows):  # each side of a pair as the model sees it: chosen, then rejected
+        sides = ((e, t) for pair, both in sides if isinstance(pair, Pair) for e, t in ((pair.chosen, both.chosen), (pair.rejected, both.rejected)))
+    for example, tokenized in sides:
         if example.text is not None or data.encoder is None:
             text = data.encoder.tok.decode(tokenized.input_ids) if data.encoder else ""
             shown.append({"file": example.file, "line": example.line, "text": text, "trained": [[0, len(text)]]})
@@ -253,7 +259,7 @@ def render_shown(shown: list[dict]) -> str:
 
 
 def _ranges(numbers: list[int]) -> str:
-    parts = []
+    parts: list[list[int]] = []
     for n in numbers:
         if parts and parts[-1][1] == n - 1:
             parts[-1][1] = n

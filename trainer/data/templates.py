@@ -7,6 +7,7 @@ learns to stop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.errors import UserError
 
@@ -73,19 +74,18 @@ class ChatTemplate:
     turn_end: str | None  # the text that closes an assistant turn (None: the turn's last special token)
 
 
-def resolve_template(setting: str, tokenizer) -> ChatTemplate:
+def resolve_template(setting: str, tokenizer: Any) -> ChatTemplate:
     if setting in BUILT_IN:
         jinja, turn_end = BUILT_IN[setting]
         return ChatTemplate(setting, jinja, turn_end)
     if setting == "tokenizer":
-        jinja = getattr(tokenizer, "chat_template", None)
-        if isinstance(jinja, dict):  # some tokenizers keep several named templates
-            jinja = jinja.get("default")
-        if not jinja:
+        found: Any = getattr(tokenizer, "chat_template", None)
+        template: Any = found.get("default") if isinstance(found, dict) else found  # some tokenizers keep several named templates
+        if not template:
             raise UserError(
                 "data.chat_template: the model's tokenizer has no chat template, so trainer cannot tell how to lay out "
                 "a conversation. Set data.chat_template to chatml, zephyr, llama3 or hermes (ChatML with tools) (or paste a Jinja template), "
                 "or use data.format: text with train_on: all."
             )
-        return ChatTemplate("tokenizer", jinja, None)
+        return ChatTemplate("tokenizer", template, None)
     return ChatTemplate("custom", setting, None)

@@ -7,14 +7,16 @@ response-template token ids, and no assumption that a prefix renders like the wh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
-from trainer.data.formats import Example
+import numpy as np
+
+from trainer.data.formats import Example, Message
 from trainer.data.masks import (
     SpanError,
     TemplateFeatures,
     features_with_system,
-    label_spans,
     probe_template,
     render_with_spans,
     template_messages,
@@ -27,8 +29,8 @@ IGNORE = -100  # label of a position that is not in the loss
 
 @dataclass(frozen=True)
 class Tokenized:
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
+    input_ids: Any  # a tuple of ints, or an int32 numpy view of the memory-mapped data cache (store.py)
+    labels: Any
     file: str
     line: int
     full_length: int  # tokens before truncation
@@ -37,13 +39,16 @@ class Tokenized:
 
     @property
     def trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return int(np.count_nonzero(np.asarray(self.labels) != IGNORE))
+
+
+Rendered = tuple[str, list[tuple[int, int, int]]]  # the conversation's text, and (message index, start, end) of each assistant turn
 
 
 class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
-    def __init__(self, tokenizer, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
+    def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
                  model_name: str = "the model"):
         self.tok = tokenizer
         self.template = template
@@ -68,35 +73,73 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def render(self, messages: list[dict], generation_prompt: bool, tools=None) -> str:
+    def render(self, messages: list[dict], generation_prompt: bool, tools: Sequence[dict] | None = None) -> str:
         extra = {"tools": list(tools)} if tools else {}
         return self.tok.apply_chat_template(
             messages, chat_template=self.template.jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
         )
 
-    def template_messages(self, messages) -> list[dict]:
-        return template_messages(messages, self.features, self.fold_system)
+    def template_messages(self, messages: Sequence[Message] | None) -> list[dict]:
+        return template_messages(messages or (), self.features, self.fold_system)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
-        if example.text is not None:
-            ids = self.encode(example.text) + ([self.tok.eos_token_id] if self.tok.eos_token_id is not None else [])
-            return self._truncated(example, ids, list(ids)), None
-        result = self.rendered(example)
+        result = self.encode_batch([example])[0]
         if isinstance(result, Problem):
             return None, result
-        text, spans, ids, offsets = result
-        if self.train_on == "all":  # every token but those of assistant turns with weight 0
-            untrained = label_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
-            labels = [IGNORE if out else t for t, out in zip(ids, untrained)]
-        else:
-            trained = [(s, e) for i, s, e in spans if self._trained(example, i)]
-            labels = [t if inside else IGNORE for t, inside in zip(ids, label_spans(offsets, trained))]
-        dropped = sum(1 for i, s, e in spans if self._message(example, i).reasoning and self._message(example, i).reasoning.strip()[:40] not in text[s:e])
-        out = self._truncated(example, ids, labels)
-        return Tokenized(out.input_ids, out.labels, out.file, out.line, out.full_length, out.trained_lost, dropped), None
+        return replace(result, input_ids=tuple(result.input_ids.tolist()), labels=tuple(result.labels.tolist())), None  # type: ignore[attr-defined]
 
-    def rendered(self, example: Example):
-        """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
+    def encode_batch(self, examples: Sequence[Example]) -> list[Tokenized | Problem]:
+        """Each example as ids and labels (int32 numpy arrays), or the Problem that stops it: one render per
+        conversation, and one call of the tokenizer for the whole batch (the Rust tokenizer encodes it at once)."""
+        rendered: list[Rendered | Problem | str] = [example.text if example.text is not None else self.render_spans(example)
+                                                     for example in examples]
+        texts = [r if isinstance(r, str) else r[0] for r in rendered if not isinstance(r, Problem)]
+        encoded = iter(self._encode_with_offsets(texts))
+        out: list[Tokenized | Problem] = []
+        for example, result in zip(examples, rendered):
+            if isinstance(result, Problem):
+                out.append(result)
+                continue
+            token_ids, offsets = next(encoded)
+            ids = np.asarray(token_ids, dtype=np.int32)
+            if isinstance(result, str):  # plain text: every token is trained, and the end-of-text token closes it
+                eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+                ids = np.concatenate([ids, np.asarray(eos, dtype=np.int32)])
+                out.append(self._truncated(example, ids, ids.copy()))
+                continue
+            out.append(self._labelled(example, result, ids, offsets))
+        return out
+
+    def _encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character offsets) of each text, in one call: the Rust tokenizer's encode_batch when there is one
+        (what tokenizer(texts) calls, without building a BatchEncoding of Python lists around it)."""
+        if not texts:
+            return []
+        from transformers import PreTrainedTokenizerBase
+
+        backend: Any = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
+        plain = backend is not None and backend.truncation is None and backend.padding is None  # as tokenizer() sets them
+        if backend is not None and plain and type(self.tok).__call__ is PreTrainedTokenizerBase.__call__:
+            return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        encoded = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+
+    def _labelled(self, example: Example, rendered: Rendered, ids: np.ndarray, offsets: list[tuple[int, int]]) -> Tokenized:
+        text, spans = rendered
+        if self.train_on == "all":  # every token but those of assistant turns with weight 0
+            untrained = in_spans(offsets, [(s, e) for i, s, e in spans if not self._trained(example, i)])
+            labels = np.where(untrained, IGNORE, ids).astype(np.int32)
+        else:
+            trained = in_spans(offsets, [(s, e) for i, s, e in spans if self._trained(example, i)])
+            labels = np.where(trained, ids, IGNORE).astype(np.int32)
+        dropped = 0
+        for i, s, e in spans:
+            reasoning = self._message(example, i).reasoning
+            dropped += bool(reasoning and reasoning.strip()[:40] not in text[s:e])
+        return replace(self._truncated(example, ids, labels), reasoning_dropped=dropped)
+
+    def render_spans(self, example: Example) -> Rendered | Problem:
+        """The conversation rendered once, with where each assistant turn is, or the Problem that stops it."""
         def problem(message: str) -> Problem:
             return Problem(message, "", example.file, example.line)
 
@@ -105,11 +148,18 @@ class Tokenizer:
             return problem(why)
         items = self.template_messages(example.messages)
         try:
-            text, spans = render_with_spans(self.tok, self.template.jinja, self._features_for(items), items, example.tools, self._specials)
+            return render_with_spans(self.tok, self.template.jinja, self._features_for(items), items, example.tools, self._specials)
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
             return problem(f"the chat template could not render this conversation: {exc}")
+
+    def rendered(self, example: Example) -> tuple[str, list[tuple[int, int, int]], list[int], list[tuple[int, int]]] | Problem:
+        """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
+        result = self.render_spans(example)
+        if isinstance(result, Problem):
+            return result
+        text, spans = result
         encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
@@ -122,10 +172,11 @@ class Tokenizer:
             self._by_system[system] = features_with_system(self.tok, self.template.jinja, self.features, system, self._specials or [])
         return self._by_system[system]
 
-    def _message(self, example: Example, index: int):
+    def _message(self, example: Example, index: int) -> Message:
         """The example's message behind template message `index` (a folded system prompt shifts them by one)."""
-        shift = 1 if self.fold_system and example.messages and example.messages[0].role == "system" else 0
-        return example.messages[index + shift]
+        messages = example.messages or ()
+        shift = 1 if self.fold_system and messages and messages[0].role == "system" else 0
+        return messages[index + shift]
 
     def _trained(self, example: Example, index: int) -> bool:
         return self._message(example, index).trained
@@ -135,7 +186,7 @@ class Tokenizer:
         f = self.features
         fix_tools = ("set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results)"
                      + ("" if f.chatml else ", though this model was not trained on ChatML,") + " or use a model whose template renders tools")
-        messages = example.messages
+        messages = example.messages or ()
         if example.tools and not f.tools:
             return f"the example has 'tools', but the chat template of {self.model_name} ignores them, so the model would never see them; {fix_tools}."
         if any(m.tool_calls for m in messages) and not f.tool_calls:
@@ -153,6 +204,18 @@ class Tokenizer:
                     "set data.system_prompt: fold to put it at the start of the first user turn.")
         return None
 
-    def _truncated(self, example: Example, ids: list[int], labels: list[int]) -> Tokenized:
-        lost = sum(1 for label in labels[self.max_length :] if label != IGNORE)
-        return Tokenized(tuple(ids[: self.max_length]), tuple(labels[: self.max_length]), example.file, example.line, len(ids), lost)
+    def _truncated(self, example: Example, ids: np.ndarray, labels: np.ndarray) -> Tokenized:
+        lost = int(np.count_nonzero(labels[self.max_length :] != IGNORE))
+        return Tokenized(ids[: self.max_length], labels[: self.max_length], example.file, example.line, len(ids), lost)
+
+
+def in_spans(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """For each token, whether it begins inside one of the character spans and covers some text: masks.label_spans's
+    rule, for a whole conversation at once (the tokens' start offsets never decrease, so each span is one range)."""
+    if not offsets or not spans:
+        return np.zeros(len(offsets), dtype=bool)
+    starts, ends = (np.array(column) for column in zip(*offsets))  # two tuples of ints: much faster than the pairs
+    inside = np.zeros(len(starts), dtype=bool)
+    for s, e in spans:
+        inside[np.searchsorted(starts, s) : np.searchsorted(starts, e)] = True
+    return inside & (ends > starts)

@@ -75,7 +75,7 @@ def _data_side(config: Config, tokenizer) -> dict | None:
 
     data = prepare_data(config, tokenizer, stop_on_problems=False)
     report = build_report(config, data)
-    lengths = [len(e.input_ids) for e in data.train]
+    lengths = data.train.lengths.tolist()
     t, d = config.training, config.data
     packed = d.packing or config.backend.name == "autotrain"  # AutoTrain always packs rows of block_size
     batch = min(t.batch_size, len(lengths))

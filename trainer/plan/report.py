@@ -122,25 +122,16 @@ def _duration(hours: float) -> str:
     return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min" if hours * 60 >= 0.1 else f"{hours * 3600:.0f} s"
 
 
+def _gib(b: float) -> str:
+    return f"{b / GIB:.2f} GiB"
+
+
 def render_plan(plan: Plan) -> str:
-    p, m = plan["parameters"], plan["memory"]
-
-    def gib(b: float) -> str:
-        return f"{b / GIB:.2f} GiB"
-
+    p = plan["parameters"]
     out = [f"Model: {plan['model']['name_or_path']} ({plan['model']['type']}, {plan['model']['layers']} layers)",
            f"Parameters: {p['total']:,} in all, {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
            + (f" on {p['adapted_layers']} linear layers" if p["adapted_layers"] else ""), ""]
-    s = plan["shape"]
-    out.append(f"Memory on {plan['device']} (weights {plan['precision']['weights']}, compute {plan['precision']['compute']}; "
-               f"micro-batch {s['micro_batch']} x {s['tokens_per_row']} tokens, {s['trained_per_row']} trained per row: {s['from']}):")
-    for name, value in m["parts_bytes"].items():
-        out.append(f"  {name:<24}{gib(value):>12}")
-    other = m["activations_without_checkpointing_bytes"] if m["gradient_checkpointing"] else m["activations_with_checkpointing_bytes"]
-    out.append(f"  {'activations ' + ('without' if m['gradient_checkpointing'] else 'with') + ' checkpointing':<24}{gib(other):>12}  (for comparison)")
-    out.append(f"  {'loading peak':<24}{gib(m['loading_bytes']):>12}")
-    out.append(f"  {'PEAK':<24}{gib(m['peak_bytes']):>12}   (at max_seq_length {plan['memory_at_max_length']['tokens_per_row']}: "
-               f"{gib(plan['memory_at_max_length']['peak_bytes'])})")
+    out += _memory_lines(plan)
     g = plan["gpus"]
     out += ["", f"GPUs (prices in {g['currency']}/hour as of {g['prices_taken']}, {g['utilisation']:.0%} utilisation; edit trainer/plan/gpus.yaml):"]
     for r in g["rows"]:
@@ -165,14 +156,32 @@ def render_plan(plan: Plan) -> str:
                 f"  {d['sufficiency']}",
                 f"  OpenAI would bill about {d['openai_billed_tokens']:,} tokens for this file ({d['openai_default_epochs']} epochs by its default rule; counted with this model's tokenizer)"]
     if "hosting" in plan:
-        h = plan["hosting"]
-        pt = h["prompt_tokens"]
-        out += ["", f"Hosting: prompt tokens per request (mean over {pt['cases']} evaluation cases): tuned {pt['tuned']:.0f}, "
-                    f"few-shot ({pt['few_shot_k']} examples) {pt['few_shot']:.0f}, retrieval ({pt['retrieval_k']} examples) {pt['retrieval']:.0f}"]
-        if "saved_per_month" in h:
-            for k, label in (("few_shot", "few-shot prompting"), ("retrieval", "retrieval")):
-                out.append(f"  at {h['requests_per_month']:,} requests/month and {h['price_per_million']:g} per million prompt tokens, "
-                           f"the tuned model saves {h['saved_per_month'][k]:,.2f} a month against {label}")
-        else:
-            out.append("  (give --requests N --price-per-million P for the money saved per month)")
+        out += _hosting_lines(plan["hosting"])
     return "\n".join(out)
+
+
+def _memory_lines(plan: Plan) -> list[str]:
+    m, s = plan["memory"], plan["shape"]
+    out = [f"Memory on {plan['device']} (weights {plan['precision']['weights']}, compute {plan['precision']['compute']}; "
+           f"micro-batch {s['micro_batch']} x {s['tokens_per_row']} tokens, {s['trained_per_row']} trained per row: {s['from']}):"]
+    for name, value in m["parts_bytes"].items():
+        out.append(f"  {name:<24}{_gib(value):>12}")
+    other = m["activations_without_checkpointing_bytes"] if m["gradient_checkpointing"] else m["activations_with_checkpointing_bytes"]
+    out.append(f"  {'activations ' + ('without' if m['gradient_checkpointing'] else 'with') + ' checkpointing':<24}{_gib(other):>12}  (for comparison)")
+    out.append(f"  {'loading peak':<24}{_gib(m['loading_bytes']):>12}")
+    out.append(f"  {'PEAK':<24}{_gib(m['peak_bytes']):>12}   (at max_seq_length {plan['memory_at_max_length']['tokens_per_row']}: "
+               f"{_gib(plan['memory_at_max_length']['peak_bytes'])})")
+    return out
+
+
+def _hosting_lines(h: Hosting) -> list[str]:
+    pt = h["prompt_tokens"]
+    out = ["", f"Hosting: prompt tokens per request (mean over {pt['cases']} evaluation cases): tuned {pt['tuned']:.0f}, "
+               f"few-shot ({pt['few_shot_k']} examples) {pt['few_shot']:.0f}, retrieval ({pt['retrieval_k']} examples) {pt['retrieval']:.0f}"]
+    if "saved_per_month" in h:
+        for k, label in (("few_shot", "few-shot prompting"), ("retrieval", "retrieval")):
+            out.append(f"  at {h['requests_per_month']:,} requests/month and {h['price_per_million']:g} per million prompt tokens, "
+                       f"the tuned model saves {h['saved_per_month'][k]:,.2f} a month against {label}")
+    else:
+        out.append("  (give --requests N --price-per-million P for the money saved per month)")
+    return out

@@ -95,9 +95,8 @@ def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], 
     scored = [(i, item) for i, item in enumerate(items) if item is not None]
     with torch.no_grad():
         for begin in range(0, len(scored), 8):
-            rows = [i for i, _ in scored[begin : begin + 8]]
-            tokenized_rows = [item for _, item in scored[begin : begin + 8]]
-            batch = {k: v.to(loaded.device) for k, v in collate_padded(tokenized_rows, loaded.tokenizer.pad_token_id).items()}
+            rows = scored[begin : begin + 8]
+            batch = {k: v.to(loaded.device) for k, v in collate_padded([item for _, item in rows], loaded.tokenizer.pad_token_id).items()}
             # the loss module's own steps, with the sum kept per row
             hidden = loss_module.decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                          use_cache=False).last_hidden_state
@@ -107,7 +106,7 @@ def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], 
             row_of = keep.nonzero()[:, 0]
             row_sums = torch.zeros(len(rows)).index_add_(0, row_of.cpu(), per_token.cpu())
             row_counts = keep.sum(dim=1).cpu()
-            for j, i in enumerate(rows):
+            for j, (i, _) in enumerate(rows):
                 sums[i], counts[i] = float(row_sums[j]), float(row_counts[j])
     return PerCase(tuple(sums), tuple(counts))
 

@@ -88,6 +88,19 @@ def test_errors_are_reported_at_their_field(tmp_path):
     assert "must be greater than 0" in problems["training.learning_rate"]
 
 
+def test_preference_data_is_previewed_as_pairs(tmp_path):
+    from ui.app import App
+
+    rows = [{"input": {"messages": [{"role": "user", "content": "say red"}]}, "preferred_output": [{"role": "assistant", "content": "red"}],
+             "non_preferred_output": [{"role": "assistant", "content": "blue"}]},
+            {"prompt": "say red", "chosen": "red", "rejected": "red"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shown, detection, _, needed = App(Workspace(tmp_path, sandbox=False)).inspect_data(str(tmp_path / "pairs.jsonl"))
+    assert "preference pairs (openai layout)" in detection and "objective dpo or orpo" in detection
+    assert (shown[0]["prompt"], shown[0]["chosen"], shown[0]["rejected"]) == ("user: say red", "assistant: red", "assistant: blue")
+    assert "identical" in shown[1]["prompt"] and {"chosen", "rejected"} <= needed
+
+
 @pytest.mark.parametrize("typed", ["../../etc/passwd", "/etc/passwd", "~/.ssh/id_rsa", "uploads/../../x.jsonl"])
 def test_the_sandbox_refuses_paths_outside_the_work_directory(tmp_path, typed):
     workspace = Workspace(tmp_path, sandbox=True)

@@ -190,8 +190,9 @@ class SignalGuard:
             signal.signal(sig, handler)
 
 
-def evaluate(module: nn.Module, examples: list[Tokenized], accelerator: Any, batching: Batching) -> float | None:
-    """Mean loss per trained token of `module` (a LossOnTrainedTokens, unwrapped) over `examples`; None without any.
+def evaluate(module: nn.Module, examples: list, accelerator: Any, batching: Any) -> float | None:
+    """Mean loss per unit of `module` (a LossOnTrainedTokens per trained token, or a PreferenceLoss per pair; unwrapped)
+    over `examples` (Tokenized, or TokenizedPair with a PairBatching); None without any.
 
     Every process of a run calls it and gets the same number."""
     if not examples:
@@ -244,12 +245,14 @@ def train_loop(run: Run) -> TrainState:
             plan = plans[state.epoch]
             window = plan[state.batch_in_epoch : state.batch_in_epoch + t.gradient_accumulation]
             batches = [{k: v.to(acc.device) for k, v in run.batching.collate(b).items()} for b in window]
-            window_tokens = acc.reduce(torch.tensor(sum(trained_in(b) for b in batches), device=acc.device), "sum").item()
+            # the step's loss is divided by its units (trained tokens for sft, pairs for dpo and orpo), over every process
+            counts = torch.tensor([[run.objective.units(b), trained_in(b)] for b in batches], device=acc.device).sum(0)
+            window_units, window_tokens = acc.reduce(counts, "sum").tolist()
 
             loss_total = 0.0
             for i, batch in enumerate(batches):
                 # sum over the window / trained tokens in the window; DDP and ZeRO average over processes, so scale back up
-                scale = acc.num_processes / max(window_tokens, 1)
+                scale = acc.num_processes / max(window_units, 1)
                 loss_total += strategy.backward(run.loss_module, batch, scale, last=i == len(batches) - 1)
             strategy.step(run.optimizer, run.trainable, t.max_grad_norm)
             run.scheduler.step()
@@ -259,7 +262,7 @@ def train_loop(run: Run) -> TrainState:
             state.trained_tokens += int(window_tokens)
             # one all-reduce for the step's loss and the stop: a process the signal reached a moment later must not go on
             loss_and_stop = acc.reduce(torch.tensor([loss_total, float(guard.requested)], device=acc.device), "sum").tolist()
-            step_loss, stop = loss_and_stop[0] / max(window_tokens, 1), loss_and_stop[1] > 0
+            step_loss, stop = loss_and_stop[0] / max(window_units, 1), loss_and_stop[1] > 0
             state.history.append([state.step, step_loss])
             epoch_done = state.batch_in_epoch >= len(plan)
             if epoch_done:
@@ -289,7 +292,7 @@ def _report_step(run: Run, progress: Progress, batches_in_epoch: int, loss: floa
     if state.step % run.config.logging.log_every == 0 or state.step == run.total_steps:
         run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(batches_in_epoch, 1), 4),
                           loss=loss, lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens,
-                          trained_tokens_per_second=round(speed, 2), total_steps=run.total_steps)
+                          trained_tokens_per_second=round(speed, 2), total_steps=run.total_steps, **run.objective.take_metrics())
     progress.update(state, loss, speed, (run.total_steps - state.step) * elapsed / max(state.step, 1))
 
 
@@ -309,9 +312,10 @@ def save_checkpoint(run: Run, name: str, seconds: float | None) -> None:
 
 def _evaluate_and_track(run: Run, progress: Progress) -> None:
     state, stopping = run.state, run.config.training.early_stopping
-    eval_loss = evaluate(run.strategy.eval_module(run.loss_module), run.data.validation, run.accelerator, run.batching)
+    eval_loss = evaluate(run.strategy.eval_module(run.loss_module), run.data.validation, run.accelerator, run.eval_batching)
     if eval_loss is None:
         return
+    extra = run.objective.take_metrics("eval_")
     state.last_eval_loss = eval_loss
     improved = state.best_eval_loss is None or eval_loss < state.best_eval_loss - (stopping.min_delta if stopping else 0.0)
     if improved:
@@ -320,9 +324,13 @@ def _evaluate_and_track(run: Run, progress: Progress) -> None:
             save_checkpoint(run, "best", None)
     else:
         state.evals_without_improvement += 1
-    if run.metrics is not None:
+    if run.metrics is not None and not extra:
         run.metrics.write_eval(state.step, eval_loss)
         progress.message(f"step {state.step}: validation loss {eval_loss:.4f} (perplexity {eval_perplexity(eval_loss):.2f})")
+    elif run.metrics is not None:  # a preference objective: its loss has no perplexity; its rewards say more
+        run.metrics.write(step=state.step, eval_loss=eval_loss, **extra)
+        progress.message(f"step {state.step}: validation loss {eval_loss:.4f}, reward accuracy {extra['eval_reward_accuracy']:.2f}, "
+                         f"margin {extra['eval_reward_margin']:.3f}")
     if stopping and state.evals_without_improvement >= stopping.patience:
         state.stopped_early = True  # in every process (each saw the same loss); said by the main one
         if run.accelerator.is_main_process:

@@ -203,6 +203,8 @@ def add_adapter(model: Any, config: Config) -> Any:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
     elif t.gradient_checkpointing:
         model.enable_input_require_grads()
+    if config.model.adapter is not None:
+        return load_trainable_adapter(model, config.model.adapter)
     targets = t.lora.target_modules
     lora = LoraConfig(
         r=t.lora.r,
@@ -216,3 +218,25 @@ def add_adapter(model: Any, config: Config) -> Any:
         return get_peft_model(model, lora)
     except ValueError as exc:  # peft names the target modules it could not find
         raise UserError(f"training.lora.target_modules: {exc}") from None
+
+
+def adapter_folder(ref: str) -> Path:
+    """The folder with adapter_config.json that model.adapter names: a run directory (its model/) or the folder itself."""
+    path = Path(ref).expanduser()
+    for candidate in (path / "model", path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise UserError(f"model.adapter: {ref!r} holds no LoRA adapter (no adapter_config.json in it or in its model/ folder); "
+                    "give the run directory of a lora or dora run, or its model/ folder.")
+
+
+def load_trainable_adapter(model: Any, ref: str) -> Any:
+    """The model with an adapter trained before, to train further (its own rank, alpha and targets are kept)."""
+    from peft import PeftModel
+
+    folder = adapter_folder(ref)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (ValueError, KeyError, RuntimeError) as exc:  # peft: another architecture's module names or shapes
+        raise UserError(f"model.adapter: the adapter in {folder} does not fit this model ({str(exc).splitlines()[0]}); "
+                        "use an adapter trained on model.name_or_path.") from None

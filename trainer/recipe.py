@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from trainer import checkpoint
 from trainer.config import Config
 from trainer.data.pipeline import PreparedData, prepare_data
 from trainer.errors import RunStopped, UserError
-from trainer.loop import Batching, LossOnTrainedTokens, StopRequested, TrainState, state_from_json, train_loop
+from trainer.loop import Batching, StopRequested, TrainState, state_from_json, train_loop
+from trainer.objectives import SFT, PairBatching, Preference, choose_objective, load_or_compute_reference
 from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
 from trainer.steps import steps_per_epoch, total_steps
 from trainer.strategies import SingleProcess, choose_strategy, make_accelerator
@@ -41,7 +43,9 @@ class Run:
     optimizer: Any  # a torch optimizer (accelerate's wrapper around it, or DeepSpeed's)
     scheduler: Any  # the learning-rate schedule, stepped once per optimizer step
     data: PreparedData
-    batching: Batching
+    objective: SFT | Preference  # what is learnt: the batching, the loss module and what a step logs
+    batching: Batching | PairBatching
+    eval_batching: Batching | PairBatching  # the same, for the validation set (its own reference log-probs)
     state: TrainState  # where the run is; saved in every checkpoint
     total_steps: int
     metrics: MetricsLog | None  # the main process's; None in the others
@@ -102,9 +106,11 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     newest = setup_run_dir(run_dir, resume, accelerator)
     set_seed(config.training.seed)
     tokenizer, data = setup_data(config, accelerator)
-    model, loss_module, trainable = setup_model(config, device, precision, accelerator, strategy)
+    objective = choose_objective(config)
+    batching = objective.batching(config, tokenizer.pad_token_id)
+    model, loss_module, trainable = setup_model(config, device, precision, accelerator, strategy, objective)
+    batching, eval_batching = setup_reference(config, run_dir, objective, model, batching, data, accelerator)
     optimizer = setup_optimizer(config, trainable, device)
-    batching = Batching.of(config, tokenizer.pad_token_id)
     per_epoch = steps_per_epoch(len(batching.plan(data.train, 0)), accelerator.num_processes, config.training.gradient_accumulation)
     steps = total_steps(config, per_epoch)
     loss_module, optimizer = strategy.prepare(loss_module, optimizer, config, precision)
@@ -116,7 +122,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None, config.logging.report_to == "tensorboard")
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, strategy, tokenizer, model, loss_module, trainable, optimizer, scheduler, data,
-               batching, state, steps, metrics)
+               objective, batching, eval_batching, state, steps, metrics)
 
 
 def setup_accelerator(config: Config) -> tuple[str, Any, SingleProcess]:
@@ -147,26 +153,46 @@ def setup_data(config: Config, accelerator: Any) -> tuple[Any, PreparedData]:
 
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer)
-    _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation examples, "
+    unit = "examples" if config.training.objective == "sft" else "pairs"
+    _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}, "
          f"{sum(e.trained for e in data.train)} trained tokens per epoch")
     if data.features:
         _say(accelerator, f"Chat template ({config.data.chat_template}): {data.features}")
     return tokenizer, data
 
 
-def setup_model(config: Config, device: str, precision: str, accelerator: Any,
-                strategy: SingleProcess) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
-    """(model with its adapter, the loss module the strategy wrapped, the trainable parameters)."""
+def setup_model(config: Config, device: str, precision: str, accelerator: Any, strategy: SingleProcess,
+                objective: SFT | Preference) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
+    """(model with its adapter, the objective's loss module as the strategy wrapped it, the trainable parameters)."""
     from trainer.models import add_adapter, load_model
 
     _say(accelerator, f"Loading {config.model.name_or_path} on {device} ...")
     model = add_adapter(load_model(config, device, strategy.zero3_loading(config, precision)), config)
-    loss_module = strategy.wrap(LossOnTrainedTokens(model), model)
+    if config.model.adapter is not None:
+        _say(accelerator, f"Starting from the adapter in {config.model.adapter}")
+    loss_module = strategy.wrap(objective.module(model), model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     _say(accelerator, f"Method {config.training.method}: {_count(trainable):,} trainable of {_count(model.parameters()):,} parameters")
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         _say(accelerator, f"ZeRO-3: the weights were built partitioned; each of the {accelerator.num_processes} processes holds its share")
     return model, loss_module, trainable
+
+
+def setup_reference(config: Config, run_dir: Path, objective: SFT | Preference, model: nn.Module, batching: Any,
+                    data: PreparedData, accelerator: Any) -> tuple[Any, Any]:
+    """(training batching, validation batching); for dpo with the reference model's log-probs of every pair, computed
+    from the model as it starts (before a resume loads later weights) or read back from the run directory."""
+    if config.training.objective != "dpo":
+        return batching, batching
+    assert isinstance(objective, Preference) and objective.loss is not None
+    started = time.perf_counter()
+    splits = {"train": data.train, "validation": data.validation}
+    fresh = config.model.adapter is None and config.training.method != "full"
+    reference = load_or_compute_reference(run_dir, objective.loss, model, batching, splits, accelerator, fresh)
+    _say(accelerator, f"Reference log-probabilities of {len(data.train) + len(data.validation)} pairs: "
+         f"{time.perf_counter() - started:.1f} s ({'the model with its adapter switched off' if fresh else 'the model as it starts'})")
+    with_reference = replace(batching, reference=reference)
+    return with_reference, replace(with_reference, split="validation")
 
 
 def _count(params: Any) -> int:

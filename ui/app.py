@@ -94,6 +94,7 @@ class App:
     def inspect_data(self, source: str) -> tuple[list[dict], str, list[str], set[str]]:
         """(first rows, what was detected, the columns found, the column settings the format needs) for a data file."""
         from trainer.data.formats import DEFAULT_COLUMNS, detect_format
+        from trainer.data.preference import detect_pairs, pair_columns
         from trainer.data.records import read_records
 
         resolved, why = self.ws.resolve(source, "data")
@@ -104,6 +105,13 @@ class App:
             raise ValueError(f"{source}: no readable records" + (f" ({problems[0]})" if problems else ""))
         columns = sorted({k for r in records[:200] for k in r.row})
         rows = [{k: json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for k, v in r.row.items()} for r in records[:5]]
+        pairs = detect_pairs(records, pair_columns({}))
+        if pairs is not None:  # preference data: each pair as its prompt, the chosen answer and the rejected one
+            layout, hits = pairs
+            readable = [_readable_pair(record) for record in records[:5]]  # first, and in place of raw columns of the same name
+            rows = [{**shown, **{k: v for k, v in row.items() if k not in shown}} for row, shown in zip(rows, readable)]
+            detection = f"preference pairs ({layout} layout) in {hits} of the first {min(len(records), 100)} rows: train them with objective dpo or orpo"
+            return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns, {"prompt", "chosen", "rejected", "system"}
         try:
             fmt, detection = detect_format(records, {})
             needed = set(DEFAULT_COLUMNS[fmt])
@@ -277,3 +285,14 @@ def _readable(records, fmt: str) -> list[str]:
         example, problems = to_example(record, fmt, columns_for(fmt, {}), "assistant")
         out.append(readable(example) if example else "; ".join(p.message for p in problems))
     return out
+
+
+def _readable_pair(record) -> dict:
+    """A preference record as three readable columns: prompt, chosen and rejected (or the problems that stop it)."""
+    from trainer.data.preference import pair_columns, readable_pair, to_pair
+
+    pair, problems = to_pair(record, pair_columns({}))
+    if pair is None:
+        return {"prompt": "; ".join(p.message for p in problems), "chosen": "", "rejected": ""}
+    prompt, chosen, rejected = readable_pair(pair)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}

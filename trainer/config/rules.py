@@ -62,6 +62,57 @@ def packing_honours_train_on(cfg: Config) -> Found:
         )
 
 
+# ---- objectives (sft, dpo, orpo) ----------------------------------------------------------------
+
+PREFERENCE = ("dpo", "orpo")
+
+
+def preference_learns_answers_only(cfg: Config) -> Found:
+    if cfg.training.objective in PREFERENCE and cfg.data.train_on == "all":
+        yield ("data", "train_on"), (f"{cfg.training.objective} compares the two answers of each pair, so only answer tokens can count; "
+                                     "set data.train_on: assistant.")
+
+
+def objective_matches_data_format(cfg: Config) -> Found:
+    objective, fmt = cfg.training.objective, cfg.data.format
+    if objective in PREFERENCE and fmt not in ("auto", "preference"):
+        yield ("data", "format"), (f"{objective} learns from preference pairs, and data.format is {fmt}; "
+                                   "set data.format: preference (or auto), or training.objective: sft.")
+    if objective == "sft" and fmt == "preference":
+        yield ("training", "objective"), "preference pairs are learnt with a preference objective; set training.objective: dpo (or orpo)."
+
+
+def preference_without_packing(cfg: Config) -> Found:
+    if cfg.training.objective in PREFERENCE and cfg.data.packing:
+        yield ("data", "packing"), (f"{cfg.training.objective} puts both answers of a pair in one batch, which packing would split; "
+                                    "set data.packing: false.")
+
+
+def preference_strategies(cfg: Config) -> Found:
+    if cfg.training.objective in PREFERENCE and cfg.distributed.strategy in ("fsdp", "deepspeed"):
+        yield ("distributed", "strategy"), (f"{cfg.training.objective} runs in one process or with ddp for now; "
+                                            "set distributed.strategy: ddp (or none).")
+
+
+def autotrain_preference_settings(cfg: Config) -> Found:
+    if cfg.backend.name != "autotrain" or cfg.training.objective != "dpo":
+        return
+    if cfg.training.dpo.loss != "sigmoid":
+        yield ("training", "dpo", "loss"), "AutoTrain's llm-dpo trains with the sigmoid loss only; set training.dpo.loss: sigmoid, or backend.name: peft."
+    if cfg.training.dpo.sft_weight:
+        yield ("training", "dpo", "sft_weight"), "AutoTrain's llm-dpo has no SFT term; set training.dpo.sft_weight: 0, or backend.name: peft."
+
+
+def adapter_fits_method_and_backend(cfg: Config) -> Found:
+    if cfg.model.adapter is None:
+        return
+    if cfg.training.method == "full":
+        yield ("model", "adapter"), "an adapter is trained further with an adapter method; set training.method: lora (or dora, qlora), or remove model.adapter."
+    if cfg.backend.name == "autotrain":
+        yield ("model", "adapter"), ("AutoTrain starts from a whole model only; merge the adapter first (its run's model-merged/ folder, "
+                                     "written with output.merge_adapter: true) and set model.name_or_path to it, or set backend.name: peft.")
+
+
 def local_files_exist(cfg: Config) -> Found:
     refs = [(("data", "train"), cfg.data.train), (("data", "validation"), cfg.data.validation), (("evaluation", "test"), cfg.evaluation.test)]
     for path, ref in refs:
@@ -74,6 +125,9 @@ def local_files_exist(cfg: Config) -> Found:
     if is_local_model(model) and not os.path.exists(os.path.expanduser(model)):
         fix = " Run `trainer download-demo-model` (or `make demo`) to fetch it." if "SmolLM2-135M-Instruct" in model else ""
         yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
+    adapter = cfg.model.adapter
+    if adapter is not None and not os.path.exists(os.path.expanduser(adapter)):
+        yield ("model", "adapter"), f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()})."
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -123,6 +177,12 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     chat_template_is_named_or_jinja,
     text_format_has_no_assistant,
     packing_honours_train_on,
+    preference_learns_answers_only,
+    objective_matches_data_format,
+    preference_without_packing,
+    preference_strategies,
+    autotrain_preference_settings,
+    adapter_fits_method_and_backend,
     local_files_exist,
     push_to_hub_needs_token,
     tensorboard_needs_package,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 
 from trainer.config import Config
 from trainer.data.formats import Example, columns_for, detect_format, to_example
-from trainer.data.records import read_records
+from trainer.data.preference import Pair, detect_pairs, pair_columns, to_pair, tokenize_pair
+from trainer.data.records import Record, read_records
 from trainer.data.templates import resolve_template
 from trainer.data.tokenize import Tokenized, Tokenizer
 from trainer.errors import Problem, UserError
@@ -27,7 +28,7 @@ class SplitReport:
 
 @dataclass
 class PreparedData:
-    train: list[Tokenized]
+    train: list[Tokenized]  # or TokenizedPair for dpo and orpo (trainer/data/preference.py)
     validation: list[Tokenized]
     splits: list[SplitReport]
     template: str
@@ -37,12 +38,18 @@ class PreparedData:
     encoder: Tokenizer | None = None  # what turned the examples into tokens (for showing them as the model sees them)
 
 
-def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]:
+def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
+    """The examples of a file, folder or Hub data set (Pairs for dpo and orpo) and the report of what was found."""
     records, problems = read_records(ref)
     overrides = config.data.columns.to_dict()
+    if config.training.objective != "sft" or config.data.format == "preference":
+        return load_pairs(ref, records, problems, config)
     if config.data.format == "auto":
         if not records:
             raise UserError(f"{ref}: no readable examples." + (f" First problem: {problems[0]}" if problems else ""))
+        if detect_pairs(records, pair_columns(overrides)):
+            raise UserError(f"{ref}: the data holds preference pairs (a better and a worse answer), which supervised fine-tuning "
+                            "cannot learn from; set training.objective: dpo (or orpo).")
         fmt, detection = detect_format(records, overrides)
     else:
         fmt, detection = config.data.format, f"format {config.data.format} (set in the config)"
@@ -56,6 +63,28 @@ def load_examples(ref: str, config: Config) -> tuple[list[Example], SplitReport]
     bad_records = len({(p.file, p.line) for p in problems})
     report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, fields_used(examples))
     return examples, report
+
+
+def load_pairs(ref: str, records: list[Record], problems: list[Problem], config: Config) -> tuple[list[Pair], SplitReport]:
+    names = pair_columns(config.data.columns.to_dict())
+    found = detect_pairs(records, names)
+    if found is None:
+        keys = ", ".join(sorted(records[0].row)) if records else "none"
+        raise UserError(f"{ref}: {config.training.objective} learns from preference pairs, and no record here is one (the first has the "
+                        f"columns: {keys}). Write input/preferred_output/non_preferred_output (OpenAI's preference format) or "
+                        "prompt/chosen/rejected (TRL's); map other column names with data.columns.chosen and data.columns.rejected.")
+    layout, hits = found
+    pairs = []
+    for record in records:
+        pair, trouble = to_pair(record, names)
+        problems += trouble
+        if pair is not None:
+            pairs.append(pair)
+    bad_records = len({(p.file, p.line) for p in problems})
+    shown = "input/preferred_output/non_preferred_output" if layout == "openai" else "/".join(names[c] for c in ("prompt", "chosen", "rejected"))
+    detection = f"detected preference pairs ({layout} layout): {shown} in {hits} of {min(len(records), 100)} rows"
+    report = SplitReport(ref, detection, len(pairs) + bad_records, len(pairs), problems, fields_used([p.chosen for p in pairs]))
+    return pairs, report
 
 
 def fields_used(examples: list[Example]) -> dict:
@@ -105,7 +134,7 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
         validation_examples, validation_report = load_examples(config.data.validation, config)
         splits.append(validation_report)
 
-    if config.data.turns == "each":
+    if config.data.turns == "each" and config.training.objective == "sft":
         train_examples = [piece for e in train_examples for piece in split_turns(e)]
         validation_examples = [piece for e in validation_examples for piece in split_turns(e)]
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
@@ -115,7 +144,7 @@ def prepare_data(config: Config, tokenizer, stop_on_problems: bool = True) -> Pr
     for examples, report in ((train_examples, train_report), (validation_examples, splits[-1])):
         out, kept, refused = [], [], set()
         for example in examples:
-            result, problem = encode(example)
+            result, problem = encode(example) if isinstance(example, Example) else tokenize_pair(encode, example, len(out))
             if problem:
                 if (example.file, example.line) not in refused:  # with data.turns: each, a record's pieces fail alike
                     refused.add((example.file, example.line))

@@ -13,6 +13,7 @@ from trainer.config import Config
 from trainer.data.batching import length_grouped_batches, pack_examples, padding_fraction
 from trainer.data.checks import CookbookChecks, cookbook_checks, render_checks
 from trainer.data.pipeline import PreparedData
+from trainer.data.preference import TokenizedPair
 from trainer.steps import planned_processes, steps_per_epoch
 
 
@@ -65,8 +66,11 @@ class DataReport:
 
 
 def build_report(config: Config, data: PreparedData) -> DataReport:
-    train = data.train
-    lengths = [len(e.input_ids) for e in train]
+    pairs = bool(data.train) and isinstance(data.train[0], TokenizedPair)
+    # token figures count each side of a preference pair as an example; batches hold whole pairs
+    train = [side for p in data.train for side in (p.chosen, p.rejected)] if pairs else data.train
+    validation = [side for p in data.validation for side in (p.chosen, p.rejected)] if pairs else data.validation
+    lengths = [e.length for e in data.train] if pairs else [len(e.input_ids) for e in train]
     batch = config.training.batch_size
     seed = config.training.seed
     batches = length_grouped_batches(lengths, batch, seed, 0)
@@ -87,13 +91,13 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
         truncated=sum(e.full_length > config.data.max_seq_length for e in train),
         trained_lost=sum(e.trained_lost for e in train),
         duplicates=duplicates,
-        overlap=sum(e.input_ids in seen for e in data.validation),
+        overlap=sum(e.input_ids in seen for e in validation),
         steps_per_epoch=steps,
         padding_unpacked=padding_fraction(batches, lengths),
         padding_packed=padding_fraction(packed_batches, lengths, packed=True),
         rows_packed=len(rows),
         seconds_per_epoch=trained_per_epoch / throughput if throughput else None,
-        checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] else None,
+        checks=cookbook_checks(data.sources[0], train, config.data.max_seq_length, config.data.train_on) if data.sources[0] and not pairs else None,
         reasoning_dropped=sum(e.reasoning_dropped for e in train),
     )
 
@@ -139,7 +143,8 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
                    "drops the reasoning of turns before the last user turn (it is never shown to the model there either). "
                    "Set data.turns: each to train every turn as it is generated, its reasoning included (more tokens).")
     held = f" (held out {config.data.validation_split:.0%} of the training data, seed {config.training.seed})" if data.held_out else ""
-    out.append(f"Examples: {len(data.train)} for training, {len(data.validation)} for validation{held}")
+    unit = "Pairs" if data.train and isinstance(data.train[0], TokenizedPair) else "Examples"
+    out.append(f"{unit}: {len(data.train)} for training, {len(data.validation)} for validation{held}")
     out.append(f"Chat template: {data.template}; learning from: {config.data.train_on}")
     t, r = report.tokens, report.trained
     out.append("")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trainer.config import Config
 from trainer.evaluation.intervals import Difference, Interval
-from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS, Evaluation
+from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS, Evaluation, PreferenceScores
 
 # {system: {metric or cost: value}}, as eval.json writes each system's numbers
 Scores = Mapping[str, Mapping[str, float]]
@@ -24,7 +24,7 @@ def main_metric(metrics: tuple[str, ...]) -> str:
 
 
 LABELS = {"base_zero_shot": "the untuned model (zero-shot)", "base_few_shot": "few-shot prompting",
-          "base_retrieval": "retrieval of similar examples (RAG)"}
+          "base_retrieval": "retrieval of similar examples (RAG)", "start": "the adapter it started from (model.adapter)"}
 
 
 def verdict(results: Scores, metric: str, differences: Mapping[str, Mapping[str, Difference]] | None = None) -> list[str]:
@@ -70,6 +70,16 @@ def verdict(results: Scores, metric: str, differences: Mapping[str, Mapping[str,
     return lines
 
 
+def preference_sentence(found: PreferenceScores | None) -> list[str]:
+    """The tuned model on the validation pairs (dpo, orpo): how often it prefers the chosen answer, and by how much."""
+    if not found:
+        return []
+    acc, margin = found["reward_accuracy_ci95"], found["reward_margin_ci95"]
+    return [f"On {found['pairs']} validation pairs the tuned model gains more on the chosen answer than on the rejected one in "
+            f"{found['reward_accuracy']:.0%} of them (reward accuracy, 95% CI {acc[0]:.0%} to {acc[1]:.0%}), by a mean reward margin "
+            f"of {found['reward_margin']:.3f} (95% CI {margin[0]:.3f} to {margin[1]:.3f})."]
+
+
 def _cell(value: float, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
@@ -107,13 +117,13 @@ def write_report(run_dir: Path, evaluation: Evaluation, config: Config) -> str:
     intervals = _plain_intervals(evaluation.intervals)
     differences = evaluation.differences
     rows = table(results, present, intervals)
-    words = verdict(results, metric, differences)
+    words = verdict(results, metric, differences) + preference_sentence(evaluation.preference)
 
     data: dict[str, object] = {name: {**results[name], "ci95": intervals.get(name, {})} for name in systems}
     data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation.shots,
                        "retrieved": evaluation.retrieved, "systems": systems, "confidence": 0.95,
                        "comparisons": {f"tuned vs {name}": {m: d.to_dict() for m, d in found.items()} for name, found in differences.items()},
-                       "verdict": words}
+                       "verdict": words, "preference": evaluation.preference}
     (run_dir / "eval.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     md = [f"# Evaluation on {len(cases)} example(s)", "", "Each metric with its 95% confidence interval (bootstrap over cases).", "",
@@ -149,7 +159,7 @@ def write_report(run_dir: Path, evaluation: Evaluation, config: Config) -> str:
 
 
 _BARS = {"base_zero_shot": ("untuned\nzero-shot", "#9e9e9e"), "base_few_shot": ("untuned\nfew-shot", "#ff9f40"),
-         "base_retrieval": ("untuned\nretrieval", "#1f77b4"), "tuned": ("fine-tuned", "#2ca02c")}
+         "base_retrieval": ("untuned\nretrieval", "#1f77b4"), "start": ("starting\nadapter", "#9467bd"), "tuned": ("fine-tuned", "#2ca02c")}
 
 
 def _bar_chart(path: Path, results: Scores, metric: str, intervals: Bounds | None = None) -> None:

@@ -1,9 +1,13 @@
-"""`trainer eval`: up to four systems on the same cases, measured the same way (evaluation.systems picks them).
+"""`trainer eval`: up to five systems on the same cases, measured the same way (evaluation.systems picks them).
 
 1. base_zero_shot: the untuned model, the conversation as it is;
 2. base_few_shot: the untuned model with k fixed training examples in the prompt (the prompt-engineering baseline);
 3. base_retrieval: the untuned model with the k training examples most similar to each case (the RAG baseline);
-4. tuned: the fine-tuned model, the conversation as it is.
+4. start: with model.adapter, the adapter the run started from (e.g. the SFT result a dpo run improves on);
+5. tuned: the fine-tuned model, the conversation as it is.
+
+For preference data (dpo, orpo) the cases are the pairs' prompts with the chosen answer as the reference, and
+the tuned model's reward accuracy and margin on the validation pairs are measured too (preference_scores).
 
 Every metric is kept per case too, for the bootstrap intervals (intervals.py).
 """
@@ -14,18 +18,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from trainer.config import Config
 from trainer.data.formats import Example
 from trainer.data.pipeline import load_examples, split_validation
+from trainer.data.preference import Pair
 from trainer.errors import UserError
 from trainer.evaluation.intervals import Difference, Interval, PerCase, confidence
 from trainer.evaluation.metrics import METRICS
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
 from trainer.generate import ChatMessage, Loaded
 
-SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "tuned")
+SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "start", "tuned")
 LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
+class PreferenceScores(TypedDict):
+    """The tuned model on the validation pairs, as eval.json writes it (summary.preference)."""
+
+    pairs: int
+    reward_accuracy: float  # share of pairs whose chosen answer gains more than the rejected one
+    reward_accuracy_ci95: list[float]
+    reward_margin: float  # mean of (chosen reward - rejected reward)
+    reward_margin_ci95: list[float]
 
 
 @dataclass(frozen=True)
@@ -48,22 +64,31 @@ class Evaluation:
     results: dict[str, SystemResult]
     intervals: dict[str, dict[str, Interval]]  # {system: {metric: 95% interval}}
     differences: dict[str, dict[str, Difference]]  # {other system: {metric: tuned minus other}}
+    preference: PreferenceScores | None = None  # preference objectives (dpo, orpo), with validation pairs
 
 
 def eval_cases(config: Config) -> tuple[list[Case], list[Example]]:
     """The cases (test set, validation set, or the held-out share of the training data) and the few-shot pool."""
     train, _ = load_examples(config.data.train, config)
-    source = config.evaluation.test or config.data.validation
-    if source:
-        examples, _ = load_examples(source, config)
+    if config.evaluation.test:  # conversations ending with the reference answer, whatever the objective
+        chats = config.replace(training=config.training.replace(objective="sft"), data=config.data.replace(format="auto"))
+        examples, _ = load_examples(config.evaluation.test, chats)
+    elif config.data.validation:
+        examples, _ = load_examples(config.data.validation, config)
     else:
         train, examples = split_validation(train, config.data.validation_split, config.training.seed)
+    # preference pairs: their prompts, with the chosen answer as the reference (and as the few-shot examples)
+    train, examples = [_chat_of(e) for e in train], [_chat_of(e) for e in examples]
     cases = [c for c in (to_case(e) for e in examples if e.messages) if c is not None]
     if config.evaluation.max_examples:
         cases = cases[: config.evaluation.max_examples]
     if not cases:
         raise UserError("evaluation: there are no chat examples ending in an assistant answer to evaluate on; set evaluation.test.")
     return cases, train
+
+
+def _chat_of(example: Example | Pair) -> Example:
+    return example.chosen if isinstance(example, Pair) else example
 
 
 def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], references: list[str], cases: list[Case] | None = None) -> PerCase:
@@ -159,9 +184,10 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
     torch.manual_seed(config.training.seed)
     cases, pool = eval_cases(config)
     e = config.evaluation
-    systems = [name for name in SYSTEMS if name in e.systems]
+    systems = [name for name in SYSTEMS if name in e.systems or (name == "start" and config.model.adapter and "tuned" in e.systems)]
     shots = pick_shots(pool, e.few_shot, config.training.seed)
     tuned = load_run(run_dir) if "tuned" in systems else None
+    start = load_start(config) if "start" in systems else None
     adapter = tuned.model if tuned is not None and hasattr(tuned.model, "disable_adapter") else None
     base = tuned if adapter is not None else load_base(config) if any(name != "tuned" for name in systems) else None
     retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model)
@@ -169,15 +195,67 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
         "base_zero_shot": lambda: [list(c.messages) for c in cases],
         "base_few_shot": lambda: [few_shot_messages(c, shots) for c in cases],
         "base_retrieval": lambda: [few_shot_messages(c, found) for c, found in zip(cases, retriever.shots(cases))],
+        "start": lambda: [list(c.messages) for c in cases],
         "tuned": lambda: [list(c.messages) for c in cases],
     }
+    own = {"tuned": tuned, "start": start}  # the systems with a model of their own; the others are the base model
     results = {}
     for name in systems:
         say(f"evaluating {name} on {len(cases)} example(s) ...")
-        loaded = tuned if name == "tuned" else base
+        loaded = own.get(name) or base
         assert loaded is not None  # loaded above for every system asked for
-        off = adapter.disable_adapter() if adapter is not None and name != "tuned" else contextlib.nullcontext()
+        off = adapter.disable_adapter() if adapter is not None and name not in own else contextlib.nullcontext()
         with off:
             results[name] = run_system(loaded, conversations[name](), cases, e.metrics, e.max_new_tokens)
     sure = confidence({name: results[name].per_case for name in systems}, config.training.seed, LOWER_IS_BETTER)
-    return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"])
+    preference = None
+    if tuned is not None and config.training.objective != "sft":
+        say("measuring the preference of the tuned model on the validation pairs ...")
+        preference = preference_scores(tuned, config, run_dir)
+    return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"], preference)
+
+
+def load_start(config: Config) -> Loaded:
+    """The model the run started from: config.model.adapter on the base model."""
+    from peft import PeftModel
+
+    from trainer.generate import load_base
+    from trainer.models import adapter_folder
+
+    folder = adapter_folder(config.model.adapter)
+    start = load_base(config, tokenizer_from=str(folder))
+    start.model = PeftModel.from_pretrained(start.model, str(folder)).eval()
+    return start
+
+
+def preference_scores(tuned: Loaded, config: Config, run_dir: Path) -> PreferenceScores | None:
+    """Reward accuracy (share of pairs whose chosen answer gains more than the rejected one) and mean reward margin of the
+    tuned model on the validation pairs, with 95% bootstrap intervals; dpo's rewards are against the run's reference
+    log-probs (the model it started from), orpo's are its per-token log-probs times lambda. None without any pairs."""
+    import torch
+
+    from trainer.data.pipeline import prepare_data
+    from trainer.evaluation.intervals import interval, resample_indices
+    from trainer.objectives import REFERENCE_FILE, PairBatching, PreferenceLoss
+
+    data = prepare_data(config, tuned.tokenizer)
+    pairs = data.validation
+    reference = torch.load(run_dir / REFERENCE_FILE) if config.training.objective == "dpo" else None
+    batching = PairBatching(8, config.training.seed, tuned.tokenizer.pad_token_id, reference, "validation")
+    loss = PreferenceLoss(tuned.model, config).eval()
+    margins: list[float] = []
+    right: list[float] = []
+    with torch.no_grad():
+        for batch in batching.plan(pairs, 0):
+            tensors = {k: v.to(tuned.device) for k, v in batching.collate(batch).items()}
+            loss(**tensors)
+            assert loss.last_rewards is not None
+            chosen, rejected = loss.last_rewards
+            margins += (chosen - rejected).tolist()
+            right += (chosen > rejected).float().tolist()
+    if not margins:
+        return None
+    draws = resample_indices(len(margins), config.training.seed)
+    accuracy, margin = interval(PerCase.of_means(right), draws), interval(PerCase.of_means(margins), draws)
+    return {"pairs": len(margins), "reward_accuracy": accuracy.value, "reward_accuracy_ci95": accuracy.to_list(),
+            "reward_margin": margin.value, "reward_margin_ci95": margin.to_list()}

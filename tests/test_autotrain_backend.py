@@ -10,6 +10,7 @@ from conftest import REPO, make_char_tokenizer, run_trainer, tiny_llama
 from trainer.config import parse_config
 from trainer.config.autotrain import FIELDS, export, mapping_table, project_name, translate
 from trainer.config.autotrain_differences import differences
+from trainer.errors import EXIT_STOPPED
 
 NON_DEFAULT = """
 model: {name_or_path: org/model, attn_implementation: flash_attention_2}
@@ -675,7 +676,7 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
     assert _processes_in(work), "AutoTrain's training process should be running in " + str(work)
     child.send_signal(getattr(signal, sig))
     _, rest = child.communicate(timeout=60)
-    assert child.returncode == 2, "".join(seen)[-2000:] + rest[-2000:]
+    assert child.returncode == EXIT_STOPPED, "".join(seen)[-2000:] + rest[-2000:]
     assert "AutoTrain and its training processes were ended" in rest
     deadline = time.time() + 10
     while _processes_in(work) and time.time() < deadline:

@@ -83,3 +83,11 @@ def test_qlora_is_refused_up_front_on_a_machine_without_cuda(tmp_path):
     assert result.returncode == 2
     assert "training.method: qlora requires an NVIDIA GPU (CUDA), and this run would use cpu" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_subcommand_of_the_parser_has_a_handler():
+    from trainer.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    assert list(subparsers.choices) == [c.name for c in COMMANDS]

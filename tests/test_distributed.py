@@ -8,6 +8,7 @@ import torch
 
 from conftest import REPO, run_trainer, tiny_config
 from trainer.checkpoint import complete_checkpoints
+from trainer.errors import EXIT_STOPPED
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +222,8 @@ def test_deepspeed_full_fine_tuning_saves_a_whole_model(tmp_path, tiny_model_dir
                                            ("deepspeed", "SIGTERM to trainer")])
 def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_model_dir, strategy, how):
     """SIGTERM to `trainer` (the UI's Stop) or SIGINT to the whole group (Ctrl-C): both processes stop after the
-    same step, one checkpoint is written, exit status 2 and a message, no traceback, no process left; --resume ends it."""
+    same step, one checkpoint is written, exit status 3 (EXIT_STOPPED) and a message, no traceback, no process left;
+    --resume ends it."""
     import os
     import signal
     import time
@@ -240,7 +242,7 @@ def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_mo
     else:
         os.killpg(child.pid, signal.SIGINT)
     _, err = child.communicate(timeout=120)
-    assert child.returncode == 2, err[-3000:]
+    assert child.returncode == EXIT_STOPPED, err[-3000:]
     assert "Continue with the same command plus --resume" in err and "Traceback" not in err, err[-3000:]
     assert err.count("stopping after this step") == 1 and err.count("Continue with the same command") == 1  # said once, by the main process
     saved = complete_checkpoints(tmp_path / "run")

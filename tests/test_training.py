@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import REPO, run_trainer, tiny_config
 from trainer.checkpoint import complete_checkpoints
 from trainer.cli import main
+from trainer.errors import EXIT_STOPPED
 
 
 def losses(run_dir):
@@ -160,7 +161,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
+    assert proc.returncode == EXIT_STOPPED, err
     assert "Continue with the same command plus --resume" in err and "Traceback" not in err
     saved = complete_checkpoints(tmp_path / "run")
     assert saved, err

@@ -487,11 +487,13 @@ def test_the_results_tab_offers_the_gguf_and_modelfile_and_the_serve_command(tmp
 
 
 def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
-    """Not from the printed log: progress from metrics.jsonl, stopped/failed from the exit code and the Stop request."""
+    """Not from the printed log: progress from metrics.jsonl, stopped/failed from the exit code alone."""
+    from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED
     from ui.jobs import Job, JobManager, outcome
 
-    assert outcome(0, False) == "finished" and outcome(0, True) == "finished"
-    assert outcome(2, True) == "stopped" and outcome(2, False) == "failed" and outcome(None, True) == "failed"
+    assert (EXIT_OK, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED) == (0, 2, 3, 130)  # documented in README.md
+    assert outcome(0) == "finished"
+    assert outcome(3) == "stopped" and outcome(2) == "failed" and outcome(130) == "failed" and outcome(None) == "failed"
     jobs = JobManager(tmp_path)
     (jobs.root / "j1").mkdir()
     jobs._save(Job("j1", "train", "c.yaml", "run", status="finished"))

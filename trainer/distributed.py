@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import Config
-from trainer.errors import UserError
+from trainer.errors import EXIT_OK, EXIT_STOPPED, UserError
 
 
 def is_launched() -> bool:
@@ -239,11 +239,13 @@ def run_local_processes(count: int, argv: list[str]) -> int:
 
 
 def run_together(children: list) -> int:
-    """Wait for the started processes; returns the first non-zero exit status, else 0.
+    """Wait for the started processes; returns the first non-zero exit status, else 0 (EXIT_STOPPED when they
+    stopped together after a checkpoint).
 
     Ctrl-C or SIGTERM here is passed on to each process once as SIGTERM (trainer processes checkpoint and stop
     together; a launcher passes it on to its own). If one process fails, the others are asked to stop, then ended
-    after a minute: a process waiting for a dead peer would otherwise wait for the collective's timeout.
+    after a minute: a process waiting for a dead peer would otherwise wait for the collective's timeout. A process
+    that exits EXIT_STOPPED has not failed: the others stop after the same step and are left to finish their save.
     """
     import signal
     import time
@@ -257,7 +259,7 @@ def run_together(children: list) -> int:
     try:
         failed_at = None
         while any(child.poll() is None for child in children):
-            if failed_at is None and any(child.returncode not in (None, 0) for child in children):
+            if failed_at is None and any(child.returncode not in (None, EXIT_OK, EXIT_STOPPED) for child in children):
                 failed_at = time.monotonic()
                 stop_all()
             if failed_at is not None and time.monotonic() - failed_at > 60:
@@ -268,4 +270,4 @@ def run_together(children: list) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return next((child.returncode for child in children if child.returncode != 0), 0)
+    return next((child.returncode for child in children if child.returncode != EXIT_OK), EXIT_OK)

@@ -1,12 +1,15 @@
 """A run's lifecycle: check the machine, pick the backend, train, and say what came of it (a `RunResult`).
 
-Exit codes of `trainer --config` (trainer/errors.py, README.md; the UI reads them):
+Exit codes of `trainer --config` (trainer/errors.py, README.md; the UI and the multi-process launcher read them):
   0    EXIT_OK: the run finished (or, in a launching or non-main process, its part of it did)
-  2    EXIT_BAD_INPUT: a problem with the config, the data or the machine, said before or during the run; also
-       EXIT_STOPPED: a stop (Ctrl-C, SIGTERM) ended the run after saving a checkpoint (continue it with --resume)
+  2    EXIT_BAD_INPUT: a problem with the config, the data or the machine, said before or during the run
+  3    EXIT_STOPPED: a stop (Ctrl-C, SIGTERM) ended the run as asked, after saving a checkpoint (continue it with
+       --resume); every process of a multi-process run exits 3, and so does the process that launched them on CPUs
+       (on GPUs `accelerate launch` turns any non-zero status of its processes into 1). The AutoTrain backend exits
+       3 too, but it cannot resume: --resume starts it again from the beginning.
   130  EXIT_INTERRUPTED: a second Ctrl-C ended the run at once, without a checkpoint
-A stop and a problem share status 2 (scripts and tests written against trainer expect 2 for both); the UI tells
-them apart by whether it asked for the stop.
+Any other status is not trainer's own: 1 is an uncaught exception (a bug); a process killed by a signal has none (a
+shell shows 128 + the signal's number).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from trainer import distributed
 from trainer.backends import Backend, get_backend
 from trainer.config import Config
 from trainer.config.rules import check_hardware
-from trainer.errors import EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
+from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
 from trainer.hardware import Hardware
 from trainer.rundir import RunSummary
 
@@ -111,5 +114,5 @@ def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:
     else:
         print(f"Starting {config.distributed.strategy} training in {processes} CPU processes ...", file=sys.stderr, flush=True)
         code = distributed.run_local_processes(processes, argv)
-    if code != 0:
-        sys.exit(code if code > 0 else 2)  # the processes have said what went wrong
+    if code != EXIT_OK:  # the processes have said what went wrong, or that they stopped (EXIT_STOPPED)
+        sys.exit(code if code > 0 else EXIT_BAD_INPUT)

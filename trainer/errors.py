@@ -1,16 +1,17 @@
 """Problems with what the user gave us, and the one exception that carries them.
 
-A `UserError` is printed as its problems, never as a traceback, and the CLI exits 2.
-A `RunStopped` is the run ending on a stop that was asked for (engine.run reports it as its outcome).
+A `UserError` is printed as its problems, never as a traceback, and the CLI exits 2 (EXIT_BAD_INPUT).
+A `RunStopped` is the run ending on a stop that was asked for (engine.run reports it as its outcome, exit 3).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Exit codes of `trainer` (README.md, "Exit codes"); the UI reads them.
+# Exit codes of `trainer` (README.md, "Exit codes"; the table is in engine.py); the UI and the launcher of a
+# multi-process run read them. 1 stays Python's own (an uncaught exception, a bug) and 2 argparse's (bad arguments).
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # a problem with the config, the data or the machine; nothing (more) was run
-EXIT_STOPPED = 2  # a stop (Ctrl-C, SIGTERM) ended the run after saving a checkpoint; --resume continues it
+EXIT_STOPPED = 3  # a stop (Ctrl-C, SIGTERM) ended the run as asked, after saving a checkpoint; --resume continues it
 EXIT_INTERRUPTED = 130  # a second Ctrl-C ended the run at once
 
 

@@ -4,18 +4,26 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.config import Config, load_config
 from trainer.errors import UserError
+
+# A message as a chat template takes it: "role" and "content", and where present "tool_calls", "tool_call_id" and
+# "name". Messages come from users' JSON lines and go to the tokenizer as they are, so the values are JSON's.
+ChatMessage = dict[str, Any]
+# A tool the model may call, as OpenAI's API describes one: {"type": "function", "function": {"name", "parameters", ...}}.
+ToolSpec = dict[str, Any]
 
 
 @dataclass
 class Loaded:
     config: Config
-    model: object
-    tokenizer: object
+    model: Any  # a transformers causal LM, or peft's PeftModel around one
+    tokenizer: Any  # its transformers tokenizer
     device: str
 
     @property
@@ -74,17 +82,17 @@ class Answer:
     seconds: float  # this answer's share of its batch's wall time
 
 
-def render_prompt(tokenizer, messages: list[dict], template: str | None = None, tools=None) -> str:
+def render_prompt(tokenizer: Any, messages: Sequence[ChatMessage], template: str | None = None, tools: Sequence[ToolSpec] | None = None) -> str:
     if template is None and not getattr(tokenizer, "chat_template", None):
         return "\n".join(m["content"] or "" for m in messages)
     extra = {"tools": list(tools)} if tools else {}
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True, **extra)
 
 
-def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8,
-             tools: list | None = None) -> list[Answer]:
-    """`tools`: per conversation, the tools the template shows the model (None for none)."""
-    """Greedy answers to each conversation (its last turn a user turn), in batches with left padding."""
+def generate(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int = 256, batch_size: int = 8,
+             tools: Sequence[Sequence[ToolSpec] | None] | None = None) -> list[Answer]:
+    """Greedy answers to each conversation (its last turn a user turn), in batches with left padding.
+    `tools`: per conversation, the tools the template shows the model (None for none)."""
     import torch
 
     tok = loaded.tokenizer
@@ -111,7 +119,7 @@ def generate(loaded: Loaded, conversations: list[list[dict]], max_new_tokens: in
     return [results[i] for i in range(len(conversations))]
 
 
-def _decode(tokenizer, ids: list[int]) -> str:
+def _decode(tokenizer: Any, ids: list[int]) -> str:
     """The answer's text; special tokens that mark tool calls (<tool_call>, [TOOL_CALLS]) are kept so the calls can be read."""
     keep = {"<tool_call>", "</tool_call>", "[TOOL_CALLS]"}
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -123,7 +131,7 @@ def _decode(tokenizer, ids: list[int]) -> str:
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 
 
-def stop_ids(tokenizer) -> list[int]:
+def stop_ids(tokenizer: Any) -> list[int]:
     """The token ids that end an answer: end of sequence, and the end-of-turn tokens the tokenizer knows."""
     ids = {tokenizer.eos_token_id}
     for token in END_OF_TURN:
@@ -133,20 +141,21 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def stop_texts(tokenizer) -> list[str]:
+def stop_texts(tokenizer: Any) -> list[str]:
     """stop_ids as the texts of those tokens (for engines that stop on strings: Ollama, llama.cpp, an API's `stop`)."""
     return [tokenizer.convert_ids_to_tokens(i) for i in stop_ids(tokenizer)]
 
 
-def read_prompts(path: str) -> list[list[dict]]:
+def read_prompts(path: str) -> list[list[ChatMessage]]:
     """A .jsonl of {"messages": [...]} (the final assistant turn, if any, is dropped) or {"prompt": "..."}.
     A line's "tools" is kept on the conversation as `read_prompts.tools[k]` via read_prompts_with_tools."""
     return read_prompts_with_tools(path)[0]
 
 
-def read_prompts_with_tools(path: str) -> tuple[list[list[dict]], list]:
+def read_prompts_with_tools(path: str) -> tuple[list[list[ChatMessage]], list[list[ToolSpec] | None]]:
     """read_prompts, and each line's "tools" (None where it has none)."""
-    conversations, tools = [], []
+    conversations: list[list[ChatMessage]] = []
+    tools: list[list[ToolSpec] | None] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -168,12 +177,12 @@ def read_prompts_with_tools(path: str) -> tuple[list[list[dict]], list]:
     return conversations, tools
 
 
-def chat(loaded: Loaded, system: str | None, max_new_tokens: int, tools: list | None = None) -> None:
+def chat(loaded: Loaded, system: str | None, max_new_tokens: int, tools: Sequence[ToolSpec] | None = None) -> None:
     """An interactive chat on the terminal, streaming each answer as it is generated. With tools, the model sees them,
     and a call it makes is shown parsed; type the tool's result as the next message (it is sent as the tool's answer)."""
     from trainer.tools import parse_tool_calls
 
-    history = [{"role": "system", "content": system}] if system else []
+    history: list[ChatMessage] = [{"role": "system", "content": system}] if system else []
     print("Chatting with the fine-tuned model. Empty line or Ctrl-D to quit, /reset to forget the conversation.", file=sys.stderr)
     while True:
         try:
@@ -207,7 +216,7 @@ def chat(loaded: Loaded, system: str | None, max_new_tokens: int, tools: list | 
             history.append({"role": "assistant", "content": reply.strip()})
 
 
-def stream_answer(loaded: Loaded, messages: list[dict], max_new_tokens: int, tools: list | None = None):
+def stream_answer(loaded: Loaded, messages: Sequence[ChatMessage], max_new_tokens: int, tools: Sequence[ToolSpec] | None = None) -> Iterator[str]:
     """The greedy answer to a conversation (its last turn a user turn), yielded piece by piece as it is generated."""
     import threading
 

@@ -9,8 +9,9 @@ which the training loop saves a checkpoint; Resume runs the same config with
 
 What the UI shows comes from files, not from the printed log: progress from the
 run's metrics.jsonl (each training row carries step and total_steps), the
-outcome from trainer's exit code (trainer/errors.py): 0 finished, and
-EXIT_STOPPED after a Stop this UI asked for is "stopped"; anything else failed.
+outcome from trainer's exit code (trainer/errors.py): EXIT_OK finished,
+EXIT_STOPPED stopped (a checkpoint was saved: Resume continues it), anything
+else failed.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Job:
     pid: int | None = None
     returncode: int | None = None
     resume: bool = False
-    stop_requested: bool = False  # Stop was pressed while it ran: its EXIT_STOPPED means stopped, not failed
+    stop_requested: bool = False  # Stop was pressed while it ran (kept in job.json; the outcome is the exit code's)
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
@@ -133,7 +134,7 @@ class JobManager:
                 if job.status == "running" and not _alive(job.pid):
                     code = _exit_code(self._dir(job.id))
                     job.returncode = code
-                    job.status = outcome(code, job.stop_requested)
+                    job.status = outcome(code)
                     job.finished = time.time()
                     self._save(job)
             if not any(j.status == "running" for j in jobs):
@@ -214,8 +215,8 @@ def _exit_code(folder: Path) -> int | None:
         return None
 
 
-def outcome(code: int | None, stop_requested: bool) -> str:
-    """A finished job's status from trainer's exit code (and whether Stop was pressed)."""
+def outcome(code: int | None) -> str:
+    """A finished job's status from trainer's exit code (None: the job left none, its wrapper was killed)."""
     if code == EXIT_OK:
         return "finished"
-    return "stopped" if code == EXIT_STOPPED and stop_requested else "failed"
+    return "stopped" if code == EXIT_STOPPED else "failed"

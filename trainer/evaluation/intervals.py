@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -55,19 +60,34 @@ class Difference:
     better: str  # "tuned" or "other" where the interval excludes zero, else "unclear"
     cases_needed: int | None  # at the observed spread, how many cases would make this difference measurable
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> DifferenceDict:
         return {"difference": self.value, "ci95": [self.low, self.high], "cases": self.cases, "better": self.better,
                 "cases_needed": self.cases_needed}
 
 
-def resample_indices(n: int, seed: int, resamples: int = RESAMPLES):
+class DifferenceDict(TypedDict):
+    """A Difference as eval.json writes it."""
+
+    difference: float
+    ci95: list[float]
+    cases: int
+    better: str
+    cases_needed: int | None
+
+
+class Confidence(TypedDict):
+    intervals: dict[str, dict[str, Interval]]  # {system: {metric: Interval}}
+    differences: dict[str, dict[str, Difference]]  # {other system: {metric: tuned minus other}}
+
+
+def resample_indices(n: int, seed: int, resamples: int = RESAMPLES) -> NDArray[np.int64]:
     """(resamples, n) case indices drawn with replacement; the same seed gives the same draws."""
     import numpy as np
 
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def _ratios(per_case: PerCase, draws):
+def _ratios(per_case: PerCase, draws: NDArray[np.int64]) -> NDArray[np.float64]:
     import numpy as np
 
     numerators = np.asarray(per_case.numerators, dtype=float)[draws].sum(axis=1)
@@ -76,7 +96,7 @@ def _ratios(per_case: PerCase, draws):
         return numerators / denominators
 
 
-def _bounds(values) -> tuple[float, float]:
+def _bounds(values: NDArray[np.float64]) -> tuple[float, float]:
     import numpy as np
 
     tail = (1 - LEVEL) / 2 * 100
@@ -87,11 +107,11 @@ def _bounds(values) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def interval(per_case: PerCase, draws) -> Interval:
+def interval(per_case: PerCase, draws: NDArray[np.int64]) -> Interval:
     return Interval(per_case.value, *_bounds(_ratios(per_case, draws)))
 
 
-def difference(tuned: PerCase, other: PerCase, draws, lower_is_better: bool = False) -> Difference:
+def difference(tuned: PerCase, other: PerCase, draws: NDArray[np.int64], lower_is_better: bool = False) -> Difference:
     value = tuned.value - other.value
     low, high = _bounds(_ratios(tuned, draws) - _ratios(other, draws))
     n = len(tuned.numerators)
@@ -112,8 +132,8 @@ def cases_needed(value: float, low: float, high: float, n: int) -> int | None:
     return max(n + 1, math.ceil(n * (half_width / abs(value)) ** 2))
 
 
-def confidence(per_case: dict[str, dict[str, PerCase]], seed: int, lower_is_better: set[str]) -> dict:
-    """{"intervals": {system: {metric: Interval}}, "differences": {other system: {metric: Difference}}}.
+def confidence(per_case: dict[str, dict[str, PerCase]], seed: int, lower_is_better: set[str]) -> Confidence:
+    """The interval of every system's metrics, and the paired intervals of "tuned minus other".
 
     per_case: {system: {metric: PerCase}}; differences are "tuned minus other" and only present with a tuned system.
     """
@@ -123,7 +143,7 @@ def confidence(per_case: dict[str, dict[str, PerCase]], seed: int, lower_is_bett
     n = len(next(iter(next(iter(per_case.values())).values())).numerators)
     draws = resample_indices(n, seed)
     intervals = {name: {metric: interval(parts, draws) for metric, parts in metrics.items()} for name, metrics in per_case.items()}
-    differences: dict = {}
+    differences: dict[str, dict[str, Difference]] = {}
     if "tuned" in per_case:
         for name in systems:
             if name == "tuned":

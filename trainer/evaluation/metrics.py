@@ -11,7 +11,7 @@ import json
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 _SPACES = re.compile(r"\s+")
@@ -21,12 +21,12 @@ def normalize(text: str) -> str:
     return _SPACES.sub(" ", _PUNCTUATION.sub(" ", text.lower())).strip()
 
 
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     scores = [float(normalize(p) == normalize(r)) for p, r in zip(predictions, references)]
     return {"exact_match": _mean(scores)}
 
 
-def _f1(predicted: Counter, expected: Counter) -> float:
+def _f1(predicted: Counter[str], expected: Counter[str]) -> float:
     if not predicted and not expected:
         return 1.0
     common = sum((predicted & expected).values())
@@ -37,12 +37,12 @@ def _f1(predicted: Counter, expected: Counter) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def token_f1(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def token_f1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     scores = [_f1(Counter(normalize(p).split()), Counter(normalize(r).split())) for p, r in zip(predictions, references)]
     return {"token_f1": _mean(scores)}
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -61,7 +61,7 @@ def parse_json_list(text: str) -> set[str] | None:
     return {_SPACES.sub(" ", v.lower()).strip() for v in value}
 
 
-def json_list_f1(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def json_list_f1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     scores, parsed = [], 0
     for p, r in zip(predictions, references):
         got, want = parse_json_list(p), parse_json_list(r)
@@ -75,13 +75,15 @@ def json_list_f1(predictions: Sequence[str], references: Sequence[str]) -> dict:
     return {"json_list_f1": _mean(scores), "json_parsed": parsed / len(scores) if scores else 0.0}
 
 
-def _tool_call_match(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def _tool_call_match(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     from trainer.tools import tool_call_match
 
     return tool_call_match(predictions, references)
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "json_list_f1": json_list_f1,
+# a metric: predictions and references in, its value (or values) over all of them out
+Metric = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
+METRICS: dict[str, Metric] = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "json_list_f1": json_list_f1,
            "tool_call_match": _tool_call_match}
 
 

@@ -6,23 +6,24 @@ import random
 from dataclasses import dataclass
 
 from trainer.data.formats import Example, Message
+from trainer.generate import ChatMessage, ToolSpec
 
 
 @dataclass(frozen=True)
 class Case:
     """One evaluation item: the conversation up to the final answer, and that answer."""
 
-    messages: tuple[dict, ...]  # system (if any) and the turns before the final assistant turn
+    messages: tuple[ChatMessage, ...]  # system (if any) and the turns before the final assistant turn
     reference: str  # the final answer's text, or its tool calls as a JSON list of {"name", "arguments"}
     file: str
     line: int
-    tools: tuple[dict, ...] | None = None  # the functions the example offers
+    tools: tuple[ToolSpec, ...] | None = None  # the functions the example offers
     turns: tuple[Message, ...] = ()  # the same turns as Messages, and the answer last (for the answer loss)
 
 
-def message_dict(m: Message) -> dict:
+def message_dict(m: Message) -> ChatMessage:
     """A message as apply_chat_template takes it (tool calls with their arguments as objects)."""
-    item: dict = {"role": m.role, "content": m.content}
+    item: ChatMessage = {"role": m.role, "content": m.content}
     if m.tool_calls:
         item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
     if m.tool_call_id:
@@ -52,10 +53,10 @@ def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(candidates, min(k, len(candidates)))
 
 
-def few_shot_messages(case: Case, shots: list[Example]) -> list[dict]:
+def few_shot_messages(case: Case, shots: list[Example]) -> list[ChatMessage]:
     """The case's system prompt once, then each shot's turns as real user/assistant turns, then the case's own turns."""
     system = [m for m in case.messages if m["role"] == "system"]
     turns = []
     for shot in shots:
-        turns += [message_dict(m) for m in shot.messages if m.role != "system"]
+        turns += [message_dict(m) for m in shot.messages or () if m.role != "system"]
     return system + turns + [m for m in case.messages if m["role"] != "system"]

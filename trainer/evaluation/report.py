@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS
+from trainer.config import Config
+from trainer.evaluation.intervals import Difference, Interval
+from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS, Evaluation, PreferenceScores
+
+# {system: {metric or cost: value}}, as eval.json writes each system's numbers
+Scores = Mapping[str, Mapping[str, float]]
+# {system: {metric: [low, high]}}
+Bounds = dict[str, dict[str, list[float]]]
 
 SHOWN = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed", "tool_call_match", "tool_call_wellformed")
 COSTS = ("prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example")
@@ -19,7 +27,7 @@ LABELS = {"base_zero_shot": "the untuned model (zero-shot)", "base_few_shot": "f
           "base_retrieval": "retrieval of similar examples (RAG)", "start": "the adapter it started from (model.adapter)"}
 
 
-def verdict(results: dict, metric: str, differences: dict | None = None) -> list[str]:
+def verdict(results: Scores, metric: str, differences: Mapping[str, Mapping[str, Difference]] | None = None) -> list[str]:
     """Plain sentences: did the tuned model beat each baseline on the main metric, and how sure that is.
 
     "beat" only where the paired 95% interval of the difference excludes zero; otherwise the difference is called
@@ -62,7 +70,7 @@ def verdict(results: dict, metric: str, differences: dict | None = None) -> list
     return lines
 
 
-def preference_sentence(found: dict | None) -> list[str]:
+def preference_sentence(found: PreferenceScores | None) -> list[str]:
     """The tuned model on the validation pairs (dpo, orpo): how often it prefers the chosen answer, and by how much."""
     if not found:
         return []
@@ -72,11 +80,11 @@ def preference_sentence(found: dict | None) -> list[str]:
             f"of {found['reward_margin']:.3f} (95% CI {margin[0]:.3f} to {margin[1]:.3f})."]
 
 
-def _cell(value: float, ci: list | None) -> str:
+def _cell(value: float, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
-def table(results: dict, metrics: list[str], intervals: dict | None = None) -> list[list[str]]:
+def table(results: Scores, metrics: list[str], intervals: Bounds | None = None) -> list[list[str]]:
     """One row per system; a metric cell is "value [95% CI]" where the interval is known."""
     rows = [["system"] + metrics + ["prompt tokens", "generated tokens", "s/example"]]
     for name in [n for n in SYSTEMS if n in results]:
@@ -86,34 +94,36 @@ def table(results: dict, metrics: list[str], intervals: dict | None = None) -> l
     return rows
 
 
-def _plain_intervals(evaluation: dict) -> dict:
+def _plain_intervals(intervals: dict[str, dict[str, Interval]]) -> Bounds:
     """{system: {metric: [low, high]}}, perplexity as exp of the loss interval."""
     import math
 
-    out = {}
-    for name, metrics in evaluation.get("intervals", {}).items():
+    out: Bounds = {}
+    for name, metrics in intervals.items():
         out[name] = {m: i.to_list() for m, i in metrics.items()}
         if "loss" in out[name]:
             out[name]["perplexity"] = [math.exp(min(v, 50)) for v in out[name]["loss"]]
     return out
 
 
-def write_report(run_dir: Path, evaluation: dict, config) -> str:
-    results, cases = evaluation["results"], evaluation["cases"]
+def write_report(run_dir: Path, evaluation: Evaluation, config: Config) -> str:
+    cases = evaluation.cases
+    results = {name: found.scores for name, found in evaluation.results.items()}
+    answers = {name: found.answers for name, found in evaluation.results.items()}
     systems = [n for n in SYSTEMS if n in results]
     first = results["tuned" if "tuned" in results else systems[0]]
     present = [m for m in SHOWN if m in first]
     metric = main_metric(config.evaluation.metrics)
-    intervals = _plain_intervals(evaluation)
-    differences = evaluation.get("differences", {})
+    intervals = _plain_intervals(evaluation.intervals)
+    differences = evaluation.differences
     rows = table(results, present, intervals)
-    words = verdict(results, metric, differences) + preference_sentence(evaluation.get("preference"))
+    words = verdict(results, metric, differences) + preference_sentence(evaluation.preference)
 
-    data = {name: {**{k: v for k, v in results[name].items() if k != "answers"}, "ci95": intervals.get(name, {})} for name in systems}
-    data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation["shots"],
-                       "retrieved": evaluation.get("retrieved"), "systems": systems, "confidence": 0.95,
+    data: dict[str, object] = {name: {**results[name], "ci95": intervals.get(name, {})} for name in systems}
+    data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation.shots,
+                       "retrieved": evaluation.retrieved, "systems": systems, "confidence": 0.95,
                        "comparisons": {f"tuned vs {name}": {m: d.to_dict() for m, d in found.items()} for name, found in differences.items()},
-                       "verdict": words, "preference": evaluation.get("preference")}
+                       "verdict": words, "preference": evaluation.preference}
     (run_dir / "eval.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     md = [f"# Evaluation on {len(cases)} example(s)", "", "Each metric with its 95% confidence interval (bootstrap over cases).", "",
@@ -121,9 +131,9 @@ def write_report(run_dir: Path, evaluation: dict, config) -> str:
     md += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     md += ["", *words, ""]
     if "base_few_shot" in results:
-        md += [f"Few-shot prompting used {evaluation['shots']} training example(s) as real turns before each question.", ""]
+        md += [f"Few-shot prompting used {evaluation.shots} training example(s) as real turns before each question.", ""]
     if "base_retrieval" in results:
-        md += [f"Retrieval put the {evaluation.get('retrieved')} training example(s) most similar to each question (never the question itself) before it.", ""]
+        md += [f"Retrieval put the {evaluation.retrieved} training example(s) most similar to each question (never the question itself) before it.", ""]
     if differences:
         md += ["## Tuned against each baseline (paired 95% intervals)", "", "| comparison | metric | difference | 95% CI | verdict |", "|---|---|---|---|---|"]
         for name, found in differences.items():
@@ -135,7 +145,7 @@ def write_report(run_dir: Path, evaluation: dict, config) -> str:
     for i, case in enumerate(cases[:5]):
         question = case.messages[-1]["content"] if case.messages else ""
         md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", "", f"**Reference:** `{case.reference}`", ""]
-        md += [f"- **{name}:** `{results[name]['answers'][i]}`" for name in systems] + [""]
+        md += [f"- **{name}:** `{answers[name][i]}`" for name in systems] + [""]
     (run_dir / "eval.md").write_text("\n".join(md), encoding="utf-8")
     _bar_chart(run_dir / "eval.png", results, metric, intervals)
 
@@ -144,7 +154,7 @@ def write_report(run_dir: Path, evaluation: dict, config) -> str:
     shown = "tuned" if "tuned" in results else systems[0]
     examples = ["", f"Examples (reference, then {shown}'s answer):"]
     for i, case in enumerate(cases[:3]):
-        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    {shown}: {results[shown]['answers'][i]}"]
+        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    {shown}: {answers[shown][i]}"]
     return "\n".join(text + ["", "Metric cells: value [95% confidence interval, bootstrap over cases]", ""] + words + examples)
 
 
@@ -152,7 +162,7 @@ _BARS = {"base_zero_shot": ("untuned\nzero-shot", "#9e9e9e"), "base_few_shot": (
          "base_retrieval": ("untuned\nretrieval", "#1f77b4"), "start": ("starting\nadapter", "#9467bd"), "tuned": ("fine-tuned", "#2ca02c")}
 
 
-def _bar_chart(path: Path, results: dict, metric: str, intervals: dict | None = None) -> None:
+def _bar_chart(path: Path, results: Scores, metric: str, intervals: Bounds | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,9 +170,9 @@ def _bar_chart(path: Path, results: dict, metric: str, intervals: dict | None = 
 
     systems = [n for n in SYSTEMS if n in results]
     values = [results[name][metric] for name in systems]
-    found = [(intervals or {}).get(name, {}).get(metric) for name in systems]
+    found = [ci for ci in ((intervals or {}).get(name, {}).get(metric) for name in systems) if ci]
     errors = None
-    if all(found):  # asymmetric error bars: the 95% interval around each value
+    if len(found) == len(systems):  # asymmetric error bars: the 95% interval around each value
         errors = [[max(v - ci[0], 0) for v, ci in zip(values, found)], [max(ci[1] - v, 0) for v, ci in zip(values, found)]]
     fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
     bars = ax.bar([_BARS[n][0] for n in systems], values, color=[_BARS[n][1] for n in systems], yerr=errors, capsize=4)

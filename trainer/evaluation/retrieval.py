@@ -11,31 +11,38 @@ Two rules keep the comparison fair:
 """
 from __future__ import annotations
 
-from trainer.data.formats import Example
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from trainer.data.formats import Example, Message
 from trainer.evaluation.prompts import Case
+from trainer.generate import ChatMessage
+
+if TYPE_CHECKING:
+    import torch
 
 
-def user_text(messages) -> str:
+def user_text(messages: Iterable[ChatMessage | Message]) -> str:
     """What a retriever matches on: the user turns of a conversation."""
     return "\n".join(_content(m) for m in messages if _role(m) == "user")
 
 
-def _role(m) -> str:
+def _role(m: ChatMessage | Message) -> str:
     return m["role"] if isinstance(m, dict) else m.role
 
 
-def _content(m) -> str:
+def _content(m: ChatMessage | Message) -> str:
     return m["content"] if isinstance(m, dict) else m.content
 
 
 def _usable(example: Example) -> bool:
-    return bool(example.messages) and len([m for m in example.messages if m.role != "system"]) >= 2
+    return example.messages is not None and len([m for m in example.messages if m.role != "system"]) >= 2
 
 
 def _same(case: Case, example: Example) -> bool:
     if (case.file, case.line) == (example.file, example.line):
         return True
-    turns = [(m.role, m.content) for m in example.messages]
+    turns = [(m.role, m.content) for m in example.messages or ()]
     return turns == [(m["role"], m["content"]) for m in case.messages] + [("assistant", case.reference)]
 
 
@@ -63,7 +70,7 @@ class Retriever:
             return self._rank_embedded(queries)
         import bm25s
 
-        corpus = [user_text(e.messages) for e in self.pool]
+        corpus = [user_text(e.messages or ()) for e in self.pool]
         retriever = bm25s.BM25()
         retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
         # every case leaves out itself and any exact copies of itself; a few extra candidates cover that
@@ -77,12 +84,12 @@ class Retriever:
     def _rank_embedded(self, queries: list[str]) -> list[list[int]]:
         import torch
 
-        corpus = self.embed([user_text(e.messages) for e in self.pool])
+        corpus = self.embed([user_text(e.messages or ()) for e in self.pool])
         asked = self.embed(queries)
         scores = asked @ corpus.T
         return torch.argsort(scores, dim=1, descending=True, stable=True).tolist()
 
-    def embed(self, texts: list[str]):
+    def embed(self, texts: list[str]) -> torch.Tensor:
         """Unit-length mean-pooled last hidden states of the embedding model (a local folder)."""
         import torch
         from transformers import AutoModel, AutoTokenizer

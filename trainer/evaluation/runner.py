@@ -1,4 +1,4 @@
-"""`trainer eval`: up to four systems on the same cases, measured the same way (evaluation.systems picks them).
+"""`trainer eval`: up to five systems on the same cases, measured the same way (evaluation.systems picks them).
 
 1. base_zero_shot: the untuned model, the conversation as it is;
 2. base_few_shot: the untuned model with k fixed training examples in the prompt (the prompt-engineering baseline);
@@ -15,21 +15,59 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from trainer.config import Config
+from trainer.data.formats import Example
 from trainer.data.pipeline import load_examples, split_validation
 from trainer.data.preference import Pair
 from trainer.errors import UserError
-from trainer.evaluation.intervals import PerCase, confidence
+from trainer.evaluation.intervals import Difference, Interval, PerCase, confidence
 from trainer.evaluation.metrics import METRICS
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
+from trainer.generate import ChatMessage, Loaded
 
 SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "start", "tuned")
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
-def eval_cases(config: Config) -> tuple[list[Case], list]:
+class PreferenceScores(TypedDict):
+    """The tuned model on the validation pairs, as eval.json writes it (summary.preference)."""
+
+    pairs: int
+    reward_accuracy: float  # share of pairs whose chosen answer gains more than the rejected one
+    reward_accuracy_ci95: list[float]
+    reward_margin: float  # mean of (chosen reward - rejected reward)
+    reward_margin_ci95: list[float]
+
+
+@dataclass(frozen=True)
+class SystemResult:
+    """What one system did on the cases."""
+
+    scores: dict[str, float]  # each metric, then prompt_tokens_mean, generated_tokens_mean, seconds_per_example
+    answers: list[str]  # case by case
+    per_case: dict[str, PerCase]  # each metric's per-case parts, for the intervals
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of `trainer eval`, which report.py writes down."""
+
+    cases: list[Case]
+    shots: int  # few-shot examples in each prompt
+    retrieved: int  # retrieved examples in each prompt
+    systems: list[str]  # in the order of SYSTEMS
+    results: dict[str, SystemResult]
+    intervals: dict[str, dict[str, Interval]]  # {system: {metric: 95% interval}}
+    differences: dict[str, dict[str, Difference]]  # {other system: {metric: tuned minus other}}
+    preference: PreferenceScores | None = None  # preference objectives (dpo, orpo), with validation pairs
+
+
+def eval_cases(config: Config) -> tuple[list[Case], list[Example]]:
     """The cases (test set, validation set, or the held-out share of the training data) and the few-shot pool."""
     train, _ = load_examples(config.data.train, config)
     if config.evaluation.test:  # conversations ending with the reference answer, whatever the objective
@@ -49,17 +87,17 @@ def eval_cases(config: Config) -> tuple[list[Case], list]:
     return cases, train
 
 
-def _chat_of(example):
+def _chat_of(example: Example | Pair) -> Example:
     return example.chosen if isinstance(example, Pair) else example
 
 
-def answer_loss(loaded, conversations: list[list[dict]], references: list[str], cases: list[Case] | None = None) -> PerCase:
+def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], references: list[str], cases: list[Case] | None = None) -> PerCase:
     """Per case, the summed loss over the reference answer's tokens (with its end-of-turn token) given the prompt,
     and how many tokens that was: their ratio over all cases is the mean loss per token."""
     import torch
 
     from trainer.data.batching import collate_padded
-    from trainer.data.formats import Example, Message
+    from trainer.data.formats import Message
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import IGNORE, Tokenizer
     from trainer.loop import LossOnTrainedTokens
@@ -75,15 +113,15 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str], 
             turns = [replace(m, trained=False) for m in case.turns[:-1]] + [replace(case.turns[-1], trained=True)]
         else:
             turns = [Message(m["role"], m["content"] or "", False) for m in messages if m["role"] != "tool"] + [Message("assistant", reference, True)]
-        tokenized, problem = encode(Example(tuple(turns), None, "", 0, case.tools if case else None))
+        tokenized, _ = encode(Example(tuple(turns), None, "", 0, case.tools if case else None))
         items.append(tokenized)  # None (nothing to score) counts as 0 tokens
     loss_module = LossOnTrainedTokens(loaded.model).eval()
     sums, counts = [0.0] * len(items), [0.0] * len(items)
-    scored = [i for i, item in enumerate(items) if item is not None]
+    scored = [(i, item) for i, item in enumerate(items) if item is not None]
     with torch.no_grad():
         for begin in range(0, len(scored), 8):
             rows = scored[begin : begin + 8]
-            batch = {k: v.to(loaded.device) for k, v in collate_padded([items[i] for i in rows], loaded.tokenizer.pad_token_id).items()}
+            batch = {k: v.to(loaded.device) for k, v in collate_padded([item for _, item in rows], loaded.tokenizer.pad_token_id).items()}
             # the loss module's own steps, with the sum kept per row
             hidden = loss_module.decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                          use_cache=False).last_hidden_state
@@ -93,12 +131,13 @@ def answer_loss(loaded, conversations: list[list[dict]], references: list[str], 
             row_of = keep.nonzero()[:, 0]
             row_sums = torch.zeros(len(rows)).index_add_(0, row_of.cpu(), per_token.cpu())
             row_counts = keep.sum(dim=1).cpu()
-            for j, i in enumerate(rows):
+            for j, (i, _) in enumerate(rows):
                 sums[i], counts[i] = float(row_sums[j]), float(row_counts[j])
     return PerCase(tuple(sums), tuple(counts))
 
 
-def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metrics: tuple[str, ...], max_new_tokens: int) -> dict:
+def run_system(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], cases: list[Case], metrics: tuple[str, ...],
+               max_new_tokens: int) -> SystemResult:
     from trainer.generate import generate
 
     started = time.perf_counter()
@@ -106,24 +145,22 @@ def run_system(loaded, conversations: list[list[dict]], cases: list[Case], metri
     seconds = time.perf_counter() - started
     predictions = [a.text for a in answers]
     references = [c.reference for c in cases]
-    result: dict = {}
+    scores: dict[str, float] = {}
     per_case: dict[str, PerCase] = {}
     for name in metrics:
         if name == "loss":
             per_case["loss"] = answer_loss(loaded, conversations, references, cases)
             loss = per_case["loss"].value
-            result.update({"loss": loss, "perplexity": math.exp(min(loss, 50))})
+            scores.update({"loss": loss, "perplexity": math.exp(min(loss, 50))})
         else:
-            result.update(METRICS[name](predictions, references))
+            scores.update(METRICS[name](predictions, references))
             per_case.update(per_case_scores(name, predictions, references))
-    result.update(
-        per_case=per_case,
+    scores.update(
         prompt_tokens_mean=sum(a.prompt_tokens for a in answers) / len(answers),
         generated_tokens_mean=sum(a.generated_tokens for a in answers) / len(answers),
         seconds_per_example=seconds / len(answers),
-        answers=predictions,
     )
-    return result
+    return SystemResult(scores, predictions, per_case)
 
 
 def per_case_scores(name: str, predictions: list[str], references: list[str]) -> dict[str, PerCase]:
@@ -135,7 +172,7 @@ def per_case_scores(name: str, predictions: list[str], references: list[str]) ->
     return {key: PerCase.of_means(values) for key, values in scores.items()}
 
 
-def evaluate_run(config: Config, run_dir: Path, say=print) -> dict:
+def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = print) -> Evaluation:
     """The systems evaluation.systems names; the base model is the tuned one with its adapter switched off when it has one."""
     import contextlib
 
@@ -151,8 +188,8 @@ def evaluate_run(config: Config, run_dir: Path, say=print) -> dict:
     shots = pick_shots(pool, e.few_shot, config.training.seed)
     tuned = load_run(run_dir) if "tuned" in systems else None
     start = load_start(config) if "start" in systems else None
-    has_adapter = tuned is not None and hasattr(tuned.model, "disable_adapter")
-    base = tuned if has_adapter else load_base(config) if any(name != "tuned" for name in systems) else None
+    adapter = tuned.model if tuned is not None and hasattr(tuned.model, "disable_adapter") else None
+    base = tuned if adapter is not None else load_base(config) if any(name != "tuned" for name in systems) else None
     retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model)
     conversations = {
         "base_zero_shot": lambda: [list(c.messages) for c in cases],
@@ -161,23 +198,24 @@ def evaluate_run(config: Config, run_dir: Path, say=print) -> dict:
         "start": lambda: [list(c.messages) for c in cases],
         "tuned": lambda: [list(c.messages) for c in cases],
     }
-    loaded = {"tuned": tuned, "start": start}
+    own = {"tuned": tuned, "start": start}  # the systems with a model of their own; the others are the base model
     results = {}
     for name in systems:
         say(f"evaluating {name} on {len(cases)} example(s) ...")
-        off = tuned.model.disable_adapter() if has_adapter and name not in loaded else contextlib.nullcontext()
+        loaded = own.get(name) or base
+        assert loaded is not None  # loaded above for every system asked for
+        off = adapter.disable_adapter() if adapter is not None and name not in own else contextlib.nullcontext()
         with off:
-            results[name] = run_system(loaded.get(name) or base, conversations[name](), cases, e.metrics, e.max_new_tokens)
-    per_case = {name: results[name].pop("per_case") for name in systems}
-    sure = confidence(per_case, config.training.seed, LOWER_IS_BETTER)
-    found = {"cases": cases, "shots": len(shots), "retrieved": retriever.k, "systems": systems, "results": results, **sure}
+            results[name] = run_system(loaded, conversations[name](), cases, e.metrics, e.max_new_tokens)
+    sure = confidence({name: results[name].per_case for name in systems}, config.training.seed, LOWER_IS_BETTER)
+    preference = None
     if tuned is not None and config.training.objective != "sft":
         say("measuring the preference of the tuned model on the validation pairs ...")
-        found["preference"] = preference_scores(tuned, config, run_dir)
-    return found
+        preference = preference_scores(tuned, config, run_dir)
+    return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"], preference)
 
 
-def load_start(config: Config):
+def load_start(config: Config) -> Loaded:
     """The model the run started from: config.model.adapter on the base model."""
     from peft import PeftModel
 
@@ -190,14 +228,14 @@ def load_start(config: Config):
     return start
 
 
-def preference_scores(tuned, config: Config, run_dir: Path) -> dict:
+def preference_scores(tuned: Loaded, config: Config, run_dir: Path) -> PreferenceScores | None:
     """Reward accuracy (share of pairs whose chosen answer gains more than the rejected one) and mean reward margin of the
     tuned model on the validation pairs, with 95% bootstrap intervals; dpo's rewards are against the run's reference
-    log-probs (the model it started from), orpo's are its per-token log-probs times lambda."""
+    log-probs (the model it started from), orpo's are its per-token log-probs times lambda. None without any pairs."""
     import torch
 
     from trainer.data.pipeline import prepare_data
-    from trainer.evaluation.intervals import PerCase, interval, resample_indices
+    from trainer.evaluation.intervals import interval, resample_indices
     from trainer.objectives import REFERENCE_FILE, PairBatching, PreferenceLoss
 
     data = prepare_data(config, tuned.tokenizer)
@@ -205,7 +243,8 @@ def preference_scores(tuned, config: Config, run_dir: Path) -> dict:
     reference = torch.load(run_dir / REFERENCE_FILE) if config.training.objective == "dpo" else None
     batching = PairBatching(8, config.training.seed, tuned.tokenizer.pad_token_id, reference, "validation")
     loss = PreferenceLoss(tuned.model, config).eval()
-    margins, right = [], []
+    margins: list[float] = []
+    right: list[float] = []
     with torch.no_grad():
         for batch in batching.plan(pairs, 0):
             tensors = {k: v.to(tuned.device) for k, v in batching.collate(batch).items()}
@@ -215,7 +254,7 @@ def preference_scores(tuned, config: Config, run_dir: Path) -> dict:
             margins += (chosen - rejected).tolist()
             right += (chosen > rejected).float().tolist()
     if not margins:
-        return {}
+        return None
     draws = resample_indices(len(margins), config.training.seed)
     accuracy, margin = interval(PerCase.of_means(right), draws), interval(PerCase.of_means(margins), draws)
     return {"pairs": len(margins), "reward_accuracy": accuracy.value, "reward_accuracy_ci95": accuracy.to_list(),

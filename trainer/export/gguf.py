@@ -13,8 +13,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.errors import UserError
+from trainer.export.llamacpp import LlamaCpp, Say
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by the converter directly
 QUANTIZER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -33,7 +35,7 @@ class Exported:
     stop: tuple[str, ...]  # the texts that end an assistant turn (llama.cpp's end-of-generation tokens)
 
 
-def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None = None, say=_say) -> Exported:
+def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None = None, say: Say = _say) -> Exported:
     """Write <run>/export/<run name>-<quant>.gguf (or `out`) and return where it is."""
     from trainer.export import llamacpp
 
@@ -61,7 +63,7 @@ def run_name(run_dir: Path) -> str:
     return run_dir.resolve().name or "model"
 
 
-def write_merged_folder(run_dir: Path, folder: Path, say=_say) -> tuple[str, tuple[str, ...]]:
+def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[str, tuple[str, ...]]:
     """The tuned model as a Hugging Face folder (float weights, adapter merged) whose tokenizer carries
     the run's chat template and ends turns with the run's end-of-turn token. Returns (template, stop texts)."""
     from trainer.generate import load_run, stop_texts
@@ -85,7 +87,7 @@ def write_merged_folder(run_dir: Path, folder: Path, say=_say) -> tuple[str, tup
     return template or "", stop
 
 
-def _write_generation_config(folder: Path, tokenizer) -> None:
+def _write_generation_config(folder: Path, tokenizer: Any) -> None:
     """Every end-of-turn token as an end-of-sequence id, so llama.cpp stops where `trainer generate` stops."""
     from trainer.generate import stop_ids
 
@@ -95,7 +97,7 @@ def _write_generation_config(folder: Path, tokenizer) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def _convert(tools, folder: Path, target: Path, outtype: str, say) -> None:
+def _convert(tools: LlamaCpp, folder: Path, target: Path, outtype: str, say: Say) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     say(f"Converting to GGUF ({outtype}) with llama.cpp's convert_hf_to_gguf.py ...")
@@ -107,7 +109,7 @@ def _convert(tools, folder: Path, target: Path, outtype: str, say) -> None:
     os.replace(partial, target)  # a killed conversion never leaves a file under the final name
 
 
-def _quantize(tools, source: Path, target: Path, quant: str, say) -> None:
+def _quantize(tools: LlamaCpp, source: Path, target: Path, quant: str, say: Say) -> None:
     say(f"Quantizing to {quant} with llama-quantize ...")
     partial = target.with_name(target.name + ".partial")
     result = subprocess.run([str(tools.quantize), str(source), str(partial), quant.upper()], capture_output=True, text=True)

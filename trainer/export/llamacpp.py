@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ BUILD_TARGETS = ("llama", "llama-quantize")
 # What the llama_cpp package needs (its pyproject), and the converter beyond torch, transformers and numpy
 # (its requirements-convert_hf_to_gguf.txt): Llama models' set_vocab tries sentencepiece first.
 BINDING_NEEDS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3", "sentencepiece>=0.1.98,<0.3.0")
+
+
+Say = Callable[[str], None]  # where progress goes: stderr by default, the web UI's log in the UI
 
 
 def _say(text: str) -> None:
@@ -123,12 +127,12 @@ def find() -> LlamaCpp | None:
     return built if built.done.is_file() and built.quantize.is_file() else None
 
 
-def require(say=_say) -> LlamaCpp:
+def require(say: Say = _say) -> LlamaCpp:
     """The build, made now if missing (minutes, once)."""
     return find() or setup(say=say)
 
 
-def setup(say=_say, jobs: int | None = None) -> LlamaCpp:
+def setup(say: Say = _say, jobs: int | None = None) -> LlamaCpp:
     """Download, build and install llama.cpp (see the module note). Idempotent; a killed build starts over."""
     built = default_location()
     if find() is None:
@@ -142,7 +146,7 @@ def setup(say=_say, jobs: int | None = None) -> LlamaCpp:
     return built
 
 
-def _run(command: list[str], what: str, cwd: Path | None = None, env: dict | None = None) -> None:
+def _run(command: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip()[-3000:]
@@ -150,7 +154,7 @@ def _run(command: list[str], what: str, cwd: Path | None = None, env: dict | Non
                         "cmake and a C++ compiler are needed (Debian/Ubuntu: apt-get install cmake g++).")
 
 
-def _build(built: LlamaCpp, say, jobs: int) -> None:
+def _build(built: LlamaCpp, say: Say, jobs: int) -> None:
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise UserError(f"building llama.cpp needs `{tool}`, which is not installed "
@@ -175,7 +179,7 @@ def _build(built: LlamaCpp, say, jobs: int) -> None:
     built.done.write_text(" ".join(cpu_flags()) + "\n")
 
 
-def _install_binding(built: LlamaCpp, say) -> None:
+def _install_binding(built: LlamaCpp, say: Say) -> None:
     """The llama_cpp package from the same sdist, compiled nothing, with the libraries built above."""
     say(f"Installing the llama_cpp Python package ({PACKAGE}) with the library built in {built.root} ...")
     env = {**os.environ, "CMAKE_ARGS": "-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"}

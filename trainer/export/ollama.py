@@ -14,10 +14,16 @@ the model differently from how it was trained.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.config import Config
 from trainer.errors import UserError
+from trainer.export.llamacpp import Say
+from trainer.generate import ChatMessage
+
+Render = Callable[[list[ChatMessage]], str]  # the run's Jinja chat template, with the generation prompt
 
 ROLES = ("system", "user", "assistant")
 START, END = "", "end"  # the role before the first message, and after the last (the generation prompt)
@@ -33,7 +39,7 @@ class Transitions:
 
     text: dict[tuple[str, str], str]
 
-    def render(self, messages: list[dict]) -> str:
+    def render(self, messages: list[ChatMessage]) -> str:
         """What the Go template writes for `messages` (the last a user turn), in Python, for the proof."""
         out, previous = [], START
         for message in messages:
@@ -57,11 +63,11 @@ _CHECK = [
 ]
 
 
-def _conversation(roles: list[str], offset: int = 0) -> list[dict]:
+def _conversation(roles: list[str], offset: int = 0) -> list[ChatMessage]:
     return [{"role": role, "content": _marker(offset + i)} for i, role in enumerate(roles)]
 
 
-def transitions(render) -> Transitions:
+def transitions(render: Render) -> Transitions:
     """Measure the fixed text around messages. `render(messages)` is the Jinja template with the generation prompt."""
     text: dict[tuple[str, str], str] = {}
     for roles in _MEASURE:
@@ -87,7 +93,7 @@ def transitions(render) -> Transitions:
     return Transitions(text)
 
 
-def check_transitions(found: Transitions, render) -> None:
+def check_transitions(found: Transitions, render: Render) -> None:
     """Refuse unless the measured text reproduces the Jinja template exactly on conversations it was not measured on."""
     for n, roles in enumerate(_CHECK):
         messages = _conversation(roles, offset=10 * n + 100)
@@ -102,7 +108,7 @@ def check_transitions(found: Transitions, render) -> None:
             raise UserError(_not_per_turn("a conversation of roles " + ", ".join(roles) + " is laid out differently"))
 
 
-def _render_or_none(render, messages: list[dict]) -> str | None:
+def _render_or_none(render: Render, messages: list[ChatMessage]) -> str | None:
     """The Jinja render, or None where the template raises on these roles; it must accept a plain user turn."""
     try:
         return render(messages)
@@ -147,7 +153,7 @@ def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None
     return "\n".join(lines) + "\n"
 
 
-def common_system_prompt(config) -> str | None:
+def common_system_prompt(config: Config) -> str | None:
     """The system prompt, when every training conversation starts with the same one (then Ollama should add it)."""
     from trainer.data.pipeline import load_examples
 
@@ -159,7 +165,7 @@ def common_system_prompt(config) -> str | None:
     return firsts.pop() if len(firsts) == 1 else None
 
 
-def write_ollama(run_dir: str | Path, quant: str = "q8_0", say=None) -> tuple[Path, str]:
+def write_ollama(run_dir: str | Path, quant: str = "q8_0", say: Say | None = None) -> tuple[Path, str]:
     """The GGUF plus <run>/export/Modelfile; returns the Modelfile's path and the `ollama create` command."""
     from trainer.config import load_config
     from trainer.export.gguf import _say, export_gguf, run_name
@@ -174,7 +180,7 @@ def write_ollama(run_dir: str | Path, quant: str = "q8_0", say=None) -> tuple[Pa
                         "as an Ollama TEMPLATE; use the GGUF with a completion API (llama.cpp) instead.")
     tokenizer = load_tokenizer(str(run_dir / "model"))
 
-    def render(messages: list[dict]) -> str:
+    def render(messages: list[ChatMessage]) -> str:
         return render_prompt(tokenizer, messages, exported.chat_template)
 
     found = transitions(render)

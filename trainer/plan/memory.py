@@ -17,8 +17,11 @@ so the peak is the larger of loading (the file and the weights) and training.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
+from trainer.config import Config
 from trainer.plan.params import Architecture, ParameterCount
 
 GIB = 1024**3
@@ -45,6 +48,18 @@ class Precision:
     compute: str  # the autocast dtype, or float32 without mixed precision
 
 
+class _MemoryDict(TypedDict):
+    parts_bytes: dict[str, float]
+    loading_bytes: float
+    peak_bytes: float
+    gradient_checkpointing: bool
+
+
+class MemoryDict(_MemoryDict, total=False):  # one of the two: activations with checkpointing the other way round
+    activations_without_checkpointing_bytes: float
+    activations_with_checkpointing_bytes: float
+
+
 @dataclass(frozen=True)
 class Memory:
     parts: dict[str, float]  # bytes, in the order they are listed
@@ -53,13 +68,17 @@ class Memory:
     checkpointing: bool
     activations_other: float  # activations with gradient checkpointing the other way round, for comparison
 
-    def to_dict(self) -> dict:
-        return {"parts_bytes": self.parts, "loading_bytes": self.loading, "peak_bytes": self.peak,
-                "gradient_checkpointing": self.checkpointing,
-                ("activations_without_checkpointing_bytes" if self.checkpointing else "activations_with_checkpointing_bytes"): self.activations_other}
+    def to_dict(self) -> MemoryDict:
+        out: MemoryDict = {"parts_bytes": self.parts, "loading_bytes": self.loading, "peak_bytes": self.peak,
+                           "gradient_checkpointing": self.checkpointing}
+        if self.checkpointing:
+            out["activations_without_checkpointing_bytes"] = self.activations_other
+        else:
+            out["activations_with_checkpointing_bytes"] = self.activations_other
+        return out
 
 
-def precision_for(config, device: str, native_bf16: bool) -> Precision:
+def precision_for(config: Config, device: str, native_bf16: bool) -> Precision:
     """The same choices as trainer.models.torch_dtype and mixed_precision, without importing torch."""
     t = config.training
     compute = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(t.precision)
@@ -90,7 +109,7 @@ def per_token_layer(arch: Architecture, compute_bytes: float, attention_rows: in
     return norms + attention + mlp + matrix
 
 
-def dropout_per_token_layer(arch: Architecture, config, input_bytes: float) -> float:
+def dropout_per_token_layer(arch: Architecture, config: Config, input_bytes: float) -> float:
     """LoRA dropout keeps, per adapted layer, its own dropped-out copy of the layer's input and the mask (1 byte)."""
     t = config.training
     if t.method == "full" or t.lora.dropout == 0:
@@ -111,7 +130,7 @@ def activations(arch: Architecture, shape: Shape, compute_bytes: float, checkpoi
     return layer * arch.layers + embeddings
 
 
-def estimate_memory(arch: Architecture, count: ParameterCount, config, device: str, precision: Precision, shape: Shape,
+def estimate_memory(arch: Architecture, count: ParameterCount, config: Config, device: str, precision: Precision, shape: Shape,
                     checkpoint_file_bytes: float | None = None, checkpointing: bool | None = None) -> Memory:
     t = config.training
     checkpointing = t.gradient_checkpointing if checkpointing is None else checkpointing
@@ -144,7 +163,7 @@ def estimate_memory(arch: Architecture, count: ParameterCount, config, device: s
     return Memory(parts, loading, max(training, loading), checkpointing, other)
 
 
-def largest_batch(fits, batch: int) -> int:
+def largest_batch(fits: Callable[[int], bool], batch: int) -> int:
     """The largest micro-batch of at most `batch` for which fits(b) holds (halving), or 0 if not even 1."""
     b = batch
     while b >= 1:

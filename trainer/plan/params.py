@@ -8,10 +8,16 @@ matches a layer whose dotted name is the name or ends in '.' + the name.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
+from trainer.config import Config
 from trainer.errors import UserError
+
+# config.model: its class is made from the schema at import time, so a type checker cannot see its fields
+ModelSection = Any
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,8 @@ class Architecture:
         return sum(x.in_features * x.out_features for x in self.linears)
 
 
-def read_model_config(m):
-    """The transformers config of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
+def read_model_config(m: ModelSection) -> Any:
+    """The transformers config (a PretrainedConfig) of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
     from transformers import AutoConfig
 
     path = Path(os.path.expanduser(m.name_or_path))
@@ -64,7 +70,7 @@ def read_model_config(m):
                         "model.name_or_path at a local folder or .gguf file.") from None
 
 
-def architecture(model_config) -> Architecture:
+def architecture(model_config: Any) -> Architecture:
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM
@@ -89,11 +95,18 @@ def architecture(model_config) -> Architecture:
     )
 
 
-def adapted_layers(arch: Architecture, targets) -> list[Linear]:
+def adapted_layers(arch: Architecture, targets: str | Sequence[str]) -> list[Linear]:
     if targets == "all-linear":
         return list(arch.linears)
     names = list(targets)
     return [x for x in arch.linears if any(x.name == t or x.name.endswith("." + t) for t in names)]
+
+
+class ParameterDict(TypedDict):
+    total: int
+    trainable: int
+    base: int
+    adapted_layers: int
 
 
 @dataclass(frozen=True)
@@ -103,11 +116,11 @@ class ParameterCount:
     base: int  # of the model before adapters
     adapted_layers: int  # linear layers with an adapter (0 for full fine-tuning)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> ParameterDict:
         return {"total": self.total, "trainable": self.trainable, "base": self.base, "adapted_layers": self.adapted_layers}
 
 
-def count_parameters(arch: Architecture, config) -> ParameterCount:
+def count_parameters(arch: Architecture, config: Config) -> ParameterCount:
     t = config.training
     if t.method == "full":
         return ParameterCount(arch.total, arch.total, arch.total, 0)

@@ -1,0 +1,67 @@
+"""Commands that stay up: serve (an OpenAI-compatible API) and ui (the Gradio web UI)."""
+from __future__ import annotations
+
+import argparse
+
+from trainer.commands import Command, SubParsers
+from trainer.errors import UserError
+
+
+def _add_serve(sub: SubParsers) -> None:
+    p = sub.add_parser("serve", help="serve a run's model over an OpenAI-compatible HTTP API",
+                       description="Serve a run's model (or a GGUF file) at /v1/chat/completions, /v1/models and /health, "
+                       "for the official OpenAI clients and anything that speaks their API. Listens on 127.0.0.1 unless "
+                       "--host says otherwise; any other host needs an API key.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", metavar="DIR", help="the run directory to serve")
+    what.add_argument("--gguf", metavar="FILE", help="a GGUF file to serve (with llama.cpp)")
+    from trainer.serve import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto (llama.cpp where it is set up, else transformers), llama.cpp (on the run's GGUF, exported if "
+                   "missing), transformers (exactly trainer generate's answers), vllm (GPUs: vLLM's server with the adapter)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="required from clients as Authorization: Bearer KEY (default: TRAINER_API_KEY); "
+                   "needed for any host but this machine")
+    p.add_argument("--quant", default="q8_0", metavar="TYPE", help="llama.cpp engine: the GGUF type to export the run to (default q8_0)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--gpus", type=int, help="vllm: tensor-parallel over this many GPUs (default: every visible GPU)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainer.serve import ServeOptions, api_key_from, serve
+
+    serve(ServeOptions(run=Path(args.run).expanduser() if args.run else None, gguf=Path(args.gguf).expanduser() if args.gguf else None,
+                       engine=args.engine, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
+                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus))
+    return 0
+
+
+def _add_ui(sub: SubParsers) -> None:
+    p = sub.add_parser("ui", help="open the web UI (a form that writes the YAML, runs it and chats with the result)", description="Start the Gradio web UI. Needs the ui extra: pip install -e '.[ui]'. Settings: TRAINER_WORKDIR (where uploads and runs go), TRAINER_UI_SANDBOX=1 (paths must stay inside it), TRAINER_UI_AUTH=user:password.")
+    import os
+
+    p.add_argument("--host", default=os.environ.get("TRAINER_UI_HOST", "127.0.0.1"),
+                   help="address to listen on (default: TRAINER_UI_HOST, else 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("the web UI needs Gradio: pip install -e '.[ui]' (or make ui).") from None
+    try:
+        from ui.app import launch
+    except ModuleNotFoundError:
+        raise UserError("the web UI ships with trainer's source (the ui/ folder): run `trainer ui` from a clone "
+                        "of the repository, or `make ui` there.") from None
+    launch(args.host, args.port)
+    return 0
+
+
+SERVE = Command("serve", _add_serve, _serve)
+UI = Command("ui", _add_ui, _ui)

@@ -129,7 +129,9 @@ def _openai_sides(record: Record) -> tuple | list[Problem]:
 
 def _trl_sides(record: Record, names: dict) -> tuple | list[Problem]:
     row = record.row
-    prompt, chosen, rejected = row.get(names["prompt"]), row.get(names["chosen"]), row.get(names["rejected"])
+    prompt: Any = row.get(names["prompt"])
+    chosen: Any = row.get(names["chosen"])
+    rejected: Any = row.get(names["rejected"])
     tools = row.get("tools")
     if isinstance(tools, str) and tools.strip():  # TRL and ShareGPT data often keep tools as a JSON string
         try:
@@ -196,14 +198,14 @@ def _pair_of(record: Record, prompt: list, tools: Any, chosen: list, rejected: l
     for answer in (chosen, rejected):
         row = {"messages": prompt + answer, **({"tools": tools} if tools else {})}
         example, found = to_example(Record(row, record.file, record.line), "messages", MESSAGES_NAMES, "assistant")
-        if example is None:
+        if example is None or example.messages is None:
             return None, found
         cut = len(example.messages) - len(answer)  # a system column may have added a message in front
         messages = tuple(replace(m, trained=False) if i < cut and m.role == "assistant" else m for i, m in enumerate(example.messages))
         examples.append(replace(example, messages=messages))
     if _answer(examples[0], len(chosen)) == _answer(examples[1], len(rejected)):
         return None, [record.problem("the chosen and rejected answers are identical, so the pair teaches nothing; fix the rejected answer or remove the pair.")]
-    return Pair(examples[0], examples[1], len(examples[0].messages) - len(chosen)), []
+    return Pair(examples[0], examples[1], len(examples[0].messages or ()) - len(chosen)), []
 
 
 def _text_of(message: dict) -> str:

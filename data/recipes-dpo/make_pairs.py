@@ -73,13 +73,17 @@ def main() -> None:
     parser.add_argument("--per-recipe", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--dtype", default="float32", help="float32 generates faster than bf16 on CPUs without bf16 matmul units")
+    parser.add_argument("--validation-recipes", type=int, default=50, help="how many validation recipes give pairs (the first ones)")
     args = parser.parse_args()
 
     from trainer.generate import load_run
 
-    loaded = load_run(args.run)
+    loaded = load_run(args.run, dtype=args.dtype)
+    loaded.model = loaded.model.merge_and_unload()  # the same weights, and no adapter matmuls at every generated token
     for split in ("train", "validation"):
         rows = [json.loads(line) for line in (REPO / "data" / "recipes" / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        rows = rows[: args.validation_recipes] if split == "validation" else rows
         print(f"{split}: answering {len(rows)} recipes, {args.samples + 1} times each ...", file=sys.stderr)
         answered = answers(loaded, [r["messages"][:-1] for r in rows], args.samples, args.temperature, args.seed, args.max_new_tokens)
         pairs = pairs_for(rows, answered, args.per_recipe)

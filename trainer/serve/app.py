@@ -59,44 +59,60 @@ class ServeLimits:
 
 
 def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits = ServeLimits()) -> FastAPI:
+    """The OpenAI-compatible app: error bodies, the key and size guard, and the routes."""
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
 
-    worker = Worker(engine)
     app = FastAPI(title="trainer serve", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    _add_guard(app, api_key, limits)
+    _add_routes(app, engine, Worker(engine), limits)
+    return app
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-              code: str | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    """OpenAI's error body."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
-            return error(400, "the request body is not valid JSON", code="invalid_json")
-        return error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
+            return _error(400, "the request body is not valid JSON", code="invalid_json")
+        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+
+def _add_guard(app: FastAPI, api_key: str | None, limits: ServeLimits) -> None:
+    """Every request: the API key (when one is set) and a bounded body with a Content-Length."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if api_key is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "a valid API key is needed: send the header Authorization: Bearer <key>",
-                             kind="authentication_error", code="invalid_api_key")
+                return _error(401, "a valid API key is needed: send the header Authorization: Bearer <key>",
+                              kind="authentication_error", code="invalid_api_key")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            return error(413, f"the request body is larger than {limits.max_body_bytes} bytes", code="request_too_large")
+            return _error(413, f"the request body is larger than {limits.max_body_bytes} bytes", code="request_too_large")
         if length is None and request.method == "POST":  # a chunked upload could be of any size
-            return error(411, "send the request with a Content-Length header", code="length_required")
+            return _error(411, "send the request with a Content-Length header", code="length_required")
         return await call_next(request)
 
+
+def _add_routes(app: FastAPI, engine: Engine, worker: Worker, limits: ServeLimits) -> None:
     # response_model=None: FastAPI would otherwise build a response model from each return annotation
     @app.get("/health", response_model=None)
     def health() -> dict[str, str]:
@@ -108,47 +124,59 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat(body: ChatRequest) -> JSONResponse | StreamingResponse | dict[str, Any]:
-        if body.model not in (None, "", engine.model_id):
-            return error(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
-                         param="model", code="model_not_found")
-        if len(body.messages) > limits.max_messages:
-            return error(400, f"messages: at most {limits.max_messages} messages per request", param="messages")
-        max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
-        if max_tokens > limits.max_tokens:
-            return error(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
-        try:
-            messages = [_plain_message(m.model_dump(exclude_none=True)) for m in body.messages]
-        except ValueError as exc:
-            return error(400, str(exc), param="messages")
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.seed, stop)
-        try:
-            prompt = engine.prompt(messages, body.tools)
-        except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
-            return error(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            return StreamingResponse(_events(worker, prompt, sampling, ident, created, engine.model_id, bool(body.tools)),
-                                     media_type="text/event-stream")
-        cancel = Cancel()
-        try:
-            pieces = list(worker.stream(prompt, sampling, cancel))
-        except ValueError as exc:  # e.g. longer than the context
-            return error(400, str(exc))
-        text, last = "".join(p.text for p in pieces), pieces[-1]
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        finish = last.finish_reason
-        if body.tools:
-            content, calls = split_tool_calls(text)
-            if calls:
-                message = {"role": "assistant", "content": content or None, "tool_calls": calls}
-                finish = "tool_calls"
-        return {"id": ident, "object": "chat.completion", "created": created, "model": engine.model_id,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-                          "total_tokens": last.prompt_tokens + last.completion_tokens}}
+        return _chat_completion(body, engine, worker, limits)
 
-    return app
+
+def _request_problem(body: ChatRequest, engine: Engine, limits: ServeLimits) -> JSONResponse | None:
+    """What is wrong with a request before anything is generated, as its error response; None when nothing is."""
+    if body.model not in (None, "", engine.model_id):
+        return _error(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
+                      param="model", code="model_not_found")
+    if len(body.messages) > limits.max_messages:
+        return _error(400, f"messages: at most {limits.max_messages} messages per request", param="messages")
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        return _error(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
+    return None
+
+
+def _chat_completion(body: ChatRequest, engine: Engine, worker: Worker, limits: ServeLimits) -> JSONResponse | StreamingResponse | dict[str, Any]:
+    from fastapi.responses import StreamingResponse
+
+    problem = _request_problem(body, engine, limits)
+    if problem is not None:
+        return problem
+    try:
+        messages = [_plain_message(m.model_dump(exclude_none=True)) for m in body.messages]
+    except ValueError as exc:
+        return _error(400, str(exc), param="messages")
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
+    sampling = Sampling(max_tokens, body.temperature, body.top_p, body.seed, stop)
+    try:
+        prompt = engine.prompt(messages, body.tools)
+    except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
+        return _error(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        return StreamingResponse(_events(worker, prompt, sampling, ident, created, engine.model_id, bool(body.tools)),
+                                 media_type="text/event-stream")
+    try:
+        pieces = list(worker.stream(prompt, sampling, Cancel()))
+    except ValueError as exc:  # e.g. longer than the context
+        return _error(400, str(exc))
+    text, last = "".join(p.text for p in pieces), pieces[-1]
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    finish = last.finish_reason
+    if body.tools:
+        content, calls = split_tool_calls(text)
+        if calls:
+            message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+            finish = "tool_calls"
+    return {"id": ident, "object": "chat.completion", "created": created, "model": engine.model_id,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+                      "total_tokens": last.prompt_tokens + last.completion_tokens}}
 
 
 def _plain_message(message: dict[str, Any]) -> dict[str, Any]:

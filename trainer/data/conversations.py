@@ -17,6 +17,7 @@ ShareGPT function_call / observation      assistant tool call / tool result; a `
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.data.records import Record
@@ -137,88 +138,109 @@ def _tool_calls(record: Record, where: str, turn: dict, fmt: str, content_key: s
     return calls, problems
 
 
+@dataclass
+class _Reading:
+    """What reading one conversation carries from message to message."""
+
+    record: Record
+    fmt: str
+    names: dict
+    open_calls: dict[str, str] = field(default_factory=dict)  # id -> function name of calls not yet answered
+    pending: list[str] = field(default_factory=list)  # ids in the order they were made, for results that name no id
+    counter: list[int] = field(default_factory=lambda: [0])  # calls made so far (ids for calls that have none)
+
+
 def chat_messages(record: Record, fmt: str, names: dict) -> tuple[list, list[Problem]]:
     """The record's messages, or the problems that stop it from being a conversation."""
-    from trainer.data.formats import Message
-
     turns = record.row.get(names["messages"])
     if turns is None:
         return [], [record.problem(f"missing the {names['messages']!r} column; each example needs its list of messages.")]
     if not isinstance(turns, list) or not turns:
         return [], [record.problem(f"{names['messages']!r} must be a non-empty list of messages, got {_short(turns)}.")]
-    role_key, content_key = names["role"], names["content"]
-    allowed_keys = {role_key, content_key} | MESSAGE_KEYS
-    roles = SHAREGPT_ROLES if fmt == "sharegpt" else OPENAI_ROLES
+    reading = _Reading(record, fmt, names)
     messages, problems = [], []
-    open_calls: dict[str, str] = {}  # id -> function name of calls not yet answered
-    pending: list[str] = []  # ids in the order they were made, for results that name no id
-    counter = [0]
     for i, turn in enumerate(turns):
-        where = f"message {i + 1}"
-        if not isinstance(turn, dict):
-            problems.append(record.problem(f"{where} must be an object with {role_key!r} and {content_key!r}, got {_short(turn)}."))
-            continue
-        unknown = sorted(set(turn) - allowed_keys)
-        if unknown:
-            problems.append(record.problem(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; a message has {role_key!r}, "
-                                           f"{content_key!r} and optionally 'name', 'weight', 'tool_calls', 'tool_call_id', 'reasoning_content'."))
-        raw_role = turn.get(role_key)
-        role = roles.get(raw_role) if isinstance(raw_role, str) else None
-        if role is None:
-            problems.append(record.problem(f"{where} has unknown role {_short(raw_role)}; use one of: {', '.join(roles)}."))
-            continue
-        weight = turn.get("weight", 1)
-        if weight not in (0, 1) or isinstance(weight, bool):
-            problems.append(record.problem(f"{where} weight must be 0 or 1, got {_short(weight)}."))
-        calls: list = []
-        is_call = role == "assistant" and (turn.get("tool_calls") is not None or turn.get("function_call") is not None
-                                           or (fmt == "sharegpt" and raw_role == "function_call"))
-        if is_call:
-            calls, found = _tool_calls(record, where, turn, fmt, content_key, counter)
-            problems += found
-            for call in calls:
-                open_calls[call.id] = call.name
-                pending.append(call.id)
-        raw_content = None if is_call and fmt == "sharegpt" else turn.get(content_key)
-        text, why = content_text(raw_content)
-        if why:
-            problems.append(record.problem(f"{where} {content_key!r}: {why}."))
-            continue
-        if text is None and not (is_call and raw_content is None):
-            problems.append(record.problem(f"{where} {content_key!r} must be text, got {_short(raw_content)}."))
-            continue
-        text = text or ""
-        reasoning = turn.get("reasoning_content")
-        if reasoning is not None and not isinstance(reasoning, str):
-            problems.append(record.problem(f"{where} 'reasoning_content' must be text, got {_short(reasoning)}."))
-            continue
-        if role == "assistant" and reasoning is None:
-            reasoning, text = split_reasoning(text)
-        if not text.strip() and not calls and not (role == "assistant" and reasoning):
-            problems.append(record.problem(f"{where} ({raw_role}) has empty {content_key!r}."))
-            continue
-        call_id = None
-        name: str | None
-        if role == "tool":
-            call_id = turn.get("tool_call_id")
-            if call_id is None and pending:  # ShareGPT observations and legacy function results answer the oldest open call
-                call_id = pending[0]
-            if not isinstance(call_id, str) or call_id not in open_calls:
-                asked = f" (tool_call_id {call_id!r})" if call_id is not None else ""
-                problems.append(record.problem(
-                    f"{where} is a tool result{asked} that answers no call: put it after the assistant message whose tool_calls "
-                    "has a call with that id, and give it that call's 'tool_call_id'."))
-                continue
-            pending.remove(call_id)
-            name = open_calls.pop(call_id)
-        else:
-            given_name = turn.get("name")
-            name = given_name if isinstance(given_name, str) else None
-        if role == "tool":
-            messages.append(Message("tool", text, False, name=name, tool_call_id=call_id))
-        else:
-            messages.append(Message(role, text, role == "assistant" and weight != 0, tuple(calls), reasoning or None, name))
+        message, found = _message(reading, f"message {i + 1}", turn)
+        problems += found
+        if message is not None:
+            messages.append(message)
     return messages, problems
+
+
+def _message(reading: _Reading, where: str, turn: Any) -> tuple[Any, list[Problem]]:
+    """One turn as a Message (or None) and the problems found in it."""
+    from trainer.data.formats import Message
+
+    record, fmt, names = reading.record, reading.fmt, reading.names
+    role_key, content_key = names["role"], names["content"]
+    if not isinstance(turn, dict):
+        return None, [record.problem(f"{where} must be an object with {role_key!r} and {content_key!r}, got {_short(turn)}.")]
+    problems = []
+    unknown = sorted(set(turn) - ({role_key, content_key} | MESSAGE_KEYS))
+    if unknown:
+        problems.append(record.problem(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; a message has {role_key!r}, "
+                                       f"{content_key!r} and optionally 'name', 'weight', 'tool_calls', 'tool_call_id', 'reasoning_content'."))
+    roles = SHAREGPT_ROLES if fmt == "sharegpt" else OPENAI_ROLES
+    raw_role = turn.get(role_key)
+    role = roles.get(raw_role) if isinstance(raw_role, str) else None
+    if role is None:
+        return None, problems + [record.problem(f"{where} has unknown role {_short(raw_role)}; use one of: {', '.join(roles)}.")]
+    weight = turn.get("weight", 1)
+    if weight not in (0, 1) or isinstance(weight, bool):
+        problems.append(record.problem(f"{where} weight must be 0 or 1, got {_short(weight)}."))
+    calls: list = []
+    is_call = role == "assistant" and (turn.get("tool_calls") is not None or turn.get("function_call") is not None
+                                       or (fmt == "sharegpt" and raw_role == "function_call"))
+    if is_call:
+        calls, found = _tool_calls(record, where, turn, fmt, content_key, reading.counter)
+        problems += found
+        for call in calls:
+            reading.open_calls[call.id] = call.name
+            reading.pending.append(call.id)
+    raw_content = None if is_call and fmt == "sharegpt" else turn.get(content_key)
+    text, reasoning, why = _content_and_reasoning(where, turn, role, raw_content, content_key, is_call)
+    if why:
+        return None, problems + [record.problem(why)]
+    if not text.strip() and not calls and not (role == "assistant" and reasoning):
+        return None, problems + [record.problem(f"{where} ({raw_role}) has empty {content_key!r}.")]
+    if role == "tool":
+        answered, why = _answered_call(reading, where, turn)
+        if answered is None:
+            return None, problems + [record.problem(why)]
+        call_id, name = answered
+        return Message("tool", text, False, name=name, tool_call_id=call_id), problems
+    speaker = turn.get("name") if isinstance(turn.get("name"), str) else None
+    return Message(role, text, role == "assistant" and weight != 0, tuple(calls), reasoning or None, speaker), problems
+
+
+def _content_and_reasoning(where: str, turn: dict, role: str, raw_content: Any, content_key: str,
+                           is_call: bool) -> tuple[str, str | None, str | None]:
+    """(text, reasoning, None), or ("", None, why) when the content or the reasoning is not text."""
+    text, why = content_text(raw_content)
+    if why:
+        return "", None, f"{where} {content_key!r}: {why}."
+    if text is None and not (is_call and raw_content is None):
+        return "", None, f"{where} {content_key!r} must be text, got {_short(raw_content)}."
+    text = text or ""
+    reasoning = turn.get("reasoning_content")
+    if reasoning is not None and not isinstance(reasoning, str):
+        return "", None, f"{where} 'reasoning_content' must be text, got {_short(reasoning)}."
+    if role == "assistant" and reasoning is None:
+        reasoning, text = split_reasoning(text)
+    return text, reasoning, None
+
+
+def _answered_call(reading: _Reading, where: str, turn: dict) -> tuple[tuple[str, str] | None, str]:
+    """The (id, function name) of the open call a tool result answers, or (None, why)."""
+    call_id = turn.get("tool_call_id")
+    if call_id is None and reading.pending:  # ShareGPT observations and legacy function results answer the oldest open call
+        call_id = reading.pending[0]
+    if not isinstance(call_id, str) or call_id not in reading.open_calls:
+        asked = f" (tool_call_id {call_id!r})" if call_id is not None else ""
+        return None, (f"{where} is a tool result{asked} that answers no call: put it after the assistant message whose tool_calls "
+                      "has a call with that id, and give it that call's 'tool_call_id'.")
+    reading.pending.remove(call_id)
+    return (call_id, reading.open_calls.pop(call_id)), ""
 
 
 def check_calls_against_tools(record: Record, messages: list, tools: tuple[dict, ...] | None) -> list[Problem]:

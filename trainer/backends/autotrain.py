@@ -56,7 +56,7 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if config.training.objective != "sft":
         assert data.encoder is not None  # prepare_data keeps what tokenized the pairs: the hand-over renders them alike
-        for note in write_pairs(data.encoder, data.sources, config.training.objective, folder):
+        for note in write_pairs(data.encoder, (list(data.examples(0)), list(data.examples(1))), config.training.objective, folder):
             _say(f"warning: {note}")
         return
     column, _ = data_columns(config)

@@ -40,12 +40,7 @@ class LossOnTrainedTokens(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.decoder = causal_lm.get_decoder()
-        self.head = causal_lm.get_output_embeddings()
-        # gradient checkpointing recomputes the forward pass during backward, outside any kernel choice made here
-        checkpointing = "is_activation_checkpointing" if hasattr(type(causal_lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
-        self.choose_kernel = not getattr(causal_lm, checkpointing, False)
+        self.decoder, self.head, self.choose_kernel = decoder_and_head(model)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +52,14 @@ class LossOnTrainedTokens(nn.Module):
         logits = self.head(hidden[:, :-1][keep])  # (trained tokens, vocab): the only logits computed
         loss_sum = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
         return loss_sum, keep.sum()
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
+    """The model's decoder and LM head (under a peft wrapper too), and whether the loss may choose the attention kernel:
+    not under gradient checkpointing, which recomputes the forward pass during backward, outside any choice made here."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    checkpointing = "is_activation_checkpointing" if hasattr(type(causal_lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return causal_lm.get_decoder(), causal_lm.get_output_embeddings(), not getattr(causal_lm, checkpointing, False)
 
 
 SHORT_ROWS_ON_CPU = 160

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from trainer.config import Config
-from trainer.data.batching import length_grouped_batches
+from trainer.data.batching import collate_padded, length_grouped_batches
 from trainer.data.preference import TokenizedPair
 from trainer.data.tokenize import IGNORE
-from trainer.loop import Batching, LossOnTrainedTokens, attention_kernel_for, trained_in
+from trainer.loop import Batching, LossOnTrainedTokens, attention_kernel_for, decoder_and_head, trained_in
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -63,24 +63,14 @@ class PairBatching:
         return [[pairs[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
 
     def collate(self, batch: list[TokenizedPair]) -> dict:
-        sides = [p.chosen for p in batch] + [p.rejected for p in batch]
-        width = max(len(s.input_ids) for s in sides)
-        ids = torch.full((len(sides), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(sides), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(sides), width), dtype=torch.long)
-        for row, side in enumerate(sides):
-            n = len(side.input_ids)
-            ids[row, :n] = torch.tensor(side.input_ids)
-            labels[row, :n] = torch.tensor(side.labels)
-            mask[row, :n] = 1
-        out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        out = collate_padded([p.chosen for p in batch] + [p.rejected for p in batch], self.pad_id)
         if self.reference is not None and self.split in self.reference:
             ref = self.reference[self.split][torch.tensor([p.index for p in batch])]
             out["reference"] = torch.cat([ref[:, 0], ref[:, 1]])
         return out
 
 
-def sequence_logps(module: nn.Module, decoder: nn.Module, head: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+def sequence_logps(decoder: nn.Module, head: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                    attention_mask: torch.Tensor, choose_kernel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed log-prob of each row's trained tokens, their count per row, the tokens' log-probs), with logits
     computed at the trained positions only."""
@@ -106,11 +96,7 @@ class PreferenceLoss(nn.Module):
     def __init__(self, model: nn.Module, config: Config):
         super().__init__()
         self.model = model
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.decoder = causal_lm.get_decoder()
-        self.head = causal_lm.get_output_embeddings()
-        checkpointing = "is_activation_checkpointing" if hasattr(type(causal_lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
-        self.choose_kernel = not getattr(causal_lm, checkpointing, False)
+        self.decoder, self.head, self.choose_kernel = decoder_and_head(model)
         t = config.training
         self.objective = t.objective
         self.beta, self.dpo_loss, self.sft_weight, self.orpo_weight = t.dpo.beta, t.dpo.loss, t.dpo.sft_weight, t.orpo.weight
@@ -118,7 +104,7 @@ class PreferenceLoss(nn.Module):
         self.totals = {"train": torch.zeros(len(self.STATS), dtype=torch.float64), "eval": torch.zeros(len(self.STATS), dtype=torch.float64)}
 
     def logps(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return sequence_logps(self, self.decoder, self.head, input_ids, labels, attention_mask, self.choose_kernel)
+        return sequence_logps(self.decoder, self.head, input_ids, labels, attention_mask, self.choose_kernel)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
                 reference: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +168,6 @@ class Preference:
         self.config = config
         self.name = config.training.objective
         self.loss: PreferenceLoss | None = None
-        self.pair_batching: PairBatching | None = None
 
     def module(self, model: nn.Module) -> nn.Module:
         # no dropout (TRL's DPOTrainer default too): the rewards compare the policy with reference log-probs computed
@@ -194,8 +179,7 @@ class Preference:
         return self.loss
 
     def batching(self, config: Config, pad_id: int) -> PairBatching:
-        self.pair_batching = PairBatching(config.training.batch_size, config.training.seed, pad_id)
-        return self.pair_batching
+        return PairBatching(config.training.batch_size, config.training.seed, pad_id)
 
     def units(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0] // 2)

@@ -195,7 +195,7 @@ def read_meta(folder: Path) -> dict:
 def add_cache_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="list or free the data cache (tokenized data kept between runs)",
                        description="Tokenized data is kept in $TRAINER_CACHE/data (default ~/.cache/trainer/data) so that a second run, "
-                                   "--resume and `trainer data` start in seconds. `list` shows the entries, `clear` removes them.")
+                                   "--resume, `trainer data` and `trainer eval` start in seconds. `list` shows the entries, `clear` removes them.")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("keys", nargs="*", metavar="KEY", help="clear: only these entries (default: all)")
 

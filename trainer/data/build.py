@@ -3,7 +3,9 @@
 Building streams each source through prepare.run_chunks into one store file (rows.arrow), then picks the
 held-out validation share exactly as split_validation does on the list of examples (same seed, same order),
 writes which rows each split has (train.npy, validation.npy) and the reports (meta.json), and renames the
-folder into place (cache.publish).
+folder into place (cache.publish). Beside the rows, examples.arrow keeps every valid example's record as read (one row
+per example of each source, in order, with its file, line and number of turns), so evaluation and `trainer data --show`
+get the conversations back without reading the data again (examples.py).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from trainer.errors import Problem, UserError
 
 DETECT_SAMPLE = 100  # records the format is detected from (formats.detect_format)
 SEQUENCE_COLUMNS = ("input_ids", "labels")
+EXAMPLES_FILE = "examples.arrow"
+RECORD_COLUMNS = ("record", "file", "line", "turns", "source")
 NUMBER_COLUMNS = ("length", "full_length", "trained", "trained_lost", "reasoning_dropped", "line", "source", "example", "piece",
                   "messages", "roles", "digest")
 
@@ -76,14 +80,15 @@ def build_entry(config: Config, encode: Tokenizer, key: str, inputs: dict, progr
 
 def _build(temp: Path, config: Config, encode: Tokenizer, inputs: dict, progress: bool) -> None:
     started = time.time()
-    writer = StoreWriter(temp / "rows.arrow")
+    writer, records = StoreWriter(temp / "rows.arrow"), StoreWriter(temp / EXAMPLES_FILE)
     refs = [config.data.train] + ([config.data.validation] if config.data.validation else [])
     bar = _progress_bar(inputs.get("lines"), progress)
     try:
-        sources = [_prepare_source(s, ref, config, encode, writer, bar) for s, ref in enumerate(refs)]
+        sources = [_prepare_source(s, ref, config, encode, (writer, records), bar) for s, ref in enumerate(refs)]
     finally:
         bar.close()
         writer.close(SEQUENCE_COLUMNS + NUMBER_COLUMNS)
+        records.close(RECORD_COLUMNS)
     store = Store(temp / "rows.arrow")
     source, example = store.numbers("source"), store.numbers("example")
     if config.data.validation is None:
@@ -141,7 +146,7 @@ def data_format(ref: str, records: list[Record], problems: list[Problem], config
     return fmt, columns_for(fmt, overrides), detection
 
 
-def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, writer: StoreWriter, bar: Any) -> _Source:
+def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, writers: tuple[StoreWriter, StoreWriter], bar: Any) -> _Source:
     items = iter_items(ref)
     head, records, problems = _head(items)
     fmt, names, detection = data_format(ref, records, problems, config)
@@ -153,7 +158,8 @@ def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, wr
     fields: dict = {}
     for result in run_chunks(chunked(itertools.chain(head, items), CHUNK), job, config.data.num_workers or default_workers()):
         result.columns["example"] = result.columns["example"] + examples
-        writer.write(result.columns)
+        writers[0].write(result.columns)
+        writers[1].write(dict(result.records, source=np.full(result.examples, number, dtype=np.int32)))
         read += result.read_problems
         invalid += result.example_problems
         refused += [(examples + k, p) for k, p in result.token_problems]

@@ -1,10 +1,11 @@
 """The data cache: tokenized data kept on disk, keyed by everything that changes it, and `trainer cache list|clear`.
 
 An entry is a folder $TRAINER_CACHE/data/<key>/ (default ~/.cache/trainer/data) holding rows.arrow (store.py),
-train.npy and validation.npy (which rows each split has) and meta.json (the reports, written last). The key is
-a hash of: the data files' content (and their names, which problems quote), the tokenizer (its vocabulary,
-merges and special tokens) and the chat template, the data settings that change the rows, the seed that picks
-the held-out validation share, and trainer's version. data.num_workers, data.packing and data.on_invalid
+examples.arrow (each valid example's record, for evaluation: build.py), train.npy and validation.npy (which rows
+each split has) and meta.json (the reports, written last); evaluation adds its BM25 index (bm25-*/) the first time it
+needs it. The key is a hash of: the data files' content (and their names, which problems quote), the tokenizer
+(its vocabulary, merges and special tokens) and the chat template, the data settings that change the rows, the seed
+that picks the held-out validation share, trainer's version and the entry's layout (LAYOUT). data.num_workers, data.packing and data.on_invalid
 change nothing in the rows, so they are not in it.
 
 An entry is built in a temporary folder (.tmp-<key>-<pid>) and renamed into place when complete: a preparation
@@ -27,6 +28,7 @@ from trainer.config.rules import is_local_data
 
 KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt",
                   "max_seq_length", "train_on")
+LAYOUT = 2  # what an entry holds; 2: examples.arrow added (entries without it are not used)
 _READ = 1 << 20
 MEMO_FILES = 2000
 RACY_NS = 3 * 10**9  # git's "racily clean" rule: a content hash is remembered only for files older than this
@@ -109,6 +111,7 @@ def cache_key(config: Any, tokenizer: Any, template_jinja: str | None, model_lab
     validation, more = data_identity(config.data.validation)
     inputs = {
         "trainer": __version__,
+        "layout": LAYOUT,
         "data": settings,
         "seed": config.training.seed,
         "train_files": train,
@@ -192,7 +195,7 @@ def read_meta(folder: Path) -> dict:
 def add_cache_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="list or free the data cache (tokenized data kept between runs)",
                        description="Tokenized data is kept in $TRAINER_CACHE/data (default ~/.cache/trainer/data) so that a second run, "
-                                   "--resume and `trainer data` start in seconds. `list` shows the entries, `clear` removes them.")
+                                   "--resume, `trainer data` and `trainer eval` start in seconds. `list` shows the entries, `clear` removes them.")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("keys", nargs="*", metavar="KEY", help="clear: only these entries (default: all)")
 

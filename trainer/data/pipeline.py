@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import Config
-from trainer.data.build import SplitReport, build_entry, data_format, held_out, load_entry
-from trainer.data.formats import to_example
-from trainer.data.preference import to_pair
+from trainer.data.build import EXAMPLES_FILE, SplitReport, build_entry, data_format, held_out, load_entry
+from trainer.data.examples import CachedExamples, convert
 from trainer.data.prepare import PREFERENCE, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
-from trainer.data.records import Record, iter_items, parse_item, read_records
-from trainer.data.store import Rows
+from trainer.data.records import read_records
+from trainer.data.store import Rows, Store
 from trainer.data.templates import resolve_template
 from trainer.data.tokenize import Tokenizer
 from trainer.errors import Problem, UserError
@@ -30,11 +30,19 @@ class PreparedData:
     features: str | None = None  # what the chat template does (renders tools, keeps reasoning, ...), in words
     encoder: Tokenizer | None = None  # what turned the examples into tokens (for showing them as the model sees them)
     config: Config | None = None
-    formats: list = field(default_factory=list)  # per source: (format, column names), to read examples again
+    formats: list = field(default_factory=list)  # per source: (format, column names), to make examples of its records
+    folder: Path | None = None  # the cache entry
+
+    def source_examples(self, source: int) -> CachedExamples:
+        """Every valid example (Pairs for preference data) of data.train (0) or data.validation (1), in input order,
+        made again from the records the cache entry keeps (token-refused ones too: they were valid examples)."""
+        assert self.config is not None and self.folder is not None
+        fmt, names = self.formats[source]
+        return CachedExamples(Store(self.folder / EXAMPLES_FILE), source, fmt, names, self.config.data.train_on)
 
     def examples(self, which: int, limit: int | None = None) -> Iterator[Any]:
-        """The examples (Pairs for preference data) behind the training (0) or validation (1) rows, in order, read
-        again from the data (the cache keeps tokens, not conversations); `limit`: only those of the first rows."""
+        """The examples (Pairs for preference data) behind the training (0) or validation (1) rows, in order (one per
+        row: a piece of its example with data.turns: each); `limit`: only those of the first rows."""
         assert self.config is not None
         rows = self.train if which == 0 else self.validation
         indices = rows.indices if limit is None else rows.indices[:limit]
@@ -42,23 +50,10 @@ class PreparedData:
             return
         store = rows.store
         source = int(store.numbers("source")[indices[0]])
-        wanted = set(zip(store.numbers("example")[indices].tolist(), store.numbers("piece")[indices].tolist()))
-        last = max(k for k, _ in wanted)
-        fmt, names = self.formats[source]
-        ref = self.config.data.validation if source == 1 else self.config.data.train
-        number = -1
-        for item in iter_items(ref):
-            record = parse_item(item)
-            if not isinstance(record, Record):
-                continue
-            example, _ = _convert(record, fmt, names, self.config)
-            if example is None:
-                continue
-            number += 1
-            pieces = [example] if fmt == PREFERENCE or self.config.data.turns != "each" else split_turns(example)
-            yield from (piece for p, piece in enumerate(pieces) if (number, p) in wanted)
-            if number >= last:
-                return
+        examples = self.source_examples(source)
+        for number, piece in zip(store.numbers("example")[indices].tolist(), store.numbers("piece")[indices].tolist()):
+            example = examples[number]
+            yield example if examples.fmt == PREFERENCE or self.config.data.turns != "each" else split_turns(example)[piece]
 
 
 def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
@@ -68,7 +63,7 @@ def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
     fmt, names, detection = data_format(ref, records, problems, config)
     examples = []
     for record in records:
-        example, found = _convert(record, fmt, names, config)
+        example, found = convert(record, fmt, names, config.data.train_on)
         problems += found
         if example is not None:
             examples.append(example)
@@ -76,10 +71,6 @@ def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
     used = fields_of([p.chosen for p in examples] if fmt == PREFERENCE else examples)
     report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, used)
     return examples, report
-
-
-def _convert(record: Record, fmt: str, names: dict, config: Config) -> tuple[Any, list[Problem]]:
-    return to_pair(record, names) if fmt == PREFERENCE else to_example(record, fmt, names, config.data.train_on)
 
 
 def split_validation(examples: list, share: float, seed: int) -> tuple[list, list]:
@@ -103,7 +94,7 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
         folder = build_entry(config, encode, key, inputs, progress)
     train, validation, splits, meta = load_entry(folder)
     prepared = PreparedData(train, validation, splits, template.name if template else "none (plain text)", config.data.validation is None,
-                            meta["features"], encode, config, [tuple(f) for f in meta["formats"]])
+                            meta["features"], encode, config, [tuple(f) for f in meta["formats"]], folder)
     if config.data.on_invalid == "error" and stop_on_problems:
         _stop_on_problems(prepared.splits)
     if not stop_on_problems:  # `trainer data` explains whatever it found, even when nothing is usable

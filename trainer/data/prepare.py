@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import multiprocessing
 import os
 import threading
@@ -46,6 +47,7 @@ class Job:
 @dataclass
 class ChunkResult:
     columns: dict  # for StoreWriter.write; the "example" column counts from 0 within the chunk
+    records: dict = field(default_factory=dict)  # for examples.arrow: each valid example's record as read (example_columns)
     read_problems: list[Problem] = field(default_factory=list)  # lines that could not be read
     example_problems: list[Problem] = field(default_factory=list)  # records that are not valid examples
     token_problems: list[tuple[int, Problem]] = field(default_factory=list)  # (example in chunk, problem): refused by the template or tokenizer
@@ -119,6 +121,7 @@ def prepare_chunk(items: list[Item]) -> ChunkResult:
     result = ChunkResult(columns={}, items=len(items))
     pieces: list[tuple[int, int, Example]] = []  # (example in chunk, piece, example to tokenize)
     examples: list = []  # Examples, or Pairs (preference.py)
+    kept_records: list[tuple[Item, Record]] = []  # the valid examples' records, for examples.arrow
     for item in items:
         record = parse_item(item)
         if isinstance(record, Problem):
@@ -130,7 +133,9 @@ def prepare_chunk(items: list[Item]) -> ChunkResult:
             result.bad_records += bool(problems)
             if example is not None:
                 examples.append(example)
+                kept_records.append((item, record))
     result.examples = len(examples)
+    result.records = example_columns(kept_records, [e.chosen for e in examples] if job.fmt == PREFERENCE else examples)
     result.fields = Counter(fields_of([e.chosen for e in examples] if job.fmt == PREFERENCE else examples))
     for k, example in enumerate(examples):
         parts = [example.chosen, example.rejected] if job.fmt == PREFERENCE else split_turns(example) if job.turns == "each" else [example]
@@ -206,6 +211,23 @@ def _columns(source: int, kept: Kept) -> dict:
         "digest": np.asarray([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(i, dtype=np.int32).tobytes(), digest_size=8).digest(),
                                              "little", signed=True) for i in ids], dtype=np.int64),
     }
+
+
+def example_columns(records: list[tuple[Item, Record]], chats: list[Example]) -> dict:
+    """examples.arrow's columns for valid examples: the record as read (a JSON Lines line as it is, other rows as JSON),
+    its file and line, and how many non-system turns its conversation has (the chosen one of a pair)."""
+    return {
+        "record": [_record_text(item, record) for item, record in records],
+        "file": [record.file for _, record in records],
+        "line": np.asarray([record.line for _, record in records], dtype=np.int32),
+        "turns": np.asarray([sum(m.role != "system" for m in e.messages or ()) for e in chats], dtype=np.int32),
+    }
+
+
+def _record_text(item: Item, record: Record) -> str:
+    if isinstance(item, tuple):  # a JSON Lines line, kept as it is (parse_item found it to be UTF-8 JSON)
+        return item[2].decode("utf-8").rstrip("\r\n")
+    return json.dumps(record.row, ensure_ascii=False, default=str)  # a CSV, Parquet, .json or Hub row
 
 
 def fields_of(examples: list[Example]) -> dict:

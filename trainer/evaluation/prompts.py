@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trainer.data.formats import Example, Message
@@ -47,10 +48,10 @@ def to_case(example: Example) -> Case | None:
                 example.tools, example.messages)
 
 
-def pick_shots(pool: list[Example], k: int, seed: int) -> list[Example]:
-    """k training examples, the same for every case, chosen with the seed."""
-    candidates = [e for e in pool if e.messages and len([m for m in e.messages if m.role != "system"]) >= 2]
-    return random.Random(seed).sample(candidates, min(k, len(candidates)))
+def pick_shots(pool: Sequence[Example], k: int, seed: int) -> list[Example]:
+    """k examples of the pool (examples with a question and an answer: cases.eval_cases), the same for every case,
+    chosen with the seed; random.sample reads only the k it picks of a pool that makes them on access (cases.Pool)."""
+    return random.Random(seed).sample(pool, min(k, len(pool)))
 
 
 def few_shot_messages(case: Case, shots: list[Example]) -> list[ChatMessage]:

@@ -22,13 +22,13 @@ from typing import TypedDict
 
 from trainer.config import Config
 from trainer.data.formats import Example
-from trainer.data.pipeline import load_examples, split_validation
-from trainer.data.preference import Pair
-from trainer.errors import UserError
+from trainer.evaluation.cases import eval_cases
 from trainer.evaluation.intervals import Difference, Interval, PerCase, confidence
 from trainer.evaluation.metrics import METRICS
-from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots, to_case
+from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots
 from trainer.generate import ChatMessage, Loaded
+
+__all__ = ["eval_cases", "evaluate_run"]  # eval_cases: where callers have always found it
 
 SYSTEMS = ("base_zero_shot", "base_few_shot", "base_retrieval", "start", "tuned")
 LOWER_IS_BETTER = {"loss", "perplexity"}
@@ -65,30 +65,6 @@ class Evaluation:
     intervals: dict[str, dict[str, Interval]]  # {system: {metric: 95% interval}}
     differences: dict[str, dict[str, Difference]]  # {other system: {metric: tuned minus other}}
     preference: PreferenceScores | None = None  # preference objectives (dpo, orpo), with validation pairs
-
-
-def eval_cases(config: Config) -> tuple[list[Case], list[Example]]:
-    """The cases (test set, validation set, or the held-out share of the training data) and the few-shot pool."""
-    train, _ = load_examples(config.data.train, config)
-    if config.evaluation.test:  # conversations ending with the reference answer, whatever the objective
-        chats = config.replace(training=config.training.replace(objective="sft"), data=config.data.replace(format="auto"))
-        examples, _ = load_examples(config.evaluation.test, chats)
-    elif config.data.validation:
-        examples, _ = load_examples(config.data.validation, config)
-    else:
-        train, examples = split_validation(train, config.data.validation_split, config.training.seed)
-    # preference pairs: their prompts, with the chosen answer as the reference (and as the few-shot examples)
-    train, examples = [_chat_of(e) for e in train], [_chat_of(e) for e in examples]
-    cases = [c for c in (to_case(e) for e in examples if e.messages) if c is not None]
-    if config.evaluation.max_examples:
-        cases = cases[: config.evaluation.max_examples]
-    if not cases:
-        raise UserError("evaluation: there are no chat examples ending in an assistant answer to evaluate on; set evaluation.test.")
-    return cases, train
-
-
-def _chat_of(example: Example | Pair) -> Example:
-    return example.chosen if isinstance(example, Pair) else example
 
 
 def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], references: list[str], cases: list[Case] | None = None) -> PerCase:
@@ -190,7 +166,7 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
     start = load_start(config) if "start" in systems else None
     adapter = tuned.model if tuned is not None and hasattr(tuned.model, "disable_adapter") else None
     base = tuned if adapter is not None else load_base(config) if any(name != "tuned" for name in systems) else None
-    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model)
+    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model, pool.index_dir)
     conversations = {
         "base_zero_shot": lambda: [list(c.messages) for c in cases],
         "base_few_shot": lambda: [few_shot_messages(c, shots) for c in cases],

@@ -126,7 +126,7 @@ def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
     from trainer.generate import ChatMessage, render_prompt
 
     try:
-        cases, pool = eval_cases(config)
+        cases, pool = eval_cases(config, tokenizer)
     except UserError:  # no chat cases (plain text data): nothing to compare
         return None
     template = resolve_template(config.data.chat_template, tokenizer).jinja if config.data.format != "text" else None
@@ -137,7 +137,7 @@ def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
                    for c in conversations) / len(conversations)
 
     shots = pick_shots(pool, e.few_shot, config.training.seed)
-    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model)
+    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model, pool.index_dir)
     retrieved = retriever.shots(cases)
     return {"cases": len(cases), "tuned": mean_tokens([list(c.messages) for c in cases]),
             "few_shot": mean_tokens([few_shot_messages(c, shots) for c in cases]), "few_shot_k": len(shots),

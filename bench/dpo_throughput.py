@@ -4,7 +4,7 @@ Run by hand (after `data/recipes-dpo/make_pairs.py` wrote the pairs; about 20 mi
 
     .venv/bin/python bench/dpo_throughput.py [--steps 10] [--rounds 1]
 
-The same workload for each: SmolLM2-135M-Instruct (the demo GGUF), the recipe preference pairs, a new LoRA r=16
+The same workload for each: SmolLM2-135M-Instruct (the demo GGUF), the recipe preference pairs the steps see, a new LoRA r=16
 alpha=32 on all linear layers, max length 512, 8 pairs per optimizer step (4 x 2 accumulated), sigmoid loss,
 beta 0.1, the same number of steps. Each system runs in its own process (peak RSS is its own). Printed per
 system: trained tokens/s (answer tokens of both sides, the reference pass included in the time), peak RSS.
@@ -34,12 +34,21 @@ MAX_LEN, BATCH, ACCUM, LR, R, ALPHA, BETA = 512, 4, 2, 5e-5, 16, 32, 0.1
 PAIRS = REPO / "data" / "recipes-dpo" / "train.jsonl"
 
 
+def pairs_seen(work: Path, steps: int) -> Path:
+    """The pairs the steps train on (the first steps x batch x accumulation of the recipe pairs), so every system's
+    reference pass, once ahead or at every step, covers the same pairs as its training."""
+    rows = [line for line in PAIRS.read_text().splitlines() if line.strip()][: steps * BATCH * ACCUM]
+    path = work / "pairs.jsonl"
+    path.write_text("".join(line + "\n" for line in rows), encoding="utf-8")
+    return path
+
+
 def config_text(out: Path, steps: int) -> str:
     from trainer.demo import demo_model_path
 
     return f"""
 model: {{name_or_path: {demo_model_path()}}}
-data: {{train: {PAIRS}, validation_split: 0, max_seq_length: {MAX_LEN}}}
+data: {{train: {pairs_seen(out.parent, steps)}, validation_split: 0, max_seq_length: {MAX_LEN}}}
 training:
   objective: dpo
   dpo: {{beta: {BETA}, loss: sigmoid}}
@@ -77,7 +86,7 @@ def run_trl(steps: int, work: Path, tuned_for_cpu: bool) -> dict:
     config = parse_config(config_text(work / "trl-run", steps))
     tokenizer = load_tokenizer(config.model.name_or_path)
     base = load_model(config, "cpu")
-    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in pairs_seen(work, steps).read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list([{"prompt": r["input"]["messages"], "chosen": r["preferred_output"], "rejected": r["non_preferred_output"]}
                                  for r in rows])
     times: dict[str, float] = {}

@@ -124,3 +124,21 @@ def test_report_counts_pairs(tmp_path, tokenizer_dir, capsys):
     out = capsys.readouterr().out
     assert "detected preference pairs" in out and "4 records, 4 usable, 0 problem(s)" in out
     assert "Pairs: 4 for training" in out
+
+
+def test_shipped_recipe_pairs_never_train_on_what_the_example_is_scored_on():
+    """configs/recipes-dpo.yaml scores json_list_f1 on data/recipes-dpo/test.jsonl and reward accuracy on its validation
+    pairs: no training pair may come from those recipes, and the quickstart's training recipes stay out of the test set."""
+    folder = REPO / "data" / "recipes-dpo"
+
+    def prompts(name, key):
+        rows = [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
+        return {json.dumps(key(r)) for r in rows}
+
+    trained = prompts("train.jsonl", lambda r: r["input"]["messages"])
+    scored = prompts("test.jsonl", lambda r: r["messages"][:-1])
+    validated = prompts("validation.jsonl", lambda r: r["input"]["messages"])
+    quickstart = prompts("../recipes/train.jsonl", lambda r: r["messages"][:-1])
+    assert trained and scored and validated <= scored
+    assert not trained & scored
+    assert not quickstart & scored

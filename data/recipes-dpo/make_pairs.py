@@ -2,11 +2,18 @@
 
     .venv/bin/python data/recipes-dpo/make_pairs.py --run runs/quickstart
 
-For each recipe of data/recipes/{train,validation}.jsonl the quickstart model answers greedily and `--samples`
-more times by sampling (temperature `--temperature`, seeded). An answer whose JSON list differs from the
-reference (json_list_f1 below 1, or no list at all) is a mistake: it becomes the rejected answer of a pair whose
-chosen answer is the reference. At most `--per-recipe` different mistakes per recipe; recipes the model always
-gets right give no pair. Written in OpenAI's preference format.
+The quickstart model (SmolLM2-135M-Instruct with the LoRA adapter `make demo` trains on data/recipes/train.jsonl)
+answers each recipe greedily and `--samples` more times by sampling (temperature `--temperature`, seeded). An answer
+whose JSON list differs from the reference (json_list_f1 below 1, or no list at all) is a mistake: it becomes the
+rejected answer of a pair whose chosen answer is the reference; at most `--per-recipe` different mistakes per recipe,
+and recipes the model always gets right give no pair. Written in OpenAI's preference format.
+
+The recipes are split three ways, so nothing the DPO run is scored on was ever trained on:
+- test.jsonl: the first `--held-out` recipes of data/recipes/validation.jsonl as they are (conversations): the
+  evaluation's test set, where json_list_f1 is measured before and after DPO;
+- validation.jsonl: the pairs from those same held-out recipes (the reward accuracy and margin on unseen pairs);
+- train.jsonl: the pairs from the quickstart's training recipes and from the rest of data/recipes/validation.jsonl,
+  recipes the quickstart model never trained on, whose mistakes are the kind it makes on new recipes.
 """
 from __future__ import annotations
 
@@ -20,8 +27,9 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def answers(loaded, messages: list[list[dict]], samples: int, temperature: float, seed: int, max_new_tokens: int) -> list[list[str]]:
-    """Per conversation: its greedy answer, then `samples` sampled ones."""
+def answers(loaded, messages: list[list[dict]], samples: int, temperature: float, seed: int, max_new_tokens: int,
+            chunk: int = 8) -> list[list[str]]:
+    """Per conversation: its greedy answer, then `samples` sampled ones (one generate call for all of a chunk's samples)."""
     import torch
 
     from trainer.generate import _decode, render_prompt, stop_ids
@@ -29,23 +37,28 @@ def answers(loaded, messages: list[list[dict]], samples: int, temperature: float
     tok, eos = loaded.tokenizer, stop_ids(loaded.tokenizer)
     tok.padding_side = "left"
     out: list[list[str]] = []
-    for begin in range(0, len(messages), 8):
-        chunk = messages[begin : begin + 8]
-        prompts = [render_prompt(tok, m, loaded.template) for m in chunk]
-        encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+    for begin in range(0, len(messages), chunk):
+        part = messages[begin : begin + chunk]
+        encoded = tok([render_prompt(tok, m, loaded.template) for m in part], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(loaded.device)
         width = encoded["input_ids"].shape[1]
-        found: list[list[str]] = [[] for _ in chunk]
-        for k in range(samples + 1):
-            torch.manual_seed(seed + 1000 * k + begin)
-            extra = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if k else {"do_sample": False}
-            with torch.no_grad():
-                ids = loaded.model.generate(**encoded, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id, **extra)
-            for row in range(len(chunk)):
-                new = ids[row, width:].tolist()
+        common = {"max_new_tokens": max_new_tokens, "eos_token_id": eos, "pad_token_id": tok.pad_token_id}
+        with torch.no_grad():
+            greedy = loaded.model.generate(**encoded, do_sample=False, **common)
+            sampled = None
+            if samples:
+                torch.manual_seed(seed + begin)
+                sampled = loaded.model.generate(**encoded, do_sample=True, temperature=temperature, top_p=1.0,
+                                                num_return_sequences=samples, **common)
+        for row in range(len(part)):
+            rows = [greedy[row]] + ([sampled[row * samples + k] for k in range(samples)] if sampled is not None else [])
+            found = []
+            for ids in rows:
+                new = ids[width:].tolist()
                 cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-                found[row].append(_decode(tok, new[:cut]))
-        out += found
-        print(f"  {begin + len(chunk)}/{len(messages)} recipes", file=sys.stderr, flush=True)
+                found.append(_decode(tok, new[:cut]))
+            out.append(found)
+        print(f"  {begin + len(part)}/{len(messages)} recipes", file=sys.stderr, flush=True)
     return out
 
 
@@ -68,29 +81,35 @@ def pairs_for(rows: list[dict], answered: list[list[str]], per_recipe: int) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/quickstart")
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=4, help="sampled answers per recipe, besides the greedy one")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--per-recipe", type=int, default=2)
+    parser.add_argument("--held-out", type=int, default=40, help="the first validation recipes: the test set and the validation pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--dtype", default="float32", help="float32 generates faster than bf16 on CPUs without bf16 matmul units")
-    parser.add_argument("--validation-recipes", type=int, default=50, help="how many validation recipes give pairs (the first ones)")
     args = parser.parse_args()
 
     from trainer.generate import load_run
 
     loaded = load_run(args.run, dtype=args.dtype)
     loaded.model = loaded.model.merge_and_unload()  # the same weights, and no adapter matmuls at every generated token
-    for split in ("train", "validation"):
-        rows = [json.loads(line) for line in (REPO / "data" / "recipes" / f"{split}.jsonl").read_text().splitlines() if line.strip()]
-        rows = rows[: args.validation_recipes] if split == "validation" else rows
-        print(f"{split}: answering {len(rows)} recipes, {args.samples + 1} times each ...", file=sys.stderr)
+    recipes = {split: [json.loads(line) for line in (REPO / "data" / "recipes" / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+               for split in ("train", "validation")}
+    held_out, unseen = recipes["validation"][: args.held_out], recipes["validation"][args.held_out :]
+    write(HERE / "test.jsonl", held_out)
+    for name, rows in (("train", recipes["train"] + unseen), ("validation", held_out)):
+        print(f"{name}: answering {len(rows)} recipes, {args.samples + 1} times each ...", file=sys.stderr)
         answered = answers(loaded, [r["messages"][:-1] for r in rows], args.samples, args.temperature, args.seed, args.max_new_tokens)
         pairs = pairs_for(rows, answered, args.per_recipe)
-        (HERE / f"{split}.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+        write(HERE / f"{name}.jsonl", pairs)
         greedy_wrong = sum(1 for r, a in zip(rows, answered) if a[0] != r["messages"][-1]["content"])
-        print(f"{split}: {len(pairs)} pairs from {len({json.dumps(p['input']) for p in pairs})} recipes "
+        print(f"{name}: {len(pairs)} pairs from {len({json.dumps(p['input']) for p in pairs})} recipes "
               f"(greedy answer differs from the reference on {greedy_wrong})", file=sys.stderr)
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -149,10 +149,30 @@ def eval_startup(data: str, workers: int | None, cases: int) -> dict:
             **{k: round(v, 1) for k, v in sizes.items()}}
 
 
+class AnonPeak:
+    """The peak of this process's anonymous memory (RssAnon: its heap, not the memory-mapped store or data files, whose
+    pages count in RSS but belong to the page cache), sampled every 50 ms by a thread: what grows if data is held."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            time.sleep(0.05)
+
+
 def child(system: str, data: str, workers: int | None, cases: int) -> None:
+    anon = AnonPeak()
     result = ours(data, workers) if system == "ours" else eval_startup(data, workers, cases) if system == "eval" else trl(data, workers)
     main, children = peak_rss_gb()
-    print(json.dumps({**result, "peak_rss_gb": round(main, 2), "worker_peak_rss_gb": round(children, 2)}))
+    print(json.dumps({**result, "peak_rss_gb": round(main, 2), "peak_anon_gb": round(anon.peak / 1e9, 2),
+                      "worker_peak_rss_gb": round(children, 2)}))
 
 
 def measure(system: str, data: Path, work: Path, workers: int | None, cases: int = 0, repo: Path = REPO) -> dict:
@@ -217,7 +237,7 @@ def main() -> None:
                 row = {"system": system, "turns": turns, "conversations": count, "data_mb": round(data.stat().st_size / 1e6, 1),
                        "first_s": first["seconds"], "per_s": round(count / first["seconds"]),
                        "per_cpu_s": round(count / first["cpu_s"]) if first.get("cpu_s") else None, "peak_rss_gb": first["peak_rss_gb"],
-                       "worker_peak_rss_gb": first["worker_peak_rss_gb"], "cache_mb": first["cache_mb"],
+                       "peak_anon_gb": first["peak_anon_gb"], "worker_peak_rss_gb": first["worker_peak_rss_gb"], "cache_mb": first["cache_mb"],
                        "second_s": second["seconds"], "second_ready_s": second.get("ready_seconds"), "second_peak_rss_gb": second["peak_rss_gb"]}
                 print(json.dumps(row), flush=True)
                 shutil.rmtree(work, ignore_errors=True)

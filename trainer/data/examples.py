@@ -13,17 +13,9 @@ from typing import Any, overload
 
 import numpy as np
 
-from trainer.data.formats import to_example
-from trainer.data.preference import to_pair
-from trainer.data.prepare import PREFERENCE
+from trainer.data.prepare import convert
 from trainer.data.records import Record
 from trainer.data.store import Store
-from trainer.errors import Problem
-
-
-def convert(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Any, list[Problem]]:
-    """A record as an Example (a Pair for preference data), or the problems that stop it from being one."""
-    return to_pair(record, names) if fmt == PREFERENCE else to_example(record, fmt, names, train_on)
 
 
 class CachedExamples(Sequence[Any]):

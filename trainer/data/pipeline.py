@@ -8,8 +8,8 @@ from typing import Any, Iterator
 
 from trainer.config import Config
 from trainer.data.build import EXAMPLES_FILE, SplitReport, build_entry, data_format, held_out, load_entry
-from trainer.data.examples import CachedExamples, convert
-from trainer.data.prepare import PREFERENCE, fields_of, split_turns
+from trainer.data.examples import CachedExamples
+from trainer.data.prepare import PREFERENCE, convert, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
 from trainer.data.records import read_records
 from trainer.data.store import Rows, Store

@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -128,15 +128,16 @@ def prepare_chunk(items: list[Item]) -> ChunkResult:
             result.read_problems.append(record)
             result.bad_records += 1
         elif isinstance(record, Record):
-            example, problems = to_pair(record, job.names) if job.fmt == PREFERENCE else to_example(record, job.fmt, job.names, job.train_on)
+            example, problems = convert(record, job.fmt, job.names, job.train_on)
             result.example_problems += problems
             result.bad_records += bool(problems)
             if example is not None:
                 examples.append(example)
                 kept_records.append((item, record))
     result.examples = len(examples)
-    result.records = example_columns(kept_records, [e.chosen for e in examples] if job.fmt == PREFERENCE else examples)
-    result.fields = Counter(fields_of([e.chosen for e in examples] if job.fmt == PREFERENCE else examples))
+    chats = [e.chosen for e in examples] if job.fmt == PREFERENCE else examples
+    result.records = example_columns(kept_records, chats)
+    result.fields = Counter(fields_of(chats))
     for k, example in enumerate(examples):
         parts = [example.chosen, example.rejected] if job.fmt == PREFERENCE else split_turns(example) if job.turns == "each" else [example]
         pieces += [(k, p, part) for p, part in enumerate(parts)]
@@ -211,6 +212,11 @@ def _columns(source: int, kept: Kept) -> dict:
         "digest": np.asarray([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(i, dtype=np.int32).tobytes(), digest_size=8).digest(),
                                              "little", signed=True) for i in ids], dtype=np.int64),
     }
+
+
+def convert(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Any, list[Problem]]:
+    """A record as an Example (a Pair for preference data), or the problems that stop it from being one."""
+    return to_pair(record, names) if fmt == PREFERENCE else to_example(record, fmt, names, train_on)
 
 
 def example_columns(records: list[tuple[Item, Record]], chats: list[Example]) -> dict:

@@ -1,6 +1,6 @@
 """DPO throughput and memory: trainer's loop against TRL's DPOTrainer, with its defaults and set up for a CPU.
 
-Run by hand (after `data/recipes-dpo/make_pairs.py` wrote the pairs; about 20 minutes on 2 CPU cores):
+Run by hand (after `data/recipes-dpo/make_pairs.py` wrote the pairs; with --steps 6, 7 minutes on 2 idle CPU cores):
 
     .venv/bin/python bench/dpo_throughput.py [--steps 10] [--rounds 1]
 

@@ -121,7 +121,7 @@ def _type(node: dict) -> str:
             continue
         if k == "array" and "items" in node:
             item = node["items"]
-            named.append(f"list of {_type(item)}" if "enum" not in item else "list")
+            named.append(f"list of {_type(item)}" if "enum" not in item else "list of choices")
         else:
             named.append(k)
     text = " or ".join(named) or "null"
@@ -143,7 +143,7 @@ def _allowed(node: dict) -> str:
     bounds = [
         ("minimum", "≥ {}"), ("exclusiveMinimum", "> {}"), ("maximum", "≤ {}"), ("exclusiveMaximum", "< {}"),
         ("minLength", "at least {} characters"), ("maxLength", "at most {} characters"),
-        ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
+        ("minItems", "at least {} item(s)"), ("maxItems", "at most {} item(s)"),
     ]
     for key, form in bounds:
         if key in node and not (key == "minLength" and node[key] == 1):

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo demo-dpo test lint bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
+.PHONY: install demo demo-dpo test lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ demo: $(STAMP)
 demo-dpo: demo
 	$(VENV)/bin/trainer --config configs/recipes-dpo.yaml --resume
 
-test: $(STAMP) chromium go lint
+test: $(STAMP) chromium go lint docs
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(VENV)/bin/trainer backends setup llama.cpp
@@ -39,6 +39,17 @@ test: $(STAMP) chromium go lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check trainer ui
 	$(VENV)/bin/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/. --strict: any warning, a broken link or anchor included,
+# fails the build; the config reference is generated from trainer/config/schema.json (docs/hooks/config_reference.py).
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) bench/validate_startup.py

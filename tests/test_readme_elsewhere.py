@@ -1,4 +1,4 @@
-"""The README's "Use your model elsewhere" blocks, run as a user would paste them, where the tool exists here
+"""The "Use your model elsewhere" blocks of docs/export-and-serve.md, run as a user would paste them, where the tool exists here
 (transformers + peft, llama-cpp-python, the openai client against `trainer serve`); paths point at a real run."""
 import re
 import subprocess
@@ -10,7 +10,7 @@ from conftest import REPO, run_trainer
 from test_serve import start_server, stop_server
 
 pytestmark = pytest.mark.slow
-SECTION = REPO.joinpath("README.md").read_text().split("## Use your model elsewhere", 1)[1].split("\n## ", 1)[0]
+SECTION = REPO.joinpath("docs", "export-and-serve.md").read_text().split("## Use your model elsewhere", 1)[1].split("\n## ", 1)[0]
 BLOCKS = re.findall(r"```python\n(.*?)```", SECTION, re.DOTALL)
 
 

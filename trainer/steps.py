@@ -16,7 +16,10 @@ def steps_per_epoch(micro_batches: int, processes: int, accumulation: int) -> in
 def total_steps(config: Config, per_epoch: int) -> int:
     """training.max_steps, else training.epochs of `per_epoch` steps (at least one step)."""
     t = config.training
-    return t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+    if t.max_steps:
+        return t.max_steps
+    assert t.epochs is not None  # rules.epochs_xor_max_steps: one of the two is set
+    return max(1, math.ceil(t.epochs * per_epoch))
 
 
 def planned_processes(config: Config) -> int:

@@ -176,7 +176,10 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         f"{report.padding_packed:.1%} with packing ({report.rows_packed} rows of {config.data.max_seq_length})"
     )
     if report.seconds_per_epoch is not None:
-        epochs = config.training.epochs or (config.training.max_steps / max(report.steps_per_epoch, 1))
+        epochs = config.training.epochs
+        if not epochs:
+            assert config.training.max_steps is not None  # rules.epochs_xor_max_steps: one of the two is set
+            epochs = config.training.max_steps / max(report.steps_per_epoch, 1)
         out.append(f"Estimated time: {report.seconds_per_epoch * epochs / 60:.1f} min ({report.seconds_per_epoch / 60:.1f} min per epoch, from an earlier run on this machine)")
     else:
         out.append("Estimated time: not known yet; it is measured by the first training run on this machine.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from trainer.config import Config
+from trainer.config.sections import DistributedConfig
 
 
 def steps_per_epoch(micro_batches: int, processes: int, accumulation: int) -> int:
@@ -22,9 +23,8 @@ def total_steps(config: Config, per_epoch: int) -> int:
     return max(1, math.ceil(t.epochs * per_epoch))
 
 
-def planned_processes(config: Config) -> int:
-    """How many processes a run of `config` trains in: one, distributed.num_processes, or one per visible GPU."""
-    d = config.distributed
+def planned_processes(d: DistributedConfig) -> int:
+    """How many processes a run trains in: one, distributed.num_processes, or one per visible GPU."""
     if d.strategy == "none":
         return 1
     if d.num_processes:

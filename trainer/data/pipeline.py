@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import Config
+from trainer.config.sections import ModelConfig
 from trainer.data.build import EXAMPLES_FILE, SplitReport, build_entry, data_format, held_out, load_entry
 from trainer.data.examples import CachedExamples
 from trainer.data.prepare import PREFERENCE, convert, fields_of, split_turns
@@ -87,8 +88,8 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
-                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config))
-    key, inputs = cache.cache_key(config, tokenizer, template.jinja if template else None, model_label(config))
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
+    key, inputs = cache.cache_key(config.data, config.training.seed, tokenizer, template.jinja if template else None, model_label(config.model))
     folder = cache.entry_dir(key)
     if not cache.is_complete(folder):
         folder = build_entry(config, encode, key, inputs, progress)
@@ -115,9 +116,9 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 _NO_TEMPLATE = resolve_template("chatml", None)
 
 
-def model_label(config: Config) -> str:
+def model_label(model: ModelConfig) -> str:
     """The model as messages name it: its file or folder name, or its Hub id."""
-    name = config.model.name_or_path
+    name = model.name_or_path
     return os.path.basename(name.rstrip("/")) if os.path.exists(os.path.expanduser(name)) else name
 
 

@@ -322,7 +322,7 @@ def _api(app: App) -> None:
 
 def _component(spec: FieldSpec, value: Any) -> Any:
     info = spec.description
-    common = dict(label=spec.title, info=info, elem_id="field-" + spec.key.replace(".", "-"))
+    common: dict[str, Any] = dict(label=spec.title, info=info, elem_id="field-" + spec.key.replace(".", "-"))
     if spec.kind in ("dropdown",):
         return gr.Dropdown(choices=list(spec.choices), value=value, **common)
     if spec.kind == "multiselect":
@@ -331,6 +331,7 @@ def _component(spec: FieldSpec, value: Any) -> Any:
         return gr.Checkbox(value=bool(value), label=spec.title if spec.kind == "checkbox" else f"Use: {spec.title}", info=info,
                            elem_id=common["elem_id"])
     if _is_slider(spec):  # a share or a probability: a slider over its bounds
+        assert spec.minimum is not None and spec.maximum is not None  # _is_slider checked them
         return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.001, value=value, **common)
     if spec.kind in ("integer", "number"):
         # Open-ended numbers show their bounds in the help text rather than as gr.Number limits: Gradio would refuse

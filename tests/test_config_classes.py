@@ -1,4 +1,5 @@
 """The config classes in trainer/config/sections.py are written from schema.json; these tests keep the two in step."""
+import ast
 import copy
 import dataclasses
 import types
@@ -27,6 +28,26 @@ def test_a_new_schema_field_changes_the_generated_classes():
     text = render(schema)
     assert text != render()
     assert '    warmup_steps: int | None\n    """Steps of linear warm-up. Default: null."""\n' in text
+
+
+def _field_docs(text: str, class_name: str) -> dict[str, str]:
+    """Each field's docstring (the string right after its declaration) in the class `class_name` of `text`."""
+    (cls,) = [n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    docs = {}
+    for declaration, after in zip(cls.body, cls.body[1:]):
+        if isinstance(declaration, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[declaration.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def test_every_field_carries_its_schema_description_even_with_quotes_and_backslashes():
+    schema = copy.deepcopy(load_schema())
+    tricky = 'A "quoted" word, a path C:\\runs\\x, three quotes """ inside, and a quote at the end: "x"'
+    schema["properties"]["model"]["properties"]["revision"]["description"] = tricky
+    docs = _field_docs(render(schema), "ModelConfig")
+    assert docs["revision"] == tricky + " Default: null."
+    for name, prop in load_schema()["properties"]["training"]["properties"].items():
+        assert _field_docs(render(), "TrainingConfig")[name].startswith(" ".join(prop["description"].split())), name
 
 
 def _conforms(value, hint) -> bool:

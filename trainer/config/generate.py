@@ -62,8 +62,10 @@ def _kinds(schema: dict) -> list[str]:
 
 
 def _docstring(text: str, indent: str) -> str:
-    lines = textwrap.wrap(text, width=110 - len(indent)) or [""]
+    lines = [line.replace("\\", "\\\\").replace('"""', '\\"\\"\\"') for line in textwrap.wrap(text, width=110 - len(indent))] or [""]
     body = f"\n{indent}".join(lines)
+    if body.endswith('"'):  # would run into the closing quotes
+        body = body[:-1] + '\\"'
     return f'{indent}"""{body}"""\n'
 
 

@@ -10,6 +10,8 @@ from trainer.config import Config
 from trainer.config.sections import ModelConfig
 from trainer.data.build import EXAMPLES_FILE, SplitReport, build_entry, data_format, held_out, load_entry
 from trainer.data.examples import CachedExamples
+from trainer.data.formats import Example
+from trainer.data.preference import Pair
 from trainer.data.prepare import PREFERENCE, convert, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
 from trainer.data.records import read_records
@@ -41,7 +43,7 @@ class PreparedData:
         fmt, names = self.formats[source]
         return CachedExamples(Store(self.folder / EXAMPLES_FILE), source, fmt, names, self.config.data.train_on)
 
-    def examples(self, which: int, limit: int | None = None) -> Iterator[Any]:
+    def examples(self, which: int, limit: int | None = None) -> Iterator[Example | Pair]:
         """The examples (Pairs for preference data) behind the training (0) or validation (1) rows, in order (one per
         row: a piece of its example with data.turns: each); `limit`: only those of the first rows."""
         assert self.config is not None
@@ -69,7 +71,7 @@ def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
         if example is not None:
             examples.append(example)
     bad_records = len({(p.file, p.line) for p in problems})
-    used = fields_of([p.chosen for p in examples] if fmt == PREFERENCE else examples)
+    used = fields_of([e.chosen if isinstance(e, Pair) else e for e in examples])  # a pair by its chosen conversation
     report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, used)
     return examples, report
 

@@ -35,7 +35,7 @@ test: $(STAMP) chromium go lint docs
 	$(VENV)/bin/trainer backends setup llama.cpp
 	$(PY) -m pytest
 
-# Static checks (a few seconds): ruff (mistakes, import order) and mypy over trainer/ (settings in pyproject.toml)
+# Static checks (a few seconds): ruff (mistakes, import order) and mypy over trainer/ and ui/ (settings in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check trainer ui
 	$(VENV)/bin/mypy

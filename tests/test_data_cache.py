@@ -209,7 +209,7 @@ def _children_of_session(sid: int) -> list[int]:
 def test_the_next_run_after_a_kill_builds_the_same_entry(tmp_path):
     """A folder left by a killed preparation of the same inputs is never read: the next run prepares again."""
     data = write_data(tmp_path / "d.jsonl", 40)
-    key, _ = cache.cache_key(config(data), TOKENIZER, resolve_template("tokenizer", TOKENIZER).jinja, "x")
+    key, _ = cache.cache_key(config(data).data, config(data).training.seed, TOKENIZER, resolve_template("tokenizer", TOKENIZER).jinja, "x")
     stale = cache.cache_root() / f".tmp-{key}-999999999"
     stale.mkdir(parents=True)
     (stale / "rows.arrow").write_bytes(b"half written")

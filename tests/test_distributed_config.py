@@ -16,7 +16,7 @@ def config(extra: str = "", method: str = "lora", optimizer: str = "adamw"):
 
 
 def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
-    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}"), 4, "bf16")
+    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}").distributed, 4, "bf16")
     assert settings["distributed_type"] == "MULTI_GPU" and settings["num_processes"] == 4 and settings["mixed_precision"] == "bf16"
     assert "fsdp_config" not in settings  # accelerate's FSDP plugin would wrap the model a second time
 
@@ -24,21 +24,21 @@ def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_json_follows_the_training_settings(stage, tmp_path):
     cfg = config(f"distributed: {{strategy: deepspeed, zero_stage: {stage}}}")
-    ds = deepspeed_config(cfg, "bf16", hidden_size=64)
+    ds = deepspeed_config(cfg.training, cfg.distributed.zero_stage, "bf16", hidden_size=64)
     assert ds["zero_optimization"]["stage"] == stage
     # buckets sized by the model, not DeepSpeed's 500M-element defaults; under ZeRO-3 only a few layers stay gathered
     assert ds["zero_optimization"]["reduce_bucket_size"] == 64 * 64
     assert ds["zero_optimization"].get("stage3_max_live_parameters") == (4 * 64 * 64 if stage == 3 else None)
-    assert deepspeed_config(cfg, "bf16")["zero_optimization"]["reduce_bucket_size"] == "auto"  # before the model is loaded
+    assert deepspeed_config(cfg.training, cfg.distributed.zero_stage, "bf16")["zero_optimization"]["reduce_bucket_size"] == "auto"  # before the model is loaded
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.7
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
-    assert deepspeed_config(cfg, "no")["bf16"] == {"enabled": False}
+    assert deepspeed_config(cfg.training, cfg.distributed.zero_stage, "no")["bf16"] == {"enabled": False}
     command = launch_command(cfg, ["--config", "x.yaml"], tmp_path, gpus=2)
     assert command[-3:] == ["trainer", "--config", "x.yaml"]
     from trainer.models import mixed_precision
 
     # the record of what each process hands the engine (bf16 where the GPUs compute in it; this machine has none)
-    assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text()) == deepspeed_config(cfg, mixed_precision(cfg, "cuda"))
+    assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text()) == deepspeed_config(cfg.training, cfg.distributed.zero_stage, mixed_precision(cfg, "cuda"))
     written = yaml.safe_load((tmp_path / "launch" / "accelerate.yaml").read_text())
     # trainer starts the engine itself in each process; accelerate must neither wrap the model nor autocast
     assert written["distributed_type"] == "MULTI_GPU" and written["mixed_precision"] == "no" and "deepspeed_config" not in written
@@ -62,11 +62,11 @@ def test_cpu_processes_get_their_ranks_and_share_the_cores(monkeypatch):
 
 
 def test_process_counts_are_checked_against_the_gpus():
-    assert num_processes(config("distributed: {strategy: ddp}"), 4) == 4
+    assert num_processes(config("distributed: {strategy: ddp}").distributed, 4) == 4
     with pytest.raises(UserError, match="only 2 GPU"):
-        num_processes(config("distributed: {strategy: ddp, num_processes: 8}"), 2)
+        num_processes(config("distributed: {strategy: ddp, num_processes: 8}").distributed, 2)
     with pytest.raises(UserError, match="no GPU to count"):
-        num_processes(config("distributed: {strategy: ddp}"), 0)
+        num_processes(config("distributed: {strategy: ddp}").distributed, 0)
 
 
 def test_fsdp_needs_to_know_the_layer_class():

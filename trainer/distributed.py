@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import Config
+from trainer.config.sections import DistributedConfig, TrainingConfig
 from trainer.errors import EXIT_OK, EXIT_STOPPED, UserError
 
 
@@ -54,8 +55,9 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def num_processes(config: Config, gpus: int) -> int:
-    wanted = config.distributed.num_processes
+def num_processes(distributed: DistributedConfig, gpus: int) -> int:
+    """distributed.num_processes, or one per GPU when it is empty."""
+    wanted = distributed.num_processes
     if wanted is None:
         if gpus == 0:
             raise UserError("distributed.num_processes: this machine has no GPU to count; set how many CPU processes to start (e.g. 2).")
@@ -87,17 +89,15 @@ def shard_model(module: Any, model: Any) -> Any:
     return module
 
 
-def deepspeed_config(config: Config, mixed_precision: str, hidden_size: int | None = None) -> dict:
+def deepspeed_config(t: TrainingConfig, stage: int, mixed_precision: str, hidden_size: int | None = None) -> dict:
     """The DeepSpeed engine's configuration (ZeRO stage 2 or 3) for this run; written to <output.dir>/launch/deepspeed.json.
 
     The optimizer is trainer's own torch AdamW (ZeRO shards its state), the learning-rate schedule steps in the loop,
     and the loop marks the end of each accumulation window itself (a window at the end of an epoch can be shorter).
     Communication buckets follow the model's hidden size (written "auto" until the model is loaded): DeepSpeed's
     defaults (buckets of 500M elements, every weight kept gathered under ZeRO-3) would hold more memory than ddp on a
-    small model.
+    small model. `t`: the training section; `stage`: distributed.zero_stage.
     """
-    t = config.training
-    stage = config.distributed.zero_stage
     buckets = _bucket_sizes(stage, hidden_size) if hidden_size else dict.fromkeys(_bucket_sizes(stage, 1), "auto")
     zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, **buckets}
     return {
@@ -133,7 +133,7 @@ def zero3_loading(config: Config, mixed_precision: str) -> dict | None:
     """
     if config.distributed.strategy != "deepspeed" or config.distributed.zero_stage != 3:
         return None
-    settings = deepspeed_config(config, mixed_precision)
+    settings = deepspeed_config(config.training, config.distributed.zero_stage, mixed_precision)
     settings["zero_optimization"] = {k: v for k, v in settings["zero_optimization"].items() if v != "auto"}
     return settings
 
@@ -156,7 +156,8 @@ def deepspeed_engine(loss_module: Any, optimizer: Any, config: Config, mixed_pre
             for handler in deepspeed.utils.logger.handlers:  # its warnings, on stderr with trainer's progress
                 handler.setStream(sys.stderr)
             deepspeed.utils.logger.setLevel(logging.WARNING)  # its INFO lines dump the whole configuration
-            settings = deepspeed_config(config, mixed_precision, loss_module.decoder.config.hidden_size)
+            settings = deepspeed_config(config.training, config.distributed.zero_stage, mixed_precision,
+                                        loss_module.decoder.config.hidden_size)
             engine, *_ = deepspeed.initialize(model=loss_module, optimizer=optimizer, config=settings)
     except BaseException:
         sys.stderr.write(chatter.getvalue())
@@ -178,7 +179,7 @@ def end_deepspeed(together: bool) -> None:
         dist.destroy_process_group()
 
 
-def accelerate_config(config: Config, processes: int, mixed_precision: str) -> dict:
+def accelerate_config(distributed: DistributedConfig, processes: int, mixed_precision: str) -> dict:
     """The YAML `accelerate launch --config_file` reads, for GPUs.
 
     Every strategy launches like ddp (MULTI_GPU): under fsdp and deepspeed trainer wraps the model itself in every
@@ -196,7 +197,7 @@ def accelerate_config(config: Config, processes: int, mixed_precision: str) -> d
         "same_network": True,
         "use_cpu": False,
     }
-    if config.distributed.strategy == "deepspeed":
+    if distributed.strategy == "deepspeed":
         out["mixed_precision"] = "no"  # the engine casts the model itself (deepspeed.json's bf16/fp16)
     return out
 
@@ -207,13 +208,13 @@ def launch_command(config: Config, argv: list[str], run_dir: Path, gpus: int) ->
 
     from trainer.models import mixed_precision
 
-    processes = num_processes(config, gpus)
+    processes = num_processes(config.distributed, gpus)
     folder = run_dir / "launch"
     folder.mkdir(parents=True, exist_ok=True)
     precision = mixed_precision(config, "cuda")
     if config.distributed.strategy == "deepspeed":  # a record of what each process hands the engine
-        (folder / "deepspeed.json").write_text(json.dumps(deepspeed_config(config, precision), indent=2))
-    settings = accelerate_config(config, processes, precision)
+        (folder / "deepspeed.json").write_text(json.dumps(deepspeed_config(config.training, config.distributed.zero_stage, precision), indent=2))
+    settings = accelerate_config(config.distributed, processes, precision)
     (folder / "accelerate.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml"), "-m", "trainer", *argv]
 

@@ -83,7 +83,7 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
 
         started = time.perf_counter()
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
-        print(write_report(run_dir, evaluation, config))
+        print(write_report(run_dir, evaluation, config.evaluation.metrics))
         _record_seconds(config, "evaluation", time.perf_counter() - started)
     return RunResult(run_dir, summary=summary)
 
@@ -103,7 +103,7 @@ def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    processes = distributed.num_processes(config, gpus)
+    processes = distributed.num_processes(config.distributed, gpus)
     if gpus:
         import subprocess
 

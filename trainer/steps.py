@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from trainer.config import Config
+from trainer.config.sections import DistributedConfig
 
 
 def steps_per_epoch(micro_batches: int, processes: int, accumulation: int) -> int:
@@ -16,12 +17,14 @@ def steps_per_epoch(micro_batches: int, processes: int, accumulation: int) -> in
 def total_steps(config: Config, per_epoch: int) -> int:
     """training.max_steps, else training.epochs of `per_epoch` steps (at least one step)."""
     t = config.training
-    return t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+    if t.max_steps:
+        return t.max_steps
+    assert t.epochs is not None  # rules.epochs_xor_max_steps: one of the two is set
+    return max(1, math.ceil(t.epochs * per_epoch))
 
 
-def planned_processes(config: Config) -> int:
-    """How many processes a run of `config` trains in: one, distributed.num_processes, or one per visible GPU."""
-    d = config.distributed
+def planned_processes(d: DistributedConfig) -> int:
+    """How many processes a run trains in: one, distributed.num_processes, or one per visible GPU."""
     if d.strategy == "none":
         return 1
     if d.num_processes:

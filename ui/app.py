@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # started as a script (Hugging Face Spaces: python ui/app.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,7 +24,9 @@ import yaml
 from trainer.config import parse_config
 from trainer.config.presets import PRESETS, preset_text
 from trainer.config.schema import load_schema
+from trainer.data.records import Record
 from trainer.errors import UserError
+from trainer.generate import Loaded
 from ui.form import FieldSpec, fields, from_config, to_document
 from ui.jobs import JobManager
 from ui.workspace import Workspace, path_keys
@@ -43,7 +47,7 @@ class App:
         self.specs: list[FieldSpec] = fields(self.schema)
         self.paths = path_keys(self.schema)
         self.jobs = JobManager(self.ws.root)
-        self._loaded: dict[str, object] = {}
+        self._loaded: dict[str, Loaded] = {}
         if self.ws.sandbox:
             self._bundle_demo_data()
         elif REPO not in self.ws.read_only_roots:
@@ -100,6 +104,7 @@ class App:
         resolved, why = self.ws.resolve(source, "data")
         if why:
             raise ValueError(f"data.train {why}")
+        assert resolved is not None
         records, problems = read_records(resolved)
         if not records:
             raise ValueError(f"{source}: no readable records" + (f" ({problems[0]})" if problems else ""))
@@ -150,7 +155,7 @@ class App:
 
     def job_view(self, job_id: str | None) -> dict:
         jobs = self.jobs.poll()
-        view = {"queue": [[j.id, j.kind, j.status, self.ws.relative(j.run_dir)] for j in reversed(jobs)], "log": "",
+        view: dict[str, Any] = {"queue": [[j.id, j.kind, j.status, self.ws.relative(j.run_dir)] for j in reversed(jobs)], "log": "",
                 "progress": "", "losses": [], "status": "no job yet"}
         job = next((j for j in jobs if j.id == job_id), jobs[-1] if jobs else None)
         if job is None:
@@ -173,6 +178,7 @@ class App:
         resolved, why = self.ws.resolve(run, "output")
         if why:
             raise ValueError(f"run {why}")
+        assert resolved is not None
         return Path(resolved)
 
     def report(self, run: str) -> str:
@@ -230,7 +236,7 @@ class App:
             how += "\nPress **Export** for a GGUF file (llama.cpp, LM Studio) and an Ollama Modelfile."
         return offered, how
 
-    def reply(self, run: str, history: list[dict], message: str, max_new_tokens: int = 256):
+    def reply(self, run: str, history: list[dict], message: str, max_new_tokens: int = 256) -> Iterator[list[dict]]:
         """Stream the fine-tuned model's answer: yields the growing history."""
         from trainer.generate import load_run, stream_answer
 
@@ -245,7 +251,7 @@ class App:
             yield history
 
 
-def _text(content) -> str:
+def _text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # Gradio may hand back [{"type": "text", "text": ...}]
@@ -275,7 +281,7 @@ if __name__ == "__main__":
     launch("0.0.0.0" if on_space else os.environ.get("TRAINER_UI_HOST", "127.0.0.1"), int(os.environ.get("PORT", "7860")))
 
 
-def _readable(records, fmt: str) -> list[str]:
+def _readable(records: list[Record], fmt: str) -> list[str]:
     """The first records as people read a conversation: tool calls as name(arguments), reasoning marked."""
     from trainer.data.conversations import readable
     from trainer.data.formats import columns_for, to_example
@@ -287,7 +293,7 @@ def _readable(records, fmt: str) -> list[str]:
     return out
 
 
-def _readable_pair(record) -> dict:
+def _readable_pair(record: Record) -> dict:
     """A preference record as three readable columns: prompt, chosen and rejected (or the problems that stop it)."""
     from trainer.data.preference import pair_columns, readable_pair, to_pair
 

@@ -128,7 +128,7 @@ def _typed(spec: FieldSpec, value: Any) -> Any:
 
 def from_config(specs: list[FieldSpec], data: dict) -> list[Any]:
     """Normalised config data (Config.to_dict()) -> one form value per spec."""
-    values = []
+    values: list[Any] = []
     for spec in specs:
         value = get_path(data, spec.path)
         if spec.kind == "toggle":

@@ -5,6 +5,7 @@ with another; the functions behind the events are App's methods (ui/app.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,51 +15,53 @@ from trainer.errors import UserError
 from ui.app import PRESET_LABELS, App
 from ui.form import FieldSpec, from_config
 
+Field = gr.Dropdown | gr.Checkbox | gr.Slider | gr.Number | gr.Textbox  # what _component makes for a schema field
+
 
 @dataclass
 class Form:
     """The form's components: one per schema field (`fields`), and those around them."""
 
-    fields: list[Any]
-    preset: Any
-    upload_yaml: Any
-    data_file: Any
-    detected: Any
-    preview_rows: Any
-    check_data: Any
-    data_report: Any
-    status: Any
-    yaml_preview: Any
-    download: Any
-    runnable: Any  # gr.State: the YAML to run, or None while the form has problems
-    plan: Any  # `trainer plan` for the runnable YAML, beside the form
+    fields: list[Field]
+    preset: gr.Dropdown
+    upload_yaml: gr.File
+    data_file: gr.File
+    detected: gr.Markdown
+    preview_rows: gr.Dataframe
+    check_data: gr.Button
+    data_report: gr.Textbox
+    status: gr.Markdown
+    yaml_preview: gr.Code
+    download: gr.DownloadButton
+    runnable: gr.State  # the YAML to run, or None while the form has problems
+    plan: gr.Markdown  # `trainer plan` for the runnable YAML, beside the form
 
 
 @dataclass
 class RunTab:
-    start: Any
-    stop: Any
-    resume: Any
-    job_status: Any
-    progress: Any
-    curve: Any
-    log: Any
-    queue: Any
-    timer: Any
+    start: gr.Button
+    stop: gr.Button
+    resume: gr.Button
+    job_status: gr.Markdown
+    progress: gr.Markdown
+    curve: gr.LinePlot
+    log: gr.Textbox
+    queue: gr.Dataframe
+    timer: gr.Timer
 
 
 @dataclass
 class ResultsTab:
-    run_choice: Any
-    refresh_runs: Any
-    evaluate: Any
-    zip_button: Any
-    export: Any
-    report: Any
-    export_files: Any  # the run's GGUF files and Modelfile, to download
-    use_it: Any  # the serve and Ollama commands
-    chatbot: Any
-    message: Any
+    run_choice: gr.Dropdown
+    refresh_runs: gr.Button
+    evaluate: gr.Button
+    zip_button: gr.DownloadButton
+    export: gr.Button
+    report: gr.Markdown
+    export_files: gr.File  # the run's GGUF files and Modelfile, to download
+    use_it: gr.Markdown  # the serve and Ollama commands
+    chatbot: gr.Chatbot
+    message: gr.Textbox
 
 
 def build_blocks(app: App) -> gr.Blocks:
@@ -170,7 +173,7 @@ def _form_outputs(form: Form) -> list:
     return [form.yaml_preview, form.status, form.download, form.runnable, *form.fields]
 
 
-def _refresher(app: App) -> Any:
+def _refresher(app: App) -> Callable[..., list]:
     """The event that re-checks the form: YAML preview, problems beside the fields, the runnable YAML."""
     specs = app.specs
 
@@ -232,11 +235,13 @@ def _wire_data(app: App, form: Form) -> None:
 
     form.data_file.upload(data_uploaded, form.data_file, shown, api_name="upload_data").then(
         refresh, components, outputs).then(report, form.runnable, form.data_report)
-    components[train_index].blur(data_shown, components[train_index], shown)
+    train = components[train_index]
+    assert isinstance(train, gr.Textbox)  # data.train is text
+    train.blur(data_shown, train, shown)
     form.check_data.click(report, form.runnable, form.data_report, api_name="data_report")
 
 
-def _wire_run(app: App, form: Form, tab: RunTab, job_state: Any) -> None:
+def _wire_run(app: App, form: Form, tab: RunTab, job_state: gr.State) -> None:
     def started(runnable: str | None) -> str:
         if not runnable:
             raise gr.Error("The config has problems; they are listed beside the form.")
@@ -258,7 +263,7 @@ def _wire_run(app: App, form: Form, tab: RunTab, job_state: Any) -> None:
     gr.Button("Refresh status", visible=False).click(tick, job_state, shown, api_name="status")
 
 
-def _wire_results(app: App, tab: ResultsTab, job_state: Any) -> None:
+def _wire_results(app: App, tab: ResultsTab, job_state: gr.State) -> None:
     tab.refresh_runs.click(lambda: gr.update(choices=app.finished_runs()), None, tab.run_choice)
     tab.run_choice.change(app.report, tab.run_choice, tab.report, api_name="report")
     tab.evaluate.click(app.evaluate, tab.run_choice, job_state, api_name="evaluate")
@@ -320,9 +325,9 @@ def _api(app: App) -> None:
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 
-def _component(spec: FieldSpec, value: Any) -> Any:
+def _component(spec: FieldSpec, value: Any) -> Field:
     info = spec.description
-    common = dict(label=spec.title, info=info, elem_id="field-" + spec.key.replace(".", "-"))
+    common: dict[str, Any] = dict(label=spec.title, info=info, elem_id="field-" + spec.key.replace(".", "-"))
     if spec.kind in ("dropdown",):
         return gr.Dropdown(choices=list(spec.choices), value=value, **common)
     if spec.kind == "multiselect":
@@ -331,6 +336,7 @@ def _component(spec: FieldSpec, value: Any) -> Any:
         return gr.Checkbox(value=bool(value), label=spec.title if spec.kind == "checkbox" else f"Use: {spec.title}", info=info,
                            elem_id=common["elem_id"])
     if _is_slider(spec):  # a share or a probability: a slider over its bounds
+        assert spec.minimum is not None and spec.maximum is not None  # _is_slider checked them
         return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.001, value=value, **common)
     if spec.kind in ("integer", "number"):
         # Open-ended numbers show their bounds in the help text rather than as gr.Number limits: Gradio would refuse

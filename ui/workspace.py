@@ -72,7 +72,7 @@ class Workspace:
         """Resolve every path-like value of config data in place; return (key path, message) for the refused ones."""
         problems = []
         for key, kind in path_keys.items():
-            node = data
+            node: object = data
             for part in key[:-1]:
                 node = node.get(part) if isinstance(node, dict) else None
             if not isinstance(node, dict) or not isinstance(node.get(key[-1]), str):

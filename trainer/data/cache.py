@@ -25,6 +25,7 @@ from typing import Any
 
 from trainer import __version__
 from trainer.config.rules import is_local_data
+from trainer.config.sections import DataConfig
 
 KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt",
                   "max_seq_length", "train_on")
@@ -104,16 +105,16 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return sha.hexdigest()
 
 
-def cache_key(config: Any, tokenizer: Any, template_jinja: str | None, model_label: str) -> tuple[str, dict]:
-    """The entry's key and what it was made of (kept in meta.json, shown by `trainer cache list`)."""
-    settings = {k: v for k, v in config.data.to_dict().items() if k in KEYED_SETTINGS}
-    train, lines = data_identity(config.data.train)
-    validation, more = data_identity(config.data.validation)
+def cache_key(data: DataConfig, seed: int, tokenizer: Any, template_jinja: str | None, model_label: str) -> tuple[str, dict]:
+    """The entry's key and what it was made of (kept in meta.json, shown by `trainer cache list`); `seed`: training.seed."""
+    settings = {k: v for k, v in data.to_dict().items() if k in KEYED_SETTINGS}
+    train, lines = data_identity(data.train)
+    validation, more = data_identity(data.validation)
     inputs = {
         "trainer": __version__,
         "layout": LAYOUT,
         "data": settings,
-        "seed": config.training.seed,
+        "seed": seed,
         "train_files": train,
         "validation_files": validation,
         "tokenizer": tokenizer_identity(tokenizer),

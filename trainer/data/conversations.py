@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.data.records import Record
 from trainer.errors import Problem
+
+if TYPE_CHECKING:
+    from trainer.data.formats import Example  # formats.py builds on this module
 
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "developer": "system", "function": "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
@@ -262,7 +265,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def readable(example: Any) -> str:
+def readable(example: Example) -> str:
     """A conversation for people to read (the UI's data preview): roles, tool calls as name(arguments), reasoning marked."""
     lines = []
     if example.tools:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 
+from trainer.data.formats import Example
+from trainer.data.preference import Pair
 from trainer.data.prepare import convert
 from trainer.data.records import Record
 from trainer.data.store import Store
 
 
-class CachedExamples(Sequence[Any]):
+class CachedExamples(Sequence[Example | Pair]):
     """The valid examples of one source (0: data.train, 1: data.validation) in input order, each made again from its
     record when it is asked for; `turns` says how many non-system turns each has without making any."""
 
@@ -31,12 +33,12 @@ class CachedExamples(Sequence[Any]):
         return len(self.rows)
 
     @overload
-    def __getitem__(self, i: int) -> Any: ...
+    def __getitem__(self, i: int) -> Example | Pair: ...
 
     @overload
-    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: slice) -> list[Example | Pair]: ...
 
-    def __getitem__(self, i: int | slice) -> Any:
+    def __getitem__(self, i: int | slice) -> Example | Pair | list[Example | Pair]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         row = int(self.rows[i])

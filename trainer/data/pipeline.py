@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.config import Config
+from trainer.config.sections import ModelConfig
 from trainer.data.build import EXAMPLES_FILE, SplitReport, build_entry, data_format, held_out, load_entry
 from trainer.data.examples import CachedExamples
+from trainer.data.formats import Example
+from trainer.data.preference import Pair
 from trainer.data.prepare import PREFERENCE, convert, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
 from trainer.data.records import read_records
@@ -40,7 +43,7 @@ class PreparedData:
         fmt, names = self.formats[source]
         return CachedExamples(Store(self.folder / EXAMPLES_FILE), source, fmt, names, self.config.data.train_on)
 
-    def examples(self, which: int, limit: int | None = None) -> Iterator[Any]:
+    def examples(self, which: int, limit: int | None = None) -> Iterator[Example | Pair]:
         """The examples (Pairs for preference data) behind the training (0) or validation (1) rows, in order (one per
         row: a piece of its example with data.turns: each); `limit`: only those of the first rows."""
         assert self.config is not None
@@ -68,7 +71,7 @@ def load_examples(ref: str, config: Config) -> tuple[list, SplitReport]:
         if example is not None:
             examples.append(example)
     bad_records = len({(p.file, p.line) for p in problems})
-    used = fields_of([p.chosen for p in examples] if fmt == PREFERENCE else examples)
+    used = fields_of([e.chosen if isinstance(e, Pair) else e for e in examples])  # a pair by its chosen conversation
     report = SplitReport(ref, detection, len(examples) + bad_records, len(examples), problems, used)
     return examples, report
 
@@ -87,8 +90,8 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
-                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config))
-    key, inputs = cache.cache_key(config, tokenizer, template.jinja if template else None, model_label(config))
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
+    key, inputs = cache.cache_key(config.data, config.training.seed, tokenizer, template.jinja if template else None, model_label(config.model))
     folder = cache.entry_dir(key)
     if not cache.is_complete(folder):
         folder = build_entry(config, encode, key, inputs, progress)
@@ -115,9 +118,9 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 _NO_TEMPLATE = resolve_template("chatml", None)
 
 
-def model_label(config: Config) -> str:
+def model_label(model: ModelConfig) -> str:
     """The model as messages name it: its file or folder name, or its Hub id."""
-    name = config.model.name_or_path
+    name = model.name_or_path
     return os.path.basename(name.rstrip("/")) if os.path.exists(os.path.expanduser(name)) else name
 
 

@@ -17,13 +17,13 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from trainer.data.checks import ROLE_BITS
 from trainer.data.formats import Example, to_example
-from trainer.data.preference import to_pair
+from trainer.data.preference import Pair, to_pair
 from trainer.data.records import Item, Record, parse_item
 from trainer.data.tokenize import IGNORE, Tokenized, Tokenizer
 from trainer.errors import Problem
@@ -214,7 +214,7 @@ def _columns(source: int, kept: Kept) -> dict:
     }
 
 
-def convert(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Any, list[Problem]]:
+def convert(record: Record, fmt: str, names: dict, train_on: str) -> tuple[Example | Pair | None, list[Problem]]:
     """A record as an Example (a Pair for preference data), or the problems that stop it from being one."""
     return to_pair(record, names) if fmt == PREFERENCE else to_example(record, fmt, names, train_on)
 

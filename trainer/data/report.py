@@ -81,7 +81,7 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     rows = pack_examples(lengths, config.data.max_seq_length, seed, 0)
     packed_batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     per_epoch = len(packed_batches) if config.data.packing else len(batches)
-    steps = steps_per_epoch(per_epoch, planned_processes(config), config.training.gradient_accumulation)
+    steps = steps_per_epoch(per_epoch, planned_processes(config.distributed), config.training.gradient_accumulation)
     digests = train.column("digest")  # a hash of each example's ids: equal ids, equal digest
     trained = train.column("trained")
     full = train.column("full_length")
@@ -166,7 +166,7 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
     if report.checks is not None:
         out += [""] + render_checks(report.checks)
     out.append("")
-    processes = planned_processes(config)
+    processes = planned_processes(config.distributed)
     effective = config.training.batch_size * config.training.gradient_accumulation * processes
     mode = "packed" if config.data.packing else "length-grouped"
     over = f" over {processes} processes" if processes > 1 else ""
@@ -176,7 +176,10 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         f"{report.padding_packed:.1%} with packing ({report.rows_packed} rows of {config.data.max_seq_length})"
     )
     if report.seconds_per_epoch is not None:
-        epochs = config.training.epochs or (config.training.max_steps / max(report.steps_per_epoch, 1))
+        epochs = config.training.epochs
+        if not epochs:
+            assert config.training.max_steps is not None  # rules.epochs_xor_max_steps: one of the two is set
+            epochs = config.training.max_steps / max(report.steps_per_epoch, 1)
         out.append(f"Estimated time: {report.seconds_per_epoch * epochs / 60:.1f} min ({report.seconds_per_epoch / 60:.1f} min per epoch, from an earlier run on this machine)")
     else:
         out.append("Estimated time: not known yet; it is measured by the first training run on this machine.")

@@ -5,7 +5,6 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.config import Config
 from trainer.evaluation.intervals import Difference, Interval
 from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS, Evaluation, PreferenceScores
 
@@ -106,14 +105,15 @@ def _plain_intervals(intervals: dict[str, dict[str, Interval]]) -> Bounds:
     return out
 
 
-def write_report(run_dir: Path, evaluation: Evaluation, config: Config) -> str:
+def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]) -> str:
+    """Write eval.json, eval.md and eval.png; `metrics`: evaluation.metrics, the first one shown is the verdict's."""
     cases = evaluation.cases
     results = {name: found.scores for name, found in evaluation.results.items()}
     answers = {name: found.answers for name, found in evaluation.results.items()}
     systems = [n for n in SYSTEMS if n in results]
     first = results["tuned" if "tuned" in results else systems[0]]
     present = [m for m in SHOWN if m in first]
-    metric = main_metric(config.evaluation.metrics)
+    metric = main_metric(metrics)
     intervals = _plain_intervals(evaluation.intervals)
     differences = evaluation.differences
     rows = table(results, present, intervals)

@@ -198,6 +198,7 @@ def load_start(config: Config) -> Loaded:
     from trainer.generate import load_base
     from trainer.models import adapter_folder
 
+    assert config.model.adapter is not None
     folder = adapter_folder(config.model.adapter)
     start = load_base(config, tokenizer_from=str(folder))
     start.model = PeftModel.from_pretrained(start.model, str(folder)).eval()

@@ -111,6 +111,7 @@ def _data_side(config: Config, tokenizer: Any) -> DataSide:
     if t.epochs is not None:
         epochs = t.epochs
     else:
+        assert t.max_steps is not None  # rules.epochs_xor_max_steps: one of the two is set
         epochs = t.max_steps / max(report.steps_per_epoch, 1)
     return DataSide(len(lengths), lengths, report.tokens.total, report.trained.total, per_epoch_tokens, epochs, shape,
                     report.seconds_per_epoch)

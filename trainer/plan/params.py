@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from trainer.config import Config
+from trainer.config.sections import ModelConfig
 from trainer.errors import UserError
 
-# config.model: its class is made from the schema at import time, so a type checker cannot see its fields
-ModelSection = Any
+ModelSection = ModelConfig  # config.model
 
 
 @dataclass(frozen=True)

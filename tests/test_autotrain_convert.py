@@ -6,7 +6,8 @@ import yaml
 
 from conftest import run_trainer
 from trainer.config import parse_config
-from trainer.config.autotrain import FIELDS, translate
+from trainer.backends.autotrain.convert import translate
+from trainer.backends.autotrain.fields import FIELDS
 from trainer.errors import UserError
 
 AUTOTRAIN_YAML = """\

@@ -48,10 +48,10 @@ def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (
         raise UserError(
             [doc.problem((), f"the top level must be a section of keys (model:, data:, ...), not {_TYPE_WORDS.get(json_type(doc.data), json_type(doc.data))}.")]
         )
-    from trainer.config import autotrain  # imported here: only AutoTrain files need it
+    from trainer.backends.autotrain import convert  # imported here: only AutoTrain files need it
 
-    if autotrain.is_autotrain_config(doc.data):
-        doc, notices = autotrain.translate_document(doc)
+    if convert.is_autotrain_config(doc.data):
+        doc, notices = convert.translate_document(doc)
     for override in overrides:
         _apply_override(doc, override)
     return check(doc, notices, check_files)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from trainer.backends.autotrain.differences import differences
 from trainer.backends.autotrain.environment import VERSION, autotrain_python, environment_problem
+from trainer.backends.autotrain.refusals import refusals
 from trainer.config import Config
 from trainer.rundir import guard_run_dir
 
@@ -36,6 +37,10 @@ def _say(text: str) -> None:
 
 class AutoTrainBackend:
     name = "autotrain"
+
+    def refusals(self, config: Config) -> list[tuple[tuple, str]]:
+        """What AutoTrain cannot run at all (refusals.py)."""
+        return refusals(config)
 
     def check(self, config: Config) -> list[tuple[tuple, str]]:
         """What a run of this config would refuse, whatever the machine: AutoTrain's differences, unless allowed."""
@@ -48,6 +53,13 @@ class AutoTrainBackend:
         """What this machine lacks for the run: AutoTrain's own environment."""
         problem = environment_problem(autotrain_python(config))
         return [(("backend", "autotrain", "python"), problem)] if problem else []
+
+    def trains_packed_rows(self, config: Config) -> bool:
+        return True  # AutoTrain always packs rows of block_size
+
+    def plan_note(self, config: Config) -> str | None:
+        return ("AutoTrain packs the examples into rows of block_size (data.max_seq_length) tokens, so it "
+                "processes rows x block_size tokens, padding included; the token count above is that.")
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         # Imported here: reading a config (convert.py, `trainer validate`) imports this package, and needs none of them.

@@ -176,6 +176,10 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     output_dir_is_a_folder,
 ]
 
+# What only the machine that runs a config can decide: the files it names are there, HF_TOKEN is set. A config
+# written for another machine (`trainer convert`) is warned about them instead (check_local).
+LOCAL_RULES: list[Callable[[Config], Found]] = [local_files_exist, push_to_hub_needs_token]
+
 
 # ---- the machine ------------------------------------------------------------------------------
 
@@ -237,9 +241,14 @@ HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
 ]
 
 
-def check_config(cfg: Config, check_files: bool = True) -> list[tuple[tuple, str]]:
-    chosen = [r for r in CONFIG_RULES if check_files or r is not local_files_exist]
+def check_config(cfg: Config, check_files: bool = True, here: bool = True) -> list[tuple[tuple, str]]:
+    """`here=False` leaves out LOCAL_RULES; `check_files=False`, local_files_exist."""
+    chosen = [r for r in CONFIG_RULES if (check_files or r is not local_files_exist) and (here or r not in LOCAL_RULES)]
     return [found for rule in chosen for found in rule(cfg)]
+
+
+def check_local(cfg: Config) -> list[tuple[tuple, str]]:
+    return [found for rule in LOCAL_RULES for found in rule(cfg)]
 
 
 def check_hardware(cfg: Config, hw: Hardware) -> list[tuple[tuple, str]]:

@@ -54,7 +54,7 @@ def translate(source: dict) -> tuple[dict, list[str], dict[str, str]]:
         notices += translate_preference(source, ours, origin, objective)
     _translate_method(source, ours, origin)
     notices += _translate_hub(source, ours, origin)
-    notices += _unused_keys(source, objective)
+    notices += _unused_keys(source, objective).values()
     return ours, notices, origin
 
 
@@ -151,17 +151,17 @@ def _translate_hub(source: dict, ours: dict, origin: dict[str, str]) -> list[str
     return []
 
 
-def _unused_keys(source: dict, objective: str) -> list[str]:
-    """A notice for each AutoTrain key trainer does not use, and why."""
+def _unused_keys(source: dict, objective: str) -> dict[str, str]:
+    """Each AutoTrain key trainer does not use, with a notice that says why."""
     known = {f.autotrain for f in FIELDS}
-    notices = []
+    notices = {}
     for key in _leaves(source):
         if key in IGNORED:
-            notices.append(f"AutoTrain's {key} is not used: {IGNORED[key]}.")
+            notices[key] = f"AutoTrain's {key} is not used: {IGNORED[key]}."
         elif key in PREFERENCE_ONLY and objective == "sft":
-            notices.append(f"AutoTrain's {key} is not used: it belongs to llm-dpo and llm-orpo, and this file trains llm-sft.")
+            notices[key] = f"AutoTrain's {key} is not used: it belongs to llm-dpo and llm-orpo, and this file trains llm-sft."
         elif key not in known and not key.startswith(("data.column_mapping.", "hub.")):
-            notices.append(f"AutoTrain's {key} has no trainer equivalent and is not used.")
+            notices[key] = f"AutoTrain's {key} has no trainer equivalent and is not used."
     return notices
 
 
@@ -187,15 +187,23 @@ def _leaves(data: dict, prefix: str = "") -> list[str]:
     return out
 
 
+REPO_ID = ("output", "push_to_hub", "repo_id")
+
+
 def translate_document(doc: Document) -> tuple[Document, list[str]]:
-    """Translate an AutoTrain document, keeping each value's line by way of the key it came from."""
+    """Translate an AutoTrain document, keeping each value's line by way of the key it came from, and each ${VAR}
+    as a reference where the value is carried over. A ${VAR} that is not set is a problem only where trainer uses the
+    value: AutoTrain's examples name ${HF_TOKEN} (trainer reads HF_TOKEN itself) and ${HF_USERNAME} (used only to
+    push)."""
     from trainer.errors import UserError
 
     try:
         data, notices, origin = translate(doc.data)
     except ValueError as exc:
         raise UserError([doc.problem(("task",), str(exc))]) from None
-    out = Document(data=data, file=doc.file, problems=list(doc.problems))
+    unused = _unused_env_keys(doc.data)
+    ignored = [p for path, problems in doc.unset_env.items() if path in unused for p in problems]
+    out = Document(data=data, file=doc.file, problems=[p for p in doc.problems if not any(p is q for q in ignored)])
     out.marks[()] = doc.marks.get((), (1, 1))
     for ours, theirs in origin.items():
         theirs_path = tuple(theirs.split("."))
@@ -205,4 +213,19 @@ def translate_document(doc: Document) -> tuple[Document, list[str]]:
             out.marks.setdefault(tuple(ours.split(".")[:i]), mark)  # type: ignore[arg-type]  # None: no line known
         if theirs_path in doc.env_refs:
             out.env_refs[tuple(ours.split("."))] = doc.env_refs[theirs_path]
+        if theirs_path in doc.unset_env:
+            out.unset_env[tuple(ours.split("."))] = doc.unset_env[theirs_path]
+    username = ("hub", "username")
+    if get_path(data, REPO_ID) is not None and username in doc.env_refs:  # as _translate_hub names it
+        out.env_refs[REPO_ID] = f"{doc.env_refs[username]}/{doc.data.get('project_name', 'model')}"
+        if username in doc.unset_env:
+            out.unset_env[REPO_ID] = doc.unset_env[username]
     return out, notices
+
+
+def _unused_env_keys(source: dict) -> set[tuple]:
+    """The keys of an AutoTrain file whose values trainer does not use: their ${VAR}s need not be set."""
+    keys = set(_unused_keys(source, objective_of(source))) | {"hub.token"}
+    if not section(source, "hub").get("push_to_hub"):
+        keys.add("hub.username")
+    return {tuple(key.split(".")) for key in keys}

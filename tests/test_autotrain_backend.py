@@ -8,8 +8,10 @@ import yaml
 
 from conftest import REPO, make_char_tokenizer, run_trainer, tiny_llama
 from trainer.config import parse_config
-from trainer.config.autotrain import FIELDS, export, mapping_table, project_name, translate
-from trainer.config.autotrain_differences import differences
+from trainer.backends.autotrain.convert import translate
+from trainer.backends.autotrain.differences import differences
+from trainer.backends.autotrain.fields import FIELDS, mapping_table
+from trainer.backends.autotrain.params import export, project_name
 from trainer.errors import EXIT_STOPPED
 
 NON_DEFAULT = """
@@ -207,7 +209,7 @@ def _prepared(tmp_path, template: str, fmt: str = "auto"):
 
 
 def test_data_goes_as_messages_when_autotrain_applies_the_same_template(tmp_path):
-    from trainer.backends.autotrain import write_data
+    from trainer.backends.autotrain.handover import write_data
 
     config, tokenizer, data = _prepared(tmp_path, "tokenizer")
     write_data(config, tokenizer, data, tmp_path / "out")
@@ -220,7 +222,7 @@ def test_data_goes_as_messages_when_autotrain_applies_the_same_template(tmp_path
 
 
 def test_data_goes_as_rendered_text_for_trainers_own_templates(tmp_path):
-    from trainer.backends.autotrain import write_data
+    from trainer.backends.autotrain.handover import write_data
 
     config, tokenizer, data = _prepared(tmp_path, "zephyr")
     write_data(config, tokenizer, data, tmp_path / "out")
@@ -231,7 +233,7 @@ def test_data_goes_as_rendered_text_for_trainers_own_templates(tmp_path):
 
 
 def test_plain_text_goes_as_text(tmp_path):
-    from trainer.backends.autotrain import write_data
+    from trainer.backends.autotrain.handover import write_data
 
     config, tokenizer, data = _prepared(tmp_path, "tokenizer", fmt="text")
     write_data(config, tokenizer, data, tmp_path / "out")
@@ -267,7 +269,7 @@ def _preference_prepared(tmp_path, tokenizer, objective: str = "dpo", max_seq_le
 def test_pairs_go_as_the_text_trainer_trains_cut_where_the_answer_begins(tmp_path, smollm2_tokenizer, capsys):
     """AutoTrain gets no template: TRL 0.13 tokenizes prompt and answer apart and appends the end-of-text token to the
     answer, which gives exactly the tokens and the trained positions of trainer's own pairs."""
-    from trainer.backends.autotrain import write_data
+    from trainer.backends.autotrain.handover import write_data
 
     tok = smollm2_tokenizer
     config, data = _preference_prepared(tmp_path, tok)
@@ -289,7 +291,7 @@ def test_pairs_go_as_the_text_trainer_trains_cut_where_the_answer_begins(tmp_pat
 def test_pairs_that_autotrain_trains_unlike_trainer_are_counted(tmp_path, capsys):
     """The character tokenizer's end-of-text token (</s>) does not close ChatML's turns: TRL's appended one is trained
     as well; ORPO cuts pairs longer than max_seq_length its own way."""
-    from trainer.backends.autotrain import write_data
+    from trainer.backends.autotrain.handover import write_data
     from trainer.data.templates import CHATML
 
     tokenizer = make_char_tokenizer(CHATML)
@@ -352,7 +354,8 @@ def test_validate_names_what_autotrain_cannot_do_for_orpo(tmp_path):
 
 
 def test_preference_figures_autotrain_logs_get_trainers_names(tmp_path):
-    from trainer.backends.autotrain import AutoTrainLog, log_metrics
+    from trainer.backends.autotrain.process import AutoTrainLog
+    from trainer.backends.autotrain.results import log_metrics
 
     log = AutoTrainLog(tmp_path / "a.log")
     log.feed("INFO     | 2026-12-01 18:50:01 | autotrain.trainers.common:on_log:226 - {'loss': 0.6931, 'grad_norm': 1.2, "
@@ -384,7 +387,7 @@ def rope_model_dir(tmp_path_factory):
 
 
 def test_materialised_model_reads_as_transformers_448_expects(tmp_path, rope_model_dir):
-    from trainer.backends.autotrain import materialise_model
+    from trainer.backends.autotrain.handover import materialise_model
     from trainer.models import load_tokenizer
 
     saved = json.loads((rope_model_dir / "config.json").read_text())
@@ -401,7 +404,7 @@ def test_materialised_model_reads_as_transformers_448_expects(tmp_path, rope_mod
 
 
 def test_a_hub_id_is_passed_through(tmp_path):
-    from trainer.backends.autotrain import materialise_model
+    from trainer.backends.autotrain.handover import materialise_model
 
     config = parse_config("model: {name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct}\ndata: {train: x.jsonl}\ntraining: {epochs: 1}\n", check_files=False)
     assert materialise_model(config, None, tmp_path / "base") == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -409,7 +412,7 @@ def test_a_hub_id_is_passed_through(tmp_path):
 
 
 def test_legacy_config_keeps_scaled_rope():
-    from trainer.backends.autotrain import legacy_model_config
+    from trainer.backends.autotrain.handover import legacy_model_config
 
     data = legacy_model_config({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}, "dtype": "bfloat16"})
     assert data["rope_theta"] == 500000.0 and data["rope_scaling"]["rope_type"] == "llama3" and data["rope_scaling"]["factor"] == 32.0
@@ -419,7 +422,7 @@ def test_legacy_config_keeps_scaled_rope():
 # --- following AutoTrain's log -------------------------------------------------------------------------------------
 
 def test_log_follower_reads_losses_and_the_failure_it_logs(tmp_path):
-    from trainer.backends.autotrain import AutoTrainLog, _failure_text
+    from trainer.backends.autotrain.process import AutoTrainLog, _failure_text
 
     log = AutoTrainLog(tmp_path / "a.log")
     for line in [  # as 0.8.36 writes them: its logger's line, then the progress bar's copy of the same dict
@@ -451,7 +454,7 @@ AUTOTRAIN_VENV = cache_dir() / "autotrain-0.8.36"
 
 @pytest.fixture(scope="module")
 def autotrain_python():
-    from trainer.backends.autotrain_env import environment_problem
+    from trainer.backends.autotrain.environment import environment_problem
 
     python = AUTOTRAIN_VENV / "bin" / "python"
     if environment_problem(python) is not None:
@@ -484,7 +487,7 @@ def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.backends.autotrain import materialise_model
+    from trainer.backends.autotrain.handover import materialise_model
     from trainer.models import load_tokenizer
 
     config = parse_config(f"model: {{name_or_path: {rope_model_dir}}}\ndata: {{train: x.jsonl}}\ntraining: {{epochs: 1}}\n", check_files=False)
@@ -501,7 +504,7 @@ def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(
     )
     import subprocess
 
-    from trainer.backends.autotrain_env import child_env as _child_env
+    from trainer.backends.autotrain.environment import child_env as _child_env
 
     done = subprocess.run([str(autotrain_python), "-c", script], capture_output=True, text=True, env=_child_env(autotrain_python), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -572,7 +575,7 @@ def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_py
     """A short real llm-dpo run on the demo model: the run directory, the adapter, and TRL's tokens of the pairs."""
     import subprocess
 
-    from trainer.backends.autotrain_env import child_env
+    from trainer.backends.autotrain.environment import child_env
     from trainer.data.pipeline import prepare_data
     from trainer.demo import demo_model_path
     from trainer.generate import load_run

@@ -49,7 +49,7 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, tiny_model_dir):
     assert summary["steps"] == 12 and summary["final_eval_loss"] == pytest.approx(evals[-1]["eval_loss"], abs=1e-4)
 
     # the AutoTrain backend measures its DPO result the same way, computing the reference (adapter off) itself
-    from trainer.backends.autotrain import validation_loss
+    from trainer.backends.autotrain.results import validation_loss
     from trainer.config import load_config
     from trainer.data.pipeline import prepare_data
     from trainer.models import load_tokenizer

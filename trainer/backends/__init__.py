@@ -16,12 +16,22 @@ from trainer.errors import UserError
 class Backend(Protocol):
     name: str
 
+    def refusals(self, config: Config) -> list[tuple[tuple, str]]:
+        """What this backend cannot run at all, whatever else is set, as (path, message) pairs. Reported with the
+        config's own rules (trainer/config/rules.py) wherever a config is read, so it must import nothing heavy."""
+
     def check(self, config: Config) -> list[tuple[tuple, str]]:
         """Problems with this config that only this backend has, on any machine, as (path, message) pairs.
         `trainer validate` reports them too, so it must import nothing heavy."""
 
     def check_machine(self, config: Config) -> list[tuple[tuple, str]]:
         """What this machine lacks for running the config with this backend, as (path, message) pairs."""
+
+    def trains_packed_rows(self, config: Config) -> bool:
+        """Whether it trains rows of examples packed to data.max_seq_length (`trainer plan` counts the tokens so)."""
+
+    def plan_note(self, config: Config) -> str | None:
+        """What `trainer plan` should say about how this backend's training time is counted, if anything."""
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         """Train, write the run directory, and return it."""

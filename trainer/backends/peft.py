@@ -14,11 +14,20 @@ from trainer.config import Config
 class PeftBackend:
     name = "peft"
 
+    def refusals(self, config: Config) -> list[tuple[tuple, str]]:
+        return []
+
     def check(self, config: Config) -> list[tuple[tuple, str]]:
         return []
 
     def check_machine(self, config: Config) -> list[tuple[tuple, str]]:
         return []
+
+    def trains_packed_rows(self, config: Config) -> bool:
+        return config.data.packing
+
+    def plan_note(self, config: Config) -> str | None:
+        return None
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         from trainer.recipe import train

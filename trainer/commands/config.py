@@ -86,7 +86,7 @@ def _add_convert(sub: SubParsers) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
-    config = load_config(args.file)
+    config = load_config(args.file, elsewhere=True)  # a translation needs neither the secrets nor the data it names
     sys.stdout.write(f"# Translated from AutoTrain config {args.file} by trainer {__version__}\n")
     sys.stdout.write(config.to_yaml())
     return 0

@@ -36,10 +36,11 @@ def _export_autotrain(args: argparse.Namespace) -> int:
         raise UserError("trainer export --to autotrain needs --config FILE (the trainer config to translate).")
     import yaml
 
-    from trainer.backends.autotrain import VERSION, mixed_precision_for, prepare_handover
+    from trainer.backends.autotrain.differences import differences
+    from trainer.backends.autotrain.environment import VERSION
+    from trainer.backends.autotrain.handover import mixed_precision_for, prepare_handover
+    from trainer.backends.autotrain.params import export
     from trainer.config import load_config
-    from trainer.config.autotrain import export
-    from trainer.config.autotrain_differences import differences
     from trainer.models import is_gguf
 
     config = load_config(args.config, args.overrides)

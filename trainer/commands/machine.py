@@ -18,7 +18,7 @@ def _add_backends(sub: SubParsers) -> None:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from trainer.backends.autotrain_env import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
+    from trainer.backends.autotrain.environment import VERSION, autotrain_python, default_venv, environment_problem, setup_environment
     from trainer.export import llamacpp
 
     if args.action == "setup":

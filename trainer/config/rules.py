@@ -54,14 +54,6 @@ def text_format_has_no_assistant(cfg: Config) -> Found:
         yield ("data", "train_on"), "plain text has no assistant turns to learn from, so train_on: assistant requires a chat format; set data.train_on: all."
 
 
-def packing_honours_train_on(cfg: Config) -> Found:
-    if cfg.data.packing and cfg.backend.name == "autotrain" and cfg.data.train_on == "assistant":
-        yield ("data", "packing"), (
-            "packing with train_on: assistant requires the peft backend (AutoTrain's packing learns every token); "
-            "set backend.name: peft, or data.packing: false, or data.train_on: all."
-        )
-
-
 # ---- objectives (sft, dpo, orpo) ----------------------------------------------------------------
 
 PREFERENCE = ("dpo", "orpo")
@@ -94,28 +86,9 @@ def preference_strategies(cfg: Config) -> Found:
                                             "set distributed.strategy: ddp (or none).")
 
 
-def autotrain_preference_settings(cfg: Config) -> Found:
-    if cfg.backend.name != "autotrain" or cfg.training.objective == "sft":
-        return
-    if cfg.training.objective == "orpo" and cfg.training.orpo.weight != 0.1:  # TRL 0.13's ORPOConfig.beta; AutoTrain sets none
-        yield ("training", "orpo", "weight"), ("AutoTrain's llm-orpo always trains with lambda 0.1 (it does not pass params.dpo_beta on "
-                                               "to ORPO); set training.orpo.weight: 0.1, or backend.name: peft.")
-    if cfg.training.objective != "dpo":
-        return
-    if cfg.training.dpo.loss != "sigmoid":
-        yield ("training", "dpo", "loss"), "AutoTrain's llm-dpo trains with the sigmoid loss only; set training.dpo.loss: sigmoid, or backend.name: peft."
-    if cfg.training.dpo.sft_weight:
-        yield ("training", "dpo", "sft_weight"), "AutoTrain's llm-dpo has no SFT term; set training.dpo.sft_weight: 0, or backend.name: peft."
-
-
-def adapter_fits_method_and_backend(cfg: Config) -> Found:
-    if cfg.model.adapter is None:
-        return
-    if cfg.training.method == "full":
+def adapter_fits_method(cfg: Config) -> Found:
+    if cfg.model.adapter is not None and cfg.training.method == "full":
         yield ("model", "adapter"), "an adapter is trained further with an adapter method; set training.method: lora (or dora, qlora), or remove model.adapter."
-    if cfg.backend.name == "autotrain":
-        yield ("model", "adapter"), ("AutoTrain starts from a whole model only; merge the adapter first (its run's model-merged/ folder, "
-                                     "written with output.merge_adapter: true) and set model.name_or_path to it, or set backend.name: peft.")
 
 
 def local_files_exist(cfg: Config) -> Found:
@@ -157,15 +130,12 @@ def output_dir_is_a_folder(cfg: Config) -> Found:
         yield ("output", "dir"), f"{cfg.output.dir!r} is a file; the run directory must be a folder. Choose another output.dir."
 
 
-def distributed_fits_method_and_backend(cfg: Config) -> Found:
+def distributed_fits_method(cfg: Config) -> Found:
     strategy = cfg.distributed.strategy
     if strategy == "none":
         if cfg.distributed.num_processes not in (None, 1):
             yield ("distributed", "num_processes"), "several processes need a strategy; set distributed.strategy: ddp (or fsdp, deepspeed)."
         return
-    if cfg.backend.name != "peft":
-        yield ("distributed", "strategy"), ("trainer launches several processes for its own loop only; with backend.name: autotrain "
-                                            "AutoTrain uses every visible GPU itself. Set distributed.strategy: none.")
     if cfg.training.method == "qlora" and strategy == "fsdp":
         yield ("distributed", "strategy"), "qlora's 4-bit weights cannot be sharded by fsdp here; use distributed.strategy: ddp."
     if cfg.training.method == "qlora" and strategy == "deepspeed":
@@ -176,24 +146,39 @@ def distributed_fits_method_and_backend(cfg: Config) -> Found:
                                           "its own way; set training.optimizer: adamw.")
 
 
+# ---- the backend -----------------------------------------------------------------------------
+
+
+def backend_refusals(cfg: Config) -> Found:
+    """What the chosen backend cannot run at all (trainer/backends: `Backend.refusals`)."""
+    from trainer.backends import get_backend  # imported here: trainer.backends imports trainer.config
+
+    yield from get_backend(cfg.backend.name).refusals(cfg)
+
+
+# Problems are shown sorted by line, and two at the same key in this order: the adapter's and the backend's come
+# first, as they did when the backend's refusals were rules here.
 CONFIG_RULES: list[Callable[[Config], Found]] = [
-    distributed_fits_method_and_backend,
+    adapter_fits_method,
+    backend_refusals,
+    distributed_fits_method,
     epochs_xor_max_steps,
     early_stopping_needs_validation,
     chat_template_is_named_or_jinja,
     text_format_has_no_assistant,
-    packing_honours_train_on,
     preference_learns_answers_only,
     objective_matches_data_format,
     preference_without_packing,
     preference_strategies,
-    autotrain_preference_settings,
-    adapter_fits_method_and_backend,
     local_files_exist,
     push_to_hub_needs_token,
     tensorboard_needs_package,
     output_dir_is_a_folder,
 ]
+
+# What only the machine that runs a config can decide: the files it names are there, HF_TOKEN is set. A config
+# written for another machine (`trainer convert`) is warned about them instead (check_local).
+LOCAL_RULES: list[Callable[[Config], Found]] = [local_files_exist, push_to_hub_needs_token]
 
 
 # ---- the machine ------------------------------------------------------------------------------
@@ -256,9 +241,14 @@ HARDWARE_RULES: list[Callable[[Config, Hardware], Found]] = [
 ]
 
 
-def check_config(cfg: Config, check_files: bool = True) -> list[tuple[tuple, str]]:
-    chosen = [r for r in CONFIG_RULES if check_files or r is not local_files_exist]
+def check_config(cfg: Config, check_files: bool = True, here: bool = True) -> list[tuple[tuple, str]]:
+    """`here=False` leaves out LOCAL_RULES; `check_files=False`, local_files_exist."""
+    chosen = [r for r in CONFIG_RULES if (check_files or r is not local_files_exist) and (here or r not in LOCAL_RULES)]
     return [found for rule in chosen for found in rule(cfg)]
+
+
+def check_local(cfg: Config) -> list[tuple[tuple, str]]:
+    return [found for rule in LOCAL_RULES for found in rule(cfg)]
 
 
 def check_hardware(cfg: Config, hw: Hardware) -> list[tuple[tuple, str]]:

@@ -17,8 +17,9 @@ from trainer.config import rules
 from trainer.config.model import Config, build_config
 from trainer.config.schema import apply_defaults, coerce_numbers, json_type, load_schema, subschema, types_of
 from trainer.config.yaml_loader import Document, dotted, read_text_file, read_yaml
-from trainer.console import note
+from trainer.console import note, warn
 from trainer.errors import Problem, UserError
+from trainer.patterns import get_path
 
 _TYPE_WORDS = {
     "string": "text",
@@ -31,15 +32,19 @@ _TYPE_WORDS = {
 }
 
 
-def load_config(filename: str, overrides: Iterable[str] = (), check_files: bool = True) -> Config:
+def load_config(filename: str, overrides: Iterable[str] = (), check_files: bool = True, elsewhere: bool = False) -> Config:
     """Read, check and normalise the config file `filename`. Raises UserError listing every problem.
 
     `check_files=False` skips the checks that the files it names exist (for a finished run's config.yaml).
+    `elsewhere=True` reads it to be written out for whichever machine will run it (`trainer convert`): a ${VAR} that
+    is not set here stays a reference, and what only that machine decides (the files it names are there, HF_TOKEN is
+    set) is a warning here, checked again where it runs.
     """
-    return parse_config(read_text_file(filename), filename, overrides, check_files)
+    return parse_config(read_text_file(filename), filename, overrides, check_files, elsewhere)
 
 
-def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (), check_files: bool = True) -> Config:
+def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (), check_files: bool = True,
+                 elsewhere: bool = False) -> Config:
     doc = read_yaml(text, file)
     notices: list[str] = []
     if doc.data is None:
@@ -48,16 +53,35 @@ def parse_config(text: str, file: str = "<config>", overrides: Iterable[str] = (
         raise UserError(
             [doc.problem((), f"the top level must be a section of keys (model:, data:, ...), not {_TYPE_WORDS.get(json_type(doc.data), json_type(doc.data))}.")]
         )
-    from trainer.config import autotrain  # imported here: only AutoTrain files need it
+    from trainer.backends.autotrain import convert  # imported here: only AutoTrain files need it
 
-    if autotrain.is_autotrain_config(doc.data):
-        doc, notices = autotrain.translate_document(doc)
+    if convert.is_autotrain_config(doc.data):
+        doc, notices = convert.translate_document(doc)
     for override in overrides:
         _apply_override(doc, override)
-    return check(doc, notices, check_files)
+    if elsewhere:
+        _keep_unset_references(doc)
+    return check(doc, notices, check_files, here=not elsewhere)
 
 
-def check(doc: Document, notices: list[str] | None = None, check_files: bool = True) -> Config:
+def _keep_unset_references(doc: Document) -> None:
+    """A ${VAR} that is not set here is no problem in a config written for another machine: it is written back as it
+    was, and checked where the config runs. Meanwhile the schema's default stands in for it, or the value the rest of
+    its text gives (`${HF_USERNAME}/model` -> `/model`); with neither, it stays a problem."""
+    for path, problems in doc.unset_env.items():
+        if path not in doc.env_refs:
+            continue
+        if "default" in (subschema(path) or {}):
+            parent = get_path(doc.data, path[:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+        elif get_path(doc.data, path) in (None, ""):
+            continue
+        doc.problems = [p for p in doc.problems if not any(p is q for q in problems)]
+
+
+def check(doc: Document, notices: list[str] | None = None, check_files: bool = True, here: bool = True) -> Config:
+    """`here=False`: the rules that only the machine that runs the config can decide are warnings, not problems."""
     schema = load_schema()
     data = coerce_numbers(schema, doc.data)
     problems = list(doc.problems)
@@ -65,9 +89,12 @@ def check(doc: Document, notices: list[str] | None = None, check_files: bool = T
     if problems:
         raise UserError(_sorted(problems), title=_title(doc.file, problems))
     config = build_config(apply_defaults(schema, data), doc.env_refs)
-    problems = [doc.problem(path, message) for path, message in rules.check_config(config, check_files)]
+    problems = [doc.problem(path, message) for path, message in rules.check_config(config, check_files, here)]
     if problems:
         raise UserError(_sorted(problems), title=_title(doc.file, problems))
+    if not here:
+        for path, message in rules.check_local(config):
+            warn(str(doc.problem(path, f"on this machine, {message} (checked again where the config runs)")))
     for notice in notices or ():
         note(notice)
     return config

@@ -41,6 +41,7 @@ class Document:
     problems: list = field(default_factory=list)  # problems found while reading (duplicate keys, ...)
     overridden: set = field(default_factory=set)  # paths set on the command line with --set
     aliases: dict[Path, str] = field(default_factory=dict)  # how the user's file named a translated key
+    unset_env: dict[Path, list[Problem]] = field(default_factory=dict)  # the problems of values whose ${VAR} is not set
 
     def mark(self, path: Path, key: bool = False) -> tuple[int, int] | None:
         """The position of `path`, or of its nearest ancestor that has one."""
@@ -237,13 +238,9 @@ class _Builder:
         parts = text.split(_ENV_ESCAPE)
         expanded = "${".join(_ENV_REF.sub(substitute, part) for part in parts)
         for name in missing:
-            self.doc.problems.append(
-                self.doc_problem(
-                    path,
-                    f"the environment variable {name} is not set. Set it, or give a default: ${{{name}:-value}}.",
-                    _pos(node),
-                )
-            )
+            problem = self.doc_problem(path, f"the environment variable {name} is not set. Set it, or give a default: ${{{name}:-value}}.", _pos(node))
+            self.doc.problems.append(problem)
+            self.doc.unset_env.setdefault(path, []).append(problem)
         if expanded == text.replace(_ENV_ESCAPE, "${"):
             return expanded
         self.doc.env_refs[path] = text

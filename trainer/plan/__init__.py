@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.backends import get_backend
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.plan.cost import (
@@ -98,7 +99,7 @@ def _data_side(config: Config, tokenizer: Any) -> DataSide:
     report = build_report(config, data)
     lengths = data.train.lengths.tolist()
     t, d = config.training, config.data
-    packed = d.packing or config.backend.name == "autotrain"  # AutoTrain always packs rows of block_size
+    packed = get_backend(config.backend.name).trains_packed_rows(config)
     batch = min(t.batch_size, len(lengths))
     if packed:
         length = min(d.max_seq_length, sum(lengths))
@@ -242,9 +243,9 @@ def _time(config: Config, count: ParameterCount, processed: float | None, data: 
         time["measured_here_seconds"], time["measured_here_from"] = here.training_seconds, here.training_from
         time["overhead_here_seconds"], time["evaluation_here_seconds"] = here.overhead_seconds, here.evaluation_seconds
         time["total_here_seconds"] = here.total_seconds
-    if config.backend.name == "autotrain":
-        time["note"] = ("AutoTrain packs the examples into rows of block_size (data.max_seq_length) tokens, so it "
-                        "processes rows x block_size tokens, padding included; the token count above is that.")
+    note = get_backend(config.backend.name).plan_note(config)
+    if note is not None:
+        time["note"] = note
     return time
 
 

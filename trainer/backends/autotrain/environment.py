@@ -1,8 +1,8 @@
 """AutoTrain Advanced's own environment: a virtual environment beside trainer's, set up once and checked before a run.
 
 AutoTrain 0.8.36 pins transformers 4.48, peft 0.14, trl 0.13 and more, so it
-cannot live beside trainer's own dependencies (trainer/backends/autotrain.py
-runs it as a subprocess with the environment variables `child_env` gives it).
+cannot live beside trainer's own dependencies (process.py runs it as a
+subprocess with the environment variables `child_env` gives it).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AutoTrain's llm-dpo and llm-orpo, read as ours and written from ours (the table they share with llm-sft: autotrain.py).
+"""AutoTrain's llm-dpo and llm-orpo, read as ours and written from ours (the table they share with llm-sft: fields.py).
 
 What AutoTrain Advanced 0.8.36 trains for them (trainers/clm/train_clm_dpo.py, train_clm_orpo.py and utils.py,
 on TRL 0.13):
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.config.autotrain_differences import ORPO_LAMBDA
+from trainer.backends.autotrain.differences import ORPO_LAMBDA
 from trainer.config.model import Config
 from trainer.patterns import set_path
 
@@ -83,7 +83,7 @@ def _model_ref(params: dict, objective: str) -> list[str]:
 
 def export_preference(config: Config, out: dict) -> None:
     """The dpo/orpo part of the AutoTrain YAML: its task, and the pairs as prompt/chosen/rejected text that trainer
-    rendered (trainer/backends/autotrain_pairs.py), so AutoTrain applies no template of its own."""
+    rendered (pairs.py), so AutoTrain applies no template of its own."""
     params: dict[str, Any] = out["params"]
     out["task"] = f"llm-{config.training.objective}"
     out["data"]["chat_template"] = None

@@ -16,6 +16,27 @@ def run_trainer(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: 
     )
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the `trainer` command line in this process (trainer.cli.main), for the unit tier: cli(*args, cwd=, env=)
+    returns what run_trainer returns (a CompletedProcess with the exit status and the output), without a new Python."""
+    from trainer.cli import main
+
+    def run(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args)) or 0  # None: sys.exit(None), status 0
+        except SystemExit as exc:  # argparse's --help, --version and usage errors, as `python -m trainer` would end
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        output = capsys.readouterr()
+        return subprocess.CompletedProcess(["trainer", *args], code, output.out, output.err)
+
+    return run
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Tests get their own TRAINER_CACHE (so measured throughputs of tiny models never reach the user's),

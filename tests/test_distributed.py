@@ -10,7 +10,7 @@ from conftest import REPO, run_trainer, tiny_config
 from trainer.checkpoint import complete_checkpoints
 from trainer.errors import EXIT_STOPPED
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def with_distributed(config, **section):

@@ -180,6 +180,18 @@ def tiny_config(tmp_path, model_dir, **training) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """The tiny model trained for 30 steps, in this process, once per session: the run that trainer generate, chat and
+    serve are tested on (tests/test_generate.py, tests/test_serve.py). Tests read it and never write into it."""
+    from trainer.cli import main
+
+    tmp = tmp_path_factory.mktemp("gen")
+    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
+    assert main(["--config", str(config)]) == 0
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The quickstart on the real SmolLM2, shortened to 26 steps (2 epochs): a run directory whose answers are JSON lists."""
     out = tmp_path_factory.mktemp("demo-run") / "recipes"

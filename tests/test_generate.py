@@ -5,16 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, tiny_config
-from trainer.cli import main
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("gen")
-    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
-    assert main(["--config", str(config)]) == 0
-    return tmp / "run"
+from conftest import REPO  # trained_run: a fixture of conftest.py, the tiny model trained for 30 steps
 
 
 def test_generate_one_prompt(trained_run, cli):

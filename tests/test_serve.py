@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from conftest import REPO, TINY_DATA, run_trainer
-from test_generate import trained_run  # noqa: F401  (a fixture: the tiny model trained for 30 steps)
 
 KEY = "test-key-123"
 

@@ -38,6 +38,19 @@ def cli(capsys, monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """In-process tests compute on tiny models, where torch's intra-op threads cost more than they give, and far more
+    on a machine busy with other work: 30 steps of the tiny Llama took 36 s with 2 threads on 2 busy cores, 5 s with 1.
+    This process only: `trainer` subprocesses keep their own threads, as a user's do."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Tests get their own TRAINER_CACHE (so measured throughputs of tiny models never reach the user's),
     sharing the user's downloaded demo model, its converted copies and the llama.cpp build, which are slow to make."""

@@ -8,8 +8,35 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The tiers (markers in pyproject.toml): the unit tier, `make check`, is every test without one of these.
+OUT_OF_UNIT_TIER = ("integration", "slow", "browser", "llamacpp", "autotrain")
+# Fixtures that download, compile or set up something, and the marker a test that uses them must carry.
+FIXTURE_NEEDS = {"smollm2_tokenizer": "slow", "demo_run": "slow", "go_render": "integration", "autotrain_python": "autotrain"}
+_running: list = []  # the test now running
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a fixture of FIXTURE_NEEDS, even through another fixture, is marked for it."""
+    unmarked = [f"{item.nodeid} uses {name}: mark it {marker}" for item in items for name, marker in FIXTURE_NEEDS.items()
+                if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.remove(item)
+
+
 def run_trainer(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real `trainer` command line in a subprocess, as a user would."""
+    """Run the real `trainer` command line in a subprocess, as a user would (integration tests: the unit tier uses
+    the cli fixture, trainer.cli.main in this process)."""
+    if _running and not any(_running[-1].get_closest_marker(m) for m in OUT_OF_UNIT_TIER):
+        raise AssertionError(f"{_running[-1].nodeid} runs trainer as a subprocess: mark it integration, or use the cli fixture")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -66,13 +66,14 @@ PROMPTS = [r["messages"][0]["content"] for r in TINY_DATA[:8]]
 
 
 @pytest.fixture(scope="module")
-def generated(trained_run):
-    """`trainer generate`'s greedy answers to PROMPTS, one at a time."""
-    answers = []
-    for prompt in PROMPTS:
-        result = run_trainer("generate", "--run", str(trained_run), "--prompt", prompt, "--max-new-tokens", "12", "--batch-size", "1")
-        assert result.returncode == 0, result.stderr
-        answers.append(result.stdout.rstrip("\n"))
+def generated(trained_run, tmp_path_factory):
+    """`trainer generate`'s greedy answers to PROMPTS, one at a time (--batch-size 1), in one process."""
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PROMPTS))
+    result = run_trainer("generate", "--run", str(trained_run), "--input", str(prompts), "--max-new-tokens", "12", "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line)["answer"].rstrip("\n") for line in result.stdout.splitlines()]
+    assert len(answers) == len(PROMPTS)
     return answers
 
 

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, read_expectations, make_char_tokenizer, run_trainer
+from conftest import REPO, read_expectations, make_char_tokenizer
 from trainer.cli import main
 
 CORPUS = REPO / "tests" / "broken_data"

@@ -3,7 +3,7 @@ import json
 from dataclasses import astuple
 
 import pytest
-from conftest import run_trainer, tiny_config
+from conftest import tiny_config
 
 from trainer.data.checks import Distribution, cookbook_checks
 from trainer.data.formats import Example, Message

@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test`.
+# Two commands do all the set-up: `make demo` and `make test`. While changing code, `make check` (under 2 minutes):
+# lint and the unit tier, the tests that need no download, compiler, browser, AutoTrain or `trainer` subprocess.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo demo-dpo test lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
+.PHONY: install demo demo-dpo test check lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
 
 install: $(STAMP)
 
@@ -29,11 +30,19 @@ demo: $(STAMP)
 demo-dpo: demo
 	$(VENV)/bin/trainer --config configs/recipes-dpo.yaml --resume
 
+# The whole gate (CI runs it through .ci/run): lint, the docs site, the set-up every tier needs, then every test,
+# the slowest 25 named.
 test: $(STAMP) chromium go lint docs
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(VENV)/bin/trainer backends setup llama.cpp
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
+
+# The quick loop: lint and the unit tier (markers in pyproject.toml; a test marked with what it needs leaves the tier).
+# No set-up step: the unit tier needs only the installed package.
+UNIT := not (integration or slow or browser or llamacpp or autotrain)
+check: lint
+	$(PY) -m pytest -q -m "$(UNIT)"
 
 # Static checks (a few seconds): ruff (mistakes, import order) and mypy over trainer/ and ui/ (settings in pyproject.toml)
 lint: $(STAMP)

@@ -8,12 +8,73 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The tiers (markers in pyproject.toml): the unit tier, `make check`, is every test without one of these.
+OUT_OF_UNIT_TIER = ("integration", "slow", "browser", "llamacpp", "autotrain")
+# Fixtures that download, compile or set up something, and the marker a test that uses them must carry.
+FIXTURE_NEEDS = {"smollm2_tokenizer": "slow", "demo_run": "slow", "go_render": "integration", "autotrain_python": "autotrain"}
+_running: list = []  # the test now running
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a fixture of FIXTURE_NEEDS, even through another fixture, is marked for it."""
+    unmarked = [f"{item.nodeid} uses {name}: mark it {marker}" for item in items for name, marker in FIXTURE_NEEDS.items()
+                if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.remove(item)
+
+
 def run_trainer(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real `trainer` command line in a subprocess, as a user would."""
+    """Run the real `trainer` command line in a subprocess, as a user would (integration tests: the unit tier uses
+    the cli fixture, trainer.cli.main in this process)."""
+    if _running and not any(_running[-1].get_closest_marker(m) for m in OUT_OF_UNIT_TIER):
+        raise AssertionError(f"{_running[-1].nodeid} runs trainer as a subprocess: mark it integration, or use the cli fixture")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the `trainer` command line in this process (trainer.cli.main), for the unit tier: cli(*args, cwd=, env=)
+    returns what run_trainer returns (a CompletedProcess with the exit status and the output), without a new Python."""
+    from trainer.cli import main
+
+    def run(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args)) or 0  # None: sys.exit(None), status 0
+        except SystemExit as exc:  # argparse's --help, --version and usage errors, as `python -m trainer` would end
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        output = capsys.readouterr()
+        return subprocess.CompletedProcess(["trainer", *args], code, output.out, output.err)
+
+    return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """In-process tests compute on tiny models, where torch's intra-op threads cost more than they give, and far more
+    on a machine busy with other work: 30 steps of the tiny Llama took 36 s with 2 threads on 2 busy cores, 5 s with 1.
+    This process only: `trainer` subprocesses keep their own threads, as a user's do."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -156,6 +217,18 @@ def tiny_config(tmp_path, model_dir, **training) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    """The tiny model trained for 30 steps, in this process, once per session: the run that trainer generate, chat and
+    serve are tested on (tests/test_generate.py, tests/test_serve.py). Tests read it and never write into it."""
+    from trainer.cli import main
+
+    tmp = tmp_path_factory.mktemp("gen")
+    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
+    assert main(["--config", str(config)]) == 0
+    return tmp / "run"
 
 
 @pytest.fixture(scope="session")

@@ -141,7 +141,7 @@ def test_a_plain_text_run_differs_only_in_packing():
     assert [".".join(p) for p, _ in differences(config)] == ["data.packing"]
 
 
-def test_differences_stop_the_run_naming_each_field_with_exit_2(tmp_path):
+def test_differences_stop_the_run_naming_each_field_with_exit_2(tmp_path, cli):
     venv = tmp_path / "venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").write_text("")
@@ -150,36 +150,36 @@ def test_differences_stop_the_run_naming_each_field_with_exit_2(tmp_path):
     cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
                    f"training: {{method: dora, max_steps: 3, early_stopping: {{patience: 1}}}}\n"
                    f"backend: {{name: autotrain, autotrain: {{python: {venv / 'python'}}}}}\n")
-    result = run_trainer("--config", str(cfg))
+    result = cli("--config", str(cfg))
     assert result.returncode == 2, result.stderr
     for key in ("training.method", "training.max_steps", "training.early_stopping", "data.train_on", "data.packing"):
         assert key in result.stderr
     assert "allow_differences: true" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_environment_is_explained(tmp_path):
+def test_missing_environment_is_explained(tmp_path, cli):
     cfg = tmp_path / "x.yaml"
     cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
                    f"training: {{epochs: 1}}\nbackend: {{name: autotrain, autotrain: {{python: {tmp_path}/nope/python, "
                    "allow_differences: true}}\n")
-    result = run_trainer("--config", str(cfg))
+    result = cli("--config", str(cfg))
     assert result.returncode == 2
     assert "backend.autotrain.python" in result.stderr and "trainer backends setup autotrain" in result.stderr
 
 
-def test_export_command_prints_yaml_and_warns(tmp_path):
-    result = run_trainer("export", "--to", "autotrain", "--config", str(REPO / "configs" / "quickstart.yaml"))
+def test_export_command_prints_yaml_and_warns(tmp_path, cli):
+    result = cli("export", "--to", "autotrain", "--config", str(REPO / "configs" / "quickstart.yaml"))
     assert result.returncode == 0, result.stderr
     document = yaml.safe_load(result.stdout)
     assert document["task"] == "llm-sft" and document["params"]["lr"] == 0.002
     assert "data.train_on" in result.stderr and ".gguf" in result.stderr
 
 
-def test_export_command_writes_llm_orpo_and_warns(tmp_path):
+def test_export_command_writes_llm_orpo_and_warns(tmp_path, cli):
     cfg = tmp_path / "orpo.yaml"
     cfg.write_text(f"model: {{name_or_path: org/m}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
                    "training: {epochs: 1, objective: orpo, orpo: {weight: 0.3}}\n")
-    result = run_trainer("export", "--to", "autotrain", "--config", str(cfg))
+    result = cli("export", "--to", "autotrain", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     document = yaml.safe_load(result.stdout)
     assert document["task"] == "llm-orpo" and document["data"]["column_mapping"]["rejected_text_column"] == "rejected"
@@ -266,6 +266,7 @@ def _preference_prepared(tmp_path, tokenizer, objective: str = "dpo", max_seq_le
     return config, prepare_data(config, tokenizer)
 
 
+@pytest.mark.slow
 def test_pairs_go_as_the_text_trainer_trains_cut_where_the_answer_begins(tmp_path, smollm2_tokenizer, capsys):
     """AutoTrain gets no template: TRL 0.13 tokenizes prompt and answer apart and appends the end-of-text token to the
     answer, which gives exactly the tokens and the trained positions of trainer's own pairs."""
@@ -339,17 +340,17 @@ def test_a_dpo_run_without_dropout_trains_as_trainer_does():
         assert differences(config) == []
 
 
-def test_validate_names_what_autotrain_cannot_do_for_orpo(tmp_path):
+def test_validate_names_what_autotrain_cannot_do_for_orpo(tmp_path, cli):
     cfg = tmp_path / "x.yaml"
     pairs = recipe_pairs(tmp_path / "pairs.jsonl", 2)
     cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {pairs}}}\n"
                    "training: {epochs: 1, objective: orpo, orpo: {weight: 0.5}}\nbackend: {name: autotrain}\n")
-    result = run_trainer("validate", "--config", str(cfg))
+    result = cli("validate", "--config", str(cfg))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "training.orpo.weight: AutoTrain's llm-orpo always trains with lambda 0.1" in result.stderr  # a rule: no allowing it
-    fixed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1")
+    fixed = cli("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1")
     assert fixed.returncode == 2 and "training.lora.dropout" in fixed.stderr and "allow_differences: true" in fixed.stderr
-    allowed = run_trainer("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1", "--set", "training.lora.dropout=0")
+    allowed = cli("validate", "--config", str(cfg), "--set", "training.orpo.weight=0.1", "--set", "training.lora.dropout=0")
     assert allowed.returncode == 0, allowed.stderr
 
 
@@ -481,6 +482,8 @@ def _autotrain_config(tmp_path, model_dir, python, **extra) -> Path:
     return path
 
 
+@pytest.mark.integration
+@pytest.mark.autotrain
 @pytest.mark.slow
 def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(tmp_path, rope_model_dir, autotrain_python):
     """transformers 4.48 (AutoTrain's) must read the materialised folder as exactly the model trainer trains."""
@@ -515,6 +518,8 @@ def test_materialised_model_computes_the_same_logits_in_autotrains_transformers(
     assert torch.allclose(ours, torch.tensor(theirs["logits"]), atol=1e-4)
 
 
+@pytest.mark.integration
+@pytest.mark.autotrain
 @pytest.mark.slow
 def test_autotrain_trains_and_the_result_is_a_trainer_run(tmp_path, rope_model_dir, autotrain_python):
     cfg = _autotrain_config(tmp_path, rope_model_dir, autotrain_python)
@@ -570,6 +575,8 @@ for line in open(sys.argv[2]):
 """
 
 
+@pytest.mark.integration
+@pytest.mark.autotrain
 @pytest.mark.slow
 def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_python, smollm2_tokenizer):
     """A short real llm-dpo run on the demo model: the run directory, the adapter, and TRL's tokens of the pairs."""
@@ -627,6 +634,8 @@ def test_autotrain_trains_dpo_on_smollm2_as_trainer_would(tmp_path, autotrain_py
             assert orpo[f"{side}_input_ids"] == dpo and [t for t in orpo[f"{side}_labels"] if t != -100] == trained
 
 
+@pytest.mark.integration
+@pytest.mark.autotrain
 @pytest.mark.slow
 def test_a_failure_autotrain_only_logs_fails_the_run(tmp_path, rope_model_dir, autotrain_python):
     """AutoTrain's @monitor logs an exception in training and exits 0; trainer must not report success."""
@@ -656,6 +665,8 @@ def _processes_in(folder: Path) -> list[int]:
     return found
 
 
+@pytest.mark.integration
+@pytest.mark.autotrain
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, rope_model_dir, autotrain_python, sig):
@@ -687,12 +698,12 @@ def test_stopping_trainer_stops_autotrain_and_everything_it_started(tmp_path, ro
     assert _processes_in(work) == []
 
 
-def test_validate_refuses_what_the_run_would_refuse(tmp_path):
+def test_validate_refuses_what_the_run_would_refuse(tmp_path, cli):
     """`trainer validate` says what `trainer --config` would refuse before loading anything: AutoTrain's differences."""
     cfg = tmp_path / "x.yaml"
     cfg.write_text(f"model: {{name_or_path: {tmp_path}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl}}\n"
                    "training: {method: dora, epochs: 1}\nbackend: {name: autotrain}\n")
-    result = run_trainer("validate", "--config", str(cfg))
+    result = cli("validate", "--config", str(cfg))
     assert result.returncode == 2 and "training.method" in result.stderr and "allow_differences: true" in result.stderr
-    allowed = run_trainer("validate", "--config", str(cfg), "--set", "backend.autotrain.allow_differences=true")
+    allowed = cli("validate", "--config", str(cfg), "--set", "backend.autotrain.allow_differences=true")
     assert allowed.returncode == 0, allowed.stderr

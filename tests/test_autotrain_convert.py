@@ -5,7 +5,6 @@ import re
 import pytest
 import yaml
 
-from conftest import run_trainer
 from trainer.config import parse_config
 from trainer.backends.autotrain.convert import translate
 from trainer.backends.autotrain.fields import FIELDS
@@ -98,16 +97,16 @@ def test_every_mapped_field_names_a_real_key():
             assert subschema(tuple(field.ours.split("."))) is not None, field
 
 
-def test_convert_command_prints_valid_trainer_yaml(tmp_path):
+def test_convert_command_prints_valid_trainer_yaml(tmp_path, cli):
     source = tmp_path / "autotrain.yml"
     source.write_text(AUTOTRAIN_YAML.replace("${HF_TOKEN}", "hf_canary_token"))
-    result = run_trainer("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me"})
+    result = cli("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me"})
     assert result.returncode == 0, result.stderr
     assert "hf_canary_token" not in result.stdout + result.stderr
     assert "translated to trainer's format" in result.stderr
     converted = tmp_path / "converted.yaml"
     converted.write_text(result.stdout)
-    check = run_trainer("validate", "--config", str(converted))
+    check = cli("validate", "--config", str(converted))
     assert check.returncode == 0, check.stderr
     assert "AutoTrain" not in check.stderr  # it is now our own format
 
@@ -263,7 +262,7 @@ def test_a_wrong_dpo_value_points_at_its_autotrain_line(in_repo):
         parse_config("task: llm-dpo\nbase_model: gpt2\nparams:\n  dpo_beta: -1\n", "autotrain.yml", check_files=False)
 
 
-def test_convert_dpo_command_gives_a_config_that_reads_autotrains_data(tmp_path):
+def test_convert_dpo_command_gives_a_config_that_reads_autotrains_data(tmp_path, cli):
     """AutoTrain's DPO data (a text prompt beside chosen and rejected as whole conversations, as in
     argilla/distilabel-capybara-dpo-7k-binarized) is read by the converted config as AutoTrain reads it."""
     from trainer.data.pipeline import load_examples
@@ -274,12 +273,12 @@ def test_convert_dpo_command_gives_a_config_that_reads_autotrains_data(tmp_path)
     (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = tmp_path / "autotrain.yml"
     source.write_text(AUTOTRAIN_DPO_YAML.format(data=tmp_path / "pairs"))
-    result = run_trainer("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
+    result = cli("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
     assert result.returncode == 0, result.stderr
     converted = tmp_path / "converted.yaml"
     converted.write_text(result.stdout)
     assert "hf_canary_token" not in result.stdout
-    check = run_trainer("validate", "--config", str(converted))
+    check = cli("validate", "--config", str(converted))
     assert check.returncode == 0, check.stderr
     config = parse_config(result.stdout, str(converted))
     pairs, report = load_examples(config.data.train, config)

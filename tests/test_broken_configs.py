@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import REPO, read_expectations, run_trainer
+from conftest import REPO, read_expectations
 
 CORPUS = REPO / "tests" / "broken_configs"
 
@@ -18,9 +18,9 @@ def test_corpus_is_complete():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_broken_config_is_explained(name):
+def test_broken_config_is_explained(name, cli):
     path = CORPUS / f"{name}.yaml"
-    result = run_trainer("validate", "--config", str(path.relative_to(REPO)), env={"HF_TOKEN": ""})
+    result = cli("validate", "--config", str(path.relative_to(REPO)), env={"HF_TOKEN": ""})
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output
@@ -45,9 +45,9 @@ def _write_bytes(tmp_path, name, data: bytes):
     ],
     ids=["binary", "not-utf8", "50MB", "directory", "missing"],
 )
-def test_unreadable_files_are_explained(tmp_path, maker, pattern):
+def test_unreadable_files_are_explained(tmp_path, maker, pattern, cli):
     path = maker(tmp_path)
-    result = run_trainer("validate", "--config", str(path))
+    result = cli("validate", "--config", str(path))
     output = result.stdout + result.stderr
     assert result.returncode == 2
     assert "Traceback" not in output

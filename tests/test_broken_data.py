@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, read_expectations, make_char_tokenizer, run_trainer
+from conftest import REPO, read_expectations, make_char_tokenizer
 from trainer.cli import main
 
 CORPUS = REPO / "tests" / "broken_data"
@@ -63,9 +63,9 @@ def test_skip_drops_only_the_broken_records_and_says_which(tmp_path, tokenizer_d
     assert "skipped (on_invalid: skip): 30 record(s), lines 2-31" in out
 
 
-def test_training_stops_before_loading_a_model_when_data_is_broken(tmp_path, tokenizer_dir):
+def test_training_stops_before_loading_a_model_when_data_is_broken(tmp_path, tokenizer_dir, cli):
     config = write_config(tmp_path, tokenizer_dir, str(CORPUS / "unknown_role.jsonl"))
-    result = run_trainer("data", "--config", config)
+    result = cli("data", "--config", config)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     assert "unknown_role.jsonl:2: message 2 has unknown role 'human'" in result.stdout

@@ -106,13 +106,10 @@ def test_structurally_fuzzed_configs_name_a_place_or_pass(text):
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=structural_yaml())
-def test_the_command_line_says_it_in_words_for_a_sample(tmp_path, text):
+def test_the_command_line_says_it_in_words_for_a_sample(tmp_path, text, cli):
     """The same through `trainer validate`: exit 0 or 2, a message naming the file, never a traceback."""
-    import subprocess
-    import sys
-
     path = tmp_path / "fuzz.yaml"
     path.write_text(text)
-    result = subprocess.run([sys.executable, "-m", "trainer", "validate", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    result = cli("validate", "--config", str(path))
     assert result.returncode in (0, 2) and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 0 or str(path) in result.stderr

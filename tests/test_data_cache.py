@@ -160,6 +160,7 @@ print("finished")
 """
 
 
+@pytest.mark.integration
 def test_a_killed_preparation_leaves_no_complete_entry_and_the_next_one_rebuilds(tmp_path):
     data = write_data(tmp_path / "d.jsonl", 20_000)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -254,13 +255,12 @@ def test_batch_plans_are_the_plans_made_before_the_cache(tmp_path, packing):
         assert first["input_ids"].shape[0] == len(new[0])
 
 
-def test_cache_clear_frees_the_entries(tmp_path):
+def test_cache_clear_frees_the_entries(tmp_path, cli):
     data = write_data(tmp_path / "d.jsonl", 20)
     prepare_data(config(data), TOKENIZER)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    listed = subprocess.run([sys.executable, "-m", "trainer", "cache", "list"], env=env, capture_output=True, text=True)
+    listed = cli("cache", "list")
     assert listed.returncode == 0 and entries()[0] in listed.stdout and "20 rows" in listed.stdout
-    cleared = subprocess.run([sys.executable, "-m", "trainer", "cache", "clear"], env=env, capture_output=True, text=True)
+    cleared = cli("cache", "clear")
     assert cleared.returncode == 0 and "removed 1 entr" in cleared.stdout and entries() == []
 
 
@@ -286,6 +286,7 @@ def test_num_workers_is_checked():
         config("d.jsonl", "data.num_workers=0")
 
 
+@pytest.mark.integration
 def test_trainer_data_shows_progress_with_rate_and_time_left(tmp_path, tiny_model_dir):
     from conftest import run_trainer
 

@@ -3,7 +3,7 @@ import json
 from dataclasses import astuple
 
 import pytest
-from conftest import run_trainer, tiny_config
+from conftest import tiny_config
 
 from trainer.data.checks import Distribution, cookbook_checks
 from trainer.data.formats import Example, Message
@@ -32,12 +32,12 @@ def test_missing_roles_distributions_and_long_examples():
     assert cookbook_checks(examples, tokenized, 40, "all").assistant_tokens is None
 
 
-def test_data_report_carries_the_checks(tmp_path, tiny_model_dir):
+def test_data_report_carries_the_checks(tmp_path, tiny_model_dir, cli):
     config = tiny_config(tmp_path, tiny_model_dir)
-    result = run_trainer("data", "--config", str(config), "--json")
+    result = cli("data", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     checks = json.loads(result.stdout)["checks"]
     assert checks["examples"] == 12 and checks["missing_system"] == 12 and checks["missing_user"] == 0
     assert checks["messages"]["median"] == 2
-    text = run_trainer("data", "--config", str(config)).stdout
+    text = cli("data", "--config", str(config)).stdout
     assert "OpenAI cookbook checks on 12 training example(s): missing a system message 12" in text

@@ -78,6 +78,7 @@ def test_awkward_csv_is_reported(tmp_path, name):
     assert report.kept + len({p.line for p in report.problems}) == report.records
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_10_mb_single_line_is_reported_with_its_line(tmp_path, tiny_model_dir):
     path = tmp_path / "big.jsonl"

@@ -13,6 +13,7 @@ def test_token_stats_literal():
     assert stats.p90 == pytest.approx(7.6)  # between the 4th (4) and 5th (10) values, 60% of the way
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_quickstart_data_report():
     result = run_trainer("data", "--config", "configs/quickstart.yaml", "--json")

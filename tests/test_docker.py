@@ -14,6 +14,7 @@ from conftest import REPO, run_trainer
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
 
+@pytest.mark.integration
 def test_dockerfile_lints_clean():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
@@ -32,6 +33,7 @@ def test_dockerfile_shape():
         assert (REPO / source).exists(), f"COPY {source}: missing from the repository"
 
 
+@pytest.mark.integration
 def test_entrypoint_commands_work_in_a_venv():
     assert run_trainer("--help").returncode == 0
     result = run_trainer("validate", "--config", "configs/quickstart.yaml")
@@ -44,6 +46,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_ui_mode_answers_and_the_healthcheck_sees_it(tmp_path):
     sys.path.insert(0, str(REPO / "docker"))

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_trainer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_quickstart_shortened(tmp_path):

@@ -176,6 +176,7 @@ def test_a_clear_loss_is_a_worse_baseline():
     assert difference.value == pytest.approx(-1.5) and difference.better == "tuned"
 
 
+@pytest.mark.integration
 def test_four_systems_with_intervals_on_a_tiny_model(tmp_path, tiny_model_dir):
     """`trainer` trains the tiny model and evaluates all four systems: eval.json carries each interval and comparison."""
     import json

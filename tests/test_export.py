@@ -8,7 +8,7 @@ import pytest
 from conftest import run_trainer, validation_prompts
 from trainer.evaluation.metrics import json_list_f1
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.llamacpp]
 PROMPTS = 20
 
 

@@ -115,6 +115,13 @@ def test_validation_split_is_seeded_and_disjoint():
 def test_hub_dataset_offline_gives_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # the libraries read these at import, which another test may have done already: offline for them too, or the
+    # test waits for the network's timeouts (25 s in a whole run) before the same message
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match=r"could not load the Hub data set 'someone/nothing' \(split 'train'\).*cannot be reached.*point data.train at the local"):
         read_hub_dataset("someone/nothing:train")
 

@@ -5,29 +5,20 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_trainer, tiny_config
-from trainer.cli import main
+from conftest import REPO  # trained_run: a fixture of conftest.py, the tiny model trained for 30 steps
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("gen")
-    config = tiny_config(tmp, tiny_model_dir, max_steps=30, learning_rate=0.01)
-    assert main(["--config", str(config)]) == 0
-    return tmp / "run"
-
-
-def test_generate_one_prompt(trained_run):
-    result = run_trainer("generate", "--run", str(trained_run), "--prompt", "say red", "--max-new-tokens", "8")
+def test_generate_one_prompt(trained_run, cli):
+    result = cli("generate", "--run", str(trained_run), "--prompt", "say red", "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip()) > 0
 
 
-def test_generate_a_file_of_prompts_in_batches(trained_run, tmp_path):
+def test_generate_a_file_of_prompts_in_batches(trained_run, tmp_path, cli):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "say red"}) + "\n" +
                        json.dumps({"messages": [{"role": "user", "content": "say blue"}, {"role": "assistant", "content": "x"}]}) + "\n")
-    result = run_trainer("generate", "--run", str(trained_run), "--input", str(prompts), "--max-new-tokens", "6", "--batch-size", "2")
+    result = cli("generate", "--run", str(trained_run), "--input", str(prompts), "--max-new-tokens", "6", "--batch-size", "2")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and all(r["prompt_tokens"] > 0 and 1 <= r["generated_tokens"] <= 6 for r in rows)
@@ -43,6 +34,7 @@ def test_generation_is_greedy_and_batch_independent(trained_run):
     assert [a.text for a in together] == [a.text for a in alone]  # left padding changes nothing
 
 
+@pytest.mark.integration
 def test_chat_streams_answers(trained_run):
     proc = subprocess.run([sys.executable, "-m", "trainer", "chat", "--run", str(trained_run), "--max-new-tokens", "6"],
                           input="say red\n/reset\nsay blue\n\n", capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -50,6 +42,6 @@ def test_chat_streams_answers(trained_run):
     assert proc.stdout.count("model> ") == 2
 
 
-def test_not_a_run_directory(tmp_path):
-    result = run_trainer("generate", "--run", str(tmp_path), "--prompt", "hi")
+def test_not_a_run_directory(tmp_path, cli):
+    result = cli("generate", "--run", str(tmp_path), "--prompt", "hi")
     assert result.returncode == 2 and "is not a finished run directory" in result.stderr

@@ -43,6 +43,7 @@ def test_llama3_golden(char_tokenizer):
     assert labels == [M] * 25 + [101, 91, 7] + [M] * 24 + [90, 91, 7]
 
 
+@pytest.mark.slow
 def test_smollm2_own_template_golden(smollm2_tokenizer):
     example = Example(
         (Message("system", "S", False), Message("user", "U", False), Message("assistant", "A", True),

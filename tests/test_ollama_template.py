@@ -40,6 +40,7 @@ CASES = [(name, jinja, "", "</s>") for name, (jinja, _) in BUILT_IN.items()] + [
     (name, (TEMPLATES / f"{name}.jinja").read_text(), *SPECIALS[name]) for name in SPECIALS]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name,jinja,bos,eos", CASES, ids=[c[0] for c in CASES])
 def test_go_template_renders_as_the_chat_template(name, jinja, bos, eos, go_render):
     render = renderer(jinja, bos, eos)
@@ -51,6 +52,7 @@ def test_go_template_renders_as_the_chat_template(name, jinja, bos, eos, go_rend
         assert go_render(template, messages) == render(messages), name
 
 
+@pytest.mark.integration
 def test_qwen_default_system_prompt_is_kept_when_there_is_none(go_render):
     render = renderer((TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(), "", "<|im_end|>")
     prompt = go_render(go_template(transitions(render)), [{"role": "user", "content": "Hi"}])

@@ -73,9 +73,9 @@ def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
     assert qlora["weights"] < lora["weights"] * 0.5 + arch.embedding_params * 2
 
 
-def test_plan_command_json(tmp_path, tiny_model_dir):
+def test_plan_command_json(tmp_path, tiny_model_dir, cli):
     config = tiny_config(tmp_path, tiny_model_dir)
-    result = run_trainer("plan", "--config", str(config), "--json", "--requests", "1000000", "--price-per-million", "0.2", timeout=300)
+    result = cli("plan", "--config", str(config), "--json", "--requests", "1000000", "--price-per-million", "0.2")
     assert result.returncode == 0, result.stderr[-2000:]
     plan = json.loads(result.stdout)
     assert plan["parameters"]["trainable"] > 0 and plan["memory"]["peak_bytes"] > 0
@@ -121,6 +121,7 @@ def wider_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("training", [{}, {"method": "full"}, {"gradient_checkpointing": True}], ids=["lora", "full", "checkpointing"])
 def test_memory_estimate_within_a_quarter_of_the_measured_peak(tmp_path, wider_model, training):

@@ -9,8 +9,9 @@ import pytest
 from conftest import REPO, run_trainer
 from test_serve import start_server, stop_server
 
-pytestmark = pytest.mark.slow
-SECTION = REPO.joinpath("docs", "export-and-serve.md").read_text().split("## Use your model elsewhere", 1)[1].split("\n## ", 1)[0]
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SECTION = REPO.joinpath("docs", "export-and-serve.md").read_text().split("## Use your model elsewhere", 1)[1].split("
+## ", 1)[0]
 BLOCKS = re.findall(r"```python\n(.*?)```", SECTION, re.DOTALL)
 
 
@@ -39,6 +40,7 @@ def test_transformers_and_peft_block(demo_run):
     assert "tea" in run_block(code, demo_run).lower()
 
 
+@pytest.mark.llamacpp
 def test_llama_cpp_block(demo_run):
     result = run_trainer("export", "--run", str(demo_run), "--to", "gguf", timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]

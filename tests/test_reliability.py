@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from conftest import REPO, run_trainer, tiny_config
 from trainer.checkpoint import STATE_FILE, complete_checkpoints
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _adapter(run: Path) -> dict:

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from conftest import REPO, TINY_DATA, run_trainer
-from test_generate import trained_run  # noqa: F401  (a fixture: the tiny model trained for 30 steps)
 
 KEY = "test-key-123"
 
@@ -67,13 +66,14 @@ PROMPTS = [r["messages"][0]["content"] for r in TINY_DATA[:8]]
 
 
 @pytest.fixture(scope="module")
-def generated(trained_run):
-    """`trainer generate`'s greedy answers to PROMPTS, one at a time."""
-    answers = []
-    for prompt in PROMPTS:
-        result = run_trainer("generate", "--run", str(trained_run), "--prompt", prompt, "--max-new-tokens", "12", "--batch-size", "1")
-        assert result.returncode == 0, result.stderr
-        answers.append(result.stdout.rstrip("\n"))
+def generated(trained_run, tmp_path_factory):
+    """`trainer generate`'s greedy answers to PROMPTS, one at a time (--batch-size 1), in one process."""
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in PROMPTS))
+    result = run_trainer("generate", "--run", str(trained_run), "--input", str(prompts), "--max-new-tokens", "12", "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line)["answer"].rstrip("\n") for line in result.stdout.splitlines()]
+    assert len(answers) == len(PROMPTS)
     return answers
 
 
@@ -83,6 +83,7 @@ def ask(client, prompt: str, **kwargs) -> str:
     return reply.choices[0].message.content
 
 
+@pytest.mark.integration
 def test_answers_equal_trainer_generate(client, generated):
     assert [ask(client, p).strip() for p in PROMPTS] == generated
     reply = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=12)
@@ -90,6 +91,7 @@ def test_answers_equal_trainer_generate(client, generated):
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.integration
 def test_streamed_chunks_join_to_the_same_answer(client, generated):
     stream = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=12,
                                             temperature=0, stream=True)
@@ -99,12 +101,14 @@ def test_streamed_chunks_join_to_the_same_answer(client, generated):
     assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.integration
 def test_eight_concurrent_clients_get_their_own_answers(client, generated):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: ask(client, p).strip(), PROMPTS))
     assert answers == generated
 
 
+@pytest.mark.integration
 def test_sampling_follows_seed_and_stop(client):
     kwargs = dict(model="run", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=12, temperature=1.0, top_p=0.9)
     first = client.chat.completions.create(seed=7, **kwargs).choices[0].message.content
@@ -116,11 +120,13 @@ def test_sampling_follows_seed_and_stop(client):
     assert cut == full[: full.index(full[1])]
 
 
+@pytest.mark.integration
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == ["run"]
     assert httpx.get(f"http://127.0.0.1:{server}/health", headers={"Authorization": f"Bearer {KEY}"}).json()["status"] == "ok"
 
 
+@pytest.mark.integration
 def test_a_wrong_key_gets_401(server):
     from openai import AuthenticationError, OpenAI
 
@@ -131,6 +137,7 @@ def test_a_wrong_key_gets_401(server):
     assert httpx.get(f"http://127.0.0.1:{server}/v1/models").status_code == 401
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("body,status,says", [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"model": "run"}).encode(), 400, "messages"),
@@ -150,16 +157,17 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, c
     assert ask(client, PROMPTS[0])  # still serving
 
 
+@pytest.mark.integration
 def test_text_parts_are_accepted(client, generated):
     reply = client.chat.completions.create(model="run", max_tokens=12, temperature=0,
                                            messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[3]}]}])
     assert reply.choices[0].message.content.strip() == generated[3]
 
 
-def test_other_hosts_need_an_api_key(trained_run):
-    result = run_trainer("serve", "--run", str(trained_run), "--host", "0.0.0.0", env={"TRAINER_API_KEY": ""})
+def test_other_hosts_need_an_api_key(trained_run, cli):
+    result = cli("serve", "--run", str(trained_run), "--host", "0.0.0.0", env={"TRAINER_API_KEY": ""})
     assert result.returncode == 2 and "--api-key" in result.stderr and "Traceback" not in result.stderr
-    result = run_trainer("serve", "--run", str(trained_run.parent))
+    result = cli("serve", "--run", str(trained_run.parent))
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
 
 
@@ -188,11 +196,13 @@ def test_vllm_command_serves_base_and_adapter(trained_run, tiny_model_dir):
     assert merged[2] == str(trained_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
 
 
-def test_vllm_without_gpus_is_a_message(trained_run):
-    result = run_trainer("serve", "--run", str(trained_run), "--engine", "vllm")
+def test_vllm_without_gpus_is_a_message(trained_run, cli):
+    result = cli("serve", "--run", str(trained_run), "--engine", "vllm")
     assert result.returncode == 2 and "needs NVIDIA GPUs" in result.stderr
 
 
+@pytest.mark.llamacpp
+@pytest.mark.integration
 @pytest.mark.slow
 def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
     """The default engine where llama.cpp is set up: the run's q8_0 GGUF, answering as llama.cpp does on it."""

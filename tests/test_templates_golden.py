@@ -13,6 +13,9 @@ from trainer.data.formats import Example, Message, ToolCall
 from trainer.data.templates import ChatTemplate, resolve_template
 from trainer.data.tokenize import IGNORE, Tokenizer
 
+# the demo model's SmolLM2 tokenizer (smollm2_tokenizer): `make test` downloads it, so these are not in the unit tier
+pytestmark = pytest.mark.slow
+
 TEMPLATES = Path(__file__).parent / "chat_templates"
 FAMILIES = {
     "llama": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"],

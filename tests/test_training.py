@@ -151,6 +151,7 @@ def test_early_stopping_keeps_the_best(tmp_path, tiny_model_dir):
         assert torch.equal(value, returned[name.replace(".default", "")])
 
 
+@pytest.mark.integration
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
@@ -172,6 +173,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir
     assert f"Resuming from {saved[-1]} (step {step}" in result.stderr
 
 
+@pytest.mark.integration
 def test_kill_during_checkpoint_save_never_leaves_a_broken_checkpoint(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, save_every=1, keep_last=3, learning_rate=0.001)
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -197,6 +199,7 @@ def test_kill_during_checkpoint_save_never_leaves_a_broken_checkpoint(tmp_path, 
     assert not any(p.name.startswith(".tmp") for p in checkpoints.iterdir())
 
 
+@pytest.mark.integration
 def test_missing_model_is_named_and_offline_is_explained(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir)
     text = config.read_text().replace(str(tiny_model_dir), "someone/no-such-model")

@@ -223,6 +223,7 @@ def _tiny_chat_data(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir, tmp_path):
     from gradio_client import Client
@@ -261,6 +262,7 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
     assert Client(url, verbose=False).predict("", api_name="/job_status")["job"] == job
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_api_with_login_in_the_sandbox_refuses_outside_paths(ui_server):
     from gradio_client import Client
@@ -279,6 +281,8 @@ def test_api_with_login_in_the_sandbox_refuses_outside_paths(ui_server):
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+@pytest.mark.browser
+@pytest.mark.integration
 @pytest.mark.slow
 def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
     if not CHROMIUM.exists():
@@ -393,6 +397,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_under_load_twenty_clients_and_a_running_job(ui_server, tiny_model_dir, tmp_path):
     """20 clients validating and uploading at once while a job trains: no error, the job's losses are those of

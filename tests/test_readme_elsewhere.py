@@ -10,8 +10,7 @@ from conftest import REPO, run_trainer
 from test_serve import start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-SECTION = REPO.joinpath("docs", "export-and-serve.md").read_text().split("## Use your model elsewhere", 1)[1].split("
-## ", 1)[0]
+SECTION = REPO.joinpath("docs", "export-and-serve.md").read_text().split("## Use your model elsewhere", 1)[1].split("\n## ", 1)[0]
 BLOCKS = re.findall(r"```python\n(.*?)```", SECTION, re.DOTALL)
 
 

@@ -50,15 +50,16 @@ def cli(capsys, monkeypatch):
     from trainer.cli import main
 
     def run(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            code = main(list(args)) or 0  # None: sys.exit(None), status 0
-        except SystemExit as exc:  # argparse's --help, --version and usage errors, as `python -m trainer` would end
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        output = capsys.readouterr()
+        with monkeypatch.context() as call:  # the directory and the environment of this call only, as a subprocess's
+            call.chdir(cwd)
+            for name, value in (env or {}).items():
+                call.setenv(name, value)
+            capsys.readouterr()
+            try:
+                code = main(list(args)) or 0  # None: sys.exit(None), status 0
+            except SystemExit as exc:  # argparse's --help, --version and usage errors, as `python -m trainer` would end
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            output = capsys.readouterr()
         return subprocess.CompletedProcess(["trainer", *args], code, output.out, output.err)
 
     return run

@@ -290,58 +290,58 @@ def test_convert_dpo_command_gives_a_config_that_reads_autotrains_data(tmp_path,
 # --- converting needs neither the secrets nor the data -------------------------------------------------------------
 
 
-def test_convert_needs_no_secret_when_nothing_is_pushed(tmp_path, monkeypatch):
+def test_convert_needs_no_secret_when_nothing_is_pushed(tmp_path, monkeypatch, cli):
     """AutoTrain's own examples write hub.username: ${HF_USERNAME} and hub.token: ${HF_TOKEN}; with push_to_hub: false a
     run uses neither, so neither converting nor validating the file asks for them."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_USERNAME", raising=False)
     source = tmp_path / "autotrain.yml"
     source.write_text(AUTOTRAIN_YAML)
-    result = run_trainer("convert", "--from", "autotrain", str(source))
+    result = cli("convert", "--from", "autotrain", str(source))
     assert result.returncode == 0, result.stderr
     assert "is not set" not in result.stderr
     converted = tmp_path / "converted.yaml"
     converted.write_text(result.stdout)
     assert yaml.safe_load(result.stdout)["output"]["push_to_hub"] is None
-    check = run_trainer("validate", "--config", str(converted))
+    check = cli("validate", "--config", str(converted))
     assert check.returncode == 0, check.stderr
-    check = run_trainer("validate", "--config", str(source))
+    check = cli("validate", "--config", str(source))
     assert check.returncode == 0, check.stderr
 
 
-def test_convert_carries_the_hub_user_as_a_reference(tmp_path, monkeypatch):
+def test_convert_carries_the_hub_user_as_a_reference(tmp_path, monkeypatch, cli):
     """push_to_hub: true: the repository is written as ${HF_USERNAME}/<project>, and what a push needs (HF_USERNAME,
     HF_TOKEN) is asked for where the converted config is validated or run, not where it is converted."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_USERNAME", raising=False)
     source = tmp_path / "autotrain.yml"
     source.write_text(AUTOTRAIN_YAML.replace("push_to_hub: false", "push_to_hub: true"))
-    result = run_trainer("convert", "--from", "autotrain", str(source))
+    result = cli("convert", "--from", "autotrain", str(source))
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["output"]["push_to_hub"]["repo_id"] == "${HF_USERNAME}/my-autotrain-llm"
     converted = tmp_path / "converted.yaml"
     converted.write_text(result.stdout)
-    check = run_trainer("validate", "--config", str(converted))
+    check = cli("validate", "--config", str(converted))
     assert check.returncode == 2 and "the environment variable HF_USERNAME is not set" in check.stderr, check.stderr
-    check = run_trainer("validate", "--config", str(converted), env={"HF_USERNAME": "me"})
+    check = cli("validate", "--config", str(converted), env={"HF_USERNAME": "me"})
     assert check.returncode == 2 and "uploading to the Hub requires a token; set the HF_TOKEN" in check.stderr, check.stderr
-    check = run_trainer("validate", "--config", str(converted), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
+    check = cli("validate", "--config", str(converted), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
     assert check.returncode == 0, check.stderr
-    check = run_trainer("validate", "--config", str(source))  # a run of the AutoTrain file itself would push
+    check = cli("validate", "--config", str(source))  # a run of the AutoTrain file itself would push
     assert check.returncode == 2 and "hub.username: the environment variable HF_USERNAME is not set" in check.stderr, check.stderr
 
 
-def test_convert_warns_when_the_data_is_not_on_this_machine(tmp_path):
+def test_convert_warns_when_the_data_is_not_on_this_machine(tmp_path, cli):
     """Someone else's config names their data; translating it warns that it is not here, naming the file and the key,
     and still writes the YAML."""
     source = tmp_path / "autotrain.yml"
     source.write_text(AUTOTRAIN_DPO_YAML.format(data=tmp_path / "elsewhere"))
-    result = run_trainer("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
+    result = cli("convert", "--from", "autotrain", str(source), env={"HF_USERNAME": "me", "HF_TOKEN": "hf_canary_token"})
     assert result.returncode == 0, result.stderr
     assert re.search(rf"warning: {re.escape(str(source))}:\d+:\d+: data.train_split \(trainer: data.train\): .*"
                      rf"no file or folder '{re.escape(str(tmp_path / 'elsewhere' / 'train.jsonl'))}'", result.stderr), result.stderr
     assert yaml.safe_load(result.stdout)["data"]["train"] == str(tmp_path / "elsewhere" / "train.jsonl")
     converted = tmp_path / "converted.yaml"
     converted.write_text(result.stdout)
-    check = run_trainer("validate", "--config", str(converted))  # where it runs, the data must be there
+    check = cli("validate", "--config", str(converted))  # where it runs, the data must be there
     assert check.returncode == 2 and "data.train: no file or folder" in check.stderr, check.stderr

@@ -94,7 +94,7 @@ def ours(data: str, workers: int | None) -> dict:
     prepared = prepare_data(config, tokenizer, progress=sys.stderr.isatty())
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     # touch what training touches first: the plan of epoch 0 (from the lengths column) and one batch
-    from trainer.loop import Batching
+    from trainer.data.batching import Batching
 
     batching = Batching.of(config, tokenizer.pad_token_id)
     plan = batching.plan(prepared.train, 0)

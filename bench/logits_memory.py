@@ -32,7 +32,7 @@ def child(variant: str, batch_size: int) -> None:
     from trainer.data.batching import collate_padded
     from trainer.data.pipeline import prepare_data
     from trainer.demo import demo_model_path
-    from trainer.loop import LossOnTrainedTokens
+    from trainer.objectives.sft import LossOnTrainedTokens
     from trainer.models import add_adapter, load_model, load_tokenizer
 
     config = parse_config(f"model: {{name_or_path: {demo_model_path()}}}\ndata: {{train: {REPO}/data/recipes/train.jsonl, "

@@ -79,10 +79,12 @@ def run_bare(steps: int, work: Path) -> dict:
     """Same model, adapter, batches and loss as ours, with nothing around the forward/backward/step."""
     import torch
 
+    from trainer.backends.peft.loop import adapters_take_autocast_inputs
     from trainer.config import parse_config
+    from trainer.data.batching import Batching, trained_in
     from trainer.data.pipeline import prepare_data
-    from trainer.loop import Batching, LossOnTrainedTokens, adapters_take_autocast_inputs, trained_in
     from trainer.models import add_adapter, load_model, load_tokenizer, mixed_precision
+    from trainer.objectives.sft import LossOnTrainedTokens
 
     config = parse_config(config_text(work / "bare-run", steps))
     tokenizer = load_tokenizer(config.model.name_or_path)
@@ -107,7 +109,7 @@ def run_bare(steps: int, work: Path) -> dict:
 def _bare_steps(module, optimizer, batches: list, bf16: bool) -> None:
     import torch
 
-    from trainer.loop import trained_in
+    from trainer.data.batching import trained_in
 
     for i in range(0, len(batches), ACCUM):
         window = batches[i : i + ACCUM]

@@ -18,7 +18,7 @@ from trainer.data.batching import length_grouped_batches, pack_examples
 from trainer.data.pipeline import prepare_data
 from trainer.data.templates import CHATML, resolve_template
 from trainer.data.tokenize import Tokenizer
-from trainer.loop import Batching
+from trainer.data.batching import Batching
 
 TOKENIZER = make_char_tokenizer(CHATML)
 WORDS = ["red", "blue", "green", "pink", "gold", "grey", "teal", "navy", "ruby", "jade", "lime", "rose"]

@@ -4,7 +4,7 @@ import torch
 from conftest import tiny_llama
 from trainer.data.batching import collate_padded
 from trainer.data.tokenize import IGNORE, Tokenized
-from trainer.loop import LossOnTrainedTokens
+from trainer.objectives.sft import LossOnTrainedTokens
 
 M = IGNORE
 
@@ -46,7 +46,7 @@ def test_window_loss_weights_tokens_not_batches():
 
 def test_short_rows_on_cpu_take_the_math_kernel_with_the_same_loss_and_gradients(monkeypatch):
     """The kernel choice for short rows is a speed choice only: long rows through flash, short through math, same numbers."""
-    import trainer.loop as loop
+    import trainer.modeling as loop
 
     batch = collate_padded(EXAMPLES, pad_id=0)
     used = []

@@ -5,7 +5,8 @@ import pytest
 from conftest import run_trainer, tiny_config
 
 from trainer.config import load_config
-from trainer.plan.params import architecture, count_parameters, read_model_config
+from trainer.plan import count_parameters
+from trainer.plan.params import architecture, read_model_config
 
 
 @pytest.mark.parametrize("method,targets", [("lora", "all-linear"), ("dora", "all-linear"), ("lora", ["q_proj", "v_proj"]),

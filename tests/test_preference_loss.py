@@ -15,7 +15,7 @@ from conftest import make_char_tokenizer, tiny_llama
 from trainer.config.validate import parse_config
 from trainer.data.templates import CHATML
 from trainer.data.tokenize import IGNORE
-from trainer.objectives import PreferenceLoss
+from trainer.objectives.preference import PreferenceLoss
 
 PAIRS = [("say red", "red", "blue"), ("say gold", "gold", "silver"), ("name a fruit", "apple pie", "a car"), ("2+2?", "4", "five")]
 TOL = 1e-5

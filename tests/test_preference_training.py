@@ -9,7 +9,7 @@ from conftest import TINY_DATA, tiny_config
 
 from trainer.checkpoint import complete_checkpoints
 from trainer.cli import main
-from trainer.objectives import REFERENCE_FILE
+from trainer.objectives.preference import REFERENCE_FILE
 
 WORDS = [r["messages"][1]["content"] for r in TINY_DATA]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.methods import method_for
 
 
 def is_gguf(name_or_path: str) -> bool:
@@ -95,7 +96,8 @@ def torch_dtype(config: Config, device: str) -> Any:
 
     if config.model.dtype != "auto":
         return getattr(torch, config.model.dtype)
-    if native_bf16(device) and (device == "cuda" or config.training.method != "full") and mixed_precision(config, device) == "bf16":
+    frozen_base = not method_for(config).trains_base_weights
+    if native_bf16(device) and (device == "cuda" or frozen_base) and mixed_precision(config, device) == "bf16":
         return torch.bfloat16
     return torch.float32
 
@@ -134,7 +136,6 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     (transformers creates it under deepspeed.zero.Init) and each process keeps only its share of every weight,
     on its device: without it every process would load the whole model, and DeepSpeed move it whole to the GPU.
     """
-    import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -144,14 +145,8 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     kwargs = {"dtype": torch_dtype(config, device), "trust_remote_code": m.trust_remote_code}
     if m.attn_implementation != "auto":
         kwargs["attn_implementation"] = m.attn_implementation
-    if config.training.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
-        )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    method = method_for(config)
+    kwargs.update(method.load_options(device))  # qlora: 4-bit quantisation, on the GPU by a device map
     path = Path(os.path.expanduser(m.name_or_path))
     source: str | Path
     try:
@@ -165,7 +160,7 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
         raise UserError(_load_failure("weights", m.name_or_path, exc)) from None
-    if config.training.method != "qlora" and zero3 is None:
+    if not method.places_model() and zero3 is None:
         model.to(device)
     return model
 
@@ -193,31 +188,7 @@ def add_adapter(model: Any, config: Config) -> Any:
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if t.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if t.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-    elif t.gradient_checkpointing:
-        model.enable_input_require_grads()
-    if config.model.adapter is not None:
-        return load_trainable_adapter(model, config.model.adapter)
-    targets = t.lora.target_modules
-    lora = LoraConfig(
-        r=t.lora.r,
-        lora_alpha=t.lora.alpha,
-        lora_dropout=t.lora.dropout,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        use_dora=t.method == "dora",
-        task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as exc:  # peft names the target modules it could not find
-        raise UserError(f"training.lora.target_modules: {exc}") from None
+    return method_for(config).adapt(model, config)
 
 
 def adapter_folder(ref: str) -> Path:

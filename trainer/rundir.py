@@ -17,6 +17,7 @@ from typing import Any
 from trainer import __version__
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.methods import method_for
 
 SUMMARY_FILE = "summary.json"
 
@@ -165,7 +166,7 @@ def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
 
 def write_model_card(run_dir: Path, config: Config, summary: RunSummary) -> None:
     t = config.training
-    adapter = t.method != "full"
+    adapter = method_for(config).has_adapter
     base = config.model.name_or_path
     load = (
         "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"

@@ -8,7 +8,7 @@ from trainer.config.sections import DistributedConfig
 
 
 def steps_per_epoch(micro_batches: int, processes: int, accumulation: int) -> int:
-    """Optimizer steps in an epoch of `micro_batches` shared out over `processes` (see loop.shard: every process
+    """Optimizer steps in an epoch of `micro_batches` shared out over `processes` (see trainer.backends.peft.loop.shard: every process
     gets the same whole number of them, the remainder is left out), `accumulation` micro-batches per step."""
     per_process = max(1, micro_batches // processes)
     return math.ceil(per_process / accumulation)

@@ -123,8 +123,10 @@ def _has_chats(sources: list[_Source], config: Config) -> bool:
 def data_format(ref: str, records: list[Record], problems: list[Problem], config: Config) -> tuple[str, dict, str]:
     """(format, column names, a sentence saying how it was found) from the first records: preference pairs for dpo
     and orpo, else the format the config sets or the one most of the first records are in."""
+    from trainer.objectives import objective_for
+
     overrides = config.data.columns.to_dict()
-    if config.training.objective != "sft" or config.data.format == "preference":
+    if objective_for(config).pairs or config.data.format == "preference":
         names = pair_columns(overrides)
         found = detect_pairs(records, names)
         if found is None:

@@ -34,6 +34,24 @@ MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict  # the parsed JSON object
+    id: str  # from the data, or made up (call00001, ...) where the data has none
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # system, user, assistant or tool
+    content: str  # "" for an assistant message that only calls tools
+    trained: bool  # in the loss when train_on is assistant (assistant turns without weight: 0)
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None  # reasoning_content, or a leading <think> block of the content
+    name: str | None = None  # a message's name; for a tool result, the function that produced it
+    tool_call_id: str | None = None  # a tool result: the call it answers
+
+
 def parse_tools(record: Record, value: Any, column: str) -> tuple[tuple[dict, ...] | None, list[Problem]]:
     """The example's tools in the form chat templates expect: [{"type": "function", "function": {...}}]."""
     if value is None or value == "" or value == []:
@@ -106,8 +124,6 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
 
 def _tool_calls(record: Record, where: str, turn: dict, fmt: str, content_key: str, counter: list[int]) -> tuple[list, list[Problem]]:
     """The calls of one assistant message, each (name, arguments, id)."""
-    from trainer.data.formats import ToolCall
-
     if fmt == "sharegpt":  # {"from": "function_call", "value": "{\"name\": ..., \"arguments\": ...}"} (or a list of them)
         raw, why = turn.get(content_key), None
         try:
@@ -172,8 +188,6 @@ def chat_messages(record: Record, fmt: str, names: dict) -> tuple[list, list[Pro
 
 def _message(reading: _Reading, where: str, turn: Any) -> tuple[Any, list[Problem]]:
     """One turn as a Message (or None) and the problems found in it."""
-    from trainer.data.formats import Message
-
     record, fmt, names = reading.record, reading.fmt, reading.names
     role_key, content_key = names["role"], names["content"]
     if not isinstance(turn, dict):

@@ -12,7 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.conversations import (
+from trainer.data.conversations import (  # noqa: F401 (Message and ToolCall are read from here too)
+    Message,
+    ToolCall,
     chat_messages,
     check_calls_against_tools,
     parse_tools,
@@ -37,24 +39,6 @@ SIGNATURES = {  # the columns a record must have to be in each format
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict  # the parsed JSON object
-    id: str  # from the data, or made up (call00001, ...) where the data has none
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str  # system, user, assistant or tool
-    content: str  # "" for an assistant message that only calls tools
-    trained: bool  # in the loss when train_on is assistant (assistant turns without weight: 0)
-    tool_calls: tuple[ToolCall, ...] = ()
-    reasoning: str | None = None  # reasoning_content, or a leading <think> block of the content
-    name: str | None = None  # a message's name; for a tool result, the function that produced it
-    tool_call_id: str | None = None  # a tool result: the call it answers
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from trainer.evaluation.intervals import Difference, Interval, PerCase, confiden
 from trainer.evaluation.metrics import METRICS
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots
 from trainer.generate import ChatMessage, Loaded
+from trainer.objectives import objective_for
 
 __all__ = ["eval_cases", "evaluate_run"]  # eval_cases: where callers have always found it
 
@@ -76,7 +77,7 @@ def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], 
     from trainer.data.formats import Message
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import IGNORE, Tokenizer
-    from trainer.loop import LossOnTrainedTokens
+    from trainer.objectives.sft import LossOnTrainedTokens
 
     cfg = loaded.config
     encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)
@@ -185,7 +186,7 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
             results[name] = run_system(loaded, conversations[name](), cases, e.metrics, e.max_new_tokens)
     sure = confidence({name: results[name].per_case for name in systems}, config.training.seed, LOWER_IS_BETTER)
     preference = None
-    if tuned is not None and config.training.objective != "sft":
+    if tuned is not None and objective_for(config).pairs:
         say("measuring the preference of the tuned model on the validation pairs ...")
         preference = preference_scores(tuned, config, run_dir)
     return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"], preference)
@@ -211,13 +212,14 @@ def preference_scores(tuned: Loaded, config: Config, run_dir: Path) -> Preferenc
     log-probs (the model it started from), orpo's are its per-token log-probs times lambda. None without any pairs."""
     import torch
 
+    from trainer.data.batching import PairBatching
     from trainer.data.pipeline import prepare_data
     from trainer.evaluation.intervals import interval, resample_indices
-    from trainer.objectives import REFERENCE_FILE, PairBatching, PreferenceLoss
+    from trainer.objectives.preference import REFERENCE_FILE, PreferenceLoss
 
     data = prepare_data(config, tuned.tokenizer)
     pairs = data.validation
-    reference = torch.load(run_dir / REFERENCE_FILE) if config.training.objective == "dpo" else None
+    reference = torch.load(run_dir / REFERENCE_FILE) if objective_for(config).needs_reference else None
     batching = PairBatching(8, config.training.seed, tuned.tokenizer.pad_token_id, reference, "validation")
     loss = PreferenceLoss(tuned.model, config).eval()
     margins: list[float] = []

@@ -17,6 +17,7 @@ from typing import Any
 from trainer.backends import get_backend
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.methods import method_for
 from trainer.plan.cost import (
     GpuTable,
     flops_per_token,
@@ -34,7 +35,7 @@ from trainer.plan.memory import (
     largest_batch,
     precision_for,
 )
-from trainer.plan.params import Architecture, ModelSection, ParameterCount, architecture, count_parameters, read_model_config
+from trainer.plan.params import Architecture, ModelSection, ParameterCount, architecture, read_model_config
 from trainer.plan.report import DataInfo, GpuRow, GpusInfo, Hosting, Plan, PromptTokens, TimeInfo, render_plan
 
 __all__ = ["make_plan", "render_plan", "Plan"]
@@ -146,6 +147,11 @@ def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
             "retrieval": mean_tokens([few_shot_messages(c, r) for c, r in zip(cases, retrieved)]), "retrieval_k": retriever.k}
 
 
+def count_parameters(arch: Architecture, config: Config) -> ParameterCount:
+    """The parameters of the model as training.method trains it (trainer/methods/)."""
+    return method_for(config).count_parameters(arch, config)
+
+
 @functools.lru_cache(maxsize=8)
 def _architecture(model: ModelSection) -> Architecture:
     """The architecture of config.model, read once per process (the web UI re-plans on every change of the form)."""
@@ -174,7 +180,7 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
         "method": t.method,
         "parameters": {**count.to_dict(), "trainable_share": count.trainable / count.total},
         "device": device,
-        "precision": {"weights": "nf4" if t.method == "qlora" else precision.weights, "compute": precision.compute},
+        "precision": {"weights": method_for(config).stored_weights(precision.weights), "compute": precision.compute},
         "shape": {"micro_batch": shape.batch, "tokens_per_row": shape.length, "trained_per_row": shape.trained_per_row,
                   "from": "the data's longest batch" if data else "max_seq_length (the data's tokens are not known: tokenizer not local)"},
         "memory": memory.to_dict(),

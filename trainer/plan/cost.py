@@ -54,8 +54,10 @@ def load_gpus(path: str | None = None) -> GpuTable:
 
 
 def flops_per_token(parameters: int, method: str, checkpointing: bool) -> tuple[float, str]:
-    factor = 6 if method == "full" else 4
-    why = "6 x parameters (full fine-tuning)" if method == "full" else "4 x parameters (LoRA: no weight gradients for frozen weights)"
+    from trainer.methods import get_method
+
+    trains = get_method(method)
+    factor, why = trains.flops_factor, trains.flops_rule
     if checkpointing:
         factor += 2
         why += ", + 2 x parameters for the forward pass gradient checkpointing repeats"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from trainer.config import Config
+from trainer.methods import method_for
 from trainer.plan.params import Architecture, ParameterCount
 
 GIB = 1024**3
@@ -30,7 +31,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "nf4": NF4_BYTES}
 # resident memory of a trainer process with its libraries imported and nothing loaded, measured on this project's
 # CPU machine (VmHWM 366 MB with torch 2.13, transformers and peft); the CUDA context is a commonly quoted figure
 RUNTIME_BYTES = {"cpu": 0.40 * GIB, "cuda": 0.75 * GIB, "mps": 0.40 * GIB}
-CPU_MATH_ATTENTION_ROWS = 160  # trainer.loop.SHORT_ROWS_ON_CPU: up to this, CPU attention keeps the whole matrix
+CPU_MATH_ATTENTION_ROWS = 160  # trainer.modeling.SHORT_ROWS_ON_CPU: up to this, CPU attention keeps the whole matrix
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def precision_for(config: Config, device: str, native_bf16: bool) -> Precision:
         compute = "bfloat16" if native_bf16 else "float32"
     if config.model.dtype != "auto":
         weights = config.model.dtype
-    elif native_bf16 and (device == "cuda" or t.method != "full") and compute == "bfloat16":
+    elif native_bf16 and (device == "cuda" or not method_for(config).trains_base_weights) and compute == "bfloat16":
         weights = "bfloat16"
     else:
         weights = "float32"
@@ -112,7 +113,7 @@ def per_token_layer(arch: Architecture, compute_bytes: float, attention_rows: in
 def dropout_per_token_layer(arch: Architecture, config: Config, input_bytes: float) -> float:
     """LoRA dropout keeps, per adapted layer, its own dropped-out copy of the layer's input and the mask (1 byte)."""
     t = config.training
-    if t.method == "full" or t.lora.dropout == 0:
+    if not method_for(config).has_adapter or t.lora.dropout == 0:
         return 0.0
     from trainer.plan.params import adapted_layers
 
@@ -136,18 +137,15 @@ def estimate_memory(arch: Architecture, count: ParameterCount, config: Config, d
     checkpointing = t.gradient_checkpointing if checkpointing is None else checkpointing
     weight_bytes = DTYPE_BYTES[precision.weights]
     compute_bytes = DTYPE_BYTES[precision.compute]
-    full = t.method == "full"
-    if t.method == "qlora":
-        quantised = arch.linear_params
-        weights = quantised * NF4_BYTES + (arch.total - quantised) * DTYPE_BYTES["bfloat16"]
-    else:
-        weights = arch.total * weight_bytes
+    method = method_for(config)
+    full = method.trains_base_weights
+    weights = method.weight_bytes(arch, weight_bytes)
     trainable_bytes = weight_bytes if full else 4  # peft keeps adapters in float32
     adapters = 0 if full else count.trainable * 4
     gradients = count.trainable * trainable_bytes
     optimizer = count.trainable * {"adamw": 2 * trainable_bytes, "adamw_8bit": 2, "sgd": trainable_bytes}[t.optimizer]
     math_attention = device == "cpu" and shape.length <= CPU_MATH_ATTENTION_ROWS
-    dropout = dropout_per_token_layer(arch, config, weight_bytes if t.method != "qlora" else DTYPE_BYTES["bfloat16"])
+    dropout = dropout_per_token_layer(arch, config, method.layer_input_bytes(weight_bytes))
     acts = activations(arch, shape, compute_bytes, checkpointing, math_attention, dropout)
     other = activations(arch, shape, compute_bytes, not checkpointing, math_attention, dropout)
     # the logits at the compute dtype, then at float32 for the loss, whose log-softmax output is kept for the backward

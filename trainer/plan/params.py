@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from trainer.config import Config
 from trainer.config.sections import ModelConfig
 from trainer.errors import UserError
 
@@ -118,17 +117,3 @@ class ParameterCount:
 
     def to_dict(self) -> ParameterDict:
         return {"total": self.total, "trainable": self.trainable, "base": self.base, "adapted_layers": self.adapted_layers}
-
-
-def count_parameters(arch: Architecture, config: Config) -> ParameterCount:
-    t = config.training
-    if t.method == "full":
-        return ParameterCount(arch.total, arch.total, arch.total, 0)
-    layers = adapted_layers(arch, t.lora.target_modules)
-    if not layers:
-        raise UserError(f"training.lora.target_modules: none of {list(t.lora.target_modules)} is a linear layer of this "
-                        f"model; its layers are named like {sorted({x.name.rsplit('.', 1)[-1] for x in arch.linears})}.")
-    added = sum(t.lora.r * (x.in_features + x.out_features) for x in layers)
-    if t.method == "dora":
-        added += sum(x.out_features for x in layers)  # the magnitude vector
-    return ParameterCount(arch.total + added, added, arch.total, len(layers))

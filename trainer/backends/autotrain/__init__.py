@@ -83,7 +83,9 @@ class AutoTrainBackend:
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         python = autotrain_python(config)
         _, tokenizer, data = prepare_handover(config, work)
-        unit = "examples" if config.training.objective == "sft" else "pairs"
+        from trainer.objectives import objective_for
+
+        unit = objective_for(config).unit
         _say(f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}; "
              f"running AutoTrain {VERSION} ({work / 'autotrain.yml'}) ...")
         log = AutoTrainLog(work / "autotrain.log")

@@ -25,9 +25,10 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     Preference pairs go as prompt/chosen/rejected text (pairs.py)."""
     from trainer.data.templates import resolve_template
     from trainer.data.tokenize import Tokenizer
+    from trainer.objectives import objective_for
 
     folder.mkdir(parents=True, exist_ok=True)
-    if config.training.objective != "sft":
+    if objective_for(config).pairs:
         assert data.encoder is not None  # prepare_data keeps what tokenized the pairs: the hand-over renders them alike
         for note in write_pairs(data.encoder, (list(data.examples(0)), list(data.examples(1))), config.training.objective, folder):
             _say(f"warning: {note}")

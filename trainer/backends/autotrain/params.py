@@ -11,6 +11,7 @@ from trainer.backends.autotrain.differences import whole_epochs
 from trainer.backends.autotrain.fields import FIELDS
 from trainer.backends.autotrain.preference import export_preference
 from trainer.config.model import Config
+from trainer.methods import method_for
 from trainer.patterns import MISSING, get_path, set_path
 
 PROJECT_NAME_MAX = 50  # AutoTrain allows letters, digits and hyphens, at most 50 characters
@@ -65,10 +66,10 @@ def export(config: Config, *, base_model: str | None = None, data_dir: str = "da
         if value is MISSING or value is None:
             continue
         set_path(out, field.autotrain, field.to_autotrain(value))
-    method = config.training.method
-    params["peft"] = method != "full"
-    params["quantization"] = "int4" if method == "qlora" else None
-    if method == "full":
+    method = method_for(config)
+    params["peft"] = method.has_adapter
+    params["quantization"] = "int4" if method.name == "qlora" else None  # AutoTrain's name for QLoRA's 4-bit base
+    if not method.has_adapter:
         for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules"):
             params.pop(key, None)
     params["epochs"] = whole_epochs(config)

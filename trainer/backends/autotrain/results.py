@@ -14,12 +14,14 @@ from trainer.backends.autotrain.params import project_name
 from trainer.backends.autotrain.process import AutoTrainLog
 from trainer.config import Config
 from trainer.errors import UserError
+from trainer.methods import method_for
+from trainer.objectives import objective_for
 from trainer.rundir import MetricsLog, RunSummary, merge_saved_adapter, plot_losses, write_model_card
 
 
 def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any, log: AutoTrainLog) -> RunSummary:
     """AutoTrain's project folder -> trainer's run directory (model/, merged/, metrics.jsonl, loss.png, card)."""
-    adapter = config.training.method != "full"
+    adapter = method_for(config).has_adapter
     collect_model(config, run_dir, work, tokenizer)
     metrics, history = log_metrics(config, run_dir, log)
     final = log.final
@@ -41,7 +43,7 @@ def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any
 def collect_model(config: Config, run_dir: Path, work: Path, tokenizer: Any) -> None:
     """<run>/model from AutoTrain's project folder: the adapter (naming the real base model) or the weights."""
     project = work / project_name(config.output.dir)
-    adapter = config.training.method != "full"
+    adapter = method_for(config).has_adapter
     marker = "adapter_config.json" if adapter else "config.json"
     if not (project / marker).is_file():
         raise UserError(f"AutoTrain finished but wrote no model ({project / marker} is missing). Its log: {work / 'autotrain.log'}")
@@ -103,9 +105,11 @@ def validation_loss(config: Config, run_dir: Path, data: Any) -> tuple[float | N
     pair for dpo and orpo with their reward accuracy and margin), and those figures; (None, {}) without validation data."""
     if not data.validation:
         return None, {}
+    from trainer.data.batching import Batching
+    from trainer.evaluation.loss import evaluate
     from trainer.generate import load_run
     from trainer.hardware import Hardware
-    from trainer.loop import Batching, LossOnTrainedTokens, evaluate
+    from trainer.objectives.sft import LossOnTrainedTokens
     from trainer.strategies import make_accelerator
 
     device = Hardware.detect().device(config.backend.peft.device)
@@ -113,7 +117,7 @@ def validation_loss(config: Config, run_dir: Path, data: Any) -> tuple[float | N
     loaded = load_run(run_dir, device)
     tokenizer: Any = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if config.training.objective != "sft":
+    if objective_for(config).pairs:
         return preference_validation(config, run_dir, data, loaded, accelerator, pad_id)
     module = accelerator.prepare(LossOnTrainedTokens(loaded.model))
     batching = replace(Batching.of(config, pad_id), flash=False)
@@ -124,17 +128,19 @@ def preference_validation(config: Config, run_dir: Path, data: Any, loaded: Any,
     """dpo and orpo as trainer's loop measures them. AutoTrain's DPO reference is the base model (TRL switches the new
     adapter off; a full fine-tune's is the base model loaded again): its log-probs go to the run directory, as the
     peft backend's do, for `trainer eval`."""
+    from trainer.data.batching import PairBatching
+    from trainer.evaluation.loss import evaluate
     from trainer.generate import load_base
-    from trainer.loop import evaluate
-    from trainer.objectives import Preference, load_or_compute_reference
+    from trainer.objectives.preference import load_or_compute_reference
 
-    objective = Preference(config)
+    objective = objective_for(config)
     module = objective.module(loaded.model)
     batching = objective.batching(config, pad_id)
-    if config.training.objective == "dpo":
+    assert isinstance(batching, PairBatching)  # a pair objective's
+    if objective.needs_reference:
         has_adapter = hasattr(loaded.model, "disable_adapter")
         reference_model = loaded.model if has_adapter else load_base(config, loaded.device).model
-        reference_loss = module if has_adapter else Preference(config).module(reference_model)
+        reference_loss = module if has_adapter else objective_for(config).module(reference_model)
         assert isinstance(reference_loss, type(module))
         reference = load_or_compute_reference(run_dir, reference_loss, reference_model, batching, {"validation": data.validation},
                                               accelerator, fresh_adapter=has_adapter)

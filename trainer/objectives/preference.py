@@ -1,8 +1,7 @@
-"""What a run learns, chosen once at setup: sft (the answers' tokens), dpo or orpo (preference pairs).
+"""The preference objectives, dpo and orpo: pairs in, the loss per pair, rewards logged; and dpo's reference pass.
 
-The loop asks the objective for its batching, the module whose forward gives (loss sum, units) and what a
-step logs; it never asks which objective it runs. The loss of an optimizer step is the loss sum over its
-accumulation window divided by the window's units: trained tokens for sft, pairs for dpo and orpo.
+The loss of an optimizer step is the loss sum over its accumulation window divided by the window's units: pairs
+here (trained tokens for sft).
 
 Preference batches hold each pair's two sides in one forward pass: the chosen answers in the first half of
 the rows, the rejected ones in the second, padded together. As in sft, only the positions of answer tokens
@@ -14,60 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from trainer.config import Config
-from trainer.data.batching import collate_padded, length_grouped_batches
+from trainer.data.batching import PairBatching
 from trainer.data.preference import TokenizedPair
 from trainer.data.tokenize import IGNORE
-from trainer.loop import Batching, LossOnTrainedTokens, attention_kernel_for, decoder_and_head, trained_in
+from trainer.modeling import attention_kernel_for, decoder_and_head
+from trainer.objectives import objective_for
 
 REFERENCE_FILE = "reference_logps.pt"
 
-
-class SFT:
-    """Supervised fine-tuning: the summed cross-entropy of the trained tokens, per trained token."""
-
-    name = "sft"
-
-    def module(self, model: nn.Module) -> nn.Module:
-        return LossOnTrainedTokens(model)
-
-    def batching(self, config: Config, pad_id: int) -> Batching:
-        return Batching.of(config, pad_id)
-
-    def units(self, batch: dict) -> int:
-        return trained_in(batch)
-
-    def take_metrics(self, prefix: str = "") -> dict[str, float]:
-        return {}
-
-
-@dataclass(frozen=True)
-class PairBatching:
-    """Micro-batches of whole pairs (length-grouped by the longer side), collated as [chosen rows; rejected rows]."""
-
-    batch_size: int
-    seed: int
-    pad_id: int
-    reference: dict[str, torch.Tensor] | None = None  # split name -> (pairs, 2) log-probs of the reference model
-    split: str = "train"  # whose reference log-probs go into the batches
-
-    def plan(self, pairs: Sequence[Any], epoch: int) -> list[list[TokenizedPair]]:  # PreparedData's lists hold TokenizedPairs here
-        lengths = [p.length for p in pairs]
-        return [[pairs[i] for i in batch] for batch in length_grouped_batches(lengths, self.batch_size, self.seed, epoch)]
-
-    def collate(self, batch: list[TokenizedPair]) -> dict:
-        out = collate_padded([p.chosen for p in batch] + [p.rejected for p in batch], self.pad_id)
-        if self.reference is not None and self.split in self.reference:
-            ref = self.reference[self.split][torch.tensor([p.index for p in batch])]
-            out["reference"] = torch.cat([ref[:, 0], ref[:, 1]])
-        return out
+PairLosses = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loss per pair, chosen reward, rejected reward)
 
 
 def sequence_logps(decoder: nn.Module, head: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -97,9 +59,10 @@ class PreferenceLoss(nn.Module):
         super().__init__()
         self.model = model
         self.decoder, self.head, self.choose_kernel = decoder_and_head(model)
-        t = config.training
-        self.objective = t.objective
-        self.beta, self.dpo_loss, self.sft_weight, self.orpo_weight = t.dpo.beta, t.dpo.loss, t.dpo.sft_weight, t.orpo.weight
+        objective = objective_for(config)
+        if not isinstance(objective, Preference):
+            raise ValueError(f"{objective.name} is not a preference objective")
+        self.pair_losses = objective.pair_losses  # the objective's loss per pair, from the pair's log-probs
         self.last_rewards: tuple[torch.Tensor, torch.Tensor] | None = None
         self.totals = {"train": torch.zeros(len(self.STATS), dtype=torch.float64), "eval": torch.zeros(len(self.STATS), dtype=torch.float64)}
 
@@ -112,12 +75,7 @@ class PreferenceLoss(nn.Module):
         pairs = input_ids.shape[0] // 2
         chosen, rejected = logps[:pairs], logps[pairs:]
         n_chosen, n_rejected = counts[:pairs], counts[pairs:]
-        if self.objective == "orpo":
-            losses, reward_c, reward_r = self._orpo(chosen, rejected, n_chosen, n_rejected, token_logps, counts)
-        else:
-            if reference is None:
-                raise ValueError("dpo needs the reference model's log-probabilities in the batch")
-            losses, reward_c, reward_r = self._dpo(chosen, rejected, reference[:pairs], reference[pairs:], n_chosen, n_rejected, token_logps, counts)
+        losses, reward_c, reward_r = self.pair_losses(chosen, rejected, n_chosen, n_rejected, token_logps, counts, reference)
         self.last_rewards = (reward_c.detach(), reward_r.detach())  # per pair, for the evaluation's intervals
         with torch.no_grad():
             stats = torch.stack([torch.tensor(float(pairs), dtype=torch.float64), reward_c.double().sum(), reward_r.double().sum(),
@@ -125,28 +83,6 @@ class PreferenceLoss(nn.Module):
             mode = "train" if self.training else "eval"
             self.totals[mode] = self.totals[mode] + stats.cpu()
         return losses.sum(), torch.tensor(pairs, device=input_ids.device)
-
-    def _dpo(self, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             n_chosen: torch.Tensor, n_rejected: torch.Tensor, token_logps: torch.Tensor,
-             counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
-        if self.dpo_loss == "ipo":  # the IPO paper's squared loss, on per-token averages (as TRL computes it)
-            delta = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
-            losses = (delta - 1 / (2 * self.beta)) ** 2
-        else:
-            losses = -nn.functional.logsigmoid(self.beta * (chosen_ratio - rejected_ratio))
-        if self.sft_weight:
-            losses = losses + self.sft_weight * _chosen_nll(token_logps, counts)
-        return losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach()
-
-    def _orpo(self, chosen: torch.Tensor, rejected: torch.Tensor, n_chosen: torch.Tensor, n_rejected: torch.Tensor,
-              token_logps: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # the ORPO paper's loss: NLL of the chosen answer minus lambda * log sigmoid(log odds ratio), with per-token
-        # average log-probs; log(1 - p) from log p without cancellation (log1p below -ln 2, log(-expm1) above)
-        mean_c, mean_r = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
-        log_odds = (mean_c - mean_r) - (_log1mexp(mean_c) - _log1mexp(mean_r))
-        losses = _chosen_nll(token_logps, counts) - self.orpo_weight * nn.functional.logsigmoid(log_odds)
-        return losses, (self.orpo_weight * mean_c).detach(), (self.orpo_weight * mean_r).detach()
 
 
 def _chosen_nll(token_logps: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -162,12 +98,23 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 
 class Preference:
-    """dpo or orpo: pairs in, the preference loss per pair; rewards, margin, accuracy and log-probs logged."""
+    """Pairs in, the preference loss per pair; rewards, margin, accuracy and log-probs logged. DPO and ORPO say
+    how a pair's loss and rewards come from its log-probs (pair_losses); the rest is theirs in common."""
+
+    name: ClassVar[str] = "preference"
+    pairs: ClassVar[bool] = True
+    unit: ClassVar[str] = "pairs"
+    needs_reference: ClassVar[bool] = False
+    autotrain_trainer: ClassVar[str] = ""
 
     def __init__(self, config: Config):
         self.config = config
-        self.name = config.training.objective
         self.loss: PreferenceLoss | None = None
+
+    def pair_losses(self, chosen: torch.Tensor, rejected: torch.Tensor, n_chosen: torch.Tensor, n_rejected: torch.Tensor,
+                    token_logps: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None) -> PairLosses:
+        """Each pair's loss and the rewards of its two sides, from their summed log-probs (policy, and reference if any)."""
+        raise NotImplementedError
 
     def module(self, model: nn.Module) -> nn.Module:
         # no dropout (TRL's DPOTrainer default too): the rewards compare the policy with reference log-probs computed
@@ -196,8 +143,53 @@ class Preference:
                 f"{prefix}logps_chosen": round(logps_c / n, 4), f"{prefix}logps_rejected": round(logps_r / n, 4)}
 
 
-def choose_objective(config: Config) -> SFT | Preference:
-    return SFT() if config.training.objective == "sft" else Preference(config)
+class DPO(Preference):
+    """Direct preference optimisation (sigmoid or IPO, with an optional SFT term) against the start model's log-probs,
+    computed once before the first step (a reference pass)."""
+
+    name: ClassVar[str] = "dpo"
+    needs_reference: ClassVar[bool] = True
+    autotrain_trainer: ClassVar[str] = "dpo"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        d = config.training.dpo
+        self.beta, self.dpo_loss, self.sft_weight = d.beta, d.loss, d.sft_weight
+
+    def pair_losses(self, chosen: torch.Tensor, rejected: torch.Tensor, n_chosen: torch.Tensor, n_rejected: torch.Tensor,
+                    token_logps: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None) -> PairLosses:
+        if reference is None:
+            raise ValueError("dpo needs the reference model's log-probabilities in the batch")
+        pairs = chosen.shape[0]
+        chosen_ratio, rejected_ratio = chosen - reference[:pairs], rejected - reference[pairs:]
+        if self.dpo_loss == "ipo":  # the IPO paper's squared loss, on per-token averages (as TRL computes it)
+            delta = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
+            losses = (delta - 1 / (2 * self.beta)) ** 2
+        else:
+            losses = -nn.functional.logsigmoid(self.beta * (chosen_ratio - rejected_ratio))
+        if self.sft_weight:
+            losses = losses + self.sft_weight * _chosen_nll(token_logps, counts)
+        return losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach()
+
+
+class ORPO(Preference):
+    """Odds-ratio preference optimisation: the chosen answer's NLL plus a log odds-ratio term; no reference model."""
+
+    name: ClassVar[str] = "orpo"
+    autotrain_trainer: ClassVar[str] = "orpo"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.orpo_weight = config.training.orpo.weight
+
+    def pair_losses(self, chosen: torch.Tensor, rejected: torch.Tensor, n_chosen: torch.Tensor, n_rejected: torch.Tensor,
+                    token_logps: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None) -> PairLosses:
+        # the ORPO paper's loss: NLL of the chosen answer minus lambda * log sigmoid(log odds ratio), with per-token
+        # average log-probs; log(1 - p) from log p without cancellation (log1p below -ln 2, log(-expm1) above)
+        mean_c, mean_r = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
+        log_odds = (mean_c - mean_r) - (_log1mexp(mean_c) - _log1mexp(mean_r))
+        losses = _chosen_nll(token_logps, counts) - self.orpo_weight * nn.functional.logsigmoid(log_odds)
+        return losses, (self.orpo_weight * mean_c).detach(), (self.orpo_weight * mean_r).detach()
 
 
 def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatching, pairs: Sequence[TokenizedPair],

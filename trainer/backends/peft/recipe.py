@@ -10,45 +10,33 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from trainer import checkpoint
+from trainer.backends.peft.loop import StopRequested, train_loop
+from trainer.backends.peft.run import Run
+from trainer.backends.peft.state import TrainState, state_from_json
 from trainer.config import Config
+from trainer.data.batching import Batching, PairBatching
 from trainer.data.pipeline import PreparedData, prepare_data
 from trainer.errors import RunStopped, UserError
-from trainer.loop import Batching, StopRequested, TrainState, state_from_json, train_loop
-from trainer.objectives import SFT, PairBatching, Preference, choose_objective, load_or_compute_reference
+from trainer.methods import method_for
+from trainer.methods.base import Method
+from trainer.objectives import objective_for
+from trainer.objectives.base import Objective
+from trainer.objectives.preference import Preference, load_or_compute_reference
 from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
 from trainer.steps import steps_per_epoch, total_steps
 from trainer.strategies import SingleProcess, choose_strategy, make_accelerator
 
-
-@dataclass
-class Run:
-    """What the loop carries from setup to the end of a run."""
-
-    config: Config
-    run_dir: Path
-    accelerator: Any  # accelerate's Accelerator: the device, the process rank, autocast, the reductions
-    strategy: SingleProcess  # the distributed mode: wraps, steps, gathers and saves
-    tokenizer: Any  # transformers' tokenizer, saved beside the model
-    model: nn.Module  # the peft-wrapped (or full) model
-    loss_module: nn.Module  # the model behind LossOnTrainedTokens, as the strategy wrapped it
-    trainable: list[nn.Parameter]
-    optimizer: Any  # a torch optimizer (accelerate's wrapper around it, or DeepSpeed's)
-    scheduler: Any  # the learning-rate schedule, stepped once per optimizer step
-    data: PreparedData
-    objective: SFT | Preference  # what is learnt: the batching, the loss module and what a step logs
-    batching: Batching | PairBatching
-    eval_batching: Batching | PairBatching  # the same, for the validation set (its own reference log-probs)
-    state: TrainState  # where the run is; saved in every checkpoint
-    total_steps: int
-    metrics: MetricsLog | None  # the main process's; None in the others
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 
 def train(config: Config, run_dir: Path, resume: bool) -> Path:
@@ -89,7 +77,7 @@ def _train(run: Run) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def _say(accelerator: Any, text: str) -> None:
+def _say(accelerator: Accelerator, text: str) -> None:
     if accelerator.is_main_process:
         print(text, file=sys.stderr, flush=True)
 
@@ -105,11 +93,11 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
     precision = mixed_precision(config, device)
     newest = setup_run_dir(run_dir, resume, accelerator)
     set_seed(config.training.seed)
-    tokenizer, data = setup_data(config, accelerator)
-    objective = choose_objective(config)
+    objective, method = objective_for(config), method_for(config)
+    tokenizer, data = setup_data(config, accelerator, objective)
     batching = objective.batching(config, tokenizer.pad_token_id)
     model, loss_module, trainable = setup_model(config, device, precision, accelerator, strategy, objective)
-    batching, eval_batching = setup_reference(config, run_dir, objective, model, batching, data, accelerator)
+    batching, eval_batching = setup_reference(config, run_dir, objective, method, model, batching, data, accelerator)
     optimizer = setup_optimizer(config, trainable, device)
     per_epoch = steps_per_epoch(len(batching.plan(data.train, 0)), accelerator.num_processes, config.training.gradient_accumulation)
     steps = total_steps(config, per_epoch)
@@ -122,10 +110,10 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None, config.logging.report_to == "tensorboard")
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, strategy, tokenizer, model, loss_module, trainable, optimizer, scheduler, data,
-               objective, batching, eval_batching, state, steps, metrics)
+               objective, method, batching, eval_batching, state, steps, metrics)
 
 
-def setup_accelerator(config: Config) -> tuple[str, Any, SingleProcess]:
+def setup_accelerator(config: Config) -> tuple[str, Accelerator, SingleProcess]:
     """(device, accelerator, strategy) of this process."""
     from trainer.hardware import Hardware
 
@@ -138,7 +126,7 @@ def setup_accelerator(config: Config) -> tuple[str, Any, SingleProcess]:
     return device, accelerator, choose_strategy(config, accelerator)
 
 
-def setup_run_dir(run_dir: Path, resume: bool, accelerator: Any) -> Path | None:
+def setup_run_dir(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
     """Check the run directory (main process) and return the checkpoint to resume from, if any."""
     if accelerator.is_main_process:
         guard_run_dir(run_dir, resume)
@@ -147,22 +135,21 @@ def setup_run_dir(run_dir: Path, resume: bool, accelerator: Any) -> Path | None:
     return found[-1] if resume and found else None
 
 
-def setup_data(config: Config, accelerator: Any) -> tuple[Any, PreparedData]:
+def setup_data(config: Config, accelerator: Accelerator, objective: Objective) -> tuple[PreTrainedTokenizerBase, PreparedData]:
     """The tokenizer and the tokenized training and validation examples."""
     from trainer.models import load_tokenizer
 
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer, progress=accelerator.is_main_process)
-    unit = "examples" if config.training.objective == "sft" else "pairs"
-    _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation {unit}, "
+    _say(accelerator, f"Data: {len(data.train)} training and {len(data.validation)} validation {objective.unit}, "
          f"{int(data.train.sides().column('trained').sum())} trained tokens per epoch")
     if data.features:
         _say(accelerator, f"Chat template ({config.data.chat_template}): {data.features}")
     return tokenizer, data
 
 
-def setup_model(config: Config, device: str, precision: str, accelerator: Any, strategy: SingleProcess,
-                objective: SFT | Preference) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
+def setup_model(config: Config, device: str, precision: str, accelerator: Accelerator, strategy: SingleProcess,
+                objective: Objective) -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
     """(model with its adapter, the objective's loss module as the strategy wrapped it, the trainable parameters)."""
     from trainer.models import add_adapter, load_model
 
@@ -178,16 +165,17 @@ def setup_model(config: Config, device: str, precision: str, accelerator: Any, s
     return model, loss_module, trainable
 
 
-def setup_reference(config: Config, run_dir: Path, objective: SFT | Preference, model: nn.Module, batching: Any,
-                    data: PreparedData, accelerator: Any) -> tuple[Any, Any]:
+def setup_reference(config: Config, run_dir: Path, objective: Objective, method: Method, model: nn.Module,
+                    batching: Batching | PairBatching, data: PreparedData,
+                    accelerator: Accelerator) -> tuple[Batching | PairBatching, Batching | PairBatching]:
     """(training batching, validation batching); for dpo with the reference model's log-probs of every pair, computed
     from the model as it starts (before a resume loads later weights) or read back from the run directory."""
-    if config.training.objective != "dpo":
+    if not objective.needs_reference:
         return batching, batching
-    assert isinstance(objective, Preference) and objective.loss is not None
+    assert isinstance(objective, Preference) and objective.loss is not None and isinstance(batching, PairBatching)
     started = time.perf_counter()
     splits = {"train": data.train, "validation": data.validation}
-    fresh = config.model.adapter is None and config.training.method != "full"
+    fresh = config.model.adapter is None and method.has_adapter
     reference = load_or_compute_reference(run_dir, objective.loss, model, batching, splits, accelerator, fresh)
     _say(accelerator, f"Reference log-probabilities of {len(data.train) + len(data.validation)} pairs: "
          f"{time.perf_counter() - started:.1f} s ({'the model with its adapter switched off' if fresh else 'the model as it starts'})")
@@ -215,7 +203,7 @@ def setup_optimizer(config: Config, trainable: list[nn.Parameter], device: str) 
     return torch.optim.SGD(groups, lr=t.learning_rate, momentum=0.9)
 
 
-def setup_scheduler(config: Config, optimizer: Any, steps: int) -> Any:
+def setup_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     import math
 
     from transformers import get_scheduler
@@ -224,8 +212,8 @@ def setup_scheduler(config: Config, optimizer: Any, steps: int) -> Any:
     return get_scheduler(t.scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * steps), num_training_steps=steps)
 
 
-def setup_resume(newest: Path | None, strategy: SingleProcess, model: nn.Module, optimizer: Any, scheduler: Any,
-                 steps: int, accelerator: Any) -> TrainState:
+def setup_resume(newest: Path | None, strategy: SingleProcess, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int, accelerator: Accelerator) -> TrainState:
     """The state to start from: the newest checkpoint's (its weights, optimizer, scheduler and RNG restored), or a new one."""
     if newest is None:
         return TrainState()
@@ -249,7 +237,7 @@ def save_outputs(run: Run, gathered: dict | None = None) -> None:
     run.tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)
-    if cfg.output.merge_adapter and cfg.training.method != "full":
+    if cfg.output.merge_adapter and run.method.has_adapter:
         if gathered is None:
             write_merged(run_dir, run.model, run.tokenizer)
         else:  # the base weights are sharded: merge from the saved adapter and a fresh copy of the base model

@@ -1,7 +1,11 @@
 """The built-in backend: trainer's own training loop on transformers + peft + accelerate.
 
-The recipe (setup -> train -> save -> cleanup) is trainer/recipe.py and the loop
-trainer/loop.py; this module only names the backend, so that choosing it (or
+recipe.py   the run's lifecycle: setup -> train -> save -> cleanup, each step a small named function
+loop.py     the loop itself, top to bottom: accumulate, clip, step, log, evaluate, checkpoint
+run.py      what the loop carries (Run); state.py where the run is (TrainState, saved in every checkpoint)
+
+What the run learns is an objective (trainer/objectives/) and how the model trains a method (trainer/methods/);
+the distributed modes are trainer/strategies.py. This module only names the backend, so that choosing it (or
 `trainer validate`) imports no torch.
 """
 from __future__ import annotations
@@ -30,6 +34,6 @@ class PeftBackend:
         return None
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
-        from trainer.recipe import train
+        from trainer.backends.peft.recipe import train
 
         return train(config, run_dir, resume)

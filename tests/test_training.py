@@ -152,6 +152,21 @@ def test_early_stopping_keeps_the_best(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.integration
+def test_a_run_without_deepspeed_neither_imports_it_nor_prints_its_warning(tmp_path, tiny_model_dir):
+    """DeepSpeed is installed with the dev extra; a run that does not use it must not print its accelerator warning
+    (transformers' save_pretrained asked accelerate, which imported deepspeed to look for its engine)."""
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=2, **{"output.merge_adapter": True})
+    code = ("import runpy, sys; sys.argv = ['trainer', '--config', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('trainer', run_name='__main__')\n"
+            "finally:\n    print('deepspeed imported:', 'deepspeed' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "merged").is_dir()
+    assert "Setting accelerator to CPU" not in result.stderr and "real_accelerator" not in result.stderr, result.stderr
+    assert "deepspeed imported: False" in result.stderr, result.stderr
+
+
+@pytest.mark.integration
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,

@@ -115,6 +115,7 @@ def dequantised_gguf(path: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
+    deepspeed_only_when_used()
     if not path.is_file():
         raise UserError(f"model.name_or_path: no GGUF file at {str(path)!r}.")
     cached = _gguf_cache(path, "model")
@@ -129,6 +130,21 @@ def dequantised_gguf(path: Path) -> Path:
     return cached
 
 
+def deepspeed_only_when_used() -> None:
+    """Keep DeepSpeed unimported (and its "Setting accelerator to CPU" warning unprinted) in runs that do not use it.
+
+    transformers' save_pretrained unwraps the model with accelerate's extract_model_from_parallel, which imports
+    deepspeed whenever it is installed, only to test whether the model is a DeepSpeedEngine. No model can be one
+    before deepspeed is imported, so the test is answered from sys.modules: the same answer wherever it matters,
+    without the import. Neither library has a setting for this, hence the replaced function.
+    """
+    import sys
+
+    import accelerate.utils.other as accelerate_other
+
+    accelerate_other.is_deepspeed_available = lambda: "deepspeed" in sys.modules
+
+
 def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora).
 
@@ -140,6 +156,7 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress line is the one to watch
+    deepspeed_only_when_used()
 
     m = config.model
     kwargs = {"dtype": torch_dtype(config, device), "trust_remote_code": m.trust_remote_code}

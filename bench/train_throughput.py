@@ -2,7 +2,7 @@
 
 Run by hand (`make bench-train`, about 15 minutes on 2 CPU cores):
 
-    .venv/bin/python bench/train_throughput.py [--steps 13] [--rounds 2]
+    .venv/bin/python bench/train_throughput.py [--steps 13] [--rounds 2] [--before CHECKOUT]
 
 The same workload for each: SmolLM2-135M-Instruct (the demo GGUF), the recipe
 training set, LoRA r=16 alpha=32 on all linear layers, max length 512, an
@@ -18,6 +18,8 @@ all tokens/s, padding fraction, peak RSS; then the ratios.
         `trainer backends setup autotrain`). AutoTrain trains whole epochs (one here, which is what 13 steps of
         8 examples are) on packed blocks with the loss on every token, so it is compared on all tokens/s;
         its peak RSS is that of its largest process.
+  before  with --before CHECKOUT: ours from another checkout of trainer (e.g. `git worktree add /tmp/before <commit>`),
+        run in the same rounds, so a change's effect on speed is a ratio measured under the same load
 """
 from __future__ import annotations
 
@@ -58,10 +60,11 @@ logging: {{log_every: 1000}}
 """
 
 
-def run_ours(steps: int, work: Path) -> dict:
+def run_ours(steps: int, work: Path, checkout: Path = REPO) -> dict:
     cfg = work / "ours.yaml"
     cfg.write_text(config_text(work / "ours-run", steps))
-    subprocess.run([sys.executable, "-m", "trainer", "--config", str(cfg)], cwd=REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "trainer", "--config", str(cfg)], cwd=checkout, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(checkout)})
     summary = json.loads((work / "ours-run" / "summary.json").read_text())
     return {"seconds": summary["train_seconds"], "trained_tokens": summary["trained_tokens"]}
 
@@ -177,10 +180,14 @@ def all_tokens_and_padding(steps: int) -> tuple[int, float]:
     return ratio, padding_fraction(batches, lengths)
 
 
-def child(system: str, steps: int, work: str) -> None:
-    result = {"ours": run_ours, "bare": run_bare, "trl": run_trl, "autotrain": run_autotrain}[system](steps, Path(work))
+def child(system: str, steps: int, work: str, before: str | None) -> None:
+    if system == "before":
+        assert before is not None
+        result = run_ours(steps, Path(work), Path(before))
+    else:
+        result = {"ours": run_ours, "bare": run_bare, "trl": run_trl, "autotrain": run_autotrain}[system](steps, Path(work))
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    if system in ("ours", "autotrain"):  # the training ran in descendant processes
+    if system in ("ours", "before", "autotrain"):  # the training ran in descendant processes
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     print("RESULT " + json.dumps(result))
 
@@ -193,20 +200,21 @@ def main() -> None:
     parser.add_argument("--systems", default="ours,trl,bare")
     parser.add_argument("--micro-batch", type=int, default=BATCH,
                         help="micro-batch of ours and bare (the effective batch stays 8: accumulation = 8 / this); TRL keeps 4x2")
+    parser.add_argument("--before", help="another checkout of trainer, run as the system 'before' beside 'ours'")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child and args.child != "trl":
         BATCH, ACCUM = args.micro_batch, 8 // args.micro_batch
     if args.child:
-        return child(args.child, args.steps, args.work)
-    systems = args.systems.split(",")
+        return child(args.child, args.steps, args.work, args.before)
+    systems = args.systems.split(",") + (["before"] if args.before else [])
     results: dict[str, list[dict]] = {s: [] for s in systems}
     for round_ in range(args.rounds):
         for system in systems:
             with tempfile.TemporaryDirectory() as work:
                 out = subprocess.run([sys.executable, __file__, "--child", system, "--steps", str(args.steps), "--work", work,
-                                      "--micro-batch", str(args.micro_batch)],
+                                      "--micro-batch", str(args.micro_batch)] + (["--before", args.before] if args.before else []),
                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
@@ -232,6 +240,8 @@ def main() -> None:
         print(f"\nours / trl: {speed['ours'] / speed['trl']:.2f}x tokens/s (target >= 2.5x)")
     if "bare" in speed and "ours" in speed:
         print(f"loop overhead against the bare loop: {1 - speed['ours'] / speed['bare']:+.1%} (target < 5%)")
+    if "before" in speed and "ours" in speed:
+        print(f"ours / before ({args.before}): {speed['ours'] / speed['before']:.3f}x trained tokens/s")
     if "autotrain" in speed and "ours" in speed:
         print(f"ours / autotrain: {all_speed['ours'] / all_speed['autotrain']:.2f}x all tokens/s "
               "(AutoTrain trains on every token of packed blocks; trained tok/s is not comparable)")

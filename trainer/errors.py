@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Exit codes of `trainer` (README.md, "Exit codes"; the table is in engine.py); the UI and the launcher of a
+# Exit codes of `trainer` (README.md, "What a run gives you", and docs/run-directory.md; the table is in engine.py); the UI and the launcher of a
 # multi-process run read them. 1 stays Python's own (an uncaught exception, a bug) and 2 argparse's (bad arguments).
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # a problem with the config, the data or the machine; nothing (more) was run

@@ -1,7 +1,7 @@
 """`trainer serve`: a run's model (or any GGUF file) behind an OpenAI-compatible HTTP API.
 
 Engines: `llama.cpp` on the run's exported GGUF (the default where llama.cpp is set up: the fastest on a
-CPU, see the README's measurements), `transformers` (exactly the answers `trainer generate` gives; needs
+CPU, see docs/benchmarks.md), `transformers` (exactly the answers `trainer generate` gives; needs
 nothing beyond trainer), and `vllm` for GPUs and many users (vLLM's own OpenAI server, started with the
 base model and the LoRA adapter).
 """

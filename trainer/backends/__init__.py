@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from trainer.config import Config
 from trainer.errors import UserError
+
+if TYPE_CHECKING:  # not at run time: the config's rules ask the backend for its refusals, so config imports this module
+    from trainer.config import Config
 
 
 class Backend(Protocol):

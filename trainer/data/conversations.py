@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainer.data.records import Record
 from trainer.errors import Problem
-
-if TYPE_CHECKING:
-    from trainer.data.formats import Example  # formats.py builds on this module
 
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "developer": "system", "function": "tool"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
@@ -50,6 +47,17 @@ class Message:
     reasoning: str | None = None  # reasoning_content, or a leading <think> block of the content
     name: str | None = None  # a message's name; for a tool result, the function that produced it
     tool_call_id: str | None = None  # a tool result: the call it answers
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example, as every format becomes: a conversation (chat formats) or a text (the text format)."""
+
+    messages: tuple[Message, ...] | None  # chat formats
+    text: str | None  # the text format
+    file: str
+    line: int
+    tools: tuple[dict, ...] | None = None  # the functions the example offers, as apply_chat_template(tools=...) takes them
 
 
 def parse_tools(record: Record, value: Any, column: str) -> tuple[tuple[dict, ...] | None, list[Problem]]:

@@ -9,10 +9,10 @@ text                {"text": ...}
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.conversations import (  # noqa: F401 (Message and ToolCall are read from here too)
+from trainer.data.conversations import (  # noqa: F401 (Example, Message and ToolCall are read from here too)
+    Example,
     Message,
     ToolCall,
     chat_messages,
@@ -39,15 +39,6 @@ SIGNATURES = {  # the columns a record must have to be in each format
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-
-
-@dataclass(frozen=True)
-class Example:
-    messages: tuple[Message, ...] | None  # chat formats
-    text: str | None  # the text format
-    file: str
-    line: int
-    tools: tuple[dict, ...] | None = None  # the functions the example offers, as apply_chat_template(tools=...) takes them
 
 
 def columns_for(fmt: str, overrides: dict) -> dict:

@@ -17,10 +17,11 @@ times say more about the neighbours than the hardware.
 
 glibc keeps freed blocks below its (rising) mmap threshold in the heap, and resident memory counts them: a step's
 activations, freed and allocated again in other sizes, leave the process larger than what it holds (the tiny
-checkpointing case of tests/test_plan.py: 1.25 GiB resident against 0.63 GiB held). The plan estimates what the
-process holds, so runs are measured with MALLOC_MMAP_THRESHOLD_=65536, which returns large freed blocks to the
-system; --glibc-default measures without it. --time measures with glibc's default, as users run (returning memory
-to the system on every large free costs time), so its memory column is the resident peak then.
+checkpointing case of tests/test_plan.py: 1.25 GiB resident against 0.63 GiB held). By default runs are measured
+with MALLOC_MMAP_THRESHOLD_=65536, which returns large freed blocks to the system, and planned in the same
+environment, where the plan has no `allocator` part: what the process holds is compared. --glibc-default measures
+and plans without it, as users run: the plan then adds the heap's kept blocks (trainer.plan.memory's `allocator`).
+--time measures with glibc's default (returning memory to the system on every large free costs time).
 """
 from __future__ import annotations
 

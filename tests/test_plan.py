@@ -74,6 +74,29 @@ def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
     assert qlora["weights"] < lora["weights"] * 0.5 + arch.embedding_params * 2
 
 
+def test_allocator_part_only_where_glibc_keeps_freed_blocks(tmp_path, tiny_model_dir):
+    """On a CPU under glibc's default malloc the plan adds the freed blocks its heap keeps; a low MALLOC_MMAP_THRESHOLD_
+    (blocks returned when freed), another device or no glibc adds nothing."""
+    import platform
+    import sys
+
+    from trainer.plan.memory import Precision, Shape, estimate_memory, glibc_keeps_freed_blocks
+
+    config = load_config(str(tiny_config(tmp_path, tiny_model_dir)))
+    arch = architecture(read_model_config(config.model))
+    count = count_parameters(arch, config)
+    fp32 = Precision("float32", "float32")
+    cpu = estimate_memory(arch, count, config, "cpu", fp32, Shape(4, 64, 10), heap_keeps_freed=True)
+    assert cpu.parts["allocator"] == pytest.approx(0.6 * (cpu.parts["activations"] + cpu.parts["logits"]))
+    assert cpu.peak == pytest.approx(sum(cpu.parts.values()))
+    assert "allocator" not in estimate_memory(arch, count, config, "cpu", fp32, Shape(4, 64, 10)).parts
+    assert "allocator" not in estimate_memory(arch, count, config, "cuda", fp32, Shape(4, 64, 10), heap_keeps_freed=True).parts
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert glibc_keeps_freed_blocks({}) is glibc
+    assert glibc_keeps_freed_blocks({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
+    assert glibc_keeps_freed_blocks({"MALLOC_MMAP_THRESHOLD_": str(64 * 1024**2)}) is glibc
+
+
 def test_plan_command_json(tmp_path, tiny_model_dir, cli):
     config = tiny_config(tmp_path, tiny_model_dir)
     result = cli("plan", "--config", str(config), "--json", "--requests", "1000000", "--price-per-million", "0.2")

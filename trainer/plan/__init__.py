@@ -32,6 +32,7 @@ from trainer.plan.memory import (
     Precision,
     Shape,
     estimate_memory,
+    glibc_keeps_freed_blocks,
     largest_batch,
     precision_for,
 )
@@ -171,8 +172,10 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
     t, d = config.training, config.data
     shape = data.shape if data else Shape(t.batch_size, d.max_seq_length, d.max_seq_length)
     file_bytes = _checkpoint_bytes(config, arch.total)
-    memory = estimate_memory(arch, count, config, device, precision, shape, file_bytes)
-    at_max = estimate_memory(arch, count, config, device, precision, Shape(t.batch_size, d.max_seq_length, d.max_seq_length), file_bytes)
+    keeps = glibc_keeps_freed_blocks()
+    memory = estimate_memory(arch, count, config, device, precision, shape, file_bytes, heap_keeps_freed=keeps)
+    at_max = estimate_memory(arch, count, config, device, precision, Shape(t.batch_size, d.max_seq_length, d.max_seq_length), file_bytes,
+                             heap_keeps_freed=keeps)
     processed = data.processed_tokens_per_epoch * data.epochs if data else None
     plan: Plan = {
         "model": {"name_or_path": config.model.name_or_path, "type": arch.model_type, "layers": arch.layers,

@@ -10,14 +10,18 @@ The parts follow what PyTorch keeps alive at the peak of a step (after the forwa
   gradient checkpointing only each layer's input is kept, plus one layer's activations while it is recomputed;
 - logits on the trained positions only (trainer's loss computes no others), with their float32 copies;
 - a full fine-tune in mixed precision with float32 weights: the bf16/fp16 copies autocast makes of every weight;
-- the process itself (Python, PyTorch, transformers, peft; on a GPU the CUDA context), a measured constant.
+- the process itself (Python, PyTorch, transformers, peft; on a GPU the CUDA context), a measured constant;
+- on a CPU under glibc, the freed blocks its heap keeps (`allocator`), which resident memory counts too.
 
 On a CPU, loading reads the checkpoint through a memory map whose pages count in the process's resident memory,
 so the peak is the larger of loading (the file and the weights) and training.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import platform
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -31,6 +35,15 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "nf4": NF4_BYTES}
 # resident memory of a trainer process with its libraries imported and nothing loaded, measured on this project's
 # CPU machine (VmHWM 366 MB with torch 2.13, transformers and peft); the CUDA context is a commonly quoted figure
 RUNTIME_BYTES = {"cpu": 0.40 * GIB, "cuda": 0.75 * GIB, "mps": 0.40 * GIB}
+# glibc's malloc keeps freed blocks in its heap, and a step's activations, freed and allocated again in other sizes,
+# leave holes the next ones do not fit, so the heap grows past what the process holds. Measured on the quickstart in
+# fp32 (one epoch, glibc 2.36, mallinfo2 sampled every 0.1 s): at the peak of resident memory (5.29 GiB), 2.75 GiB
+# of the heap was in use and 1.74 GiB free but kept, 0.61 of the 2.84 GiB of activations and logits planned for its
+# longest batch (docs/benchmarks.md#plan-memory). The same share fits the bf16 run (3.32 GiB planned, 3.08 measured).
+GLIBC_KEPT_PER_ACTIVATION_BYTE = 0.6
+# MALLOC_MMAP_THRESHOLD_ at or under this sends every block of this size or more (a step's activations are MiBs
+# each) to its own mapping, which is returned when freed: the heap then keeps little
+RETURNED_ABOVE_BYTES = 1024**2
 CPU_MATH_ATTENTION_ROWS = 160  # trainer.modeling.SHORT_ROWS_ON_CPU: up to this, CPU attention keeps the whole matrix
 
 
@@ -131,8 +144,20 @@ def activations(arch: Architecture, shape: Shape, compute_bytes: float, checkpoi
     return layer * arch.layers + embeddings
 
 
+def glibc_keeps_freed_blocks(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process's malloc is glibc's with its default mmap threshold (this environment's, which a run here
+    inherits): then freed activations stay in the heap (see GLIBC_KEPT_PER_ACTIVATION_BYTE)."""
+    environ = os.environ if environ is None else environ
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    threshold = environ.get("MALLOC_MMAP_THRESHOLD_", "").strip()
+    return not (threshold.isdigit() and int(threshold) <= RETURNED_ABOVE_BYTES)
+
+
 def estimate_memory(arch: Architecture, count: ParameterCount, config: Config, device: str, precision: Precision, shape: Shape,
-                    checkpoint_file_bytes: float | None = None, checkpointing: bool | None = None) -> Memory:
+                    checkpoint_file_bytes: float | None = None, checkpointing: bool | None = None,
+                    heap_keeps_freed: bool = False) -> Memory:
+    """`heap_keeps_freed`: the CPU run's malloc keeps freed blocks (glibc_keeps_freed_blocks()), an `allocator` part."""
     t = config.training
     checkpointing = t.gradient_checkpointing if checkpointing is None else checkpointing
     weight_bytes = DTYPE_BYTES[precision.weights]
@@ -155,6 +180,8 @@ def estimate_memory(arch: Architecture, count: ParameterCount, config: Config, d
              "activations": acts, "logits": logits}
     if full and precision.compute != precision.weights:  # autocast's low-precision copy of every weight, per step
         parts["autocast_weight_copies"] = arch.total * compute_bytes
+    if device == "cpu" and heap_keeps_freed:
+        parts["allocator"] = GLIBC_KEPT_PER_ACTIVATION_BYTE * (acts + logits)
     parts["runtime"] = RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"])
     training = sum(parts.values())
     loading = parts["runtime"] + weights + ((checkpoint_file_bytes or 0) if device == "cpu" else 0)

@@ -102,6 +102,18 @@ def test_streamed_chunks_join_to_the_same_answer(client, generated):
 
 
 @pytest.mark.integration
+def test_a_client_that_leaves_a_stream_frees_the_engine(client, generated):
+    """A client that reads one chunk and closes the stream: its generation stops, and the next request is answered
+    in its usual time (it used to wait for minutes, or forever, while /health said ok)."""
+    for _ in range(2):
+        stream = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[1]}],
+                                                max_tokens=400, temperature=1.0, seed=1, stream=True)
+        next(iter(stream))
+        stream.close()
+    assert ask(client.with_options(timeout=60), PROMPTS[0]).strip() == generated[0]
+
+
+@pytest.mark.integration
 def test_eight_concurrent_clients_get_their_own_answers(client, generated):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: ask(client, p).strip(), PROMPTS))

@@ -120,6 +120,30 @@ def test_eight_concurrent_clients_get_their_own_answers(client, generated):
     assert answers == generated
 
 
+def _long_request(port: int, seed: int) -> httpx.Response:
+    """A sampled answer of up to 400 tokens (temperature 2: the tiny model rarely ends it early), as raw HTTP."""
+    body = {"messages": [{"role": "user", "content": PROMPTS[seed % 8]}], "max_tokens": 400, "temperature": 2.0, "seed": seed}
+    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {KEY}"})
+
+
+@pytest.mark.integration
+def test_health_answers_at_once_while_generations_queue(server):
+    """/health and /v1/models do not wait behind generations (with 48 queued, /health once took 34 s)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with ThreadPoolExecutor(64) as pool:
+        replies = [pool.submit(_long_request, server, seed) for seed in range(64)]
+        time.sleep(3)  # all of them sent, most waiting for their turn
+        started = time.monotonic()
+        health = httpx.get(f"http://127.0.0.1:{server}/health", headers=headers, timeout=120)
+        models = httpx.get(f"http://127.0.0.1:{server}/v1/models", headers=headers, timeout=120)
+        waited = time.monotonic() - started
+        assert health.status_code == 200 and models.status_code == 200
+        assert waited < 5, f"/health and /v1/models took {waited:.1f} s behind queued generations"
+        assert health.json()["requests"] > 8  # they were queued indeed
+        assert all(r.result().status_code == 200 for r in replies)
+
+
 @pytest.mark.integration
 def test_sampling_follows_seed_and_stop(client):
     kwargs = dict(model="run", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=12, temperature=1.0, top_p=0.9)

@@ -1,6 +1,7 @@
 """`trainer serve` as a real server process on 127.0.0.1, spoken to by the official `openai` client (and httpx
 for what a client library would never send)."""
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -198,6 +199,35 @@ def test_text_parts_are_accepted(client, generated):
     reply = client.chat.completions.create(model="run", max_tokens=12, temperature=0,
                                            messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[3]}]}])
     assert reply.choices[0].message.content.strip() == generated[3]
+
+
+@pytest.mark.integration
+def test_sigterm_answers_every_request_and_exits_0(trained_run):
+    """SIGTERM with 8 requests in flight: the running answer finishes, the queued ones get a 503 with an error body
+    (none sees a dropped connection), and the server exits 0 (it used to cut them all after 5 s and die by the signal)."""
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = [pool.submit(_long_request, port, seed) for seed in range(8)]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until most are in flight
+                health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                if health.json().get("requests", 0) >= 6:
+                    break
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            responses = [r.result() for r in replies]  # a dropped connection raises here
+        assert process.wait(timeout=120) == 0, process.stderr.read()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for response in responses:
+        if response.status_code == 200:
+            assert response.json()["choices"][0]["message"]["content"] is not None
+        else:
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "shutting_down"
+    assert any(r.status_code == 200 for r in responses)
 
 
 def test_other_hosts_need_an_api_key(trained_run, cli):

@@ -114,19 +114,21 @@ def serve(options: ServeOptions) -> None:
         run_vllm(options)
         return
     try:
-        import uvicorn
-
         from trainer.serve.app import ServeLimits, create_app
+        from trainer.serve.server import run_server
     except ModuleNotFoundError as exc:
         raise UserError(f"`trainer serve` needs {exc.name}: pip install 'trainer[serve]'") from None
+    from trainer.serve.engines import Worker
+
     engine = build_engine(options, engine_name)
-    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens))
+    worker = Worker(engine)
+    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens), worker)
     where = f"http://{options.host}:{options.port}/v1"
     print(f"Serving {engine.model_id} with {engine_name} at {where} (OpenAI-compatible; Ctrl-C stops).\n"
           f"  from openai import OpenAI; client = OpenAI(base_url={where!r}, api_key={'<your key>' if options.api_key else repr('none')})\n"
           f"  client.chat.completions.create(model={engine.model_id!r}, messages=[{{'role': 'user', 'content': '...'}}])",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=5)
+    run_server(app, worker, options.host, options.port)
 
 
 def api_key_from(arg: str | None) -> str | None:

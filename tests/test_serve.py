@@ -184,6 +184,10 @@ def test_a_wrong_key_gets_401(server):
     (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 400, "image_url"),
     (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "is not served here"),
     (b"x" * 2_000_000, 413, "larger than"),
+    # the tiny model has 512 positions (conftest.tiny_llama); a character is a token
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "max_tokens": 8}).encode(), 400, "reads at most 512 tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "stream": True}).encode(), 400, "reads at most 512 tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 300}], "max_tokens": 400}).encode(), 400, "plus max_tokens (400)"),
 ])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, client, body, status, says):
     response = httpx.post(f"http://127.0.0.1:{server}/v1/chat/completions", content=body, timeout=60,

@@ -188,6 +188,13 @@ def test_a_wrong_key_gets_401(server):
     (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "max_tokens": 8}).encode(), 400, "reads at most 512 tokens"),
     (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "stream": True}).encode(), 400, "reads at most 512 tokens"),
     (json.dumps({"messages": [{"role": "user", "content": "x" * 300}], "max_tokens": 400}).encode(), 400, "plus max_tokens (400)"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]}).encode(),
+     400, "not a valid JSON Schema"),
+    # the tiny run's template (chatml) has no place for tools: they would be silently dropped
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}).encode(),
+     400, "does not show tools to the model"),
 ])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, client, body, status, says):
     response = httpx.post(f"http://127.0.0.1:{server}/v1/chat/completions", content=body, timeout=60,

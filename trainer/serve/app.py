@@ -183,6 +183,31 @@ def _request_problem(body: ChatRequest, engine: Engine, limits: ServeLimits) -> 
     max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
         return _error(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
+    for i, tool in enumerate(body.tools or ()):
+        problem = _tool_problem(tool)
+        if problem is not None:
+            return _error(400, f"tools[{i}]: {problem}", param=f"tools[{i}]")
+    return None
+
+
+def _tool_problem(tool: dict[str, Any]) -> str | None:
+    """What is wrong with one tool in OpenAI's shape ({"type": "function", "function": {"name", "parameters"}}),
+    its parameters a JSON Schema; None when nothing is."""
+    import jsonschema
+
+    function = tool.get("function")
+    if tool.get("type") != "function" or not isinstance(function, dict):
+        return 'a tool is {"type": "function", "function": {"name": ..., "parameters": {JSON Schema}}}'
+    if not isinstance(function.get("name"), str) or not function["name"]:
+        return "function.name: a tool needs a name"
+    parameters = function.get("parameters", {})
+    if not isinstance(parameters, dict):
+        return "function.parameters: a JSON Schema object is expected"
+    try:
+        jsonschema.validators.validator_for(parameters, default=jsonschema.Draft202012Validator).check_schema(parameters)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        return f"function.parameters is not a valid JSON Schema{f' (at {where})' if where else ''}: {exc.message}"
     return None
 
 
@@ -213,8 +238,12 @@ async def _chat_completion(body: ChatRequest, request: Request, engine: Engine, 
         return _error(400, str(exc), param="messages")
     try:
         prompt = await run_in_threadpool(engine.prompt, messages, body.tools)
+        ignores_tools = bool(body.tools) and prompt == await run_in_threadpool(engine.prompt, messages, None)
     except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
         return _error(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
+    if ignores_tools:
+        return _error(400, "tools: this model's chat template does not show tools to the model, so they would be "
+                      "ignored; send the request without tools (or describe them in a system message)", param="tools")
     fitted = _fit_context(await run_in_threadpool(engine.count_tokens, prompt),
                           body.max_completion_tokens or body.max_tokens, limits, engine.context)
     if isinstance(fitted, JSONResponse):

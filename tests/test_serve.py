@@ -51,7 +51,7 @@ def stop_server(process) -> None:
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY)
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY, "--body-timeout", "3")
     yield port
     stop_server(process)
 
@@ -202,6 +202,24 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, c
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert says in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert ask(client, PROMPTS[0])  # still serving
+
+
+@pytest.mark.integration
+def test_a_body_shorter_than_its_content_length_gets_a_408(server, client):
+    """A client announcing 100 bytes and sending 11: answered 408 once --body-timeout (3 s here) has passed, instead
+    of holding the connection with no read timeout."""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server), timeout=60) as conn:
+        conn.sendall(head.encode() + b'{"messages"')
+        reply = b""
+        while b"request_timeout" not in reply:
+            chunk = conn.recv(4096)  # socket.timeout (a failure) after 60 s of silence
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 3 s" in reply, reply
     assert ask(client, PROMPTS[0])  # still serving
 
 

@@ -26,6 +26,8 @@ def _add_serve(sub: SubParsers) -> None:
                    "needed for any host but this machine")
     p.add_argument("--quant", default="q8_0", metavar="TYPE", help="llama.cpp engine: the GGUF type to export the run to (default q8_0)")
     p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body must arrive within this (default 30); a client that announces more than it sends gets a 408")
     p.add_argument("--gpus", type=int, help="vllm: tensor-parallel over this many GPUs (default: every visible GPU)")
 
 
@@ -36,7 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(ServeOptions(run=Path(args.run).expanduser() if args.run else None, gguf=Path(args.gguf).expanduser() if args.gguf else None,
                        engine=args.engine, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
-                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus))
+                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus,
+                       body_timeout=args.body_timeout))
     return 0
 
 

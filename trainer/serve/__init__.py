@@ -33,6 +33,7 @@ class ServeOptions:
     quant: str = "q8_0"
     max_tokens: int = 2048
     gpus: int | None = None  # vllm: tensor-parallel size (None: every visible GPU)
+    body_timeout: float = 30.0  # seconds a request body has to arrive
 
 
 def is_loopback(host: str) -> bool:
@@ -122,7 +123,7 @@ def serve(options: ServeOptions) -> None:
 
     engine = build_engine(options, engine_name)
     worker = Worker(engine)
-    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens), worker)
+    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens, body_seconds=options.body_timeout), worker)
     where = f"http://{options.host}:{options.port}/v1"
     print(f"Serving {engine.model_id} with {engine_name} at {where} (OpenAI-compatible; Ctrl-C stops).\n"
           f"  from openai import OpenAI; client = OpenAI(base_url={where!r}, api_key={'<your key>' if options.api_key else repr('none')})\n"

@@ -50,8 +50,16 @@ def stop_server(process) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run):
-    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY, "--body-timeout", "3")
+def key_file(tmp_path_factory):
+    """The API key in a file (--api-key-file): a key on the command line is readable by every user in `ps`."""
+    path = tmp_path_factory.mktemp("key") / "api-key"
+    path.write_text(KEY + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, key_file):
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key-file", key_file, "--body-timeout", "3")
     yield port
     stop_server(process)
 
@@ -231,10 +239,10 @@ def test_text_parts_are_accepted(client, generated):
 
 
 @pytest.mark.integration
-def test_sigterm_answers_every_request_and_exits_0(trained_run):
+def test_sigterm_answers_every_request_and_exits_0(trained_run, key_file):
     """SIGTERM with 8 requests in flight: the running answer finishes, the queued ones get a 503 with an error body
     (none sees a dropped connection), and the server exits 0 (it used to cut them all after 5 s and die by the signal)."""
-    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY)
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key-file", key_file)
     try:
         with ThreadPoolExecutor(8) as pool:
             replies = [pool.submit(_long_request, port, seed) for seed in range(8)]
@@ -266,6 +274,18 @@ def test_other_hosts_need_an_api_key(trained_run, cli):
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
 
 
+def test_the_api_key_stays_off_the_command_line(trained_run, cli, tmp_path):
+    """--help points to TRAINER_API_KEY and --api-key-file; --api-key still works, with a warning that `ps` shows it."""
+    result = cli("serve", "--help")
+    assert "TRAINER_API_KEY" in result.stdout and "--api-key-file" in result.stdout and "ps" in result.stdout
+    result = cli("serve", "--run", str(trained_run.parent), "--api-key", "k")
+    assert result.returncode == 2 and "every user of this machine can read it" in result.stderr
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    result = cli("serve", "--run", str(trained_run), "--api-key-file", str(empty))
+    assert result.returncode == 2 and "is empty" in result.stderr
+
+
 def test_tool_calls_are_parsed_from_hermes_style_answers():
     from trainer.serve.toolcalls import split_tool_calls
 
@@ -280,14 +300,14 @@ def test_tool_calls_are_parsed_from_hermes_style_answers():
 def test_vllm_command_serves_base_and_adapter(trained_run, tiny_model_dir):
     from trainer.serve.vllm import vllm_command
 
-    command = vllm_command(trained_run, "0.0.0.0", 9000, "k", 4, 512)
+    command = vllm_command(trained_run, "0.0.0.0", 9000, 4, 512)
     assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
     text = " ".join(command)
     rank = json.loads((trained_run / "model" / "adapter_config.json").read_text())["r"]
     assert f"--enable-lora --lora-modules run={trained_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
-    assert "--tensor-parallel-size 4" in text and "--api-key k" in text and "--host 0.0.0.0 --port 9000" in text
+    assert "--tensor-parallel-size 4" in text and "--api-key" not in text and "--host 0.0.0.0 --port 9000" in text
     assert f"--chat-template {trained_run / 'export' / 'chat_template.jinja'}" in text
-    merged = vllm_command(trained_run, "127.0.0.1", 8000, None, 1, 512, merged=trained_run / "merged")
+    merged = vllm_command(trained_run, "127.0.0.1", 8000, 1, 512, merged=trained_run / "merged")
     assert merged[2] == str(trained_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
 
 

@@ -57,8 +57,8 @@ def check_options(options: ServeOptions) -> None:
 
         finished_run(options.run)
     if not is_loopback(options.host) and not options.api_key:
-        raise UserError(f"--host {options.host} lets other machines reach the server: set an API key with --api-key KEY "
-                        "or the environment variable TRAINER_API_KEY (clients send it as Authorization: Bearer KEY).")
+        raise UserError(f"--host {options.host} lets other machines reach the server: set an API key with the environment variable "
+                        "TRAINER_API_KEY or --api-key-file FILE (clients send it as Authorization: Bearer KEY).")
 
 
 def choose_engine(options: ServeOptions) -> str:
@@ -132,5 +132,17 @@ def serve(options: ServeOptions) -> None:
     run_server(app, worker, options.host, options.port)
 
 
-def api_key_from(arg: str | None) -> str | None:
+def api_key_from(arg: str | None, file: str | None = None) -> str | None:
+    """The API key: from --api-key-file, --api-key (with a warning: a command line is public), or TRAINER_API_KEY."""
+    if file is not None:
+        try:
+            key = Path(file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"--api-key-file {file}: {exc.strerror or exc}") from None
+        if not key:
+            raise UserError(f"--api-key-file {file} is empty: write the key in it")
+        return key
+    if arg:
+        print("warning: --api-key puts the key on the command line, where every user of this machine can read it (ps); "
+              "set TRAINER_API_KEY or use --api-key-file FILE instead.", file=sys.stderr)
     return arg or os.environ.get("TRAINER_API_KEY") or None

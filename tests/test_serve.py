@@ -337,3 +337,29 @@ def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
     assert "with llama.cpp" in process.stderr.read()
     gguf = demo_run / "export" / "recipes-q8_0.gguf"
     assert answers == llama_cpp_answers(gguf, conversations, demo_run / "model")
+
+
+@pytest.mark.llamacpp
+@pytest.mark.integration
+def test_llama_cpp_engine_is_freed_by_a_client_that_leaves_a_stream(key_file):
+    """The llama.cpp engine on the demo GGUF: a stream closed after its first chunk stops its generation, and the
+    next request is answered in its usual time (one such disconnect used to hold the engine for 3.5 minutes)."""
+    from openai import OpenAI
+
+    from trainer.demo import demo_model_path
+
+    gguf = demo_model_path()
+    if not gguf.exists():
+        pytest.fail(f"{gguf} is missing: run `trainer download-demo-model` (make test does this)")
+    process, port = start_server("--gguf", str(gguf), "--api-key-file", key_file)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+        for _ in range(2):
+            stream = client.chat.completions.create(model=gguf.stem, messages=messages, max_tokens=1500, stream=True)
+            next(iter(stream))
+            stream.close()
+        reply = client.chat.completions.create(model=gguf.stem, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+        assert reply.choices[0].message.content
+    finally:
+        stop_server(process)

@@ -245,7 +245,7 @@ class Worker:
     pieces are handed over without waiting for the client to read them, so a client that stops reading cannot
     hold the engine: at most its max_tokens, and a token or two once it has gone (its Cancel is set)."""
 
-    def __init__(self, engine: Engine, stall_after: float = 120.0):
+    def __init__(self, engine: Engine, stall_after: float = 300.0):
         self.engine = engine
         self.stall_after = stall_after
         self.jobs: queue.Queue[Job] = queue.Queue()

@@ -1,6 +1,7 @@
 """`trainer serve` as a real server process on 127.0.0.1, spoken to by the official `openai` client (and httpx
 for what a client library would never send)."""
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -49,8 +50,16 @@ def stop_server(process) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run):
-    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key", KEY)
+def key_file(tmp_path_factory):
+    """The API key in a file (--api-key-file): a key on the command line is readable by every user in `ps`."""
+    path = tmp_path_factory.mktemp("key") / "api-key"
+    path.write_text(KEY + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, key_file):
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key-file", key_file, "--body-timeout", "3")
     yield port
     stop_server(process)
 
@@ -102,10 +111,46 @@ def test_streamed_chunks_join_to_the_same_answer(client, generated):
 
 
 @pytest.mark.integration
+def test_a_client_that_leaves_a_stream_frees_the_engine(client, generated):
+    """A client that reads one chunk and closes the stream: its generation stops, and the next request is answered
+    in its usual time (it used to wait for minutes, or forever, while /health said ok)."""
+    for _ in range(2):
+        stream = client.chat.completions.create(model="run", messages=[{"role": "user", "content": PROMPTS[1]}],
+                                                max_tokens=400, temperature=1.0, seed=1, stream=True)
+        next(iter(stream))
+        stream.close()
+    assert ask(client.with_options(timeout=60), PROMPTS[0]).strip() == generated[0]
+
+
+@pytest.mark.integration
 def test_eight_concurrent_clients_get_their_own_answers(client, generated):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: ask(client, p).strip(), PROMPTS))
     assert answers == generated
+
+
+def _long_request(port: int, seed: int) -> httpx.Response:
+    """A sampled answer of up to 400 tokens (temperature 2: the tiny model rarely ends it early), as raw HTTP."""
+    body = {"messages": [{"role": "user", "content": PROMPTS[seed % 8]}], "max_tokens": 400, "temperature": 2.0, "seed": seed}
+    return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {KEY}"})
+
+
+@pytest.mark.integration
+def test_health_answers_at_once_while_generations_queue(server):
+    """/health and /v1/models do not wait behind generations (with 48 queued, /health once took 34 s)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with ThreadPoolExecutor(64) as pool:
+        replies = [pool.submit(_long_request, server, seed) for seed in range(64)]
+        time.sleep(3)  # all of them sent, most waiting for their turn
+        started = time.monotonic()
+        health = httpx.get(f"http://127.0.0.1:{server}/health", headers=headers, timeout=120)
+        models = httpx.get(f"http://127.0.0.1:{server}/v1/models", headers=headers, timeout=120)
+        waited = time.monotonic() - started
+        assert health.status_code == 200 and models.status_code == 200
+        assert waited < 5, f"/health and /v1/models took {waited:.1f} s behind queued generations"
+        assert health.json()["requests"] > 8  # they were queued indeed
+        assert all(r.result().status_code == 200 for r in replies)
 
 
 @pytest.mark.integration
@@ -147,6 +192,17 @@ def test_a_wrong_key_gets_401(server):
     (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(), 400, "image_url"),
     (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "is not served here"),
     (b"x" * 2_000_000, 413, "larger than"),
+    # the tiny model has 512 positions (conftest.tiny_llama); a character is a token
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "max_tokens": 8}).encode(), 400, "reads at most 512 tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 600}], "stream": True}).encode(), 400, "reads at most 512 tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 300}], "max_tokens": 400}).encode(), 400, "plus max_tokens (400)"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]}).encode(),
+     400, "not a valid JSON Schema"),
+    # the tiny run's template (chatml) has no place for tools: they would be silently dropped
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}).encode(),
+     400, "does not show tools to the model"),
 ])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, client, body, status, says):
     response = httpx.post(f"http://127.0.0.1:{server}/v1/chat/completions", content=body, timeout=60,
@@ -158,10 +214,57 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, c
 
 
 @pytest.mark.integration
+def test_a_body_shorter_than_its_content_length_gets_a_408(server, client):
+    """A client announcing 100 bytes and sending 11: answered 408 once --body-timeout (3 s here) has passed, instead
+    of holding the connection with no read timeout."""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server), timeout=60) as conn:
+        conn.sendall(head.encode() + b'{"messages"')
+        reply = b""
+        while b"request_timeout" not in reply:
+            chunk = conn.recv(4096)  # socket.timeout (a failure) after 60 s of silence
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 3 s" in reply, reply
+    assert ask(client, PROMPTS[0])  # still serving
+
+
+@pytest.mark.integration
 def test_text_parts_are_accepted(client, generated):
     reply = client.chat.completions.create(model="run", max_tokens=12, temperature=0,
                                            messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[3]}]}])
     assert reply.choices[0].message.content.strip() == generated[3]
+
+
+@pytest.mark.integration
+def test_sigterm_answers_every_request_and_exits_0(trained_run, key_file):
+    """SIGTERM with 8 requests in flight: the running answer finishes, the queued ones get a 503 with an error body
+    (none sees a dropped connection), and the server exits 0 (it used to cut them all after 5 s and die by the signal)."""
+    process, port = start_server("--run", str(trained_run), "--engine", "transformers", "--api-key-file", key_file)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = [pool.submit(_long_request, port, seed) for seed in range(8)]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until most are in flight
+                health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                if health.json().get("requests", 0) >= 6:
+                    break
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            responses = [r.result() for r in replies]  # a dropped connection raises here
+        assert process.wait(timeout=120) == 0, process.stderr.read()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for response in responses:
+        if response.status_code == 200:
+            assert response.json()["choices"][0]["message"]["content"] is not None
+        else:
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "shutting_down"
+    assert any(r.status_code == 200 for r in responses)
 
 
 def test_other_hosts_need_an_api_key(trained_run, cli):
@@ -169,6 +272,18 @@ def test_other_hosts_need_an_api_key(trained_run, cli):
     assert result.returncode == 2 and "--api-key" in result.stderr and "Traceback" not in result.stderr
     result = cli("serve", "--run", str(trained_run.parent))
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
+
+
+def test_the_api_key_stays_off_the_command_line(trained_run, cli, tmp_path):
+    """--help points to TRAINER_API_KEY and --api-key-file; --api-key still works, with a warning that `ps` shows it."""
+    result = cli("serve", "--help")
+    assert "TRAINER_API_KEY" in result.stdout and "--api-key-file" in result.stdout and "ps" in result.stdout
+    result = cli("serve", "--run", str(trained_run.parent), "--api-key", "k")
+    assert result.returncode == 2 and "every user of this machine can read it" in result.stderr
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    result = cli("serve", "--run", str(trained_run), "--api-key-file", str(empty))
+    assert result.returncode == 2 and "is empty" in result.stderr
 
 
 def test_tool_calls_are_parsed_from_hermes_style_answers():
@@ -185,14 +300,14 @@ def test_tool_calls_are_parsed_from_hermes_style_answers():
 def test_vllm_command_serves_base_and_adapter(trained_run, tiny_model_dir):
     from trainer.serve.vllm import vllm_command
 
-    command = vllm_command(trained_run, "0.0.0.0", 9000, "k", 4, 512)
+    command = vllm_command(trained_run, "0.0.0.0", 9000, 4, 512)
     assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
     text = " ".join(command)
     rank = json.loads((trained_run / "model" / "adapter_config.json").read_text())["r"]
     assert f"--enable-lora --lora-modules run={trained_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
-    assert "--tensor-parallel-size 4" in text and "--api-key k" in text and "--host 0.0.0.0 --port 9000" in text
+    assert "--tensor-parallel-size 4" in text and "--api-key" not in text and "--host 0.0.0.0 --port 9000" in text
     assert f"--chat-template {trained_run / 'export' / 'chat_template.jinja'}" in text
-    merged = vllm_command(trained_run, "127.0.0.1", 8000, None, 1, 512, merged=trained_run / "merged")
+    merged = vllm_command(trained_run, "127.0.0.1", 8000, 1, 512, merged=trained_run / "merged")
     assert merged[2] == str(trained_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
 
 
@@ -222,3 +337,29 @@ def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
     assert "with llama.cpp" in process.stderr.read()
     gguf = demo_run / "export" / "recipes-q8_0.gguf"
     assert answers == llama_cpp_answers(gguf, conversations, demo_run / "model")
+
+
+@pytest.mark.llamacpp
+@pytest.mark.integration
+def test_llama_cpp_engine_is_freed_by_a_client_that_leaves_a_stream(key_file):
+    """The llama.cpp engine on the demo GGUF: a stream closed after its first chunk stops its generation, and the
+    next request is answered in its usual time (one such disconnect used to hold the engine for 3.5 minutes)."""
+    from openai import OpenAI
+
+    from trainer.demo import demo_model_path
+
+    gguf = demo_model_path()
+    if not gguf.exists():
+        pytest.fail(f"{gguf} is missing: run `trainer download-demo-model` (make test does this)")
+    process, port = start_server("--gguf", str(gguf), "--api-key-file", key_file)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+        for _ in range(2):
+            stream = client.chat.completions.create(model=gguf.stem, messages=messages, max_tokens=1500, stream=True)
+            next(iter(stream))
+            stream.close()
+        reply = client.chat.completions.create(model=gguf.stem, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+        assert reply.choices[0].message.content
+    finally:
+        stop_server(process)

@@ -22,10 +22,15 @@ def _add_serve(sub: SubParsers) -> None:
                    "missing), transformers (exactly trainer generate's answers), vllm (GPUs: vLLM's server with the adapter)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="required from clients as Authorization: Bearer KEY (default: TRAINER_API_KEY); "
-                   "needed for any host but this machine")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key-file", metavar="FILE", help="a file holding the API key clients must send as Authorization: "
+                     "Bearer KEY (default: the environment variable TRAINER_API_KEY); needed for any host but this machine")
+    key.add_argument("--api-key", metavar="KEY", help="the API key itself; every user of this machine can read it in `ps`: "
+                     "prefer TRAINER_API_KEY or --api-key-file")
     p.add_argument("--quant", default="q8_0", metavar="TYPE", help="llama.cpp engine: the GGUF type to export the run to (default q8_0)")
     p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body must arrive within this (default 30); a client that announces more than it sends gets a 408")
     p.add_argument("--gpus", type=int, help="vllm: tensor-parallel over this many GPUs (default: every visible GPU)")
 
 
@@ -35,8 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
     from trainer.serve import ServeOptions, api_key_from, serve
 
     serve(ServeOptions(run=Path(args.run).expanduser() if args.run else None, gguf=Path(args.gguf).expanduser() if args.gguf else None,
-                       engine=args.engine, host=args.host, port=args.port, api_key=api_key_from(args.api_key),
-                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus))
+                       engine=args.engine, host=args.host, port=args.port, api_key=api_key_from(args.api_key, args.api_key_file),
+                       quant=args.quant, max_tokens=args.max_tokens, gpus=args.gpus,
+                       body_timeout=args.body_timeout))
     return 0
 
 

@@ -33,6 +33,7 @@ class ServeOptions:
     quant: str = "q8_0"
     max_tokens: int = 2048
     gpus: int | None = None  # vllm: tensor-parallel size (None: every visible GPU)
+    body_timeout: float = 30.0  # seconds a request body has to arrive
 
 
 def is_loopback(host: str) -> bool:
@@ -56,8 +57,8 @@ def check_options(options: ServeOptions) -> None:
 
         finished_run(options.run)
     if not is_loopback(options.host) and not options.api_key:
-        raise UserError(f"--host {options.host} lets other machines reach the server: set an API key with --api-key KEY "
-                        "or the environment variable TRAINER_API_KEY (clients send it as Authorization: Bearer KEY).")
+        raise UserError(f"--host {options.host} lets other machines reach the server: set an API key with the environment variable "
+                        "TRAINER_API_KEY or --api-key-file FILE (clients send it as Authorization: Bearer KEY).")
 
 
 def choose_engine(options: ServeOptions) -> str:
@@ -114,20 +115,34 @@ def serve(options: ServeOptions) -> None:
         run_vllm(options)
         return
     try:
-        import uvicorn
-
         from trainer.serve.app import ServeLimits, create_app
+        from trainer.serve.server import run_server
     except ModuleNotFoundError as exc:
         raise UserError(f"`trainer serve` needs {exc.name}: pip install 'trainer[serve]'") from None
+    from trainer.serve.engines import Worker
+
     engine = build_engine(options, engine_name)
-    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens))
+    worker = Worker(engine)
+    app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens, body_seconds=options.body_timeout), worker)
     where = f"http://{options.host}:{options.port}/v1"
     print(f"Serving {engine.model_id} with {engine_name} at {where} (OpenAI-compatible; Ctrl-C stops).\n"
           f"  from openai import OpenAI; client = OpenAI(base_url={where!r}, api_key={'<your key>' if options.api_key else repr('none')})\n"
           f"  client.chat.completions.create(model={engine.model_id!r}, messages=[{{'role': 'user', 'content': '...'}}])",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=5)
+    run_server(app, worker, options.host, options.port)
 
 
-def api_key_from(arg: str | None) -> str | None:
+def api_key_from(arg: str | None, file: str | None = None) -> str | None:
+    """The API key: from --api-key-file, --api-key (with a warning: a command line is public), or TRAINER_API_KEY."""
+    if file is not None:
+        try:
+            key = Path(file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"--api-key-file {file}: {exc.strerror or exc}") from None
+        if not key:
+            raise UserError(f"--api-key-file {file} is empty: write the key in it")
+        return key
+    if arg:
+        print("warning: --api-key puts the key on the command line, where every user of this machine can read it (ps); "
+              "set TRAINER_API_KEY or use --api-key-file FILE instead.", file=sys.stderr)
     return arg or os.environ.get("TRAINER_API_KEY") or None

@@ -5,8 +5,10 @@ same chat template, and stop on the same end-of-turn tokens; the HTTP layer (tra
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -38,17 +40,25 @@ class Piece:
 
 @dataclass
 class Cancel:
-    """Set by the HTTP layer when the client went away, read by the engine between tokens."""
+    """Set by the HTTP layer when the client went away (or by a shutdown), read by the engine between tokens."""
 
     event: threading.Event = field(default_factory=threading.Event)
+    shutdown: bool = False  # stopped because the server is stopping, not because the client left
 
     @property
     def requested(self) -> bool:
         return self.event.is_set()
 
 
+class ShuttingDown(Exception):
+    """A request the server will not answer because it is stopping."""
+
+
 class Engine(Protocol):
     model_id: str
+    context: int | None  # the most tokens prompt and answer may hold together (None: not known)
+
+    def count_tokens(self, prompt: str) -> int: ...
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str: ...
 
@@ -102,6 +112,12 @@ class TransformersEngine:
 
         self.loaded = load_run(run_dir, device)
         self.model_id = run_dir.resolve().name
+        config: Any = self.loaded.model.config
+        # positions past the model's own are garbage (or an error), however long generate() would go on
+        self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
@@ -177,6 +193,10 @@ class LlamaCppEngine:
         # llama-cpp-python's default is half the cores; one request at a time can use them all
         threads = threads or os.cpu_count() or 1
         self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.context: int | None = self.llm.n_ctx()
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
@@ -207,13 +227,91 @@ class LlamaCppEngine:
         yield Piece("", len(tokens), min(count, sampling.max_tokens), finish)
 
 
+@dataclass
+class Job:
+    """One request's generation. `deliver` is called on the worker's thread with each Piece, then None when the
+    answer is complete, or the exception that ended it."""
+
+    prompt: str
+    sampling: Sampling
+    cancel: Cancel
+    deliver: Callable[[Piece | BaseException | None], None]
+
+
 class Worker:
-    """One generation at a time, in arrival order: concurrent requests queue instead of mixing their tokens."""
+    """One generation at a time, in arrival order, on a thread of its own: concurrent requests queue instead of
+    mixing their tokens, and a request waiting for its turn holds no thread of the HTTP server, so /health and
+    /v1/models answer at once however many requests are queued. The engine only ever runs here, and a job's
+    pieces are handed over without waiting for the client to read them, so a client that stops reading cannot
+    hold the engine: at most its max_tokens, and a token or two once it has gone (its Cancel is set)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, stall_after: float = 300.0):
         self.engine = engine
-        self.lock = threading.Lock()
+        self.stall_after = stall_after
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.current: Job | None = None
+        self.last_progress = time.monotonic()
+        self.closing = False
+        self.lock = threading.Lock()  # submit against close: no job slips in behind a shutdown
+        self.thread = threading.Thread(target=self._run, name="trainer-serve-generation", daemon=True)
+        self.thread.start()
 
-    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
+    def submit(self, job: Job) -> None:
         with self.lock:
-            yield from with_stop_strings(self.engine.stream(prompt, sampling, cancel), sampling.stop)
+            if self.closing:
+                raise ShuttingDown("the server is shutting down")
+            self.jobs.put(job)
+
+    def queued(self) -> int:
+        return self.jobs.qsize() + (self.current is not None)
+
+    def problem(self) -> str | None:
+        """Why the engine is not answering, or None while it is (idle, or making progress on an answer)."""
+        if not self.thread.is_alive():
+            return "the generation thread has stopped"
+        if self.current is not None and time.monotonic() - self.last_progress > self.stall_after:
+            return f"the engine has produced nothing for over {self.stall_after:.0f} s"
+        return None
+
+    def close(self, grace: float) -> None:
+        """Stop taking jobs: the queued ones end with ShuttingDown at once, the running one may finish within
+        `grace` seconds, then it is cancelled (and answered as stopped by the shutdown)."""
+        with self.lock:
+            self.closing = True
+            running = self.current
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            job.deliver(ShuttingDown("the server is shutting down"))
+        if running is not None:
+            def stop() -> None:
+                running.cancel.shutdown = True
+                running.cancel.event.set()
+
+            timer = threading.Timer(grace, stop)
+            timer.daemon = True
+            timer.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            with self.lock:
+                if self.closing:  # taken from the queue just as close() emptied it
+                    job.deliver(ShuttingDown("the server is shutting down"))
+                    continue
+                self.current, self.last_progress = job, time.monotonic()
+            if job.cancel.requested:  # its client left while it waited
+                self.current = None
+                job.deliver(None)
+                continue
+            try:
+                for piece in with_stop_strings(self.engine.stream(job.prompt, job.sampling, job.cancel), job.sampling.stop):
+                    self.last_progress = time.monotonic()
+                    job.deliver(piece)
+                job.deliver(None)
+            except Exception as exc:  # handed to the request, which reports it; the worker goes on
+                job.deliver(exc)
+            finally:
+                self.current = None

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from trainer.serve import ServeOptions
 
 
-def vllm_command(run: Path, host: str, port: int, api_key: str | None, gpus: int, max_tokens: int,
-                 merged: Path | None = None) -> list[str]:
-    """The `vllm serve` command line for a run directory (`merged`: serve these weights instead of base + adapter)."""
+def vllm_command(run: Path, host: str, port: int, gpus: int, max_tokens: int, merged: Path | None = None) -> list[str]:
+    """The `vllm serve` command line for a run directory (`merged`: serve these weights instead of base + adapter).
+    The API key is not on it (a command line is public): run_vllm hands it over as VLLM_API_KEY."""
     from trainer.config import load_config
     from trainer.export.gguf import run_name
     from trainer.models import is_gguf
@@ -44,8 +44,6 @@ def vllm_command(run: Path, host: str, port: int, api_key: str | None, gpus: int
         command += ["--chat-template", str(run / "export" / "chat_template.jinja")]
     if config.model.trust_remote_code:
         command.append("--trust-remote-code")
-    if api_key:
-        command += ["--api-key", api_key]
     return command
 
 
@@ -85,10 +83,10 @@ def run_vllm(options: ServeOptions) -> None:
 
             merge_saved_adapter(run)
     write_chat_template(run)
-    command = vllm_command(run, options.host, options.port, options.api_key, gpus, options.max_tokens, merged)
-    shown = " ".join("<key>" if i and command[i - 1] == "--api-key" else part for i, part in enumerate(command))
-    print(f"Starting vLLM: {shown}", file=sys.stderr, flush=True)
+    command = vllm_command(run, options.host, options.port, gpus, options.max_tokens, merged)
+    print(f"Starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
     if shutil.which("vllm") is None:
         raise UserError("vLLM is not installed here: pip install vllm (on a machine with NVIDIA GPUs), then run the "
                         "command above, or `trainer serve --engine vllm` again.")
-    os.execvp(command[0], command)
+    env = {**os.environ, "VLLM_API_KEY": options.api_key} if options.api_key else dict(os.environ)
+    os.execvpe(command[0], command, env)

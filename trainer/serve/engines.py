@@ -115,9 +115,13 @@ class TransformersEngine:
         config: Any = self.loaded.model.config
         # positions past the model's own are garbage (or an error), however long generate() would go on
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        # requests count their prompt's tokens in their own threads while the worker encodes the running one: a fast
+        # tokenizer's encode may reconfigure its Rust half (truncation, padding), which two threads must not do at once
+        self.tokenizing = threading.Lock()
 
     def count_tokens(self, prompt: str) -> int:
-        return len(self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        with self.tokenizing:
+            return len(self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
@@ -132,7 +136,8 @@ class TransformersEngine:
 
         tok: Any = self.loaded.tokenizer  # a transformers tokenizer and model
         model: Any = self.loaded.model
-        encoded = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.loaded.device)
+        with self.tokenizing:
+            encoded = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.loaded.device)
         width = encoded["input_ids"].shape[1]
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
 

@@ -76,7 +76,7 @@ def choose_engine(options: ServeOptions) -> str:
 
 
 def build_engine(options: ServeOptions, engine: str) -> Engine:
-    from trainer.serve.engines import LlamaCppEngine, TransformersEngine
+    from trainer.serve.engines import LlamaCppEngine, TransformersEngine, run_template
 
     if options.gguf is not None:
         return LlamaCppEngine(options.gguf, str(options.gguf), None, options.gguf.stem)
@@ -91,19 +91,8 @@ def build_engine(options: ServeOptions, engine: str) -> Engine:
         from trainer.export.gguf import export_gguf
 
         export_gguf(run, options.quant)
-    loaded_template = _run_template(run)
+    loaded_template = run_template(run)
     return LlamaCppEngine(gguf, str(run / "model"), loaded_template, run_name(run))
-
-
-def _run_template(run: Path) -> str | None:
-    from trainer.config import load_config
-    from trainer.data.templates import resolve_template
-    from trainer.models import load_tokenizer
-
-    config = load_config(str(run / "config.yaml"), check_files=False)
-    if config.data.format == "text":
-        return None
-    return resolve_template(config.data.chat_template, load_tokenizer(str(run / "model"))).jinja
 
 
 def serve(options: ServeOptions) -> None:

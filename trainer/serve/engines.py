@@ -104,6 +104,18 @@ def with_stop_strings(pieces: Iterator[Piece], stop: tuple[str, ...]) -> Iterato
         yield Piece(text[sent:], last.prompt_tokens, last.completion_tokens, "stop")
 
 
+def run_template(run: Path) -> str | None:
+    """The chat template a run trained with (None for the text format), as its engine and vLLM render prompts."""
+    from trainer.config import load_config
+    from trainer.data.templates import resolve_template
+    from trainer.models import load_tokenizer
+
+    config = load_config(str(run / "config.yaml"), check_files=False)
+    if config.data.format == "text":
+        return None
+    return resolve_template(config.data.chat_template, load_tokenizer(str(run / "model"))).jinja
+
+
 class TransformersEngine:
     """The run's model as `trainer generate` loads it (base + adapter, or the full weights)."""
 

@@ -54,11 +54,11 @@ def _lora_rank(r: int) -> int:
 
 def write_chat_template(run: Path) -> Path:
     """The template the run was trained with, for vLLM's --chat-template (the base model's may differ)."""
-    from trainer.serve import _run_template
+    from trainer.serve.engines import run_template
 
     path = run / "export" / "chat_template.jinja"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_run_template(run) or "", encoding="utf-8")
+    path.write_text(run_template(run) or "", encoding="utf-8")
     return path
 
 

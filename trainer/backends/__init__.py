@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from trainer.errors import UserError
+from trainer.registry import Registry
 
 if TYPE_CHECKING:  # not at run time: the config's rules ask the backend for its refusals, so config imports this module
     from trainer.config import Config
@@ -39,22 +40,13 @@ class Backend(Protocol):
         """Train, write the run directory, and return it."""
 
 
-_REGISTRY: dict[str, str] = {}
-
-
-def register(name: str, target: str) -> None:
-    """Register a backend class by import path, "package.module:ClassName"."""
-    _REGISTRY[name] = target
-
-
-def known_backends() -> list[str]:
-    return sorted(_REGISTRY)
+BACKENDS = Registry("backend", "backends")
+register = BACKENDS.register  # register("<name>", "package.module:ClassName")
+known_backends = BACKENDS.known
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown backend {name!r}; the known backends are: {', '.join(known_backends())}.")
-    module_name, _, class_name = _REGISTRY[name].partition(":")
+    module_name, class_name = BACKENDS.target(name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -14,33 +14,22 @@ config's, as for any new setting.
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from trainer.errors import UserError
+from trainer.registry import Registry
 
 if TYPE_CHECKING:
     from trainer.config import Config
     from trainer.methods.base import Method
 
-_REGISTRY: dict[str, str] = {}
-
-
-def register_method(name: str, target: str) -> None:
-    """Register a method class by import path, "package.module:ClassName"."""
-    _REGISTRY[name] = target
-
-
-def known_methods() -> list[str]:
-    return sorted(_REGISTRY)
+METHODS = Registry("method", "methods")
+register_method = METHODS.register  # register_method("<name>", "package.module:ClassName")
+known_methods = METHODS.known
 
 
 def get_method(name: str) -> Method:
     """The method called `name`; an unknown name lists the known ones."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown method {name!r}; the known methods are: {', '.join(known_methods())}.")
-    module_name, _, class_name = _REGISTRY[name].partition(":")
-    method: Method = getattr(importlib.import_module(module_name), class_name)()
+    method: Method = METHODS.load(name)()
     return method
 
 

@@ -13,33 +13,22 @@ its rules) is the config's, as for any new setting.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from trainer.errors import UserError
+from trainer.registry import Registry
 
 if TYPE_CHECKING:
     from trainer.config import Config
     from trainer.objectives.base import Objective, ObjectiveClass
 
-_REGISTRY: dict[str, str] = {}
-
-
-def register_objective(name: str, target: str) -> None:
-    """Register an objective class by import path, "package.module:ClassName"."""
-    _REGISTRY[name] = target
-
-
-def known_objectives() -> list[str]:
-    return sorted(_REGISTRY)
+OBJECTIVES = Registry("objective", "objectives")
+register_objective = OBJECTIVES.register  # register_objective("<name>", "package.module:ClassName")
+known_objectives = OBJECTIVES.known
 
 
 def get_objective(name: str) -> ObjectiveClass:
     """The class of the objective called `name`; an unknown name lists the known ones."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown objective {name!r}; the known objectives are: {', '.join(known_objectives())}.")
-    module_name, _, class_name = _REGISTRY[name].partition(":")
-    cls: ObjectiveClass = getattr(importlib.import_module(module_name), class_name)
+    cls: ObjectiveClass = OBJECTIVES.load(name)
     return cls
 
 
@@ -52,10 +41,3 @@ register_objective("sft", "trainer.objectives.sft:SFT")
 register_objective("dpo", "trainer.objectives.preference:DPO")
 register_objective("orpo", "trainer.objectives.preference:ORPO")
 
-
-def __getattr__(name: str) -> Any:
-    """Preference and load_or_compute_reference at their old address, for trainer/backends/autotrain.py until it imports
-    them from trainer.objectives.preference (which imports torch, so this package does not import it at the top)."""
-    if name in ("Preference", "load_or_compute_reference"):
-        return getattr(importlib.import_module("trainer.objectives.preference"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

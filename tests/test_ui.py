@@ -507,3 +507,80 @@ def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
     rows = [{"step": 2, "loss": 1.0, "total_steps": 8}, {"step": 2, "eval_loss": 0.9}]
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert jobs.progress("j1") == (2, 8)
+
+
+def _box(page, key):
+    return page.locator(f"#field-{key.replace('.', '-')} input, #field-{key.replace('.', '-')} textarea").first
+
+
+def _type(page, key, text, delay_ms):
+    """Type like a person: select what the box holds, then one key at a time, `delay_ms` apart."""
+    box = _box(page, key)
+    box.click()
+    box.press("Control+a")
+    box.press_sequentially(text, delay=delay_ms)
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+@pytest.mark.slow
+def test_in_a_browser_what_is_typed_is_what_the_yaml_shows_and_what_runs(ui_server, tiny_model_dir, tmp_path):
+    """Typing at 10, 80 and 400 ms per key, then Start at once: the started job's config, and the YAML preview a
+    moment later, hold exactly what the boxes show. An untouched page shows no made-up values."""
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: make test installs Debian's chromium package (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, workdir = ui_server(sandbox=False)
+    data = _tiny_chat_data(workdir)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        expect(page.locator("#form-status")).to_contain_text("valid", timeout=60_000)
+        page.get_by_role("tab", name="Training").click()
+        # an unset maximum shows as empty (the YAML's null), and editing another field does not turn it into 0
+        assert _box(page, "training.max_steps").input_value() == ""
+        _type(page, "training.batch_size", "2", 10)
+        expect(page.locator("#yaml-preview")).to_contain_text("batch_size: 2", timeout=30_000)
+        expect(page.locator("#form-status")).to_contain_text("The config is valid", timeout=30_000)
+        assert yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())["training"]["max_steps"] is None
+
+        # a short run of the tiny model, typed fast
+        page.get_by_role("tab", name="Model").click()
+        _type(page, "model.name_or_path", str(tiny_model_dir), 10)
+        page.get_by_role("tab", name="Data").click()
+        _type(page, "data.train", str(data), 10)
+        _type(page, "data.max_seq_length", "64", 10)
+        page.get_by_role("tab", name="Training").click()
+        _type(page, "training.epochs", "", 10)
+        _box(page, "training.epochs").press("Backspace")
+        _type(page, "training.max_steps", "2", 10)
+        page.get_by_role("tab", name="Evaluation").click()
+        page.locator("#field-evaluation-after_training input").uncheck()
+
+        started = set()
+        for delay, rate in ((10, "0.00031"), (80, "0.00022"), (400, "0.0004")):
+            page.get_by_role("tab", name="Training").click()
+            _type(page, "training.learning_rate", rate, delay)
+            page.get_by_role("tab", name="Output").click()
+            _type(page, "output.dir", f"runs/typed-{delay}", delay)
+            shown = {"dir": _box(page, "output.dir").input_value(), "lr": _box(page, "training.learning_rate").input_value()}
+            assert shown == {"dir": f"runs/typed-{delay}", "lr": rate}
+            page.get_by_role("tab", name="Run").click()
+            page.locator("#start").click()  # at once: no pause for the preview to catch up
+            deadline = time.time() + 60
+            while time.time() < deadline and not (new := {p.parent.name for p in (workdir / "jobs").glob("*/config.yaml")} - started):
+                time.sleep(0.2)
+            assert len(new) == 1, f"typing at {delay} ms per key: Start queued {len(new)} jobs"
+            started |= new
+            ran = yaml.safe_load((workdir / "jobs" / new.pop() / "config.yaml").read_text())
+            assert (ran["output"]["dir"], ran["training"]["learning_rate"]) == (str(workdir / shown["dir"]), float(rate)), \
+                f"typing at {delay} ms per key: the boxes showed {shown}, the run got {ran['output']['dir']}, {ran['training']['learning_rate']}"
+            expect(page.locator("#yaml-preview")).to_contain_text(f"dir: runs/typed-{delay}", timeout=30_000)
+            preview = yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())
+            assert (preview["output"]["dir"], preview["training"]["learning_rate"]) == (shown["dir"], float(rate))
+            assert preview["model"]["name_or_path"] == str(tiny_model_dir) and preview["training"]["max_steps"] == 2
+        page.screenshot(path=str(ARTIFACTS / "typed.png"), full_page=True)
+        browser.close()

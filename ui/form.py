@@ -8,6 +8,7 @@ specs, and the tests check the round trip without a browser.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,12 @@ def to_document(specs: list[FieldSpec], values: list[Any]) -> dict:
 def _typed(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "integer" and isinstance(value, float) and value.is_integer():
         return int(value)
+    if spec.kind in ("integer", "number") and isinstance(value, str):  # an optional number, typed as text (number_text)
+        text = value.strip()
+        try:
+            return int(text) if spec.kind == "integer" or re.fullmatch(r"-?\d+", text) else float(text)
+        except ValueError:
+            return text  # the validator says what is wrong with it, beside its field
     if spec.kind == "list" and isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]
         return parts[0] if len(parts) == 1 and parts[0] in spec.choices else parts
@@ -137,6 +144,16 @@ def from_config(specs: list[FieldSpec], data: dict) -> list[Any]:
             values.append(value if isinstance(value, str) or value is None else ", ".join(value))
         elif spec.kind in ("text",) and value is None:
             values.append("")
+        elif spec.kind in ("integer", "number") and spec.nullable:
+            values.append(number_text(value))
         else:
             values.append(value)
     return values
+
+
+def number_text(value: Any) -> str:
+    """An optional number as its box shows it: empty when unset. Such numbers are text boxes, because a number box
+    cannot be empty: it shows 0 for null and sends 0 back with the next edit (a value the user never chose)."""
+    if value is None:
+        return ""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

@@ -13,7 +13,7 @@ import gradio as gr
 
 from trainer.errors import UserError
 from ui.app import PRESET_LABELS, App
-from ui.form import FieldSpec, from_config
+from ui.form import FieldSpec, from_config, number_text
 
 Field = gr.Dropdown | gr.Checkbox | gr.Slider | gr.Number | gr.Textbox  # what _component makes for a schema field
 
@@ -35,6 +35,7 @@ class Form:
     download: gr.DownloadButton
     runnable: gr.State  # the YAML to run, or None while the form has problems
     plan: gr.Markdown  # `trainer plan` for the runnable YAML, beside the form
+    shown_problems: gr.State  # {field key: problem} beside the fields now, None before the first check
 
 
 @dataclass
@@ -106,7 +107,8 @@ def _form(app: App) -> Form:
             download = gr.DownloadButton("Download the YAML", elem_id="download-yaml")
             plan_view = gr.Markdown(elem_id="plan")
     return Form(components, preset, upload_yaml, data_parts["data_file"], data_parts["detected"], data_parts["preview_rows"],
-                data_parts["check_data"], data_parts["data_report"], status, yaml_preview, download, gr.State(None), plan_view)
+                data_parts["check_data"], data_parts["data_report"], status, yaml_preview, download, gr.State(None), plan_view,
+                gr.State(None))
 
 
 def _group_fields(specs: list[FieldSpec], indices: list[int], initial: list, components: list, data_parts: dict | None) -> None:
@@ -169,41 +171,55 @@ def _results_tab(app: App) -> ResultsTab:
 
 # --- events --------------------------------------------------------------------------------------------------------
 
+def _form_inputs(form: Form) -> list:
+    return [*form.fields, form.shown_problems]
+
+
 def _form_outputs(form: Form) -> list:
-    return [form.yaml_preview, form.status, form.download, form.runnable, *form.fields]
+    return [form.yaml_preview, form.status, form.download, form.runnable, form.shown_problems, *form.fields]
 
 
 def _refresher(app: App) -> Callable[..., list]:
-    """The event that re-checks the form: YAML preview, problems beside the fields, the runnable YAML."""
+    """The event that re-checks the form: YAML preview, problems beside the fields, the runnable YAML.
+
+    A field is sent an update only when its problem appeared or went: an update to the box being typed in, arriving
+    between two keys, must not race the typing (what the boxes hold is never sent back to them)."""
     specs = app.specs
 
-    def refresh(*values: Any) -> list:
+    def refresh(*inputs: Any) -> list:
+        *values, shown = inputs
         preview, problems, runnable = app.check(list(values))
         path = None
         if runnable is not None:
             path = app.ws.root / ".ui-config.yaml"
             path.write_text(preview, encoding="utf-8")
-        updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else _help(s)) for s in specs]
-        text = "**The config is valid.**" if not problems else "**Fix these before training:**\n" + "\n".join(
-            f"- `{k or 'config'}`: {m}" for k, m in problems.items())
-        return [preview, text, gr.update(value=str(path) if path else None), runnable, *updates]
+        updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else _help(s))
+                   if shown is None or problems.get(s.key) != shown.get(s.key) else gr.skip() for s in specs]
+        return [preview, _status(problems), gr.update(value=str(path) if path else None), runnable, problems, *updates]
 
     return refresh
 
 
+def _status(problems: dict[str, str]) -> str:
+    return "**The config is valid.**" if not problems else "**Fix these before training:**\n" + "\n".join(
+        f"- `{k or 'config'}`: {m}" for k, m in problems.items())
+
+
 def _wire_form(app: App, demo: gr.Blocks, form: Form) -> None:
-    components, outputs, refresh = form.fields, _form_outputs(form), _refresher(app)
+    components, inputs, outputs, refresh = form.fields, _form_inputs(form), _form_outputs(form), _refresher(app)
     for component in components:  # what the user types; filling the form in code refreshes once, below
-        component.input(refresh, components, outputs, show_progress="hidden")
-    demo.load(refresh, components, outputs)
+        # always_last: a key pressed while the previous check runs is checked after it (Gradio's default, "once",
+        # drops it, and the YAML kept "runs/my-recipe-experiment-" while the box showed "...-80")
+        component.input(refresh, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
+    demo.load(refresh, inputs, outputs)
     # the plan follows the config: recomputed for the newest valid config only, however fast the fields change
     form.runnable.change(app.plan, form.runnable, form.plan, trigger_mode="always_last", show_progress="hidden")
-    form.preset.input(lambda name: app.preset_values(name), form.preset, components).then(refresh, components, outputs)
-    form.upload_yaml.upload(lambda path: app.load_yaml(path), form.upload_yaml, components).then(refresh, components, outputs)
+    form.preset.input(lambda name: app.preset_values(name), form.preset, components).then(refresh, inputs, outputs)
+    form.upload_yaml.upload(lambda path: app.load_yaml(path), form.upload_yaml, components).then(refresh, inputs, outputs)
 
 
 def _wire_data(app: App, form: Form) -> None:
-    specs, components, outputs, refresh = app.specs, form.fields, _form_outputs(form), _refresher(app)
+    specs, components, inputs, outputs, refresh = app.specs, form.fields, _form_inputs(form), _form_outputs(form), _refresher(app)
     train_index = next(i for i, s in enumerate(specs) if s.key == "data.train")
     column_indices = [i for i, s in enumerate(specs) if s.path[:2] == ("data", "columns")]
     shown = [components[train_index], form.detected, form.preview_rows, *[components[i] for i in column_indices]]
@@ -234,7 +250,7 @@ def _wire_data(app: App, form: Form) -> None:
         return app.data_report(runnable) if runnable else "Fix the config first."
 
     form.data_file.upload(data_uploaded, form.data_file, shown, api_name="upload_data").then(
-        refresh, components, outputs).then(report, form.runnable, form.data_report)
+        refresh, inputs, outputs).then(report, form.runnable, form.data_report)
     train = components[train_index]
     assert isinstance(train, gr.Textbox)  # data.train is text
     train.blur(data_shown, train, shown)
@@ -242,12 +258,15 @@ def _wire_data(app: App, form: Form) -> None:
 
 
 def _wire_run(app: App, form: Form, tab: RunTab, job_state: gr.State) -> None:
-    def started(runnable: str | None) -> str:
-        if not runnable:
+    def started(*values: Any) -> tuple[str, str, str]:
+        """Start what the boxes hold at the click, checked again (not the last checked YAML, which may be a key
+        behind), and show that YAML: the preview and the run agree."""
+        preview, problems, runnable = app.check(list(values))
+        if runnable is None:
             raise gr.Error("The config has problems; they are listed beside the form.")
-        return app.start(runnable)
+        return app.start(runnable), preview, _status(problems)
 
-    tab.start.click(started, form.runnable, job_state, api_name="start")
+    tab.start.click(started, form.fields, [job_state, form.yaml_preview, form.status], api_name="start")
     tab.stop.click(lambda job: app.jobs.stop(job).id if job else None, job_state, job_state, api_name="stop")
     tab.resume.click(lambda job: app.jobs.resume(job).id if job else None, job_state, job_state, api_name="resume")
 
@@ -338,6 +357,9 @@ def _component(spec: FieldSpec, value: Any) -> Field:
     if _is_slider(spec):  # a share or a probability: a slider over its bounds
         assert spec.minimum is not None and spec.maximum is not None  # _is_slider checked them
         return gr.Slider(minimum=spec.minimum, maximum=spec.maximum, step=0.001, value=value, **common)
+    if spec.kind in ("integer", "number") and spec.nullable:  # may be left unset: a text box (ui.form.number_text)
+        return gr.Textbox(value=number_text(value) if not isinstance(value, str) else value,
+                          placeholder="empty: not set", **{**common, "info": f"{info} {_bounds(spec)}".strip()})
     if spec.kind in ("integer", "number"):
         # Open-ended numbers show their bounds in the help text rather than as gr.Number limits: Gradio would refuse
         # an out-of-range number itself, in its own words, before the validator could say what is allowed.
@@ -364,5 +386,5 @@ def _bounds(spec: FieldSpec) -> str:
 
 
 def _help(spec: FieldSpec) -> str:
-    shown = spec.kind in ("integer", "number") and not _is_slider(spec)
+    shown = spec.kind in ("integer", "number") and not _is_slider(spec)  # the bounds, as _component shows them
     return f"{spec.description} {_bounds(spec)}".strip() if shown else spec.description

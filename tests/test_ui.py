@@ -134,6 +134,17 @@ def test_uploads_are_kept_under_the_work_directory_with_a_limit(tmp_path):
         workspace.save_upload(str(small), "script.sh")
 
 
+def test_uploading_training_data_drops_the_presets_validation_file_and_says_so(tmp_path):
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=False))
+    preset = to_document(app.specs, app.preset_values("cpu-demo"))["data"]["validation"]
+    kept, note = app.validation_after_upload(preset)
+    assert kept == "" and preset in note and "upload a validation file" in note
+    assert app.validation_after_upload("uploads/abc/mine.jsonl") == ("uploads/abc/mine.jsonl", "")
+    assert app.validation_after_upload(None) == ("", "")
+
+
 def test_an_autotrain_yaml_fills_the_form(tmp_path):
     from ui.app import App
 
@@ -323,7 +334,15 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         expect(page.locator("#data-preview")).to_contain_text("ingredients", timeout=30_000)
         expect(page.locator("#yaml-preview")).to_contain_text("/train.jsonl", timeout=30_000)
         expect(page.locator("#yaml-preview")).to_contain_text("uploads/", timeout=30_000)
+        # the preset's validation file belongs to the preset's data: it goes, and the page says so
+        expect(page.locator("#data-detected")).to_contain_text("validation file data/recipes/validation.jsonl was removed")
+        expect(page.locator("#yaml-preview")).not_to_contain_text("data/recipes/validation.jsonl")
         shot(page, "data-preview")
+        page.locator("#upload-validation input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "validation.jsonl"))
+        expect(page.locator("#data-detected")).to_contain_text("Validation data", timeout=30_000)
+        expect(page.locator("#yaml-preview")).to_contain_text("/validation.jsonl", timeout=30_000)
+        assert "uploads/" in yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())["data"]["validation"]
+        shot(page, "validation-uploaded")
         page.locator("#check-data").click()
         expect(page.locator("#data-report textarea")).to_have_value(__import__("re").compile("tokens"), timeout=120_000)
         shot(page, "data-report")

@@ -34,6 +34,7 @@ from ui.workspace import Workspace, path_keys
 _LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
            "gpu-qlora": "GPU QLoRA (Llama 3.1 8B)", "full": "Full fine-tune (Llama 3.2 1B)"}
 PRESET_LABELS = {name: _LABELS.get(name, name) for name in PRESETS}  # every shipped preset, named for people
+_PRESET_VALIDATION = {v for name in PRESETS if isinstance(v := yaml.safe_load(preset_text(name)).get("data", {}).get("validation"), str)}
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.yaml", "README.md", "summary.json", "metrics.jsonl", "loss.png", "eval.md", "eval.json", "eval.png")
 
@@ -124,6 +125,14 @@ class App:
         except UserError as exc:  # unknown column names: every mapping is offered
             detection, needed = exc.problems[0].message, {k for names in DEFAULT_COLUMNS.values() for k in names}
         return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns, needed
+
+    def validation_after_upload(self, validation: str | None) -> tuple[str, str]:
+        """(data.validation, a note) once the user uploads training data: a preset's own validation file goes (it
+        belongs to the preset's data, not to theirs), and the note says what validates the run instead."""
+        if not validation or validation.strip() not in _PRESET_VALIDATION:
+            return validation or "", ""
+        return "", (f"The preset's validation file `{validation.strip()}` was removed: it belongs to the preset's data. "
+                    "A share of your data is held out instead (Validation split); upload a validation file to use your own.")
 
     def data_report(self, runnable_yaml: str) -> str:  # includes the chat template's features (renders tools, ...)
         """The data report (`trainer data`): problems with their lines, token statistics, steps."""

@@ -26,6 +26,7 @@ class Form:
     preset: gr.Dropdown
     upload_yaml: gr.File
     data_file: gr.File
+    validation_file: gr.File
     detected: gr.Markdown
     preview_rows: gr.Dataframe
     check_data: gr.Button
@@ -106,7 +107,7 @@ def _form(app: App) -> Form:
             yaml_preview = gr.Code(language="yaml", label="config.yaml (live)", interactive=False, elem_id="yaml-preview")
             download = gr.DownloadButton("Download the YAML", elem_id="download-yaml")
             plan_view = gr.Markdown(elem_id="plan")
-    return Form(components, preset, upload_yaml, data_parts["data_file"], data_parts["detected"], data_parts["preview_rows"],
+    return Form(components, preset, upload_yaml, data_parts["data_file"], data_parts["validation_file"], data_parts["detected"], data_parts["preview_rows"],
                 data_parts["check_data"], data_parts["data_report"], status, yaml_preview, download, gr.State(None), plan_view,
                 gr.State(None))
 
@@ -114,9 +115,13 @@ def _form(app: App) -> Form:
 def _group_fields(specs: list[FieldSpec], indices: list[int], initial: list, components: list, data_parts: dict | None) -> None:
     """One tab of the form: its fields, the advanced ones folded away; the Data tab also gets the upload and report."""
     if data_parts is not None:
-        data_parts["data_file"] = gr.File(label="Upload training data (.jsonl, .csv, .parquet)",
-                                          file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath",
-                                          elem_id="upload-data")
+        with gr.Row():
+            data_parts["data_file"] = gr.File(label="Upload training data (.jsonl, .csv, .parquet)",
+                                              file_types=[".jsonl", ".json", ".csv", ".parquet"], type="filepath",
+                                              elem_id="upload-data")
+            data_parts["validation_file"] = gr.File(label="Upload validation data (optional)", type="filepath",
+                                                    file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                                                    elem_id="upload-validation")
         data_parts["detected"] = gr.Markdown(elem_id="data-detected")
         data_parts["preview_rows"] = gr.Dataframe(label="First rows", interactive=False, elem_id="data-preview")
     mapping = [i for i in indices if specs[i].path[:2] == ("data", "columns")]
@@ -221,6 +226,7 @@ def _wire_form(app: App, demo: gr.Blocks, form: Form) -> None:
 def _wire_data(app: App, form: Form) -> None:
     specs, components, inputs, outputs, refresh = app.specs, form.fields, _form_inputs(form), _form_outputs(form), _refresher(app)
     train_index = next(i for i, s in enumerate(specs) if s.key == "data.train")
+    validation = components[next(i for i, s in enumerate(specs) if s.key == "data.validation")]
     column_indices = [i for i, s in enumerate(specs) if s.path[:2] == ("data", "columns")]
     shown = [components[train_index], form.detected, form.preview_rows, *[components[i] for i in column_indices]]
 
@@ -239,18 +245,32 @@ def _wire_data(app: App, form: Form) -> None:
         return [source, f"**{detection}.** Columns: {', '.join(columns)}", table,
                 *[gr.update(choices=columns, visible=specs[i].path[-1] in needed) for i in column_indices]]
 
-    def data_uploaded(path: str) -> list:
+    def saved(path: str) -> str:
         try:
-            saved = app.ws.save_upload(path)
+            return app.ws.relative(app.ws.save_upload(path))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return data_shown(app.ws.relative(saved))
+
+    def data_uploaded(path: str, validation_now: str) -> list:
+        shown_now = data_shown(saved(path))
+        kept, note = app.validation_after_upload(validation_now)
+        return [*shown_now[:1], shown_now[1] + (f"\n\n{note}" if note else ""), *shown_now[2:], kept]
+
+    def validation_uploaded(path: str) -> tuple[str, str]:
+        source = saved(path)
+        try:
+            _, detection, _, _ = app.inspect_data(source)
+        except (ValueError, UserError, OSError) as exc:
+            return source, f"**Could not read the validation data:** {exc.render() if isinstance(exc, UserError) else exc}"
+        return source, f"**Validation data `{source}`:** {detection}."
 
     def report(runnable: str | None) -> str:
         return app.data_report(runnable) if runnable else "Fix the config first."
 
-    form.data_file.upload(data_uploaded, form.data_file, shown, api_name="upload_data").then(
+    form.data_file.upload(data_uploaded, [form.data_file, validation], [*shown, validation], api_name="upload_data").then(
         refresh, inputs, outputs).then(report, form.runnable, form.data_report)
+    form.validation_file.upload(validation_uploaded, form.validation_file, [validation, form.detected],
+                                api_name="upload_validation").then(refresh, inputs, outputs).then(report, form.runnable, form.data_report)
     train = components[train_index]
     assert isinstance(train, gr.Textbox)  # data.train is text
     train.blur(data_shown, train, shown)

@@ -109,6 +109,9 @@ def test_plan_command_json(tmp_path, tiny_model_dir, cli):
     assert prompts["few_shot"] > prompts["tuned"] and prompts["retrieval"] > prompts["tuned"]
     saved = plan["hosting"]["saved_per_month"]["few_shot"]
     assert saved == pytest.approx((prompts["few_shot"] - prompts["tuned"]) * 1000000 / 1e6 * 0.2)
+    # 1 step of a 3-step epoch (12 examples, batch 4) reads as a share of an epoch, not "0.333333 epoch(s)"
+    text = cli("plan", "--config", str(tiny_config(tmp_path, tiny_model_dir, max_steps=1))).stdout
+    assert "33% of an epoch:" in text and "epoch(s)" not in text
 
 
 def _measured_peak(config, env) -> int:

@@ -162,7 +162,7 @@ def render_plan(plan: Plan) -> str:
     if "data" in plan:
         d = plan["data"]
         out += ["", f"Data: {d['examples']} training examples, {d['tokens_per_epoch']:,} tokens per epoch "
-                    f"({d['trained_tokens_per_epoch']:,} trained), {d['epochs']:g} epoch(s): {d['trained_tokens']:,.0f} trained tokens",
+                    f"({d['trained_tokens_per_epoch']:,} trained), {_epochs(d['epochs'])}: {d['trained_tokens']:,.0f} trained tokens",
                 f"  {d['sufficiency']}",
                 f"  OpenAI would bill about {d['openai_billed_tokens']:,} tokens for this file ({d['openai_default_epochs']} epochs by its default rule; counted with this model's tokenizer)"]
     if "hosting" in plan:
@@ -195,3 +195,10 @@ def _hosting_lines(h: Hosting) -> list[str]:
     else:
         out.append("  (give --requests N --price-per-million P for the money saved per month)")
     return out
+
+
+def _epochs(epochs: float) -> str:
+    """3 epochs, 1.5 epochs, 15% of an epoch (max_steps short of one: never "0.153846 epoch(s)")."""
+    if epochs < 1:
+        return f"{epochs:.0%} of an epoch" if epochs >= 0.01 else "under 1% of an epoch"
+    return f"{epochs:.3g} epoch" + ("" if epochs == 1 else "s")

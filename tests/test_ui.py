@@ -134,6 +134,19 @@ def test_uploads_are_kept_under_the_work_directory_with_a_limit(tmp_path):
         workspace.save_upload(str(small), "script.sh")
 
 
+def test_the_data_preview_shows_each_conversation_and_a_shared_system_prompt_once(tmp_path):
+    from ui.app import App
+
+    rows, detection, _, _ = App(Workspace(tmp_path, sandbox=False)).inspect_data(str(REPO / "data" / "recipes" / "train.jsonl"))
+    assert "every example shown has the same system prompt: 'You are a helpful recipe assistant." in detection
+    assert all(row["conversation"].startswith("user: ") and "\nassistant: " in row["conversation"] for row in rows)
+    different = tmp_path / "mixed.jsonl"
+    different.write_text("".join(json.dumps({"messages": [{"role": "system", "content": s}, {"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "ok"}]}) + "\n" for s in ("A", "B")))
+    rows, detection, _, _ = App(Workspace(tmp_path, sandbox=False)).inspect_data(str(different))
+    assert "system prompt" not in detection and rows[1]["conversation"].startswith("system: B")
+
+
 def test_uploading_training_data_drops_the_presets_validation_file_and_says_so(tmp_path):
     from ui.app import App
 

@@ -121,7 +121,10 @@ class App:
         try:
             fmt, detection = detect_format(records, {})
             needed = set(DEFAULT_COLUMNS[fmt])
-            rows = [{"conversation": text, **row} for row, text in zip(rows, _readable(records[:5], fmt))]
+            texts, system = _readable(records[:5], fmt)
+            rows = [{"conversation": text, **row} for row, text in zip(rows, texts)]
+            if system:  # said once, not as the first (cut-off) line of every row
+                detection += f"; every example shown has the same system prompt: {system[:300]!r}" + ("..." if len(system) > 300 else "")
         except UserError as exc:  # unknown column names: every mapping is offered
             detection, needed = exc.problems[0].message, {k for names in DEFAULT_COLUMNS.values() for k in names}
         return rows, f"{detection}; {len(records)} records, {len(problems)} unreadable", columns, needed
@@ -290,16 +293,23 @@ if __name__ == "__main__":
     launch("0.0.0.0" if on_space else os.environ.get("TRAINER_UI_HOST", "127.0.0.1"), int(os.environ.get("PORT", "7860")))
 
 
-def _readable(records: list[Record], fmt: str) -> list[str]:
-    """The first records as people read a conversation: tool calls as name(arguments), reasoning marked."""
+def _readable(records: list[Record], fmt: str) -> tuple[list[str], str | None]:
+    """The first records as people read a conversation (tool calls as name(arguments), reasoning marked), and the
+    system prompt they all share, left out of each (else every row of the preview starts with the same cut-off line)."""
+    from dataclasses import replace
+
     from trainer.data.conversations import readable
     from trainer.data.formats import columns_for, to_example
 
+    examples, problems = zip(*(to_example(record, fmt, columns_for(fmt, {}), "assistant") for record in records))
+    systems = {tuple(m.content for m in e.messages if m.role == "system") if e and e.messages else None for e in examples}
+    shared = next(iter(systems)) if len(systems) == 1 and len(records) > 1 else None
     out = []
-    for record in records:
-        example, problems = to_example(record, fmt, columns_for(fmt, {}), "assistant")
-        out.append(readable(example) if example else "; ".join(p.message for p in problems))
-    return out
+    for example, found in zip(examples, problems):
+        if example and shared and example.messages:
+            example = replace(example, messages=tuple(m for m in example.messages if m.role != "system"))
+        out.append(readable(example) if example else "; ".join(p.message for p in found))
+    return out, "\n".join(shared) if shared else None
 
 
 def _readable_pair(record: Record) -> dict:

@@ -123,7 +123,7 @@ def _group_fields(specs: list[FieldSpec], indices: list[int], initial: list, com
                                                     file_types=[".jsonl", ".json", ".csv", ".parquet"],
                                                     elem_id="upload-validation")
         data_parts["detected"] = gr.Markdown(elem_id="data-detected")
-        data_parts["preview_rows"] = gr.Dataframe(label="First rows", interactive=False, elem_id="data-preview")
+        data_parts["preview_rows"] = gr.Dataframe(label="First rows", interactive=False, wrap=True, elem_id="data-preview")
     mapping = [i for i in indices if specs[i].path[:2] == ("data", "columns")]
     if mapping:  # column mapping: shown for the columns the loaded file's format needs
         with gr.Row():

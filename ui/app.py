@@ -27,16 +27,25 @@ from trainer.config.schema import load_schema
 from trainer.data.records import Record
 from trainer.errors import UserError
 from trainer.generate import Loaded
-from ui.form import FieldSpec, fields, from_config, to_document
+from ui.form import FieldSpec, differences, fields, from_config, to_document
 from ui.jobs import JobManager
 from ui.workspace import Workspace, path_keys
 
 _LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
            "gpu-qlora": "GPU QLoRA (Llama 3.1 8B)", "full": "Full fine-tune (Llama 3.2 1B)"}
 PRESET_LABELS = {name: _LABELS.get(name, name) for name in PRESETS}  # every shipped preset, named for people
+_DEFAULTS = parse_config("model: {name_or_path: m}\ndata: {train: t}\n", "defaults", check_files=False).to_dict()
 _PRESET_VALIDATION = {v for name in PRESETS if isinstance(v := yaml.safe_load(preset_text(name)).get("data", {}).get("validation"), str)}
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.yaml", "README.md", "summary.json", "metrics.jsonl", "loss.png", "eval.md", "eval.json", "eval.png")
+
+
+# The plan and the data report are fixed-width text: wrapped, never cut at the right edge; tables of numbers (the
+# evaluation report) in a fixed-width font, so their columns line up.
+CSS = """
+#plan pre, #plan code { white-space: pre-wrap; word-break: break-word; }
+#report table, #report td, #report th { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.9em; }
+"""
 
 
 class App:
@@ -87,6 +96,17 @@ class App:
                 problems.setdefault(problem.path, problem.message)
             runnable = None
         return preview, problems, None if problems else runnable
+
+    def short_yaml(self, preview: str) -> str:
+        """The preview as people read it: what differs from trainer's defaults (the model and data always shown)."""
+        try:
+            shown = yaml.safe_load(preview)
+        except yaml.YAMLError:
+            return preview
+        if not isinstance(shown, dict):
+            return preview
+        changed = differences(shown, _DEFAULTS, keep=(("model", "name_or_path"), ("data", "train")))
+        return yaml.safe_dump(changed, sort_keys=False, allow_unicode=True) if changed else "# every setting is at its default\n"
 
     def load_yaml(self, path: str) -> list:
         """An uploaded YAML (trainer's or AutoTrain's) -> form values."""
@@ -283,7 +303,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     auth = os.environ.get("TRAINER_UI_AUTH")
     credentials = tuple(auth.split(":", 1)) if auth and ":" in auth else None
     build(app).queue(default_concurrency_limit=2).launch(
-        server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
+        css=CSS, server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
         allowed_paths=[str(app.ws.root / ".ui-downloads"), str(app.ws.root / ".ui-config.yaml")], show_error=True,
     )
 

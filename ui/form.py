@@ -157,3 +157,18 @@ def number_text(value: Any) -> str:
     if value is None:
         return ""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def differences(config: dict, defaults: dict, keep: tuple[tuple[str, ...], ...] = ()) -> dict:
+    """What `config` sets unlike `defaults` (nested sections compared key by key), plus the `keep` keys always: the
+    short YAML people read, where the whole normalised config is 80 lines of defaults."""
+    out: dict = {}
+    for key, value in config.items():
+        default = defaults.get(key, differences) if isinstance(defaults, dict) else differences  # a sentinel: no default
+        kept = tuple(k[1:] for k in keep if k[0] == key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            if inner := differences(value, default, kept):
+                out[key] = inner
+        elif value != default or () in kept:
+            out[key] = value
+    return out

@@ -32,7 +32,8 @@ class Form:
     check_data: gr.Button
     data_report: gr.Textbox
     status: gr.Markdown
-    yaml_preview: gr.Code
+    yaml_preview: gr.Code  # what differs from the defaults
+    yaml_full: gr.Code  # the whole normalised config, folded away
     download: gr.DownloadButton
     runnable: gr.State  # the YAML to run, or None while the form has problems
     plan: gr.Markdown  # `trainer plan` for the runnable YAML, beside the form
@@ -71,9 +72,11 @@ def build_blocks(app: App) -> gr.Blocks:
         gr.Markdown("# trainer\nFine-tune an open language model: fill in the form (or pick a preset), check the data, "
                     "start training, then compare and chat with the result.")
         job_state = gr.State(None)
-        form = _form(app)
-        run_tab = _run_tab()
-        results = _results_tab(app)
+        with gr.Tabs():  # Run and Results at the top of the page, not below the whole form
+            with gr.Tab("Configure", elem_id="tab-configure"):
+                form = _form(app)
+            run_tab = _run_tab()
+            results = _results_tab(app)
         _wire_form(app, demo, form)
         _wire_data(app, form)
         _wire_run(app, form, run_tab, job_state)
@@ -104,11 +107,14 @@ def _form(app: App) -> Form:
                         _group_fields(specs, indices, initial, components, data_parts if group == "Data" else None)
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="form-status")
-            yaml_preview = gr.Code(language="yaml", label="config.yaml (live)", interactive=False, elem_id="yaml-preview")
+            yaml_preview = gr.Code(language="yaml", label="config.yaml: what differs from the defaults (live)", interactive=False,
+                                   elem_id="yaml-preview")
+            with gr.Accordion("The whole config, every default included", open=False):
+                yaml_full = gr.Code(language="yaml", interactive=False, show_label=False, elem_id="yaml-full")
             download = gr.DownloadButton("Download the YAML", elem_id="download-yaml")
             plan_view = gr.Markdown(elem_id="plan")
     return Form(components, preset, upload_yaml, data_parts["data_file"], data_parts["validation_file"], data_parts["detected"], data_parts["preview_rows"],
-                data_parts["check_data"], data_parts["data_report"], status, yaml_preview, download, gr.State(None), plan_view,
+                data_parts["check_data"], data_parts["data_report"], status, yaml_preview, yaml_full, download, gr.State(None), plan_view,
                 gr.State(None))
 
 
@@ -181,7 +187,7 @@ def _form_inputs(form: Form) -> list:
 
 
 def _form_outputs(form: Form) -> list:
-    return [form.yaml_preview, form.status, form.download, form.runnable, form.shown_problems, *form.fields]
+    return [form.yaml_preview, form.yaml_full, form.status, form.download, form.runnable, form.shown_problems, *form.fields]
 
 
 def _refresher(app: App) -> Callable[..., list]:
@@ -200,7 +206,8 @@ def _refresher(app: App) -> Callable[..., list]:
             path.write_text(preview, encoding="utf-8")
         updates = [gr.update(info=("⚠ " + problems[s.key]) if s.key in problems else _help(s))
                    if shown is None or problems.get(s.key) != shown.get(s.key) else gr.skip() for s in specs]
-        return [preview, _status(problems), gr.update(value=str(path) if path else None), runnable, problems, *updates]
+        return [app.short_yaml(preview), preview, _status(problems), gr.update(value=str(path) if path else None), runnable,
+                problems, *updates]
 
     return refresh
 
@@ -278,15 +285,15 @@ def _wire_data(app: App, form: Form) -> None:
 
 
 def _wire_run(app: App, form: Form, tab: RunTab, job_state: gr.State) -> None:
-    def started(*values: Any) -> tuple[str, str, str]:
+    def started(*values: Any) -> tuple[str, str, str, str]:
         """Start what the boxes hold at the click, checked again (not the last checked YAML, which may be a key
         behind), and show that YAML: the preview and the run agree."""
         preview, problems, runnable = app.check(list(values))
         if runnable is None:
             raise gr.Error("The config has problems; they are listed beside the form.")
-        return app.start(runnable), preview, _status(problems)
+        return app.start(runnable), app.short_yaml(preview), preview, _status(problems)
 
-    tab.start.click(started, form.fields, [job_state, form.yaml_preview, form.status], api_name="start")
+    tab.start.click(started, form.fields, [job_state, form.yaml_preview, form.yaml_full, form.status], api_name="start")
     tab.stop.click(lambda job: app.jobs.stop(job).id if job else None, job_state, job_state, api_name="stop")
     tab.resume.click(lambda job: app.jobs.resume(job).id if job else None, job_state, job_state, api_name="resume")
 

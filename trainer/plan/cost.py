@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.throughput import key_parts
+
 # OpenAI's fine-tuning guide: "at least 10 examples"; "clear improvements from fine-tuning on 50 to 100 training
 # examples" (platform.openai.com/docs/guides/fine-tuning, "Example count recommendations")
 OPENAI_MINIMUM = 10
@@ -66,7 +68,7 @@ def flops_per_token(parameters: int, method: str, checkpointing: bool) -> tuple[
 
 @dataclass(frozen=True)
 class TimeHere:
-    """A run's time on this machine, from what earlier runs measured here (the run history in throughput.json)."""
+    """A run's time on this machine, from what earlier runs measured here (trainer.throughput)."""
     training_seconds: float
     training_from: str
     overhead_seconds: float | None  # loading the model and the data, saving: everything but the training loop
@@ -77,25 +79,19 @@ class TimeHere:
         return self.training_seconds + (self.overhead_seconds or 0.0) + (self.evaluation_seconds or 0.0)
 
 
-def _parts(key: str) -> tuple[str, str, str, str, bool]:
-    """(model, method, device, max length, checkpointing) of a throughput key (trainer.data.report.throughput_key)."""
-    name, method, device, length, *rest = key.split("|") + ["", "", "", ""]
-    return name, method, device, length, "checkpointing" in rest
-
-
 def time_here(table: dict[str, float], key: str, trained_tokens: float, base: int, evaluation: bool) -> TimeHere | None:
     """Training time from the throughput an earlier run of the same model, method, length and checkpointing measured
     here. Without one, from a run that differs only in checkpointing, scaled by FLOPs per token (4 or 6 x parameters
     for LoRA): measured on this CPU, that came within 24% (bench/plan_vs_measured.py). Not across methods: LoRA's
     throughput scaled to full fine-tuning by FLOPs was 2.8 times the measured time, so another method is "not known".
     Plus the loading and saving time, and the evaluation after training, those runs took."""
-    name, method, device, length, checkpointing = _parts(key)
+    name, method, device, length, checkpointing = key_parts(key)
     flops, _ = flops_per_token(base, method, checkpointing)
-    rate, source = table.get(key), "this model, method and length's throughput measured by an earlier run here"
-    similar = [k for k in table if not k.endswith("_seconds") and _parts(k)[:4] == (name, method, device, length)]
+    rate, source = table.get(key), "the throughput earlier runs of this model, method and length measured here"
+    similar = [k for k in table if not k.endswith("_seconds") and key_parts(k)[:4] == (name, method, device, length)]
     if rate is None and similar:
         other = similar[0]
-        _, other_method, _, _, other_checkpointing = _parts(other)
+        _, other_method, _, _, other_checkpointing = key_parts(other)
         rate = table[other] * flops_per_token(base, other_method, other_checkpointing)[0] / flops
         source = (f"scaled by FLOPs per token from the throughput of a {other_method}"
                   f"{' + gradient checkpointing' if other_checkpointing else ''} run of this model here")

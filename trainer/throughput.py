@@ -41,24 +41,28 @@ def throughput_file() -> str:
 
 
 def throughput_key(config: Config) -> str:
-    """model|method|device|max length, and |checkpointing when activations are recomputed (a second forward pass)."""
-    key = f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}|{config.data.max_seq_length}"
+    """model|method|device|max length|batch <micro-batch>, and |checkpointing when activations are recomputed (a
+    second forward pass). The micro-batch changes the tokens a step processes at once, so the tokens per second too."""
+    key = (f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}"
+           f"|{config.data.max_seq_length}|batch {config.training.batch_size}")
     return key + ("|checkpointing" if config.training.gradient_checkpointing else "")
 
 
 class KeyParts(NamedTuple):
-    """The fields of a throughput key."""
+    """The fields of a throughput key; batch is None in a key an older trainer wrote (it kept no micro-batch)."""
 
     model: str
     method: str
     device: str
     length: str
+    batch: int | None
     checkpointing: bool
 
 
 def key_parts(key: str) -> KeyParts:
     name, method, device, length, *rest = key.split("|") + ["", "", "", ""]
-    return KeyParts(name, method, device, length, "checkpointing" in rest)
+    batch = next((int(part.split()[1]) for part in rest if part.startswith("batch ")), None)
+    return KeyParts(name, method, device, length, batch, "checkpointing" in rest)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir):
     assert [loss for _, loss in resumed[4:]] == pytest.approx([loss for _, loss in uninterrupted[4:]], abs=1e-6)
 
 
-def test_a_run_records_what_the_plan_estimates_from(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_run_records_what_the_plan_estimates_from(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """throughput.json (trainer.throughput): the run's trained tokens, loop seconds and steps, its time outside the
     loop and its evaluation's, each with the run's length; a resumed run's tokens and seconds from its start (its
     checkpoint kept them), and no time outside the loop, which it cannot tell from the loop's before the resume; a
@@ -152,6 +152,11 @@ def test_a_run_records_what_the_plan_estimates_from(tmp_path, tiny_model_dir, mo
     for part in ("overhead", "evaluation"):
         [measured] = read_history().measurements[f"{key}|{part}_seconds"]
         assert measured.seconds > 0 and (measured.steps, measured.tokens) == (4, first.tokens)
+    capsys.readouterr()
+    assert main(["plan", "--config", str(config), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["time"]
+    assert planned["measured_here_from"] == "the throughput earlier runs of this model, method, length and micro-batch measured here"
+    assert planned["measured_here_seconds"] > 0 and planned["evaluation_here_seconds"] > 0
     shutil.rmtree(run / "checkpoints" / "step-4")
     shutil.rmtree(run / "model")
     assert main(["--config", str(config), "--resume"]) == 0

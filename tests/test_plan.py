@@ -53,6 +53,87 @@ def test_time_here_from_recorded_runs_literal():
     assert time_here(table, "m.gguf|full|auto|512", 2000, base=1000, evaluation=False) is None  # another method: not known
 
 
+@pytest.fixture
+def history(tmp_path, monkeypatch):
+    """An empty throughput.json of this test's own (trainer.throughput): the path it is written to."""
+    monkeypatch.setenv("TRAINER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "throughput.json"
+
+
+def test_a_trial_run_does_not_replace_a_full_runs_throughput(history):
+    """Issue 32: the quickstart's 65 steps planned 19.9 min; one 4-step run from the UI then recorded 0.66 tokens/s,
+    and the plan said 376 min."""
+    from trainer.plan.cost import time_here
+    from trainer.throughput import KEEP, Measurement, estimates, record
+
+    key = "m.gguf|lora|auto|512|batch 8"
+    record(key, Measurement(seconds=1194.0, steps=65, tokens=32_000))
+    record(f"{key}|evaluation_seconds", Measurement(seconds=90.0, steps=65, tokens=32_000))
+    for _ in range(KEEP + 1):  # more trials than the history keeps: they push out each other, not the full run
+        record(key, Measurement(seconds=3030.0, steps=4, tokens=2000))
+        record(f"{key}|evaluation_seconds", Measurement(seconds=400.0, steps=4, tokens=2000))
+    here = time_here(estimates(), key, 32_000, base=1000, evaluation=True)
+    assert here is not None
+    assert (here.training_seconds, here.evaluation_seconds) == (pytest.approx(1194.0), 90.0)
+    assert here.training_from == "the throughput earlier runs of this model, method, length and micro-batch measured here"
+    saved = json.loads(history.read_text())["measurements"][key]
+    assert len(saved) == KEEP and saved[0]["steps"] == 65
+
+
+def test_a_trial_run_counts_while_there_is_nothing_longer(history):
+    from trainer.throughput import Measurement, estimates, record
+
+    record("m.gguf|lora|auto|512|batch 8", Measurement(seconds=30.0, steps=4, tokens=600))
+    assert estimates()["m.gguf|lora|auto|512|batch 8"] == 20.0
+
+
+def test_runs_are_weighed_by_the_tokens_they_trained(history):
+    """100 tokens/s over 10,000 tokens and 50 tokens/s over 40,000: together 50,000 tokens in 900 s, 55.6 tokens/s
+    (the mean of the two rates, 75, would plan the larger run's work 1.5 times too fast)."""
+    from trainer.throughput import Measurement, estimates, record
+
+    key = "m.gguf|lora|auto|512|batch 8"
+    record(key, Measurement(seconds=100.0, steps=40, tokens=10_000))
+    record(key, Measurement(seconds=800.0, steps=160, tokens=40_000))
+    assert estimates()[key] == pytest.approx(50_000 / 900)
+
+
+def test_an_older_trainers_file_is_read_and_converted(history):
+    """Before, throughput.json was key -> the last run's number, keyed without the micro-batch."""
+    from trainer.plan.cost import time_here
+    from trainer.throughput import Measurement, estimates, record
+
+    history.parent.mkdir(parents=True)
+    history.write_text(json.dumps({"m.gguf|lora|auto|512": 27.0, "m.gguf|lora|auto|512|overhead_seconds": 30.0}))
+    old = time_here(estimates(), "m.gguf|lora|auto|512|batch 8", 2700, base=1000, evaluation=False)
+    assert old is not None and (old.training_seconds, old.overhead_seconds) == (100.0, 30.0)
+    assert "recorded by an older trainer" in old.training_from
+    record("m.gguf|lora|auto|512|batch 8", Measurement(seconds=50.0, steps=30, tokens=2700))
+    saved = json.loads(history.read_text())
+    assert saved["version"] == 2 and saved["earlier"] == {"m.gguf|lora|auto|512": 27.0, "m.gguf|lora|auto|512|overhead_seconds": 30.0}
+    new = time_here(estimates(), "m.gguf|lora|auto|512|batch 8", 2700, base=1000, evaluation=False)
+    assert new is not None and (new.training_seconds, new.overhead_seconds) == (50.0, 30.0)
+
+
+def test_time_here_from_another_micro_batch(history):
+    from trainer.plan.cost import time_here
+
+    table = {"m.gguf|lora|auto|512|batch 2": 40.0, "m.gguf|lora|auto|512|batch 16": 80.0, "m.gguf|lora|auto|512": 10.0,
+             "m.gguf|lora|auto|512|batch 16|evaluation_seconds": 90.0}
+    here = time_here(table, "m.gguf|lora|auto|512|batch 8", 800, base=1000, evaluation=True)
+    assert here is not None and (here.training_seconds, here.evaluation_seconds) == (10.0, 90.0)  # the nearest: 16 (x2, 2 is x4)
+    assert here.training_from == "the throughput of a lora run of this model here at micro-batch 16"
+
+
+def test_the_key_keeps_the_micro_batch(tmp_path, tiny_model_dir):
+    from trainer.throughput import key_parts, throughput_key
+
+    config = load_config(str(tiny_config(tmp_path, tiny_model_dir, batch_size=2, gradient_checkpointing=True)))
+    key = throughput_key(config)
+    assert key.endswith("|64|batch 2|checkpointing")
+    assert key_parts(key)[2:] == ("auto", "64", 2, True)
+
+
 def test_memory_parts_follow_the_method(tmp_path, tiny_model_dir):
     from trainer.plan.memory import Precision, Shape, estimate_memory
 

@@ -128,6 +128,45 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir):
     assert [loss for _, loss in resumed[4:]] == pytest.approx([loss for _, loss in uninterrupted[4:]], abs=1e-6)
 
 
+def test_a_run_records_what_the_plan_estimates_from(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """throughput.json (trainer.throughput): the run's trained tokens, loop seconds and steps, its time outside the
+    loop and its evaluation's, each with the run's length; a resumed run's tokens and seconds from its start (its
+    checkpoint kept them), and no time outside the loop, which it cannot tell from the loop's before the resume; a
+    finished run resumed trains and records nothing."""
+    import shutil
+
+    from trainer.config import load_config
+    from trainer.throughput import read_history, throughput_key
+
+    monkeypatch.setenv("TRAINER_CACHE", str(tmp_path / "cache"))
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=4, save_every=2, keep_last=10,
+                         **{"evaluation.after_training": True, "evaluation.systems": ["tuned"], "evaluation.metrics": ["loss"],
+                            "evaluation.max_examples": 2, "evaluation.max_new_tokens": 4})
+    key = throughput_key(load_config(str(config)))
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    [first] = read_history().measurements[key]
+    assert (first.steps, first.tokens, first.resumed_at_step, first.short) == (4, summary["trained_tokens"], None, True)
+    assert first.seconds == pytest.approx(summary["train_seconds"], abs=0.05)
+    for part in ("overhead", "evaluation"):
+        [measured] = read_history().measurements[f"{key}|{part}_seconds"]
+        assert measured.seconds > 0 and (measured.steps, measured.tokens) == (4, first.tokens)
+    capsys.readouterr()
+    assert main(["plan", "--config", str(config), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["time"]
+    assert planned["measured_here_from"] == "the throughput earlier runs of this model, method, length and micro-batch measured here"
+    assert planned["measured_here_seconds"] > 0 and planned["evaluation_here_seconds"] > 0
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    shutil.rmtree(run / "model")
+    assert main(["--config", str(config), "--resume"]) == 0
+    second = read_history().measurements[key][1]
+    assert (second.steps, second.tokens, second.resumed_at_step) == (4, first.tokens, 2)
+    assert len(read_history().measurements[f"{key}|overhead_seconds"]) == 1
+    assert main(["--config", str(config), "--resume"]) == 0
+    assert len(read_history().measurements[key]) == 2
+
+
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_model_dir, capsys):
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=1)
     assert main(["--config", str(config)]) == 0

@@ -24,7 +24,7 @@ from trainer.config import Config
 from trainer.config.rules import check_hardware
 from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
 from trainer.hardware import Hardware
-from trainer.rundir import RunSummary
+from trainer.rundir import SUMMARY_FILE, RunSummary
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,22 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
     if config.distributed.strategy != "none" and not distributed.is_launched():
         _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
         return RunResult(run_dir, reports=False)  # the launched processes did the run and said how it went
+    resuming = resume or config.resume == "auto"
+    resumed = resuming and _has_checkpoint(run_dir)
     try:
-        run_dir = backend.train(config, run_dir, resume or config.resume == "auto")
+        run_dir = backend.train(config, run_dir, resuming)
     except RunStopped as stop:
         return RunResult(run_dir, stopped=True, message=stop.render(), reports=distributed.is_main_process())
     if not distributed.is_main_process():
         return RunResult(run_dir, reports=False)
     summary = RunSummary.read(run_dir)
-    if summary is not None:  # from the start of the process (imports included) to now, less the training loop
+    if summary is not None and not resumed:  # a resumed run's train_seconds include the loop's time before the resume
         import psutil  # accelerate's dependency
 
-        _record_seconds(config, "overhead", time.time() - psutil.Process().create_time() - summary.train_seconds)
+        process_started = psutil.Process().create_time()
+        if (run_dir / SUMMARY_FILE).stat().st_mtime >= process_started:  # else an earlier process's run, found finished
+            # from the start of the process (imports included) to now, less the training loop
+            _record_seconds(config, "overhead", time.time() - process_started - summary.train_seconds, summary)
     if config.evaluation.after_training:
         from trainer.evaluation.report import write_report
         from trainer.evaluation.runner import evaluate_run
@@ -84,18 +89,25 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
         started = time.perf_counter()
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
         print(write_report(run_dir, evaluation, config.evaluation.metrics))
-        _record_seconds(config, "evaluation", time.perf_counter() - started)
+        if summary is not None:
+            _record_seconds(config, "evaluation", time.perf_counter() - started, summary)
     return RunResult(run_dir, summary=summary)
 
 
-def _record_seconds(config: Config, part: str, seconds: float) -> None:
-    """What a run spent besides its training loop ("overhead": loading the model and data, saving; "evaluation": the
-    evaluation after training), kept beside the measured throughput for `trainer plan`'s estimate of the next run."""
-    from trainer.data.report import throughput_key
-    from trainer.rundir import record_throughput
+def _has_checkpoint(run_dir: Path) -> bool:
+    from trainer import checkpoint
 
-    if seconds > 0:  # a resumed run's train_seconds include the time before the resume
-        record_throughput(f"{throughput_key(config)}|{part}_seconds", seconds)
+    return bool(checkpoint.complete_checkpoints(run_dir))
+
+
+def _record_seconds(config: Config, part: str, seconds: float, summary: RunSummary) -> None:
+    """What a run spent besides its training loop ("overhead": loading the model and data, saving; "evaluation": the
+    evaluation after training), kept beside the measured throughput for `trainer plan`'s estimate of the next run,
+    with the length of the run's training (a trial of a few steps does not replace a full run's times)."""
+    from trainer.throughput import Measurement, record, throughput_key
+
+    if seconds > 0:
+        record(f"{throughput_key(config)}|{part}_seconds", Measurement(seconds, summary.steps, summary.trained_tokens))
 
 
 def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""What a run leaves behind: summary.json, metrics.jsonl, loss.png, the model card, and the measured throughput.
+"""What a run leaves behind: summary.json, metrics.jsonl, loss.png and the model card.
 
 Both backends write these files through the classes and functions here, so a
 metric has one name whichever backend trained.
@@ -215,19 +215,3 @@ The full configuration is in `config.yaml`; per-step metrics in `metrics.jsonl`;
 {final}
 """
     (run_dir / "README.md").write_text(text, encoding="utf-8")
-
-
-def record_throughput(key: str, trained_tokens_per_second: float) -> None:
-    """Remember this machine's speed so `trainer data` can estimate the time of the next run."""
-    from trainer.data.report import throughput_file
-
-    path = Path(throughput_file())
-    try:
-        table = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        table = {}
-    table[key] = round(trained_tokens_per_second, 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=2))
-    os.replace(tmp, path)

@@ -1,7 +1,6 @@
 """The data report (`trainer data`): what was read, what is wrong, and what training will cost in tokens and steps."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -105,26 +104,11 @@ def build_report(config: Config, data: PreparedData) -> DataReport:
     )
 
 
-def throughput_file() -> str:
-    from trainer.demo import cache_dir
-
-    return str(cache_dir() / "throughput.json")
-
-
 def known_throughput(config: Config) -> float | None:
-    """Trained tokens per second measured by an earlier run of the same model and method on this machine."""
-    try:
-        with open(throughput_file(), encoding="utf-8") as handle:
-            table = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return table.get(throughput_key(config))
+    """Trained tokens per second that earlier runs of this configuration measured on this machine (trainer.throughput)."""
+    from trainer.throughput import estimates, throughput_key
 
-
-def throughput_key(config: Config) -> str:
-    """model|method|device|max length, and |checkpointing when activations are recomputed (a second forward pass)."""
-    key = f"{os.path.basename(config.model.name_or_path)}|{config.training.method}|{config.backend.peft.device}|{config.data.max_seq_length}"
-    return key + ("|checkpointing" if config.training.gradient_checkpointing else "")
+    return estimates().get(throughput_key(config))
 
 
 def render_report(config: Config, data: PreparedData, report: DataReport) -> str:

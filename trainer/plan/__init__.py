@@ -226,27 +226,13 @@ def _gpus(config: Config, arch: Architecture, count: ParameterCount, shape: Shap
     return {"prices_taken": table.prices_taken, "currency": table.currency, "utilisation": table.utilisation, "rows": rows}
 
 
-def _recorded() -> dict[str, float]:
-    """What earlier runs measured on this machine: throughputs and times (trainer.rundir.record_throughput)."""
-    import json
-
-    from trainer.data.report import throughput_file
-
-    try:
-        with open(throughput_file(), encoding="utf-8") as handle:
-            table = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return table if isinstance(table, dict) else {}
-
-
 def _time(config: Config, count: ParameterCount, processed: float | None, data: DataSide | None) -> TimeInfo:
-    from trainer.data.report import throughput_key
+    from trainer.throughput import estimates, throughput_key
 
     t = config.training
     flops, why = flops_per_token(count.base, t.method, t.gradient_checkpointing)
     time: TimeInfo = {"flops_per_token": flops, "flops_rule": why, "processed_tokens": processed, "measured_here_seconds": None}
-    here = time_here(_recorded(), throughput_key(config), data.trained_tokens_per_epoch * data.epochs, count.base,
+    here = time_here(estimates(), throughput_key(config), data.trained_tokens_per_epoch * data.epochs, count.base,
                      config.evaluation.after_training) if data else None
     if here is not None:
         time["measured_here_seconds"], time["measured_here_from"] = here.training_seconds, here.training_from

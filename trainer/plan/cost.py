@@ -9,11 +9,14 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from trainer.throughput import KeyParts, key_parts
 
 # OpenAI's fine-tuning guide: "at least 10 examples"; "clear improvements from fine-tuning on 50 to 100 training
 # examples" (platform.openai.com/docs/guides/fine-tuning, "Example count recommendations")
@@ -66,7 +69,7 @@ def flops_per_token(parameters: int, method: str, checkpointing: bool) -> tuple[
 
 @dataclass(frozen=True)
 class TimeHere:
-    """A run's time on this machine, from what earlier runs measured here (the run history in throughput.json)."""
+    """A run's time on this machine, from what earlier runs measured here (trainer.throughput)."""
     training_seconds: float
     training_from: str
     overhead_seconds: float | None  # loading the model and the data, saving: everything but the training loop
@@ -77,32 +80,46 @@ class TimeHere:
         return self.training_seconds + (self.overhead_seconds or 0.0) + (self.evaluation_seconds or 0.0)
 
 
-def _parts(key: str) -> tuple[str, str, str, str, bool]:
-    """(model, method, device, max length, checkpointing) of a throughput key (trainer.data.report.throughput_key)."""
-    name, method, device, length, *rest = key.split("|") + ["", "", "", ""]
-    return name, method, device, length, "checkpointing" in rest
-
-
 def time_here(table: dict[str, float], key: str, trained_tokens: float, base: int, evaluation: bool) -> TimeHere | None:
-    """Training time from the throughput an earlier run of the same model, method, length and checkpointing measured
-    here. Without one, from a run that differs only in checkpointing, scaled by FLOPs per token (4 or 6 x parameters
-    for LoRA): measured on this CPU, that came within 24% (bench/plan_vs_measured.py). Not across methods: LoRA's
-    throughput scaled to full fine-tuning by FLOPs was 2.8 times the measured time, so another method is "not known".
-    Plus the loading and saving time, and the evaluation after training, those runs took."""
-    name, method, device, length, checkpointing = _parts(key)
-    flops, _ = flops_per_token(base, method, checkpointing)
-    rate, source = table.get(key), "this model, method and length's throughput measured by an earlier run here"
-    similar = [k for k in table if not k.endswith("_seconds") and _parts(k)[:4] == (name, method, device, length)]
-    if rate is None and similar:
-        other = similar[0]
-        _, other_method, _, _, other_checkpointing = _parts(other)
-        rate = table[other] * flops_per_token(base, other_method, other_checkpointing)[0] / flops
-        source = (f"scaled by FLOPs per token from the throughput of a {other_method}"
-                  f"{' + gradient checkpointing' if other_checkpointing else ''} run of this model here")
-    if not rate:
+    """Training time from the throughput earlier runs of this configuration measured here (`table`:
+    trainer.throughput.estimates). Without one, from the nearest measured configuration of the same model, method,
+    device and length: first the same gradient checkpointing, then the nearest micro-batch (an older trainer's rate,
+    whose micro-batch is not known, last). Its rate is used as it is across micro-batches (a GPU processes more tokens
+    per second in larger ones, so the plan says which it was) and scaled by FLOPs per token across checkpointing (4 or
+    6 x parameters for LoRA): measured on this CPU, that came within 24% (bench/plan_vs_measured.py). Not across
+    methods: LoRA's throughput scaled to full fine-tuning by FLOPs was 2.8 times the measured time, so another method
+    is "not known". Plus the loading and saving time, and the evaluation after training, that runs of this
+    configuration (or else of the nearest) took."""
+    want = key_parts(key)
+    flops, _ = flops_per_token(base, want.method, want.checkpointing)
+    measured = sorted((k for k in table if not k.endswith("_seconds") and key_parts(k)[:4] == want[:4]),
+                      key=lambda k: _distance(key_parts(k), want))
+    if not measured or not table[measured[0]]:
         return None
-    overhead = table.get(f"{key}|overhead_seconds", next((table[f"{k}|overhead_seconds"] for k in similar if f"{k}|overhead_seconds" in table), None))
-    return TimeHere(trained_tokens / rate, source, overhead, table.get(f"{key}|evaluation_seconds") if evaluation else None)
+    near = key_parts(measured[0])
+    rate = table[measured[0]] * flops_per_token(base, near.method, near.checkpointing)[0] / flops
+
+    def part(name: str) -> float | None:
+        return next((table[f"{k}|{name}_seconds"] for k in [key, *measured] if f"{k}|{name}_seconds" in table), None)
+
+    return TimeHere(trained_tokens / rate, _source(near, want), part("overhead"), part("evaluation") if evaluation else None)
+
+
+def _distance(parts: KeyParts, want: KeyParts) -> tuple[bool, float]:
+    """How far a measured configuration is from the wanted one: checkpointing first, then the micro-batch's ratio."""
+    batch = (0.0 if parts.batch == want.batch else
+             abs(math.log2(parts.batch / want.batch)) if parts.batch and want.batch else math.inf)
+    return parts.checkpointing != want.checkpointing, batch
+
+
+def _source(near: KeyParts, want: KeyParts) -> str:
+    if near == want:
+        return "the throughput earlier runs of this model, method, length and micro-batch measured here"
+    scaled = "scaled by FLOPs per token from " if near.checkpointing != want.checkpointing else ""
+    batch = ("" if near.batch == want.batch else f" at micro-batch {near.batch}" if near.batch
+             else " (recorded by an older trainer, at a micro-batch it did not keep)")
+    return (f"{scaled}the throughput of a {near.method}{' + gradient checkpointing' if near.checkpointing else ''} "
+            f"run of this model here{batch}")
 
 
 def openai_epochs(examples: int) -> int:

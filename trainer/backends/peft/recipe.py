@@ -30,7 +30,7 @@ from trainer.methods.base import Method
 from trainer.objectives import objective_for
 from trainer.objectives.base import Objective
 from trainer.objectives.preference import Preference, load_or_compute_reference
-from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, record_throughput, write_merged, write_model_card
+from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_merged, write_model_card
 from trainer.steps import steps_per_epoch, total_steps
 from trainer.strategies import SingleProcess, choose_strategy, make_accelerator
 
@@ -110,7 +110,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> Run:
         metrics = MetricsLog(run_dir / "metrics.jsonl", state.step if newest is not None else None, config.logging.report_to == "tensorboard")
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     return Run(config, run_dir, accelerator, strategy, tokenizer, model, loss_module, trainable, optimizer, scheduler, data,
-               objective, method, batching, eval_batching, state, steps, metrics)
+               objective, method, batching, eval_batching, state, steps, metrics, state.step if newest is not None else None)
 
 
 def setup_accelerator(config: Config) -> tuple[str, Accelerator, SingleProcess]:
@@ -247,11 +247,17 @@ def save_outputs(run: Run, gathered: dict | None = None) -> None:
     assert run.metrics is not None  # the main process's
     plot_losses(run.state.history, run.metrics, run_dir / "loss.png")
     write_model_card(run_dir, cfg, summary)
-    speed = run.state.trained_tokens / run.state.seconds if run.state.seconds else 0.0
-    if speed:
-        from trainer.data.report import throughput_key
+    record_throughput(run)
 
-        record_throughput(throughput_key(cfg), speed)
+
+def record_throughput(run: Run) -> None:
+    """The run's tokens and seconds for `trainer plan`'s next estimate (trainer.throughput). A resumed run's count
+    from its start, as its checkpoint kept them; one that resumed at its last step trained nothing here to measure."""
+    from trainer.throughput import Measurement, record, throughput_key
+
+    state = run.state
+    if state.seconds > 0 and state.trained_tokens > 0 and state.step != run.resumed_at_step:
+        record(throughput_key(run.config), Measurement(state.seconds, state.step, state.trained_tokens, run.resumed_at_step))
 
 
 def summarise(run: Run) -> RunSummary:

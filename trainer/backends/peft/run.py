@@ -43,3 +43,4 @@ class Run:
     state: TrainState  # where the run is; saved in every checkpoint
     total_steps: int
     metrics: MetricsLog | None  # the main process's; None in the others
+    resumed_at_step: int | None  # the step of the checkpoint this process continued from; None in a run from the start

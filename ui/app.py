@@ -34,7 +34,7 @@ from ui.workspace import Workspace, path_keys
 _LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
            "gpu-qlora": "GPU QLoRA (Llama 3.1 8B)", "full": "Full fine-tune (Llama 3.2 1B)"}
 PRESET_LABELS = {name: _LABELS.get(name, name) for name in PRESETS}  # every shipped preset, named for people
-_DEFAULTS = parse_config("model: {name_or_path: m}\ndata: {train: t}\n", "defaults", check_files=False).to_dict()
+_DEFAULTS = parse_config("model: {name_or_path: m}\ndata: {train: t}\ntraining: {epochs: 1}\n", "defaults", check_files=False).to_dict()
 _PRESET_VALIDATION = {v for name in PRESETS if isinstance(v := yaml.safe_load(preset_text(name)).get("data", {}).get("validation"), str)}
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.yaml", "README.md", "summary.json", "metrics.jsonl", "loss.png", "eval.md", "eval.json", "eval.png")
@@ -105,7 +105,8 @@ class App:
             return preview
         if not isinstance(shown, dict):
             return preview
-        changed = differences(shown, _DEFAULTS, keep=(("model", "name_or_path"), ("data", "train")))
+        required = (("model", "name_or_path"), ("data", "train"), ("training", "epochs"), ("training", "max_steps"))  # one of the last two
+        changed = differences(shown, _DEFAULTS, keep=required)
         return yaml.safe_dump(changed, sort_keys=False, allow_unicode=True) if changed else "# every setting is at its default\n"
 
     def load_yaml(self, path: str) -> list:

@@ -160,7 +160,7 @@ def number_text(value: Any) -> str:
 
 
 def differences(config: dict, defaults: dict, keep: tuple[tuple[str, ...], ...] = ()) -> dict:
-    """What `config` sets unlike `defaults` (nested sections compared key by key), plus the `keep` keys always: the
+    """What `config` sets unlike `defaults` (nested sections compared key by key), plus the `keep` keys whenever set: the
     short YAML people read, where the whole normalised config is 80 lines of defaults."""
     out: dict = {}
     for key, value in config.items():
@@ -169,6 +169,6 @@ def differences(config: dict, defaults: dict, keep: tuple[tuple[str, ...], ...] 
         if isinstance(value, dict) and isinstance(default, dict):
             if inner := differences(value, default, kept):
                 out[key] = inner
-        elif value != default or () in kept:
+        elif value != default or (() in kept and value is not None):
             out[key] = value
     return out

@@ -22,7 +22,7 @@ def test_quickstart_shortened(tmp_path):
         assert {"json_list_f1", "loss", "prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example", "ci95"} <= set(report[system])
     assert set(report["summary"]["comparisons"]) == {"tuned vs base_zero_shot", "tuned vs base_few_shot", "tuned vs base_retrieval"}
     assert report["base_few_shot"]["prompt_tokens_mean"] > 2.5 * report["base_zero_shot"]["prompt_tokens_mean"]
-    assert (run / "eval.md").read_text().count("**Reference:**") == 5 and (run / "eval.png").is_file()
+    assert (run / "eval.md").read_text().count("**Reference:**\n\n```text\n") == 5 and (run / "eval.png").is_file()
     assert "the fine-tuned model" in result.stdout.lower()  # the verdict, whichever way it went
 
     answer = run_trainer("generate", "--run", str(run), "--max-new-tokens", "40", "--prompt",

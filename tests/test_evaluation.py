@@ -125,6 +125,18 @@ def _per_case(scores):
     return PerCase.of_means([float(s) for s in scores])
 
 
+@pytest.mark.parametrize("answer", ["- a bullet\n- `code` and a stray ` backtick", "```\nfenced\n```", "**bold** <b>html</b> # not a title"])
+def test_an_answer_in_the_report_is_shown_as_written_not_rendered(answer):
+    from markdown_it import MarkdownIt
+
+    from trainer.evaluation.report import code_block
+
+    tokens = MarkdownIt().parse(f"**tuned:**\n\n{code_block(answer)}\n\nafter")
+    fences = [t for t in tokens if t.type == "fence"]
+    assert len(fences) == 1 and fences[0].content == answer + "\n"
+    assert tokens[-2].content == "after"  # the block ended where it should
+
+
 def test_a_seeded_bootstrap_gives_the_same_numbers_twice():
     from trainer.evaluation.intervals import confidence
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -105,6 +106,14 @@ def _plain_intervals(intervals: dict[str, dict[str, Interval]]) -> Bounds:
     return out
 
 
+def code_block(text: str) -> str:
+    """Text shown as it is in Markdown: a fenced block, its fence longer than any run of backticks inside (a model's
+    answer with bullets or a stray backtick, shown inline, was rendered as a list or broke the page)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]) -> str:
     """Write eval.json, eval.md and eval.png; `metrics`: evaluation.metrics, the first one shown is the verdict's."""
     cases = evaluation.cases
@@ -144,8 +153,9 @@ def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]
     md += ["## Examples", ""]
     for i, case in enumerate(cases[:5]):
         question = case.messages[-1]["content"] if case.messages else ""
-        md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", "", f"**Reference:** `{case.reference}`", ""]
-        md += [f"- **{name}:** `{answers[name][i]}`" for name in systems] + [""]
+        md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", "", "**Reference:**", "", code_block(case.reference), ""]
+        for name in systems:
+            md += [f"**{name}:**", "", code_block(answers[name][i]), ""]
     (run_dir / "eval.md").write_text("\n".join(md), encoding="utf-8")
     _bar_chart(run_dir / "eval.png", results, metric, intervals)
 

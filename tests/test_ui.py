@@ -158,6 +158,37 @@ def test_the_yaml_preview_shows_what_differs_from_the_defaults(tmp_path):
     assert parse_config(app.short_yaml(preview), check_files=False).to_dict() == parse_config(preview, check_files=False).to_dict()
 
 
+def test_the_loss_chart_has_whole_steps_and_shows_a_single_validation_point():
+    import matplotlib.pyplot as plt
+
+    from trainer.rundir import loss_figure
+
+    fig = loss_figure(([1, 2], [4.7, 4.6]), ([2], [4.5]))  # two steps: a default axis would mark 1.0, 1.2, ... 2.0
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # no "step 1.05"
+    validation = [line for line in ax.get_lines() if line.get_label() == "validation loss"]
+    assert len(validation) == 1 and validation[0].get_marker() == "o" and list(validation[0].get_xdata()) == [2]
+    plt.close(fig)
+
+
+def test_a_data_file_trainer_would_refuse_is_a_problem_of_the_form(tmp_path):
+    """30 of 31 lines broken: not "The config is valid" beside a data report listing the problems."""
+    from ui.app import App
+
+    broken = tmp_path / "broken.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    broken.write_text(good + "\n" + "".join('{"messages": [{"role": "user", "content": "cut off\n' for _ in range(30)))
+    app = App(Workspace(tmp_path, sandbox=False))
+    values = app.preset_values("cpu-demo")
+    index = {s.key: i for i, s in enumerate(app.specs)}
+    values[index["data.train"]], values[index["data.validation"]] = str(broken), ""
+    _, problems, runnable = app.check(values)
+    assert runnable is None and "30 of 31 records cannot be read (first: " in problems["data.train"]
+    assert f"{broken}:2" in problems["data.train"] and "data.on_invalid: skip" in problems["data.train"]
+    values[index["data.on_invalid"]] = "skip"  # the user's choice: the form says nothing more than trainer would
+    assert "data.train" not in app.check(values)[1]
+
+
 def test_uploading_training_data_drops_the_presets_validation_file_and_says_so(tmp_path):
     from ui.app import App
 
@@ -365,7 +396,7 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         page.locator("#upload-validation input[type=file]").set_input_files(str(REPO / "data" / "recipes" / "validation.jsonl"))
         expect(page.locator("#data-detected")).to_contain_text("Validation data", timeout=30_000)
         expect(page.locator("#yaml-preview")).to_contain_text("/validation.jsonl", timeout=30_000)
-        assert "uploads/" in yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())["data"]["validation"]
+        assert "uploads/" in _preview(page)["data"]["validation"]
         shot(page, "validation-uploaded")
         page.locator("#check-data").click()
         expect(page.locator("#data-report textarea")).to_have_value(__import__("re").compile("tokens"), timeout=120_000)
@@ -415,7 +446,7 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         page.locator("#start").click()
         expect(page.locator("#job-status")).to_contain_text("finished", timeout=180_000)
         expect(page.locator("#job-progress")).to_contain_text("step 6 of 6")
-        expect(page.locator("#loss-curve canvas, #loss-curve svg").first).to_be_visible(timeout=30_000)
+        expect(page.locator("#loss-curve img, #loss-curve canvas, #loss-curve svg").first).to_be_visible(timeout=30_000)
         shot(page, "finished-with-loss-curve")
 
         page.get_by_role("tab", name="Results").click()
@@ -552,6 +583,11 @@ def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
     assert jobs.progress("j1") == (2, 8)
 
 
+def _preview(page) -> dict:
+    """The YAML preview's text, line by line (CodeMirror's lines; read as text, so a hidden tab reads the same)."""
+    return yaml.safe_load("\n".join(page.locator("#yaml-preview .cm-line").all_text_contents()))
+
+
 def _box(page, key):
     return page.locator(f"#field-{key.replace('.', '-')} input, #field-{key.replace('.', '-')} textarea").first
 
@@ -588,7 +624,7 @@ def test_in_a_browser_what_is_typed_is_what_the_yaml_shows_and_what_runs(ui_serv
         _type(page, "training.batch_size", "2", 10)
         expect(page.locator("#yaml-preview")).to_contain_text("batch_size: 2", timeout=30_000)
         expect(page.locator("#form-status")).to_contain_text("The config is valid", timeout=30_000)
-        assert "max_steps" not in yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())["training"]
+        assert "max_steps" not in _preview(page)["training"]
 
         # a short run of the tiny model, typed fast
         page.get_by_role("tab", name="Model").click()
@@ -622,7 +658,7 @@ def test_in_a_browser_what_is_typed_is_what_the_yaml_shows_and_what_runs(ui_serv
             assert (ran["output"]["dir"], ran["training"]["learning_rate"]) == (str(workdir / shown["dir"]), float(rate)), \
                 f"typing at {delay} ms per key: the boxes showed {shown}, the run got {ran['output']['dir']}, {ran['training']['learning_rate']}"
             expect(page.locator("#yaml-preview")).to_contain_text(f"dir: runs/typed-{delay}", timeout=30_000)
-            preview = yaml.safe_load(page.locator("#yaml-preview .cm-content").inner_text())
+            preview = _preview(page)
             assert (preview["output"]["dir"], preview["training"]["learning_rate"]) == (shown["dir"], float(rate))
             assert preview["model"]["name_or_path"] == str(tiny_model_dir) and preview["training"]["max_steps"] == 2
         page.screenshot(path=str(ARTIFACTS / "typed.png"), full_page=True)

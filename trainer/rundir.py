@@ -142,26 +142,36 @@ def merge_saved_adapter(run_dir: Path) -> None:
 
 
 def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
-    """Training loss of every step (from the run's history) and each validation loss."""
+    """Training loss of every step (from the run's history) and each validation loss, into loss.png."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(([h[0] for h in history], [h[1] for h in history]), metrics.series("eval_loss"))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def loss_figure(training: tuple[list, list], validation: tuple[list, list]) -> Any:
+    """The loss curves as a matplotlib Figure: (steps, losses) of training and of validation. Steps are whole
+    numbers on the axis, and each validation loss is a marked point, so a single one shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps, losses = [h[0] for h in history], [h[1] for h in history]
-    if steps:
-        ax.plot(steps, losses, label="training loss", color="#1f77b4")
-    steps, losses = metrics.series("eval_loss")
-    if steps:
-        ax.plot(steps, losses, "o-", label="validation loss", color="#d62728")
+    if training[0]:
+        ax.plot(*training, label="training loss", color="#1f77b4")
+    if validation[0]:
+        ax.plot(*validation, "o-", label="validation loss", color="#d62728")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per trained token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if training[0] or validation[0]:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def write_model_card(run_dir: Path, config: Config, summary: RunSummary) -> None:

@@ -58,6 +58,7 @@ class App:
         self.paths = path_keys(self.schema)
         self.jobs = JobManager(self.ws.root)
         self._loaded: dict[str, Loaded] = {}
+        self._read: dict[tuple, str | None] = {}  # the data files checked lately (by version), and what was unreadable
         if self.ws.sandbox:
             self._bundle_demo_data()
         elif REPO not in self.ws.read_only_roots:
@@ -90,12 +91,38 @@ class App:
                 problems.setdefault(problem.path, problem.message)
             return preview, problems, None
         try:
-            runnable = parse_config(yaml.safe_dump(resolved, sort_keys=False), "form").to_yaml()
+            config = parse_config(yaml.safe_dump(resolved, sort_keys=False), "form")
+            runnable = config.to_yaml()
         except UserError as exc:
             for problem in exc.problems:
                 problems.setdefault(problem.path, problem.message)
             runnable = None
+        else:
+            if config.data.on_invalid == "error":  # as `trainer` would refuse the file, so does the form
+                for field, ref in (("data.train", config.data.train), ("data.validation", config.data.validation)):
+                    if ref and (broken := self._unreadable(ref)):
+                        problems.setdefault(field, broken)
         return preview, problems, None if problems else runnable
+
+    def _unreadable(self, ref: str) -> str | None:
+        """What is unreadable in a local data file or folder (lines that are not records), or None; read once per
+        version of the file (a form re-checks on every key), and not at all for Hub data sets."""
+        from trainer.data.records import data_files, read_records
+
+        try:
+            files = data_files(ref)
+        except (UserError, OSError):
+            return None  # missing: parse_config said so already
+        version = (ref, tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
+        if version not in self._read:
+            records, problems = read_records(ref)
+            total = len(records) + len(problems)
+            if len(self._read) >= 8:
+                self._read.clear()
+            self._read[version] = None if not problems else (
+                f"{len(problems)} of {total} records cannot be read (first: {problems[0].location()}: {problems[0].message}); "
+                "nothing would be trained. Fix them (Check the data lists each), or set data.on_invalid: skip")
+        return self._read[version]
 
     def short_yaml(self, preview: str) -> str:
         """The preview as people read it: what differs from trainer's defaults (the model and data always shown)."""

@@ -47,7 +47,8 @@ class RunTab:
     resume: gr.Button
     job_status: gr.Markdown
     progress: gr.Markdown
-    curve: gr.LinePlot
+    curve: gr.Plot  # matplotlib's (trainer.rundir.loss_figure): whole steps, a single validation point shown
+    curve_shown: gr.State  # (job, losses) the curve shows, so a tick redraws it only when they change
     log: gr.Textbox
     queue: gr.Dataframe
     timer: gr.Timer
@@ -156,11 +157,11 @@ def _run_tab() -> RunTab:
             resume = gr.Button("Resume", elem_id="resume")
         job_status = gr.Markdown(elem_id="job-status")
         progress = gr.Markdown(elem_id="job-progress")
-        curve = gr.LinePlot(x="step", y="loss", color="series", label="Loss", elem_id="loss-curve")
+        curve = gr.Plot(label="Loss", elem_id="loss-curve")
         log = gr.Textbox(label="Log (last lines)", lines=14, max_lines=14, interactive=False, autoscroll=True, elem_id="job-log")
         queue = gr.Dataframe(headers=["job", "kind", "status", "run directory"], label="Jobs", interactive=False, elem_id="queue")
         timer = gr.Timer(1.0)
-    return RunTab(start, stop, resume, job_status, progress, curve, log, queue, timer)
+    return RunTab(start, stop, resume, job_status, progress, curve, gr.State(None), log, queue, timer)
 
 
 def _results_tab(app: App) -> ResultsTab:
@@ -297,16 +298,22 @@ def _wire_run(app: App, form: Form, tab: RunTab, job_state: gr.State) -> None:
     tab.stop.click(lambda job: app.jobs.stop(job).id if job else None, job_state, job_state, api_name="stop")
     tab.resume.click(lambda job: app.jobs.resume(job).id if job else None, job_state, job_state, api_name="resume")
 
-    def tick(job: str | None) -> tuple:
-        import pandas as pd
+    def tick(job: str | None, curve_shown: tuple | None) -> tuple:
+        from trainer.rundir import loss_figure
 
         view = app.job_view(job)
-        losses = pd.DataFrame(view["losses"] or [], columns=["step", "loss", "series"])
-        return view.get("job"), view["status"], view["progress"], losses, view["log"], view["queue"]
+        losses = view["losses"]
+        now = (view.get("job"), len(losses), losses[-1] if losses else None)
+        curve: Any = gr.skip()
+        if now != curve_shown:
+            series = {name: ([r["step"] for r in losses if r["series"] == name], [r["loss"] for r in losses if r["series"] == name])
+                      for name in ("training", "validation")}
+            curve = loss_figure(series["training"], series["validation"]) if losses else None
+        return view.get("job"), view["status"], view["progress"], curve, now, view["log"], view["queue"]
 
-    shown = [job_state, tab.job_status, tab.progress, tab.curve, tab.log, tab.queue]
-    tab.timer.tick(tick, job_state, shown, show_progress="hidden")
-    gr.Button("Refresh status", visible=False).click(tick, job_state, shown, api_name="status")
+    shown = [job_state, tab.job_status, tab.progress, tab.curve, tab.curve_shown, tab.log, tab.queue]
+    tab.timer.tick(tick, [job_state, tab.curve_shown], shown, show_progress="hidden")
+    gr.Button("Refresh status", visible=False).click(tick, [job_state, tab.curve_shown], shown, api_name="status")
 
 
 def _wire_results(app: App, tab: ResultsTab, job_state: gr.State) -> None:

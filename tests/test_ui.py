@@ -641,6 +641,7 @@ def test_in_a_browser_what_is_typed_is_what_the_yaml_shows_and_what_runs(ui_serv
 
         started = set()
         for delay, rate in ((10, "0.00031"), (80, "0.00022"), (400, "0.0004")):
+            page.get_by_role("tab", name="Configure").click()
             page.get_by_role("tab", name="Training").click()
             _type(page, "training.learning_rate", rate, delay)
             page.get_by_role("tab", name="Output").click()

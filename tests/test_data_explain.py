@@ -80,7 +80,7 @@ def test_ui_preview_shows_tool_calls_and_reasoning_readably(tmp_path):
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(row) + "\n")
     records, _ = read_records(str(path))
-    assert _readable(records, "messages") == [("tools: get_weather\nuser: Paris?\nassistant calls get_weather({\"city\": \"Paris\"})\n"
+    assert _readable(records, "messages")[0] == [("tools: get_weather\nuser: Paris?\nassistant calls get_weather({\"city\": \"Paris\"})\n"
                                                "tool (get_weather) -> 18 C\nassistant [reasoning] It said 18.\nassistant: 18 C.")]
 
 

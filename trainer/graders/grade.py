@@ -58,6 +58,8 @@ def grade(grader: Grader, sample: Mapping[str, Any], item: Mapping[str, Any]) ->
         score = _SCORERS[type(grader)](grader, sample, item)
     except (TemplateFailed, GraderFailed, ModelFailed, formula.FormulaFailed) as exc:
         return Grade(0.0, f"{grader.name}: {exc}")
+    except Exception as exc:  # a metric library failing on an odd text: recorded for this line, the run goes on
+        return Grade(0.0, f"{grader.name}: the grader failed: {type(exc).__name__}: {exc}")
     threshold = getattr(grader, "pass_threshold", None)
     return Grade(score, passed=None if threshold is None else score >= threshold)
 

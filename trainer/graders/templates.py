@@ -102,6 +102,8 @@ def render(text: str, sample: Mapping[str, Any], item: Mapping[str, Any]) -> str
         return _compiled(text).render(item=item, sample=sample)
     except UndefinedError:
         raise TemplateFailed(_missing_field(text, {"item": item, "sample": sample})) from None
+    except Exception as exc:  # the sandbox refusing an attribute, a filter meeting the wrong type: this line fails, not the run
+        raise TemplateFailed(f"the template {text!r} failed for this line: {type(exc).__name__}: {exc}") from None
 
 
 def _missing_field(text: str, values: Mapping[str, Any]) -> str:

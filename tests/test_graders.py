@@ -506,3 +506,24 @@ def test_trainer_grade_as_a_real_process(grade_files):
     (grade_files / "bad.yaml").write_text("type: string_check\noperation: equal\ninput: '{{ sample.output_text }}'\nreference: x\n")
     bad = run_trainer("grade", "--grader", str(grade_files / "bad.yaml"), "--input", str(grade_files / "answers.jsonl"))
     assert bad.returncode == 2 and f"{grade_files / 'bad.yaml'}:2:12: operation: 'equal' is not one of eq, ne, like, ilike" in bad.stderr
+
+
+def _doc_graders() -> list[str]:
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "graders.md").read_text()
+    return [block for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if block.startswith("type:")]
+
+
+@pytest.mark.parametrize("block", _doc_graders())
+def test_the_graders_in_the_guide_are_valid(block, tmp_path):
+    (tmp_path / "g.yaml").write_text(block)
+    load_grader(str(tmp_path / "g.yaml"))
+
+
+def test_the_guide_shows_every_grader_type():
+    import yaml
+
+    assert {yaml.safe_load(block)["type"] for block in _doc_graders()} == {"string_check", "text_similarity", "score_model", "python", "multi", "builtin"}

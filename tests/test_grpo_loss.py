@@ -54,7 +54,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
     assert diff < TOL, f"{what}: max diff {diff}"
 
 
-def _trl_trainer(tmp_path, model_dir, settings: dict, lora: bool) -> object:
+def _trl_trainer(tmp_path, model_dir, settings: dict, lora: bool, accumulation: int = 1) -> object:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -74,15 +74,15 @@ def _trl_trainer(tmp_path, model_dir, settings: dict, lora: bool) -> object:
     def fixed_rewards(completions: list, reward: list, **_: object) -> list:
         return reward
 
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(ANSWERS), num_generations=GROUP,
-                      max_completion_length=MAX_COMPLETION_LENGTH, report_to=[], use_cpu=True, bf16=False, **settings)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(ANSWERS) // accumulation, gradient_accumulation_steps=accumulation,
+                      num_generations=GROUP, max_completion_length=MAX_COMPLETION_LENGTH, report_to=[], use_cpu=True, bf16=False, **settings)
     peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]) if lora else None
     trainer = GRPOTrainer(model=policy, reward_funcs=fixed_rewards, args=args, processing_class=tokenizer, peft_config=peft_config,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]), rollout_func=fixed_answers)
     if lora:  # a new adapter starts as the identity: move it, so that the policy is not its own reference
         _nudge([p for n, p in trainer.model.named_parameters() if "lora_" in n], seed=7, scale=0.3)
     trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's own loop, which does not run here
+    trainer.current_gradient_accumulation_steps = accumulation  # set by Trainer's own loop, which does not run here
     return trainer
 
 
@@ -107,14 +107,24 @@ def test_lora_loss_and_gradients_equal_trl_with_the_adapter_off_as_reference(tmp
                       temperature=0.9, loss_type=loss_type, epsilon=0.2, epsilon_high=None)
 
 
+def _batch(trainer: object) -> dict:
+    """TRL's batch of the fixed answers and rewards, as its _generate_and_score_completions builds it."""
+    groups = [REWARDS[i:i + GROUP] for i in range(0, len(REWARDS), GROUP)]
+    return trainer._generate_and_score_completions([{"prompt": p, "reward": r} for p, group in zip(PROMPTS, groups) for r in group])
+
+
+def _rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, completion_mask) of trainer's rows: the prompt, then the answer."""
+    return (torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1), torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+            batch["completion_mask"])
+
+
 def _compare_with_trl(tmp_path, model_dir, lora: bool, **settings: object) -> None:
     from transformers import AutoModelForCausalLM
 
     trainer = _trl_trainer(tmp_path, model_dir, {k: v for k, v in settings.items() if k != "epsilon_high" or v is not None}, lora)
     model = trainer.model
-    inputs = [{"prompt": p, "reward": r} for p, group in zip(PROMPTS, [REWARDS[i:i + GROUP] for i in range(0, len(REWARDS), GROUP)])
-              for r in group]
-    batch = trainer._generate_and_score_completions(inputs)
+    batch = _batch(trainer)
 
     config = _config(**settings)
     objective = GRPO(config)
@@ -122,9 +132,7 @@ def _compare_with_trl(tmp_path, model_dir, lora: bool, **settings: object) -> No
     module = objective.module(model)
     assert isinstance(module, GRPOLoss)
     module.choose_kernel = False  # the same attention kernel as TRL's call
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    completion_mask = batch["completion_mask"]
+    input_ids, attention_mask, completion_mask = _rows(batch)
     rewards = torch.tensor([math.nan if r is None else r for r in REWARDS])
 
     advantages = objective.advantages(rewards)
@@ -178,6 +186,30 @@ def _compare_with_trl(tmp_path, model_dir, lora: bool, **settings: object) -> No
     assert figures["zero_spread_groups"] == pytest.approx(1 / 3)  # the group of 0.5s
     assert figures["completion_length"] == pytest.approx(float(completion_mask.sum()) / len(ANSWERS))
     assert objective.take_metrics() == {}  # cleared
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo", "dapo"])
+def test_a_window_of_two_micro_batches_equals_trls_accumulation(tmp_path, tiny_model_dir, loss_type):
+    """The loop divides the window's loss sum by its units; TRL scales each micro-batch's loss instead. The same."""
+    trainer = _trl_trainer(tmp_path, tiny_model_dir, {"loss_type": loss_type}, lora=False, accumulation=2)
+    batch = _batch(trainer)
+    halves = [{k: v[rows] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in batch.items()} for rows in (slice(0, 6), slice(6, 12))]
+    theirs = sum(trainer._compute_loss(trainer.model, half) for half in halves)
+    theirs.backward()
+    trl_grads = _grads(trainer.model)
+    trainer.model.zero_grad()
+
+    module = GRPO(_config(loss_type=loss_type)).module(trainer.model)
+    module.choose_kernel = False
+    advantages = group_advantages(torch.tensor([math.nan if r is None else r for r in REWARDS]), GROUP, "group")[0]
+    sums, units = zip(*(module(*_rows(half), advantages[rows]) for half, rows in zip(halves, (slice(0, 6), slice(6, 12)))))
+    ours = sum(sums) / sum(units)
+    ours.backward()
+    assert abs(ours.item() - theirs.item()) < TOL, (ours.item(), theirs.item())
+    ours_grads = _grads(trainer.model)
+    assert ours_grads.keys() == trl_grads.keys() and max(float(g.abs().max()) for g in trl_grads.values()) > 1e-3
+    for name in ours_grads:
+        _close(ours_grads[name], trl_grads[name], name)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])

@@ -10,7 +10,7 @@ import os
 from typing import Callable, Iterator
 
 from trainer.config.model import Config
-from trainer.config.schema import subschema
+from trainer.config.schema import apply_defaults, subschema
 from trainer.hardware import Hardware, has_package
 from trainer.patterns import DATA_SUFFIXES, is_local_data, is_local_model  # noqa: F401 (DATA_SUFFIXES: trainer.data.records)
 
@@ -54,7 +54,7 @@ def text_format_has_no_assistant(cfg: Config) -> Found:
         yield ("data", "train_on"), "plain text has no assistant turns to learn from, so train_on: assistant requires a chat format; set data.train_on: all."
 
 
-# ---- objectives (sft, dpo, orpo) ----------------------------------------------------------------
+# ---- objectives (sft, dpo, orpo, grpo) ----------------------------------------------------------
 
 PREFERENCE = ("dpo", "orpo")
 
@@ -84,6 +84,23 @@ def preference_strategies(cfg: Config) -> Found:
     if cfg.training.objective in PREFERENCE and cfg.distributed.strategy in ("fsdp", "deepspeed"):
         yield ("distributed", "strategy"), (f"{cfg.training.objective} runs in one process or with ddp for now; "
                                             "set distributed.strategy: ddp (or none).")
+
+
+def grpo_settings_need_grpo(cfg: Config) -> Found:
+    # compared with the defaults, not looked up in the YAML: the UI and `trainer init` write every section out
+    if cfg.training.objective == "grpo":
+        return
+    defaults = apply_defaults(subschema(("training", "grpo")) or {}, {})
+    for key, value in cfg.training.grpo.to_dict().items():
+        if value != defaults[key]:
+            yield ("training", "grpo", key), (f"only the grpo objective reads this, and training.objective is {cfg.training.objective}; "
+                                              "set training.objective: grpo, or remove it.")
+
+
+def grpo_without_packing(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and cfg.data.packing:
+        yield ("data", "packing"), ("grpo samples its own answers to one prompt per row, so there are no examples to pack; "
+                                    "set data.packing: false.")
 
 
 def adapter_fits_method(cfg: Config) -> Found:
@@ -170,6 +187,8 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     objective_matches_data_format,
     preference_without_packing,
     preference_strategies,
+    grpo_settings_need_grpo,
+    grpo_without_packing,
     local_files_exist,
     push_to_hub_needs_token,
     tensorboard_needs_package,

@@ -200,14 +200,18 @@ class TrainingConfig(Section):
     objective: str
     """sft learns to write the answers in the data (supervised fine-tuning); dpo and orpo learn from pairs of a
     better and a worse answer to prefer the better one (preference tuning: data in a preference format). dpo
-    usually starts from an SFT adapter (model.adapter); orpo does SFT and preference in one step. Default:
-    "sft"."""
+    usually starts from an SFT adapter (model.adapter); orpo does SFT and preference in one step. grpo writes
+    several answers to each prompt, has graders score them, and learns to write more like the better ones of
+    each group (reinforcement fine-tuning; settings in training.grpo). Default: "sft"."""
 
     dpo: TrainingDpoConfig
     """Settings of the dpo objective."""
 
     orpo: TrainingOrpoConfig
     """Settings of the orpo objective."""
+
+    grpo: TrainingGrpoConfig
+    """Settings of the grpo objective (group relative policy optimisation); the names are TRL's GRPOConfig's."""
 
     epochs: float | None
     """How many times to go through the training data. Set this or max_steps, not both. Default: null."""
@@ -312,6 +316,53 @@ class TrainingOrpoConfig(Section):
     weight: float
     """Weight of the odds-ratio (preference) term against the loss on the chosen answers; the ORPO paper's
     lambda, 0.1 is usual. Default: 0.1."""
+
+
+@dataclass(frozen=True)
+class TrainingGrpoConfig(Section):
+    """Settings of the grpo objective (group relative policy optimisation); the names are TRL's GRPOConfig's."""
+
+    num_generations: int
+    """How many answers are sampled for each prompt; each is judged against the others of its group, so at least
+    2. More gives a better baseline and costs more generation. Default: 8."""
+
+    max_completion_length: int
+    """Sampling stops after this many tokens. dr_grpo divides the loss by it. Default: 512."""
+
+    temperature: float
+    """Randomness of the sampled answers: higher gives more varied groups. The log-probabilities in the loss are
+    those of this temperature's distribution, as the answers were sampled from it. Default: 1.0."""
+
+    top_p: float
+    """Sample only from the most likely tokens that together have this probability; 1 samples from all of them.
+    Default: 1.0."""
+
+    beta: float
+    """How strongly the tuned model is held near the model it starts from (a KL penalty). 0 turns it off and
+    saves the reference model's pass over every answer; 0.001 to 0.04 are usual otherwise. Default: 0.0."""
+
+    epsilon: float
+    """How far below 1 the ratio of new to old probability of a token may go before its gradient stops (PPO's
+    clipping); 0.2 is usual. Default: 0.2."""
+
+    epsilon_high: float | None
+    """How far above 1 that ratio may go; empty means the same as epsilon. The DAPO paper uses 0.28, so that
+    unlikely tokens can gain more. Default: null."""
+
+    loss_type: str
+    """How token losses become the loss. dapo: mean over every answer token of the step. bnpo: mean over the
+    answer tokens of each micro-batch. grpo: mean of each answer, then over answers (favours short right
+    answers and long wrong ones). dr_grpo: sum over the answer tokens / (answers x max_completion_length),
+    free of that length bias. Default: "dapo"."""
+
+    scale_rewards: str
+    """An answer's advantage is its reward minus the mean of its group, divided by the standard deviation of its
+    group (group), of the whole batch (batch), or not at all (none: the Dr. GRPO paper's advice, against
+    favouring too easy and too hard prompts). Default: "group"."""
+
+    num_iterations: int
+    """How many optimizer passes each batch of sampled answers gets (mu in the GRPO paper). Above 1, the clipping
+    keeps the later passes near the model that sampled them. Default: 1."""
 
 
 @dataclass(frozen=True)
@@ -485,6 +536,7 @@ SECTION_CLASSES: dict[tuple[str, ...], type[Section]] = {
     ('training', 'lora'): TrainingLoraConfig,
     ('training', 'dpo'): TrainingDpoConfig,
     ('training', 'orpo'): TrainingOrpoConfig,
+    ('training', 'grpo'): TrainingGrpoConfig,
     ('training', 'early_stopping'): TrainingEarlyStoppingConfig,
     ('output',): OutputConfig,
     ('output', 'push_to_hub'): OutputPushToHubConfig,

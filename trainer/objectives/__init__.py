@@ -40,4 +40,5 @@ def objective_for(config: Config) -> Objective:
 register_objective("sft", "trainer.objectives.sft:SFT")
 register_objective("dpo", "trainer.objectives.preference:DPO")
 register_objective("orpo", "trainer.objectives.preference:ORPO")
+register_objective("grpo", "trainer.objectives.grpo:GRPO")
 

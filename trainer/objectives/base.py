@@ -16,8 +16,13 @@ class Objective(Protocol):
     name: ClassVar[str]  # as training.objective spells it
     pairs: ClassVar[bool]  # learns from preference pairs (the data build reads pairs; eval measures the preference)
     unit: ClassVar[str]  # what one training item is called in messages: "examples" or "pairs"
-    needs_reference: ClassVar[bool]  # the start model's log-probs are computed once before the first step (recipe)
     autotrain_trainer: ClassVar[str]  # the AutoTrain trainer that runs it (its llm-<trainer> task)
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss needs the start model's log-probs: dpo's, computed once before the first step (recipe);
+        grpo's with beta > 0, of each batch of sampled answers. A class attribute where no setting changes it."""
+        ...
 
     def module(self, model: nn.Module) -> nn.Module:
         """The module around `model` whose forward gives (loss sum, units) of a collated batch."""

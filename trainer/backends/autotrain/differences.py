@@ -22,6 +22,8 @@ def differences(config: Config) -> list[tuple[tuple, str]]:
     """Where AutoTrain 0.8.36 would train differently from what the config asks, as (key path, message) pairs."""
     t, m = config.training, config.model
     found: list[tuple[tuple, str]] = []
+    if t.objective == "grpo":
+        return found  # refused outright (refusals.py): there is no AutoTrain run to compare with
     if t.method == "dora":
         found.append((("training", "method"), "AutoTrain has no DoRA; it would train plain LoRA."))
     if t.objective == "sft":

@@ -11,7 +11,14 @@ from trainer.config.model import Config
 
 
 def refusals(config: Config) -> list[tuple[tuple, str]]:
-    return [*_processes(config), *_packing(config), *_preference(config), *_adapter(config)]
+    return [*_objective(config), *_processes(config), *_packing(config), *_preference(config), *_adapter(config)]
+
+
+def _objective(config: Config) -> list[tuple[tuple, str]]:
+    if config.training.objective != "grpo":
+        return []
+    return [(("training", "objective"), "AutoTrain has no GRPO (its LLM tasks are sft, generic, dpo, orpo and reward); "
+                                        "set backend.name: peft, or another training.objective.")]
 
 
 def _processes(config: Config) -> list[tuple[tuple, str]]:

@@ -22,6 +22,9 @@ FAMILIES = {
               "<|begin_of_text|>", "<|eot_id|>"),
     "qwen": (["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "<think>", "</think>",
               "<tool_response>", "</tool_response>"], None, "<|im_end|>"),
+    # Hermes 3: Llama 3.1's bos, ChatML turns, <|im_end|> its eos
+    "hermes": (["<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+               "<|begin_of_text|>", "<|im_end|>"),
     "mistral": (["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
                  "[/TOOL_RESULTS]"], "<s>", "</s>"),
     "gemma": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
@@ -65,9 +68,10 @@ def conversation(tools: bool = True, reasoning: bool = False) -> Example:
     return Example(tuple(messages), None, "chat.jsonl", 4, (WEATHER,) if tools else None)
 
 
-def trained(tokenizer, jinja: str, example: Example, fold: bool = False, name: str = "the model"):
+def trained(tokenizer, jinja: str | ChatTemplate, example: Example, fold: bool = False, name: str = "the model"):
     """(the trained text, one string per run of trained tokens; the Tokenized result) or the problem."""
-    encode = Tokenizer(tokenizer, ChatTemplate("tokenizer", jinja, None), "assistant", 4096, fold_system=fold, model_name=name)
+    template = jinja if isinstance(jinja, ChatTemplate) else ChatTemplate("tokenizer", jinja, None)
+    encode = Tokenizer(tokenizer, template, "assistant", 4096, fold_system=fold, model_name=name)
     result, problem = encode(example)
     if problem:
         return str(problem), None
@@ -224,3 +228,27 @@ def test_smollm3_reasoning_inline_and_no_think_mode(saved_smollm2):
     # writes in that mode: it is prompt, not answer, so it is rendered but not trained.
     assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
     assert tokenizer.decode(result.input_ids).count("<|im_start|>assistant\n<think>\n\n</think>\nIt is 18 C") == 1
+
+
+def named(tokenizer, family: str):
+    """The tokenizer with the model's named templates, as transformers loads a list of them from tokenizer_config.json."""
+    tokenizer.chat_template = {variant: template(f"{family}-{variant}.jinja") for variant in ("default", "tool_use")}
+    return tokenizer
+
+
+def test_hermes3_tool_use_template_for_conversations_with_tools(saved_smollm2):
+    # Hermes 3's default template ignores tools; apply_chat_template(tools=...) picks its tool_use template, and so does trainer.
+    tokenizer = named(family_tokenizer(saved_smollm2, "hermes"), "hermes3")
+    chosen = resolve_template("tokenizer", tokenizer)
+    runs, result = trained(tokenizer, chosen, conversation())
+    assert runs == [CALL_QWEN, "It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    text = tokenizer.decode(result.input_ids)
+    assert "Here are the available tools: <tools> {\"type\": \"function\", \"function\": {\"name\": \"get_weather\"" in text
+    assert '<|im_start|>tool\n<tool_response>\n{"temp_c": 18}\n</tool_response>\n<|im_end|><|im_start|>assistant\nIt is 18 C' in text
+    items = Tokenizer(tokenizer, chosen, "assistant", 4096).template_messages(conversation().messages, [WEATHER])
+    assert text == tokenizer.apply_chat_template(items, tools=[WEATHER], tokenize=False)  # the template apply_chat_template picks
+    runs, result = trained(tokenizer, chosen, conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    assert tokenizer.decode(result.input_ids).startswith("<|begin_of_text|><|im_start|>system\nYou are a weather bot.<|im_end|>")
+    problem, _ = trained(tokenizer, resolve_template("default", tokenizer), conversation(), name="Hermes-3")
+    assert "the example has 'tools', but the chat template of Hermes-3 ignores them" in problem

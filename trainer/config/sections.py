@@ -105,7 +105,10 @@ class DataConfig(Section):
 
     chat_template: str
     """How a conversation is turned into text for the model. 'tokenizer' uses the template that comes with the
-    model; chatml, zephyr and llama3 are built in, and hermes is ChatML with tools, tool calls and reasoning
+    model; where the model ships several named templates (Hermes 3 and Command-R have 'default' and
+    'tool_use'), each conversation gets the one apply_chat_template picks: 'tool_use' when it has tools, else
+    'default' (`trainer data` counts each). The name of one of them (e.g. tool_use) renders every conversation
+    with it. chatml, zephyr and llama3 are built in, and hermes is ChatML with tools, tool calls and reasoning
     in the Hermes/Qwen <tool_call> style (for a model whose own template ignores tools); or paste a Jinja
     template. Default: "tokenizer"."""
 

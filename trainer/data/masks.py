@@ -42,6 +42,7 @@ class TemplateFeatures:
     empty_content: str  # how an assistant message with only tool calls is passed: "absent", "none" or "empty"
     arguments: str  # tool-call arguments as an "object", or as "json" text (templates that concatenate them)
     chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
+    with_tools: bool = False  # probed with a tools list throughout: a tokenizer's tool_use template renders only conversations with tools
 
     def describe(self) -> str:
         said = [
@@ -105,21 +106,23 @@ def _probe_call(content_style: str, arguments: str) -> dict:
     return message
 
 
-def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
-    """Render small conversations with and without each feature, once per template."""
-    specials = _special_texts(tokenizer)
+def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None, with_tools: bool = False) -> TemplateFeatures:
+    """Render small conversations with and without each feature, once per template (`with_tools`: every one with a tools
+    list, for a template that only renders conversations with tools)."""
+    specials = specials if specials is not None else _special_texts(tokenizer)
+    always = [PROBE_TOOL] if with_tools else None
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
-    plain = _try(tokenizer, jinja, [user, answer]) or ""
-    header, user_tail = _generation_header(tokenizer, jinja, [user], specials)
+    plain = _try(tokenizer, jinja, [user, answer], always) or ""
+    header, user_tail = _generation_header(tokenizer, jinja, [user], specials, always)
     after = plain[plain.rfind("Yo") + 2 :] if "Yo" in plain else ""
     close = _through_first_special(after, specials)
     tails = {"user": user_tail}
 
-    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer])
+    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer], always)
     system = "refuses" if with_system is None else "keeps" if "Sysprobezq" in with_system else "drops"
 
-    with_tools = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
-    tools = with_tools is not None and with_tools != plain and "probe_lookup_zq" in with_tools
+    listed = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
+    tools = listed is not None and (listed != plain or with_tools) and "probe_lookup_zq" in listed
 
     tool_calls = tool_results = False
     empty_content, arguments = "absent", "object"
@@ -147,18 +150,18 @@ def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
             return {"role": "assistant", "content": f"Answer{text}", "reasoning_content": f"Thought{text}zq"}
         return {"role": "assistant", "content": f"<think>\nThought{text}zq\n</think>\n\nAnswer{text}"}
 
-    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")]) or ""
+    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")], always) or ""
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
-                            empty_content, arguments, "<|im_start|>" in jinja)
+                            empty_content, arguments, "<|im_start|>" in jinja, with_tools)
 
 
-def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str]) -> tuple[str, str]:
+def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
     """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
     text between "Hi" and the answer (the user tail)."""
-    prompt = _try(tokenizer, jinja, messages, generation_prompt=True) or ""
-    prompt_without = _try(tokenizer, jinja, messages) or ""
+    prompt = _try(tokenizer, jinja, messages, tools, generation_prompt=True) or ""
+    prompt_without = _try(tokenizer, jinja, messages, tools) or ""
     common = 0
     while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
         common += 1
@@ -176,7 +179,8 @@ def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures,
     header, prompt rather than answer, and not trained."""
     if features.system != "keeps":
         return features
-    header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials)
+    header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials,
+                                           [PROBE_TOOL] if features.with_tools else None)
     if not header or header == features.header:
         return features
     tails = {role: tail[: len(tail) - len(features.header)] + header if features.header and tail.endswith(features.header) else tail

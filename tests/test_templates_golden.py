@@ -252,3 +252,45 @@ def test_hermes3_tool_use_template_for_conversations_with_tools(saved_smollm2):
     assert tokenizer.decode(result.input_ids).startswith("<|begin_of_text|><|im_start|>system\nYou are a weather bot.<|im_end|>")
     problem, _ = trained(tokenizer, resolve_template("default", tokenizer), conversation(), name="Hermes-3")
     assert "the example has 'tools', but the chat template of Hermes-3 ignores them" in problem
+
+
+def with_call_id(example: Example, call_id: str) -> Example:
+    """The example with its tool call, and the result that answers it, under another id."""
+    from dataclasses import replace
+
+    messages = tuple(replace(m, tool_calls=tuple(replace(c, id=call_id) for c in m.tool_calls)) if m.tool_calls else
+                     replace(m, tool_call_id=call_id) if m.role == "tool" else m for m in example.messages)
+    return replace(example, messages=messages)
+
+
+def test_mistral_v03_remaps_openai_call_ids(saved_smollm2):
+    # Mistral v0.3 raises on any id that is not 9 characters; OpenAI's ids (call_...) get 9 letters and digits made
+    # from them, the same in the call and in its result, and the conversation renders as with ids it takes as written.
+    from trainer.data.masks import short_call_id
+
+    tokenizer = family_tokenizer(saved_smollm2, "mistral")
+    jinja = template("mistral-v0.3.jinja")
+    openai = with_call_id(conversation(), "call_8Zt1mQkX0aWv3LpR")
+
+    def encode(example: Example, ids: str):
+        return Tokenizer(tokenizer, ChatTemplate("tokenizer", jinja, None), "assistant", 4096, fold_system=True, tool_call_ids=ids)(example)
+
+    _, problem = encode(openai, "keep")
+    assert str(problem) == ("chat.jsonl:4: the chat template could not render this conversation: Tool call IDs should be alphanumeric "
+                            "strings with length 9!; set data.tool_call_ids: remap to give every call a 9-character id (the same for "
+                            "the call and its result)")
+    new = short_call_id("call_8Zt1mQkX0aWv3LpR")
+    assert len(new) == 9 and new.isalnum() and new == short_call_id("call_8Zt1mQkX0aWv3LpR")
+    as_written, _ = encode(conversation(), "keep")  # its id, call00001, suits the template
+    for ids in ("auto", "remap"):
+        remapped, problem = encode(openai, ids)
+        assert problem is None
+        text = tokenizer.decode(remapped.input_ids)
+        assert f'"id": "{new}"}}]</s>[TOOL_RESULTS] {{"content": {{"temp_c": 18}}, "call_id": "{new}"}}[/TOOL_RESULTS]' in text
+        assert text.replace(new, "call00001") == tokenizer.decode(as_written.input_ids)
+        assert [tokenizer.decode([t for t, label in zip(remapped.input_ids, remapped.labels) if label != IGNORE])] == [
+            f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {{"city": "Paris"}}, "id": "{new}"}}]</s> It is 18 C in Paris.</s> '
+            "You're welcome.</s>"]
+    kept, _ = encode(conversation(), "auto")  # auto keeps ids the template takes
+    assert kept.input_ids == as_written.input_ids
+

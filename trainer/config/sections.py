@@ -119,6 +119,12 @@ class DataConfig(Section):
     generated; use it when the template changes earlier turns (Qwen3 and DeepSeek-R1 drop the reasoning of
     earlier turns; `trainer data` says when). Costs more tokens. Default: "all"."""
 
+    tool_call_ids: str
+    """What the template is given as each tool call's id (and its result's tool_call_id). Mistral's templates (7B
+    v0.3, Small 3.2) refuse any id that is not 9 characters, such as OpenAI's call_...: 'remap' replaces every
+    id with 9 letters and digits made from it (the same for a call and its result), 'keep' passes the ids as
+    written, and 'auto' remaps only for a template that refuses OpenAI-style ids. Default: "auto"."""
+
     system_prompt: str
     """'keep' gives the system prompt to the template as a system message; 'fold' puts it at the start of the
     first user turn, for templates that refuse a system role (Gemma 2) or drop it (Mistral). Default: "keep"."""

@@ -16,10 +16,12 @@ per template by rendering small probe conversations with and without each (`prob
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import string
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -43,6 +45,7 @@ class TemplateFeatures:
     arguments: str  # tool-call arguments as an "object", or as "json" text (templates that concatenate them)
     chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
     with_tools: bool = False  # probed with a tools list throughout: a tokenizer's tool_use template renders only conversations with tools
+    short_ids: bool = False  # refuses OpenAI-style tool-call ids (call_...) and takes 9-character ones (Mistral)
 
     def describe(self) -> str:
         said = [
@@ -93,6 +96,7 @@ def _cuts_after_specials(text: str, specials: list[str]) -> list[str]:
     return [text[:e] for e in sorted(ends, reverse=True) if e < len(text)]
 
 
+OPENAI_ID = "call_8pQ2vXcY3nR7tLm4"  # an id as OpenAI's API makes them, which Mistral's templates refuse
 PROBE_TOOL = {"type": "function", "function": {"name": "probe_lookup_zq", "description": "Look a word up.",
                                                "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}
 
@@ -124,7 +128,7 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     listed = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
     tools = listed is not None and (listed != plain or with_tools) and "probe_lookup_zq" in listed
 
-    tool_calls = tool_results = False
+    tool_calls = tool_results = short_ids = False
     empty_content, arguments = "absent", "object"
     for content_style in ("absent", "none", "empty"):
         for argument_style in ("object", "json"):
@@ -134,6 +138,9 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
             if text is None:
                 continue
             empty_content, arguments = content_style, argument_style
+            openai_ids = [dict(m, tool_calls=[dict(c, id=OPENAI_ID) for c in m["tool_calls"]]) if "tool_calls" in m else
+                          dict(m, tool_call_id=OPENAI_ID) if m["role"] == "tool" else m for m in conversation + [answer]]
+            short_ids = _try(tokenizer, jinja, openai_ids, tools=[PROBE_TOOL]) is None
             tool_calls = "probeargzq" in text
             tool_results = "Resultprobezq" in text
             tool_prompt = _try(tokenizer, jinja, conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
@@ -154,7 +161,7 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
-                            empty_content, arguments, "<|im_start|>" in jinja, with_tools)
+                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids)
 
 
 def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
@@ -188,8 +195,10 @@ def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures,
     return replace(features, header=header, tails={**tails, "user": user_tail})
 
 
-def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_system: bool = False) -> list[dict]:
-    """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content)."""
+def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_system: bool = False, tool_call_ids: str = "keep") -> list[dict]:
+    """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content), each
+    tool-call id as data.tool_call_ids says (call_ids)."""
+    ids = call_ids(tool_call_ids, features)
     out = []
     for m in messages:
         item: dict = {"role": m.role}
@@ -200,7 +209,7 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
             else:
                 content = f"<think>\n{m.reasoning}\n</think>\n\n{content}"
         if m.tool_calls:
-            item["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+            item["tool_calls"] = [{"id": ids(c.id), "type": "function", "function": {
                 "name": c.name, "arguments": c.arguments if features.arguments == "object" else json.dumps(c.arguments, ensure_ascii=False)}}
                 for c in m.tool_calls]
             if content or features.empty_content != "absent":
@@ -208,7 +217,7 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         else:
             item["content"] = content
         if m.role == "tool":
-            item["tool_call_id"] = m.tool_call_id
+            item["tool_call_id"] = ids(m.tool_call_id) if m.tool_call_id is not None else None
         if m.name:
             item["name"] = m.name
         out.append(item)
@@ -218,6 +227,29 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         if first_user is not None:
             first_user["content"] = f"{system}\n\n{first_user['content']}"
     return out
+
+
+def call_ids(setting: str, features: TemplateFeatures) -> Callable[[str], str]:
+    """data.tool_call_ids as a function of the id: 'remap' makes every id short_call_id's; 'auto', on a template that
+    refuses OpenAI's ids, only those that are not 9 letters and digits already (data that suits the template stays as
+    written); 'keep', or 'auto' elsewhere, keeps them."""
+    if setting == "remap":
+        return short_call_id
+    if setting == "auto" and features.short_ids:
+        return lambda original: original if _SHORT_ID.fullmatch(original) else short_call_id(original)
+    return lambda original: original
+
+
+def short_call_id(original: str) -> str:
+    """A 9-character id of letters and digits made from a tool-call id, as Mistral's templates require: the same for a
+    call and the result that names it, and for the same data every time (a hash, so no two ids of a conversation meet
+    in practice: 62**9 values)."""
+    digest = hashlib.sha256(original.encode()).digest()
+    return "".join(_ALNUM[b % len(_ALNUM)] for b in digest[:9])
+
+
+_ALNUM = string.ascii_letters + string.digits
+_SHORT_ID = re.compile("[A-Za-z0-9]{9}")
 
 
 def _wrap(text: str, k: int) -> str:

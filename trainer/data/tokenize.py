@@ -49,13 +49,14 @@ class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
     def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
-                 model_name: str = "the model"):
+                 model_name: str = "the model", tool_call_ids: str = "auto"):
         self.tok = tokenizer
         self.template = template
         self.train_on = train_on
         self.max_length = max_length
         self.fold_system = fold_system
         self.model_name = model_name
+        self.tool_call_ids = tool_call_ids  # data.tool_call_ids: keep, remap, or auto (remap where the template refuses OpenAI's ids)
         self._features: dict[str, TemplateFeatures] = {}  # per template (the tokenizer's default and tool_use ones)
         self._specials: list[str] | None = None
         # per template and system prompt: most data sets have one or a few
@@ -98,7 +99,7 @@ class Tokenizer:
         )
 
     def template_messages(self, messages: Sequence[Message] | None, tools: Sequence[dict] | None = None) -> list[dict]:
-        return template_messages(messages or (), self.features_of(self.template_for(tools)), self.fold_system)
+        return template_messages(messages or (), self.features_of(self.template_for(tools)), self.fold_system, self.tool_call_ids)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
         result = self.encode_batch([example])[0]
@@ -171,7 +172,9 @@ class Tokenizer:
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
-            return problem(f"the chat template could not render this conversation: {exc}")
+            fix = ("; set data.tool_call_ids: remap to give every call a 9-character id (the same for the call and its result)"
+                   if "call id" in str(exc).lower() and self.tool_call_ids != "remap" else "")
+            return problem(f"the chat template could not render this conversation: {exc}{fix}")
 
     def rendered(self, example: Example) -> tuple[str, list[tuple[int, int, int]], list[int], list[tuple[int, int]]] | Problem:
         """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""

@@ -294,3 +294,29 @@ def test_mistral_v03_remaps_openai_call_ids(saved_smollm2):
     kept, _ = encode(conversation(), "auto")  # auto keeps ids the template takes
     assert kept.input_ids == as_written.input_ids
 
+
+COHERE = ["<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>",
+          "<|START_RESPONSE|>", "<|END_RESPONSE|>", "<|START_THINKING|>", "<|END_THINKING|>", "<|START_ACTION|>", "<|END_ACTION|>",
+          "<|START_TOOL_RESULT|>", "<|END_TOOL_RESULT|>"]
+FAMILIES["cohere"] = (COHERE, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>")  # Command-R7B: <|END_OF_TURN_TOKEN|> is its eos
+
+
+def test_command_r7b_trains_the_end_of_turn_and_keeps_tool_conversations(saved_smollm2):
+    # Command-R7B closes an answer with <|END_RESPONSE|><|END_OF_TURN_TOKEN|> and stops on the second: both are trained.
+    # A tool call ends <|END_ACTION|><|END_OF_TURN_TOKEN|>, with the same stop token (the turn was refused before).
+    from trainer.generate import stop_ids
+
+    tokenizer = named(family_tokenizer(saved_smollm2, "cohere"), "command-r7b")
+    chosen = resolve_template("tokenizer", tokenizer)
+    runs, _ = trained(tokenizer, chosen, conversation())
+    assert runs == ['<|START_THINKING|><|END_THINKING|><|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", '
+                    '"parameters": {"city": "Paris"}}\n]<|END_ACTION|><|END_OF_TURN_TOKEN|>',
+                    "<|START_RESPONSE|>It is 18 C in Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+                    "<|START_RESPONSE|>You're welcome.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"]
+    # default: the generation prompt opens the answer with <|START_RESPONSE|>, so that is prompt, not answer
+    runs, result = trained(tokenizer, chosen, conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "You're welcome.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"]
+    last_trained = max(k for k, label in enumerate(result.labels) if label != IGNORE)
+    assert result.input_ids[last_trained] in stop_ids(tokenizer)  # generation stops on the token that ends what was trained
+    tokenizer.eos_token = "<BOS_TOKEN>"  # even where the tokenizer's eos is another token, <|END_OF_TURN_TOKEN|> stops generation
+    assert tokenizer.convert_tokens_to_ids("<|END_OF_TURN_TOKEN|>") in stop_ids(tokenizer)

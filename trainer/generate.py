@@ -133,11 +133,10 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(kept, skip_special_tokens=False).strip()
 
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
-
-
 def stop_ids(tokenizer: Any) -> list[int]:
     """The token ids that end an answer: end of sequence, and the end-of-turn tokens the tokenizer knows."""
+    from trainer.data.templates import END_OF_TURN
+
     ids = {tokenizer.eos_token_id}
     for token in END_OF_TURN:
         tid = tokenizer.convert_tokens_to_ids(token)

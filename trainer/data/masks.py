@@ -33,7 +33,7 @@ class TemplateFeatures:
     """What a chat template does, found by rendering probe conversations with and without each feature."""
 
     header: str  # what the generation prompt adds: the text before an assistant turn's body ("" for Mistral)
-    close: str  # the text that ends an assistant turn, up to its first special token (trained: the model learns to stop)
+    close: str  # the text that ends an assistant turn, through the token that stops generation (trained: the model learns to stop)
     tails: dict  # role -> the text between that role's content and the next assistant turn's body, on the generation prompt
     system: str  # "keeps" a system prompt, "drops" it (Mistral: only into a final user turn) or "refuses" it (Gemma 2 raises)
     tools: bool  # renders the tools list
@@ -46,6 +46,7 @@ class TemplateFeatures:
     chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
     with_tools: bool = False  # probed with a tools list throughout: a tokenizer's tool_use template renders only conversations with tools
     short_ids: bool = False  # refuses OpenAI-style tool-call ids (call_...) and takes 9-character ones (Mistral)
+    stop: str = ""  # the stop token that ends `close` when more comes before it (Command-R7B's <|END_OF_TURN_TOKEN|>)
 
     def describe(self) -> str:
         said = [
@@ -85,6 +86,29 @@ def _through_first_special(text: str, specials: list[str]) -> str:
     return text[: best[0] + best[1]] if best else text.rstrip()
 
 
+def _stop_texts(tokenizer: Any) -> set[str]:
+    """The tokens generation stops on (trainer.generate.stop_ids): eos and the known end-of-turn tokens."""
+    from trainer.data.templates import END_OF_TURN
+
+    return {t for t in (getattr(tokenizer, "eos_token", None), *END_OF_TURN) if t}
+
+
+def _closing(after: str, specials: list[str], stops: set[str]) -> tuple[str, str]:
+    """What closes an answer, from the text after it: through the first special token, and on through the special tokens
+    right after it up to a token that stops generation, when one comes before any other text. Command-R7B writes
+    <|END_RESPONSE|><|END_OF_TURN_TOKEN|> and stops on the second: both are trained, or the model never learns to stop.
+    Also the stop token itself when the close is longer (a turn that ends otherwise still ends with it)."""
+    first = _through_first_special(after, specials)
+    if not first or any(first.endswith(s) for s in stops):
+        return first, ""
+    at = len(first)
+    while (token := next((s for s in specials if after.startswith(s, at)), None)) is not None:  # specials: longest first
+        at += len(token)
+        if token in stops:
+            return after[:at], token
+    return first, ""  # no stop token in the run: the first special closes the turn (Gemma's <end_of_turn>)
+
+
 def _cuts_after_specials(text: str, specials: list[str]) -> list[str]:
     """Prefixes of `text` that end right after a special token, longest first (for a header a template shortens)."""
     ends = set()
@@ -118,8 +142,11 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
     plain = _try(tokenizer, jinja, [user, answer], always) or ""
     header, user_tail = _generation_header(tokenizer, jinja, [user], specials, always)
-    after = plain[plain.rfind("Yo") + 2 :] if "Yo" in plain else ""
-    close = _through_first_special(after, specials)
+    # what follows an answer before the next message (a template may end the conversation otherwise: Phi-3.5 adds eos)
+    following = _try(tokenizer, jinja, [user, answer, {"role": "user", "content": "Nextprobezq"}], always) or plain
+    after = following[following.rfind("Yo") + 2 :] if "Yo" in following else ""
+    after = after[: after.find("Nextprobezq")] if "Nextprobezq" in after else after
+    close, stop = _closing(after, specials, _stop_texts(tokenizer))
     tails = {"user": user_tail}
 
     with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer], always)
@@ -161,7 +188,7 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
-                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids)
+                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids, stop)
 
 
 def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
@@ -317,11 +344,15 @@ def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, it
                             f"(looked for {anchors[0]!r} after message {i}); the template lays this turn out unlike the others.")
         end = following
         if features.close:
-            at = text.rfind(features.close, start, following)
+            closing = features.close
+            at = text.rfind(closing, start, following)
+            if at < 0 and features.stop:  # a turn closed otherwise, with the same stop token (Command-R7B's tool calls)
+                closing = features.stop
+                at = text.rfind(closing, start, following)
             if at < 0:
                 raise SpanError(f"the chat template does not close assistant message {i + 1} with {features.close!r} as it does "
                                 "elsewhere, so where it ends is unknown.")
-            end = at + len(features.close)
+            end = at + len(closing)
         spans.append((i, start, end))
         previous_end = end
     return text, spans

@@ -92,3 +92,31 @@ def test_turns_each_makes_one_example_per_answer(setup, capsys):
     assert out.count("<|im_end|>⟧") == 2  # each example trains only its last answer
     assert main(["data", "--config", config, "--set", "data.turns=each"]) == 2
     assert "2 records, 0 usable, 2 problem(s)" in capsys.readouterr().out  # each record's refusal said once
+
+
+def test_named_templates_tool_use_for_examples_with_tools(tmp_path, capsys):
+    # A tokenizer with named templates (Hermes 3, Command-R): apply_chat_template(tools=...) picks tool_use, so trainer
+    # renders the examples with tools with it and the others with default, and says how many each.
+    from trainer.data.templates import CHATML, HERMES
+
+    tok = tmp_path / "tok"
+    make_char_tokenizer({"default": CHATML, "tool_use": HERMES}).save_pretrained(tok)
+    data = tmp_path / "mixed.jsonl"
+    plain = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    data.write_text(json.dumps(ROW) + "\n" + json.dumps(plain) + "\n" + json.dumps(plain) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name_or_path: {tok}\ndata:\n  train: {data}\n  validation_split: 0\ntraining:\n  epochs: 1\n")
+    assert main(["data", "--config", str(config), "--show", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"][0]["kept"] == 3 and report["splits"][0]["variants"] == {"default": 2, "tool_use": 1}
+    text = report["shown"][0]["text"]
+    assert text.startswith("<|im_start|>system\n# Tools") and [text[a:b] for a, b in report["shown"][0]["trained"]][-1] == "18 C.<|im_end|>"
+    assert main(["data", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "the model's templates: default for 2 example(s), tool_use for 1 example(s) (tool_use for those with tools" in out
+    assert "Chat template features: default: does not render tools" in out and "tool_use: renders tools" in out
+    # data.chat_template: tool_use renders every example with it (the built-in hermes here renders tool-less ones too)
+    assert main(["data", "--config", str(config), "--set", "data.chat_template=tool_use", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"][0]["variants"] == {"tool_use": 3}
+    assert main(["data", "--config", str(config), "--set", "data.chat_template=rag"]) != 0
+    assert "'rag' is not a built-in template (chatml, zephyr, llama3, hermes) nor one of the model's named templates: its templates are 'default', 'tool_use'" in capsys.readouterr().err

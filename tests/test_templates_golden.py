@@ -22,6 +22,9 @@ FAMILIES = {
               "<|begin_of_text|>", "<|eot_id|>"),
     "qwen": (["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "<think>", "</think>",
               "<tool_response>", "</tool_response>"], None, "<|im_end|>"),
+    # Hermes 3: Llama 3.1's bos, ChatML turns, <|im_end|> its eos
+    "hermes": (["<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+               "<|begin_of_text|>", "<|im_end|>"),
     "mistral": (["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
                  "[/TOOL_RESULTS]"], "<s>", "</s>"),
     "gemma": (["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>"),
@@ -65,9 +68,10 @@ def conversation(tools: bool = True, reasoning: bool = False) -> Example:
     return Example(tuple(messages), None, "chat.jsonl", 4, (WEATHER,) if tools else None)
 
 
-def trained(tokenizer, jinja: str, example: Example, fold: bool = False, name: str = "the model"):
+def trained(tokenizer, jinja: str | ChatTemplate, example: Example, fold: bool = False, name: str = "the model"):
     """(the trained text, one string per run of trained tokens; the Tokenized result) or the problem."""
-    encode = Tokenizer(tokenizer, ChatTemplate("tokenizer", jinja, None), "assistant", 4096, fold_system=fold, model_name=name)
+    template = jinja if isinstance(jinja, ChatTemplate) else ChatTemplate("tokenizer", jinja, None)
+    encode = Tokenizer(tokenizer, template, "assistant", 4096, fold_system=fold, model_name=name)
     result, problem = encode(example)
     if problem:
         return str(problem), None
@@ -224,3 +228,95 @@ def test_smollm3_reasoning_inline_and_no_think_mode(saved_smollm2):
     # writes in that mode: it is prompt, not answer, so it is rendered but not trained.
     assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
     assert tokenizer.decode(result.input_ids).count("<|im_start|>assistant\n<think>\n\n</think>\nIt is 18 C") == 1
+
+
+def named(tokenizer, family: str):
+    """The tokenizer with the model's named templates, as transformers loads a list of them from tokenizer_config.json."""
+    tokenizer.chat_template = {variant: template(f"{family}-{variant}.jinja") for variant in ("default", "tool_use")}
+    return tokenizer
+
+
+def test_hermes3_tool_use_template_for_conversations_with_tools(saved_smollm2):
+    # Hermes 3's default template ignores tools; apply_chat_template(tools=...) picks its tool_use template, and so does trainer.
+    tokenizer = named(family_tokenizer(saved_smollm2, "hermes"), "hermes3")
+    chosen = resolve_template("tokenizer", tokenizer)
+    runs, result = trained(tokenizer, chosen, conversation())
+    assert runs == [CALL_QWEN, "It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    text = tokenizer.decode(result.input_ids)
+    assert "Here are the available tools: <tools> {\"type\": \"function\", \"function\": {\"name\": \"get_weather\"" in text
+    assert '<|im_start|>tool\n<tool_response>\n{"temp_c": 18}\n</tool_response>\n<|im_end|><|im_start|>assistant\nIt is 18 C' in text
+    items = Tokenizer(tokenizer, chosen, "assistant", 4096).template_messages(conversation().messages, [WEATHER])
+    assert text == tokenizer.apply_chat_template(items, tools=[WEATHER], tokenize=False)  # the template apply_chat_template picks
+    runs, result = trained(tokenizer, chosen, conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|im_end|>", "You're welcome.<|im_end|>"]
+    assert tokenizer.decode(result.input_ids).startswith("<|begin_of_text|><|im_start|>system\nYou are a weather bot.<|im_end|>")
+    problem, _ = trained(tokenizer, resolve_template("default", tokenizer), conversation(), name="Hermes-3")
+    assert "the example has 'tools', but the chat template of Hermes-3 ignores them" in problem
+
+
+def with_call_id(example: Example, call_id: str) -> Example:
+    """The example with its tool call, and the result that answers it, under another id."""
+    from dataclasses import replace
+
+    messages = tuple(replace(m, tool_calls=tuple(replace(c, id=call_id) for c in m.tool_calls)) if m.tool_calls else
+                     replace(m, tool_call_id=call_id) if m.role == "tool" else m for m in example.messages)
+    return replace(example, messages=messages)
+
+
+def test_mistral_v03_remaps_openai_call_ids(saved_smollm2):
+    # Mistral v0.3 raises on any id that is not 9 characters; OpenAI's ids (call_...) get 9 letters and digits made
+    # from them, the same in the call and in its result, and the conversation renders as with ids it takes as written.
+    from trainer.data.masks import short_call_id
+
+    tokenizer = family_tokenizer(saved_smollm2, "mistral")
+    jinja = template("mistral-v0.3.jinja")
+    openai = with_call_id(conversation(), "call_8Zt1mQkX0aWv3LpR")
+
+    def encode(example: Example, ids: str):
+        return Tokenizer(tokenizer, ChatTemplate("tokenizer", jinja, None), "assistant", 4096, fold_system=True, tool_call_ids=ids)(example)
+
+    _, problem = encode(openai, "keep")
+    assert str(problem) == ("chat.jsonl:4: the chat template could not render this conversation: Tool call IDs should be alphanumeric "
+                            "strings with length 9!; set data.tool_call_ids: remap to give every call a 9-character id (the same for "
+                            "the call and its result)")
+    new = short_call_id("call_8Zt1mQkX0aWv3LpR")
+    assert len(new) == 9 and new.isalnum() and new == short_call_id("call_8Zt1mQkX0aWv3LpR")
+    as_written, _ = encode(conversation(), "keep")  # its id, call00001, suits the template
+    for ids in ("auto", "remap"):
+        remapped, problem = encode(openai, ids)
+        assert problem is None
+        text = tokenizer.decode(remapped.input_ids)
+        assert f'"id": "{new}"}}]</s>[TOOL_RESULTS] {{"content": {{"temp_c": 18}}, "call_id": "{new}"}}[/TOOL_RESULTS]' in text
+        assert text.replace(new, "call00001") == tokenizer.decode(as_written.input_ids)
+        assert [tokenizer.decode([t for t, label in zip(remapped.input_ids, remapped.labels) if label != IGNORE])] == [
+            f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {{"city": "Paris"}}, "id": "{new}"}}]</s> It is 18 C in Paris.</s> '
+            "You're welcome.</s>"]
+    kept, _ = encode(conversation(), "auto")  # auto keeps ids the template takes
+    assert kept.input_ids == as_written.input_ids
+
+
+COHERE = ["<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>",
+          "<|START_RESPONSE|>", "<|END_RESPONSE|>", "<|START_THINKING|>", "<|END_THINKING|>", "<|START_ACTION|>", "<|END_ACTION|>",
+          "<|START_TOOL_RESULT|>", "<|END_TOOL_RESULT|>"]
+FAMILIES["cohere"] = (COHERE, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>")  # Command-R7B: <|END_OF_TURN_TOKEN|> is its eos
+
+
+def test_command_r7b_trains_the_end_of_turn_and_keeps_tool_conversations(saved_smollm2):
+    # Command-R7B closes an answer with <|END_RESPONSE|><|END_OF_TURN_TOKEN|> and stops on the second: both are trained.
+    # A tool call ends <|END_ACTION|><|END_OF_TURN_TOKEN|>, with the same stop token (the turn was refused before).
+    from trainer.generate import stop_ids
+
+    tokenizer = named(family_tokenizer(saved_smollm2, "cohere"), "command-r7b")
+    chosen = resolve_template("tokenizer", tokenizer)
+    runs, _ = trained(tokenizer, chosen, conversation())
+    assert runs == ['<|START_THINKING|><|END_THINKING|><|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", '
+                    '"parameters": {"city": "Paris"}}\n]<|END_ACTION|><|END_OF_TURN_TOKEN|>',
+                    "<|START_RESPONSE|>It is 18 C in Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+                    "<|START_RESPONSE|>You're welcome.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"]
+    # default: the generation prompt opens the answer with <|START_RESPONSE|>, so that is prompt, not answer
+    runs, result = trained(tokenizer, chosen, conversation(tools=False))
+    assert runs == ["It is 18 C in Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "You're welcome.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"]
+    last_trained = max(k for k, label in enumerate(result.labels) if label != IGNORE)
+    assert result.input_ids[last_trained] in stop_ids(tokenizer)  # generation stops on the token that ends what was trained
+    tokenizer.eos_token = "<BOS_TOKEN>"  # even where the tokenizer's eos is another token, <|END_OF_TURN_TOKEN|> stops generation
+    assert tokenizer.convert_tokens_to_ids("<|END_OF_TURN_TOKEN|>") in stop_ids(tokenizer)

@@ -28,12 +28,17 @@ class Loaded:
 
     @property
     def template(self) -> str | None:
-        """The chat template the model was trained with (data.chat_template), used for every prompt."""
+        """The chat template the model was trained with (data.chat_template), for prompts without tools."""
+        return self.template_for(None)
+
+    def template_for(self, tools: Sequence[ToolSpec] | None) -> str | None:
+        """The template a prompt with these tools is rendered with: as in training, the tokenizer's tool_use template when
+        it has one and there are tools."""
         from trainer.data.templates import resolve_template
 
         if self.config.data.format == "text":
             return None  # trained on plain text: prompts are plain text too
-        return resolve_template(self.config.data.chat_template, self.tokenizer).jinja
+        return resolve_template(self.config.data.chat_template, self.tokenizer).for_tools(tools).jinja
 
 
 def load_run(run_dir: str | Path, device: str = "auto", dtype: str | None = None) -> Loaded:
@@ -98,12 +103,12 @@ def generate(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], max
     tok = loaded.tokenizer
     tok.padding_side = "left"
     eos = stop_ids(tok)
-    template = loaded.template
     order = sorted(range(len(conversations)), key=lambda i: -len(str(conversations[i])))  # similar lengths together
     results: dict[int, Answer] = {}
     for begin in range(0, len(order), batch_size):
         chunk = order[begin : begin + batch_size]
-        prompts = [render_prompt(tok, conversations[i], template, tools[i] if tools else None) for i in chunk]
+        prompts = [render_prompt(tok, conversations[i], loaded.template_for(tools[i] if tools else None), tools[i] if tools else None)
+                   for i in chunk]
         encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
         started = time.perf_counter()
         with torch.no_grad():
@@ -128,11 +133,10 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(kept, skip_special_tokens=False).strip()
 
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>")
-
-
 def stop_ids(tokenizer: Any) -> list[int]:
     """The token ids that end an answer: end of sequence, and the end-of-turn tokens the tokenizer knows."""
+    from trainer.data.templates import END_OF_TURN
+
     ids = {tokenizer.eos_token_id}
     for token in END_OF_TURN:
         tid = tokenizer.convert_tokens_to_ids(token)
@@ -223,7 +227,7 @@ def stream_answer(loaded: Loaded, messages: Sequence[ChatMessage], max_new_token
     from transformers import TextIteratorStreamer
 
     tok = loaded.tokenizer
-    encoded = tok(render_prompt(tok, messages, loaded.template, tools), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    encoded = tok(render_prompt(tok, messages, loaded.template_for(tools), tools), return_tensors="pt", add_special_tokens=False).to(loaded.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
                                                                        do_sample=False, eos_token_id=stop_ids(tok),

@@ -32,7 +32,7 @@ def _data(args: argparse.Namespace) -> int:
     shown = show_examples(data, args.show) if args.show else []
     if args.json:
         splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept, "fields": s.fields,
-                   "problems": [str(p) for p in s.problems]} for s in data.splits]
+                   "variants": s.variants, "problems": [str(p) for p in s.problems]} for s in data.splits]
         print(json.dumps({"splits": splits, "template_features": data.features, **report.to_dict(), "shown": shown}, indent=2))
     else:
         print(render_report(config, data, report))

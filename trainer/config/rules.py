@@ -43,10 +43,14 @@ def chat_template_is_named_or_jinja(cfg: Config) -> Found:
     template = cfg.data.chat_template
     if template not in named and "{{" not in template and "{%" not in template:
         import difflib
+        import re
 
         close = difflib.get_close_matches(template, named, n=1)
-        hint = f" Did you mean `{close[0]}`?" if close else ""
-        yield ("data", "chat_template"), f"{template!r} is neither a built-in template ({', '.join(named)}) nor a Jinja template.{hint}"
+        # a plain name may be one of the model's named templates ("tool_use"): the tokenizer says so when the data is prepared
+        if close or not re.fullmatch(r"[\w.-]+", template):
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            yield ("data", "chat_template"), (f"{template!r} is neither a built-in template ({', '.join(named)}), the name of one of "
+                                              f"the model's templates, nor a Jinja template.{hint}")
 
 
 def text_format_has_no_assistant(cfg: Config) -> Found:

@@ -105,7 +105,10 @@ class DataConfig(Section):
 
     chat_template: str
     """How a conversation is turned into text for the model. 'tokenizer' uses the template that comes with the
-    model; chatml, zephyr and llama3 are built in, and hermes is ChatML with tools, tool calls and reasoning
+    model; where the model ships several named templates (Hermes 3 and Command-R have 'default' and
+    'tool_use'), each conversation gets the one apply_chat_template picks: 'tool_use' when it has tools, else
+    'default' (`trainer data` counts each). The name of one of them (e.g. tool_use) renders every conversation
+    with it. chatml, zephyr and llama3 are built in, and hermes is ChatML with tools, tool calls and reasoning
     in the Hermes/Qwen <tool_call> style (for a model whose own template ignores tools); or paste a Jinja
     template. Default: "tokenizer"."""
 
@@ -115,6 +118,12 @@ class DataConfig(Section):
     'each': one example per assistant turn, ending with it, so every turn is trained exactly as it is
     generated; use it when the template changes earlier turns (Qwen3 and DeepSeek-R1 drop the reasoning of
     earlier turns; `trainer data` says when). Costs more tokens. Default: "all"."""
+
+    tool_call_ids: str
+    """What the template is given as each tool call's id (and its result's tool_call_id). Mistral's templates (7B
+    v0.3, Small 3.2) refuse any id that is not 9 characters, such as OpenAI's call_...: 'remap' replaces every
+    id with 9 letters and digits made from it (the same for a call and its result), 'keep' passes the ids as
+    written, and 'auto' remaps only for a template that refuses OpenAI-style ids. Default: "auto"."""
 
     system_prompt: str
     """'keep' gives the system prompt to the template as a system message; 'fold' puts it at the start of the

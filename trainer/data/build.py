@@ -27,6 +27,7 @@ from trainer.data.preference import detect_pairs, pair_columns
 from trainer.data.prepare import CHUNK, PREFERENCE, Job, chunked, default_workers, run_chunks
 from trainer.data.records import Item, Record, iter_items, parse_item
 from trainer.data.store import PairRows, Rows, Store, StoreWriter
+from trainer.data.templates import ChatTemplate
 from trainer.data.tokenize import Tokenizer
 from trainer.errors import Problem, UserError
 
@@ -46,6 +47,7 @@ class SplitReport:
     kept: int
     problems: list[Problem] = field(default_factory=list)
     fields: dict = field(default_factory=dict)  # what the examples use: tools, tool calls, reasoning, multi-turn, system prompts
+    variants: dict = field(default_factory=dict)  # examples per named template of the tokenizer ("default", "tool_use"), when it has several
 
 
 def held_out(count: int, share: float, seed: int) -> list[int]:
@@ -108,7 +110,7 @@ def _build(temp: Path, config: Config, encode: Tokenizer, inputs: dict, progress
     for s in sources:
         s.report.problems += [p for _, p in s.token_problems]
         s.report.kept -= len(s.token_problems)
-    features = encode.features.describe() if _has_chats(sources, config) else None
+    features = encode.describe() if _has_chats(sources, config) else None
     cache.write_meta(temp, {
         "rows": len(store), "created": time.time(), "seconds": round(time.time() - started, 2), "inputs": inputs,
         "features": features, "formats": [[s.fmt, s.names] for s in sources],
@@ -153,7 +155,7 @@ def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, wr
     head, records, problems = _head(items)
     fmt, names, detection = data_format(ref, records, problems, config)
     if fmt != "text":
-        encode.features  # noqa: B018 - probe the template once, here, so forked workers inherit it
+        encode.probe()  # probe the templates once, here, so forked workers inherit them
     job = Job(number, fmt, names, config.data.train_on, config.data.turns, encode)
     read, invalid, refused = [], [], []
     examples = bad = 0
@@ -170,8 +172,17 @@ def _prepare_source(number: int, ref: str, config: Config, encode: Tokenizer, wr
         fields = {k: fields.get(k, 0) + v for k, v in result.fields.items()}
         bar.update(result.items)
     fields = fields or {"examples": 0}
-    report = SplitReport(ref, detection, examples + bad, examples, read + invalid, fields)
+    report = SplitReport(ref, detection, examples + bad, examples, read + invalid, fields, _variants(encode.template, fields) if fmt != "text" else {})
     return _Source(report, examples, fmt, names, refused)
+
+
+def _variants(template: ChatTemplate, fields: dict) -> dict:
+    """How many examples each of the tokenizer's named templates renders: the tool_use one those with tools (apply_chat_template's
+    choice, Tokenizer.template_for), the other one the rest."""
+    if template.tool_use is not None:
+        with_tools = fields.get("tools", 0)
+        return {template.variant: fields["examples"] - with_tools, template.tool_use.variant: with_tools}
+    return {template.variant: fields["examples"]} if template.variant else {}
 
 
 def _head(items: Iterator[Item]) -> tuple[list[Item], list[Record], list[Problem]]:

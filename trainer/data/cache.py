@@ -27,7 +27,7 @@ from trainer import __version__
 from trainer.config.rules import is_local_data
 from trainer.config.sections import DataConfig
 
-KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt",
+KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt", "tool_call_ids",
                   "max_seq_length", "train_on")
 LAYOUT = 2  # what an entry holds; 2: examples.arrow added (entries without it are not used)
 _READ = 1 << 20

@@ -16,10 +16,12 @@ per template by rendering small probe conversations with and without each (`prob
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import string
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -31,7 +33,7 @@ class TemplateFeatures:
     """What a chat template does, found by rendering probe conversations with and without each feature."""
 
     header: str  # what the generation prompt adds: the text before an assistant turn's body ("" for Mistral)
-    close: str  # the text that ends an assistant turn, up to its first special token (trained: the model learns to stop)
+    close: str  # the text that ends an assistant turn, through the token that stops generation (trained: the model learns to stop)
     tails: dict  # role -> the text between that role's content and the next assistant turn's body, on the generation prompt
     system: str  # "keeps" a system prompt, "drops" it (Mistral: only into a final user turn) or "refuses" it (Gemma 2 raises)
     tools: bool  # renders the tools list
@@ -42,6 +44,9 @@ class TemplateFeatures:
     empty_content: str  # how an assistant message with only tool calls is passed: "absent", "none" or "empty"
     arguments: str  # tool-call arguments as an "object", or as "json" text (templates that concatenate them)
     chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
+    with_tools: bool = False  # probed with a tools list throughout: a tokenizer's tool_use template renders only conversations with tools
+    short_ids: bool = False  # refuses OpenAI-style tool-call ids (call_...) and takes 9-character ones (Mistral)
+    stop: str = ""  # the stop token that ends `close` when more comes before it (Command-R7B's <|END_OF_TURN_TOKEN|>)
 
     def describe(self) -> str:
         said = [
@@ -81,6 +86,29 @@ def _through_first_special(text: str, specials: list[str]) -> str:
     return text[: best[0] + best[1]] if best else text.rstrip()
 
 
+def _stop_texts(tokenizer: Any) -> set[str]:
+    """The tokens generation stops on (trainer.generate.stop_ids): eos and the known end-of-turn tokens."""
+    from trainer.data.templates import END_OF_TURN
+
+    return {t for t in (getattr(tokenizer, "eos_token", None), *END_OF_TURN) if t}
+
+
+def _closing(after: str, specials: list[str], stops: set[str]) -> tuple[str, str]:
+    """What closes an answer, from the text after it: through the first special token, and on through the special tokens
+    right after it up to a token that stops generation, when one comes before any other text. Command-R7B writes
+    <|END_RESPONSE|><|END_OF_TURN_TOKEN|> and stops on the second: both are trained, or the model never learns to stop.
+    Also the stop token itself when the close is longer (a turn that ends otherwise still ends with it)."""
+    first = _through_first_special(after, specials)
+    if not first or any(first.endswith(s) for s in stops):
+        return first, ""
+    at = len(first)
+    while (token := next((s for s in specials if after.startswith(s, at)), None)) is not None:  # specials: longest first
+        at += len(token)
+        if token in stops:
+            return after[:at], token
+    return first, ""  # no stop token in the run: the first special closes the turn (Gemma's <end_of_turn>)
+
+
 def _cuts_after_specials(text: str, specials: list[str]) -> list[str]:
     """Prefixes of `text` that end right after a special token, longest first (for a header a template shortens)."""
     ends = set()
@@ -92,6 +120,7 @@ def _cuts_after_specials(text: str, specials: list[str]) -> list[str]:
     return [text[:e] for e in sorted(ends, reverse=True) if e < len(text)]
 
 
+OPENAI_ID = "call_8pQ2vXcY3nR7tLm4"  # an id as OpenAI's API makes them, which Mistral's templates refuse
 PROBE_TOOL = {"type": "function", "function": {"name": "probe_lookup_zq", "description": "Look a word up.",
                                                "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}
 
@@ -105,23 +134,28 @@ def _probe_call(content_style: str, arguments: str) -> dict:
     return message
 
 
-def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
-    """Render small conversations with and without each feature, once per template."""
-    specials = _special_texts(tokenizer)
+def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None, with_tools: bool = False) -> TemplateFeatures:
+    """Render small conversations with and without each feature, once per template (`with_tools`: every one with a tools
+    list, for a template that only renders conversations with tools)."""
+    specials = specials if specials is not None else _special_texts(tokenizer)
+    always = [PROBE_TOOL] if with_tools else None
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
-    plain = _try(tokenizer, jinja, [user, answer]) or ""
-    header, user_tail = _generation_header(tokenizer, jinja, [user], specials)
-    after = plain[plain.rfind("Yo") + 2 :] if "Yo" in plain else ""
-    close = _through_first_special(after, specials)
+    plain = _try(tokenizer, jinja, [user, answer], always) or ""
+    header, user_tail = _generation_header(tokenizer, jinja, [user], specials, always)
+    # what follows an answer before the next message (a template may end the conversation otherwise: Phi-3.5 adds eos)
+    following = _try(tokenizer, jinja, [user, answer, {"role": "user", "content": "Nextprobezq"}], always) or plain
+    after = following[following.rfind("Yo") + 2 :] if "Yo" in following else ""
+    after = after[: after.find("Nextprobezq")] if "Nextprobezq" in after else after
+    close, stop = _closing(after, specials, _stop_texts(tokenizer))
     tails = {"user": user_tail}
 
-    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer])
+    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer], always)
     system = "refuses" if with_system is None else "keeps" if "Sysprobezq" in with_system else "drops"
 
-    with_tools = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
-    tools = with_tools is not None and with_tools != plain and "probe_lookup_zq" in with_tools
+    listed = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
+    tools = listed is not None and (listed != plain or with_tools) and "probe_lookup_zq" in listed
 
-    tool_calls = tool_results = False
+    tool_calls = tool_results = short_ids = False
     empty_content, arguments = "absent", "object"
     for content_style in ("absent", "none", "empty"):
         for argument_style in ("object", "json"):
@@ -131,6 +165,9 @@ def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
             if text is None:
                 continue
             empty_content, arguments = content_style, argument_style
+            openai_ids = [dict(m, tool_calls=[dict(c, id=OPENAI_ID) for c in m["tool_calls"]]) if "tool_calls" in m else
+                          dict(m, tool_call_id=OPENAI_ID) if m["role"] == "tool" else m for m in conversation + [answer]]
+            short_ids = _try(tokenizer, jinja, openai_ids, tools=[PROBE_TOOL]) is None
             tool_calls = "probeargzq" in text
             tool_results = "Resultprobezq" in text
             tool_prompt = _try(tokenizer, jinja, conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
@@ -147,18 +184,18 @@ def probe_template(tokenizer: Any, jinja: str) -> TemplateFeatures:
             return {"role": "assistant", "content": f"Answer{text}", "reasoning_content": f"Thought{text}zq"}
         return {"role": "assistant", "content": f"<think>\nThought{text}zq\n</think>\n\nAnswer{text}"}
 
-    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")]) or ""
+    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")], always) or ""
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
-                            empty_content, arguments, "<|im_start|>" in jinja)
+                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids, stop)
 
 
-def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str]) -> tuple[str, str]:
+def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
     """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
     text between "Hi" and the answer (the user tail)."""
-    prompt = _try(tokenizer, jinja, messages, generation_prompt=True) or ""
-    prompt_without = _try(tokenizer, jinja, messages) or ""
+    prompt = _try(tokenizer, jinja, messages, tools, generation_prompt=True) or ""
+    prompt_without = _try(tokenizer, jinja, messages, tools) or ""
     common = 0
     while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
         common += 1
@@ -176,7 +213,8 @@ def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures,
     header, prompt rather than answer, and not trained."""
     if features.system != "keeps":
         return features
-    header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials)
+    header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials,
+                                           [PROBE_TOOL] if features.with_tools else None)
     if not header or header == features.header:
         return features
     tails = {role: tail[: len(tail) - len(features.header)] + header if features.header and tail.endswith(features.header) else tail
@@ -184,8 +222,10 @@ def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures,
     return replace(features, header=header, tails={**tails, "user": user_tail})
 
 
-def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_system: bool = False) -> list[dict]:
-    """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content)."""
+def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_system: bool = False, tool_call_ids: str = "keep") -> list[dict]:
+    """Messages as apply_chat_template expects them (OpenAI's shape, arguments as objects, reasoning_content), each
+    tool-call id as data.tool_call_ids says (call_ids)."""
+    ids = call_ids(tool_call_ids, features)
     out = []
     for m in messages:
         item: dict = {"role": m.role}
@@ -196,7 +236,7 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
             else:
                 content = f"<think>\n{m.reasoning}\n</think>\n\n{content}"
         if m.tool_calls:
-            item["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+            item["tool_calls"] = [{"id": ids(c.id), "type": "function", "function": {
                 "name": c.name, "arguments": c.arguments if features.arguments == "object" else json.dumps(c.arguments, ensure_ascii=False)}}
                 for c in m.tool_calls]
             if content or features.empty_content != "absent":
@@ -204,7 +244,7 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         else:
             item["content"] = content
         if m.role == "tool":
-            item["tool_call_id"] = m.tool_call_id
+            item["tool_call_id"] = ids(m.tool_call_id) if m.tool_call_id is not None else None
         if m.name:
             item["name"] = m.name
         out.append(item)
@@ -214,6 +254,29 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         if first_user is not None:
             first_user["content"] = f"{system}\n\n{first_user['content']}"
     return out
+
+
+def call_ids(setting: str, features: TemplateFeatures) -> Callable[[str], str]:
+    """data.tool_call_ids as a function of the id: 'remap' makes every id short_call_id's; 'auto', on a template that
+    refuses OpenAI's ids, only those that are not 9 letters and digits already (data that suits the template stays as
+    written); 'keep', or 'auto' elsewhere, keeps them."""
+    if setting == "remap":
+        return short_call_id
+    if setting == "auto" and features.short_ids:
+        return lambda original: original if _SHORT_ID.fullmatch(original) else short_call_id(original)
+    return lambda original: original
+
+
+def short_call_id(original: str) -> str:
+    """A 9-character id of letters and digits made from a tool-call id, as Mistral's templates require: the same for a
+    call and the result that names it, and for the same data every time (a hash, so no two ids of a conversation meet
+    in practice: 62**9 values)."""
+    digest = hashlib.sha256(original.encode()).digest()
+    return "".join(_ALNUM[b % len(_ALNUM)] for b in digest[:9])
+
+
+_ALNUM = string.ascii_letters + string.digits
+_SHORT_ID = re.compile("[A-Za-z0-9]{9}")
 
 
 def _wrap(text: str, k: int) -> str:
@@ -281,11 +344,15 @@ def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, it
                             f"(looked for {anchors[0]!r} after message {i}); the template lays this turn out unlike the others.")
         end = following
         if features.close:
-            at = text.rfind(features.close, start, following)
+            closing = features.close
+            at = text.rfind(closing, start, following)
+            if at < 0 and features.stop:  # a turn closed otherwise, with the same stop token (Command-R7B's tool calls)
+                closing = features.stop
+                at = text.rfind(closing, start, following)
             if at < 0:
                 raise SpanError(f"the chat template does not close assistant message {i + 1} with {features.close!r} as it does "
                                 "elsewhere, so where it ends is unknown.")
-            end = at + len(features.close)
+            end = at + len(closing)
         spans.append((i, start, end))
         previous_end = end
     return text, spans

@@ -90,8 +90,8 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 
     template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
-                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
-    key, inputs = cache.cache_key(config.data, config.training.seed, tokenizer, template.jinja if template else None, model_label(config.model))
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model), tool_call_ids=config.data.tool_call_ids)
+    key, inputs = cache.cache_key(config.data, config.training.seed, tokenizer, template.key if template else None, model_label(config.model))
     folder = cache.entry_dir(key)
     if not cache.is_complete(folder):
         folder = build_entry(config, encode, key, inputs, progress)

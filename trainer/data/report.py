@@ -118,6 +118,9 @@ def render_report(config: Config, data: PreparedData, report: DataReport) -> str
         out.append(f"  {split.records} records, {split.kept} usable, {len(split.problems)} problem(s)")
         if split.fields.get("examples"):
             out.append("  " + _fields_line(split.fields))
+        if split.variants:
+            out.append("  the model's templates: " + ", ".join(f"{name} for {n} example(s)" for name, n in split.variants.items())
+                       + (" (tool_use for those with tools, as apply_chat_template picks)" if len(split.variants) > 1 else ""))
         skipped_lines = sorted({p.line for p in split.problems if p.line is not None})
         if split.problems and config.data.on_invalid == "skip":
             out.append(f"  skipped (on_invalid: skip): {len(skipped_lines)} record(s), lines {_ranges(skipped_lines)}")

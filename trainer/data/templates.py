@@ -64,28 +64,66 @@ HERMES = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# Tokens that end an answer besides the tokenizer's eos: generation stops on them, and a trained turn ends with the
+# first of them that follows the answer (masks.probe_template).
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|END_OF_TURN_TOKEN|>")
 BUILT_IN = {"chatml": (CHATML, "<|im_end|>"), "zephyr": (ZEPHYR, None), "llama3": (LLAMA3, "<|eot_id|>"), "hermes": (HERMES, "<|im_end|>")}
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    name: str  # "tokenizer", a built-in name, or "custom"
+    name: str  # "tokenizer", a built-in name, "custom", or the name of one of the tokenizer's templates ("tool_use")
     jinja: str
     turn_end: str | None  # the text that closes an assistant turn (None: the turn's last special token)
+    variant: str | None = None  # which of the tokenizer's named templates this is, when it keeps several (Hermes 3, Command-R)
+    tool_use: ChatTemplate | None = None  # the template apply_chat_template picks instead for a conversation with tools
+
+    def for_tools(self, tools: Any) -> ChatTemplate:
+        """The template apply_chat_template(tools=...) renders this conversation with: the tokenizer's "tool_use" one
+        when the conversation has tools and the tokenizer has one, else this."""
+        return self.tool_use if tools and self.tool_use is not None else self
+
+    def variants(self) -> list[ChatTemplate]:
+        return [self] + ([self.tool_use] if self.tool_use is not None else [])
+
+    @property
+    def key(self) -> str:
+        """Every template that may render a conversation, as one text (what the data cache is keyed by)."""
+        return "\0".join(t.jinja for t in self.variants())
 
 
 def resolve_template(setting: str, tokenizer: Any) -> ChatTemplate:
     if setting in BUILT_IN:
         jinja, turn_end = BUILT_IN[setting]
         return ChatTemplate(setting, jinja, turn_end)
+    found: Any = getattr(tokenizer, "chat_template", None)
+    named: dict = found if isinstance(found, dict) else {}  # a list of named templates in tokenizer_config.json, as transformers loads it
     if setting == "tokenizer":
-        found: Any = getattr(tokenizer, "chat_template", None)
-        template: Any = found.get("default") if isinstance(found, dict) else found  # some tokenizers keep several named templates
-        if not template:
+        if named:  # apply_chat_template's own choice: "tool_use" for a conversation with tools, else "default"
+            if not named.get("default"):
+                raise UserError(f"data.chat_template: the model's tokenizer has no 'default' template, only {_names(named)}; "
+                                "set data.chat_template to the one to train with.")
+            tool_use = ChatTemplate("tokenizer", named["tool_use"], None, "tool_use") if named.get("tool_use") else None
+            return ChatTemplate("tokenizer", named["default"], None, "default", tool_use)
+        if not found:
             raise UserError(
                 "data.chat_template: the model's tokenizer has no chat template, so trainer cannot tell how to lay out "
                 "a conversation. Set data.chat_template to chatml, zephyr, llama3 or hermes (ChatML with tools) (or paste a Jinja template), "
                 "or use data.format: text with train_on: all."
             )
-        return ChatTemplate("tokenizer", template, None)
-    return ChatTemplate("custom", setting, None)
+        return ChatTemplate("tokenizer", found, None)
+    if is_jinja(setting):
+        return ChatTemplate("custom", setting, None)
+    if setting in named:  # one of the tokenizer's named templates, for every conversation
+        return ChatTemplate(setting, named[setting], None, setting)
+    has = f"its templates are {_names(named)}" if named else "it has a single template (data.chat_template: tokenizer)"
+    raise UserError(f"data.chat_template: {setting!r} is not a built-in template ({', '.join(BUILT_IN)}) nor one of the model's "
+                    f"named templates: {has}.")
+
+
+def is_jinja(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def _names(named: dict) -> str:
+    return ", ".join(repr(name) for name in named)

@@ -49,26 +49,45 @@ class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
     def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
-                 model_name: str = "the model"):
+                 model_name: str = "the model", tool_call_ids: str = "auto"):
         self.tok = tokenizer
         self.template = template
         self.train_on = train_on
         self.max_length = max_length
         self.fold_system = fold_system
         self.model_name = model_name
-        self._features: TemplateFeatures | None = None
+        self.tool_call_ids = tool_call_ids  # data.tool_call_ids: keep, remap, or auto (remap where the template refuses OpenAI's ids)
+        self._features: dict[str, TemplateFeatures] = {}  # per template (the tokenizer's default and tool_use ones)
         self._specials: list[str] | None = None
-        self._by_system: dict[str, TemplateFeatures] = {}  # per system prompt: most data sets have one or a few
+        # per template and system prompt: most data sets have one or a few
+        self._by_system: dict[tuple[str, str], TemplateFeatures] = {}
 
     @property
     def features(self) -> TemplateFeatures:
-        """What the template does with tools, reasoning and system prompts (probed once, when first needed)."""
-        if self._features is None:
+        """What the (default) template does with tools, reasoning and system prompts (probed once, when first needed)."""
+        return self.features_of(self.template)
+
+    def features_of(self, template: ChatTemplate) -> TemplateFeatures:
+        if template.jinja not in self._features:
             from trainer.data.masks import _special_texts
 
-            self._features = probe_template(self.tok, self.template.jinja)
             self._specials = _special_texts(self.tok)
-        return self._features
+            self._features[template.jinja] = probe_template(self.tok, template.jinja, self._specials, with_tools=template.variant == "tool_use")
+        return self._features[template.jinja]
+
+    def probe(self) -> None:
+        """Probe every template a conversation may be rendered with (before forking workers, which inherit the results)."""
+        for template in self.template.variants():
+            self.features_of(template)
+
+    def describe(self) -> str:
+        """What the templates do, in words (each named when the tokenizer has several)."""
+        if self.template.tool_use is None:
+            return self.features.describe()
+        return "; ".join(f"{t.variant}: {self.features_of(t).describe()}" for t in self.template.variants())
+
+    def template_for(self, tools: Sequence[dict] | None) -> ChatTemplate:
+        return self.template.for_tools(tools)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -76,11 +95,11 @@ class Tokenizer:
     def render(self, messages: list[dict], generation_prompt: bool, tools: Sequence[dict] | None = None) -> str:
         extra = {"tools": list(tools)} if tools else {}
         return self.tok.apply_chat_template(
-            messages, chat_template=self.template.jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
+            messages, chat_template=self.template_for(tools).jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
         )
 
-    def template_messages(self, messages: Sequence[Message] | None) -> list[dict]:
-        return template_messages(messages or (), self.features, self.fold_system)
+    def template_messages(self, messages: Sequence[Message] | None, tools: Sequence[dict] | None = None) -> list[dict]:
+        return template_messages(messages or (), self.features_of(self.template_for(tools)), self.fold_system, self.tool_call_ids)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
         result = self.encode_batch([example])[0]
@@ -146,13 +165,16 @@ class Tokenizer:
         why = self.dropped_features(example)
         if why:
             return problem(why)
-        items = self.template_messages(example.messages)
+        template = self.template_for(example.tools)
+        items = self.template_messages(example.messages, example.tools)
         try:
-            return render_with_spans(self.tok, self.template.jinja, self._features_for(items), items, example.tools, self._specials)
+            return render_with_spans(self.tok, template.jinja, self._features_for(template, items), items, example.tools, self._specials)
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
-            return problem(f"the chat template could not render this conversation: {exc}")
+            fix = ("; set data.tool_call_ids: remap to give every call a 9-character id (the same for the call and its result)"
+                   if "call id" in str(exc).lower() and self.tool_call_ids != "remap" else "")
+            return problem(f"the chat template could not render this conversation: {exc}{fix}")
 
     def rendered(self, example: Example) -> tuple[str, list[tuple[int, int, int]], list[int], list[tuple[int, int]]] | Problem:
         """(text, [(message index, start, end)], ids, offsets) of a conversation, or the Problem that stops it."""
@@ -163,14 +185,15 @@ class Tokenizer:
         encoded = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return text, spans, list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
-    def _features_for(self, items: list[dict]) -> TemplateFeatures:
+    def _features_for(self, template: ChatTemplate, items: list[dict]) -> TemplateFeatures:
         """The template's features for this conversation's system prompt (see masks.features_with_system)."""
+        features = self.features_of(template)
         system = items[0]["content"] if items and items[0]["role"] == "system" and isinstance(items[0].get("content"), str) else None
         if system is None:
-            return self.features
-        if system not in self._by_system:
-            self._by_system[system] = features_with_system(self.tok, self.template.jinja, self.features, system, self._specials or [])
-        return self._by_system[system]
+            return features
+        if (template.jinja, system) not in self._by_system:
+            self._by_system[template.jinja, system] = features_with_system(self.tok, template.jinja, features, system, self._specials or [])
+        return self._by_system[template.jinja, system]
 
     def _message(self, example: Example, index: int) -> Message:
         """The example's message behind template message `index` (a folded system prompt shifts them by one)."""
@@ -183,9 +206,13 @@ class Tokenizer:
 
     def dropped_features(self, example: Example) -> str | None:
         """Why the template cannot train this example as written: it would silently drop part of it."""
-        f = self.features
-        fix_tools = ("set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results)"
-                     + ("" if f.chatml else ", though this model was not trained on ChatML,") + " or use a model whose template renders tools")
+        f = self.features_of(self.template_for(example.tools))
+        if self.template.tool_use is not None:  # calls or results without a tools list: the model's default template renders them
+            fix_tools = ("give the example its 'tools' (the model's template for tools, tool_use, renders examples that have them), "
+                         "or set data.chat_template: tool_use to render every example with it")
+        else:
+            fix_tools = ("set data.chat_template: hermes (a built-in ChatML template that renders tools, tool calls and results)"
+                         + ("" if f.chatml else ", though this model was not trained on ChatML,") + " or use a model whose template renders tools")
         messages = example.messages or ()
         if example.tools and not f.tools:
             return f"the example has 'tools', but the chat template of {self.model_name} ignores them, so the model would never see them; {fix_tools}."

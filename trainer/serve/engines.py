@@ -138,7 +138,7 @@ class TransformersEngine:
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
 
-        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template, tools=tools)
+        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template_for(tools), tools=tools)
 
     def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
         import torch

@@ -37,7 +37,7 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     encoder = None
     if column == "text" and config.data.format != "text":
         encoder = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length,
-                            fold_system=config.data.system_prompt == "fold")
+                            fold_system=config.data.system_prompt == "fold", tool_call_ids=config.data.tool_call_ids)
     for name, examples in (("train", data.examples(0)), ("validation", data.examples(1))):
         rows = []
         for example in examples:

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer.errors import EXIT_OK, EXIT_STOPPED
+from trainer.errors import EXIT_OK, EXIT_STOPPED, RESUME_HINT
 
 # Runs `trainer` (at a lower CPU priority) and writes its exit code to a file, so the outcome is known even if the
 # UI restarted meanwhile; SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
@@ -156,7 +156,7 @@ class JobManager:
         log = open(folder / "log.txt", "a", encoding="utf-8")
         log.write(f"\n$ trainer {' '.join(args)}\n")
         log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", RESUME_HINT: "Press Resume to continue it."}
         process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()

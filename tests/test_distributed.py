@@ -1,5 +1,6 @@
 """DDP, FSDP and DeepSpeed ZeRO for real on the CPU: two gloo processes train like one process with the same global batch."""
 import json
+import os
 import subprocess
 import sys
 
@@ -294,7 +295,7 @@ def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_mo
     _, err = child.communicate(timeout=120)
     assert child.returncode == EXIT_STOPPED, err[-3000:]
     assert "Continue with the same command plus --resume" in err and "Traceback" not in err, err[-3000:]
-    assert err.count("stopping after this step") == 1 and err.count("Continue with the same command") == 1  # said once, by the main process
+    assert err.count("stopping after this") == 1 and err.count("Continue with the same command") == 1  # said once, by the main process
     saved = complete_checkpoints(tmp_path / "run")
     assert saved
     stopped_at = int(saved[-1].name.split("-")[1])
@@ -305,3 +306,38 @@ def test_a_stop_checkpoints_every_process_together_and_resumes(tmp_path, tiny_mo
                               f"training.max_steps={stopped_at + 2}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {stopped_at} of {stopped_at + 2})" in resumed.stderr
+
+
+def test_a_stop_during_validation_cuts_it_in_every_process_at_the_same_batch(tmp_path, tiny_model_dir):
+    """SIGTERM to `trainer` while two processes validate: the stop is summed over them at every batch, so both cut the
+    pass at the same one (neither waits in a collective the other left), one checkpoint, exit 3, said once; --resume
+    validates that step first and goes on."""
+    import signal
+    import time
+
+    from conftest import TINY_DATA
+
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps(TINY_DATA[i % len(TINY_DATA)]) + "\n" for i in range(400)))
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=2, batch_size=1, eval_every=1, **{"data.validation": str(validation)})
+    config = with_distributed(config, strategy="ddp", num_processes=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+    child = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    assert child.stderr is not None
+    for line in child.stderr:  # step 1's progress line comes just before its validation
+        seen.append(line)
+        if line.startswith("step 1/2"):
+            break
+    time.sleep(0.1)
+    child.send_signal(signal.SIGTERM)
+    err = "".join(seen) + child.communicate(timeout=120)[1]
+    assert child.returncode == EXIT_STOPPED, err[-3000:]
+    assert err.count("stopping: validation cut short at") == 1 and "Traceback" not in err, err[-3000:]
+    run = tmp_path / "run"
+    assert [c.name for c in complete_checkpoints(run)] == ["step-1"]
+    assert json.loads((run / "checkpoints" / "step-1" / "trainer_state.json").read_text())["eval_pending"] is True
+    resumed = run_trainer("--config", str(config), "--resume", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r] == [1, 2]

@@ -67,3 +67,29 @@ def test_short_rows_on_cpu_take_the_math_kernel_with_the_same_loss_and_gradients
     assert torch.allclose(flash_loss, math_loss, atol=1e-5)
     for a, b in zip(flash_grads, math_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_stop_cuts_the_validation_short_before_the_next_batch():
+    """evaluate asks `stop` before each batch: the first yes ends the pass, saying how far it got, with no loss and the
+    model back in training mode; a stop that never says yes changes nothing."""
+    import pytest
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from trainer.data.batching import Batching
+    from trainer.evaluation.loss import EvaluationCut, evaluate
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # other tests of this process made accelerators of their own
+    accelerator = Accelerator(cpu=True)
+    module = LossOnTrainedTokens(tiny_llama())
+    batching = Batching(batch_size=1, seed=0, packing=False, max_seq_length=16, pad_id=0, flash=False)
+    asked: list[int] = []
+
+    def stop_at_the_fourth_question() -> bool:
+        asked.append(len(asked))
+        return len(asked) == 4
+
+    with pytest.raises(EvaluationCut) as cut:
+        evaluate(module, EXAMPLES, accelerator, batching, stop=stop_at_the_fourth_question)
+    assert (cut.value.done, cut.value.total) == (3, 4) and module.training
+    assert evaluate(module, EXAMPLES, accelerator, batching, stop=lambda: False) == evaluate(module, EXAMPLES, accelerator, batching)

@@ -1,5 +1,7 @@
 """The PEFT backend on a tiny model: what a user gets in the run directory, and that it can be trusted."""
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,6 +227,60 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir
     result = run_trainer("--config", str(config), "--resume", "--set", "training.max_steps=" + str(step + 2))
     assert result.returncode == 0, result.stderr
     assert f"Resuming from {saved[-1]} (step {step}" in result.stderr
+
+
+@pytest.mark.integration
+def test_sigterm_during_validation_cuts_it_short_and_resume_validates_that_step(tmp_path, tiny_model_dir):
+    """The UI's Stop during a long validation (issue 32): the pass ends at the next batch, counts for nothing (no
+    eval row, no best checkpoint), the checkpoint is saved and the run exits 3; --resume validates that step first and
+    ends where a run never stopped ends."""
+    from conftest import TINY_DATA
+
+    validation = tmp_path / "validation.jsonl"
+    rows = 400  # batches of one: 3 s on two busy cores, well under a second on an idle machine
+    validation.write_text("".join(json.dumps(TINY_DATA[i % len(TINY_DATA)]) + "\n" for i in range(rows)))
+    settings = dict(max_steps=2, batch_size=1, eval_every=1, save_every=1, **{"data.validation": str(validation)})
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    assert main(["--config", str(tiny_config(whole, tiny_model_dir, **settings))]) == 0
+
+    config = tiny_config(tmp_path, tiny_model_dir, **settings)
+    # one thread, as the run above: two threads on two cores shared with other work made each batch 25 times slower
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # step 1's progress line comes just before its validation
+        seen.append(line)
+        if line.startswith("step 1/2"):
+            break
+    time.sleep(0.1)  # into the pass: a tenth of its 400 batches on an idle machine, fewer on a busy one
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    took = time.perf_counter() - sent
+    assert proc.returncode == EXIT_STOPPED, err
+    cut = re.search(r"stopping: validation cut short at (\d+) of (\d+) batches", err)
+    assert cut and int(cut.group(2)) == rows and int(cut.group(1)) < rows // 2, err
+    assert "validation loss" not in err and "Traceback" not in err, err
+    run = tmp_path / "run"
+    assert [c.name for c in complete_checkpoints(run)] == ["step-1"]
+    assert json.loads((run / "checkpoints" / "step-1" / "trainer_state.json").read_text())["eval_pending"] is True
+    assert not (run / "checkpoints" / "best").exists()
+    assert not [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    print(f"\nStop during validation: exit {took:.1f} s after SIGTERM, cut at batch {cut.group(1)} of {rows}")
+
+    resumed = run_trainer("--config", str(config), "--resume", env={"OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in resumed.stderr and "step 1: validation loss" in resumed.stderr
+
+    def rows(folder):
+        return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    got, expected = rows(run), rows(whole / "run")
+    assert [(r["step"], "eval_loss" in r) for r in got] == [(1, False), (1, True), (2, False), (2, True)]
+    assert [r.get("eval_loss", r.get("loss")) for r in got] == pytest.approx([r.get("eval_loss", r.get("loss")) for r in expected], abs=1e-6)
 
 
 @pytest.mark.integration

@@ -307,8 +307,8 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
         if status["progress"]:
             break
         time.sleep(0.5)
-    assert client.predict(job, api_name="/stop_job") in ("running", "stopped")
-    while time.time() < deadline and "running" in client.predict(job, api_name="/job_status")["status"]:
+    assert client.predict(job, api_name="/stop_job") in ("stopping", "stopped")
+    while time.time() < deadline and "stopping" in client.predict(job, api_name="/job_status")["status"]:
         time.sleep(0.5)
     status = client.predict(job, api_name="/job_status")
     assert "stopped" in status["status"], status
@@ -563,6 +563,29 @@ def test_the_results_tab_offers_the_gguf_and_modelfile_and_the_serve_command(tmp
     assert [Path(f).name for f in files] == ["r-q8_0.gguf", "Modelfile"]
     assert all(Path(f).is_file() and str(app.ws.root / ".ui-downloads") in f for f in files)
     assert "ollama create r -f Modelfile" in how
+
+
+@pytest.mark.integration
+def test_a_stopped_job_is_stopping_until_its_process_ends_and_says_to_press_resume(tmp_path, tiny_model_dir):
+    """Stop marks the job "stopping" at once, and it stays so until trainer has saved its checkpoint and exited (3:
+    stopped); the log ends with the UI's way to continue it, not the command line's."""
+    from ui.jobs import JobManager
+
+    jobs = JobManager(tmp_path)
+    config = tiny_run_yaml(tiny_model_dir, str(_tiny_chat_data(tmp_path))).replace("max_steps: 4", "max_steps: 400")
+    job = jobs.submit(config, "runs/tiny")
+    deadline = time.time() + 120
+    while time.time() < deadline and jobs.progress(job.id) is None:
+        time.sleep(0.2)
+    assert jobs.stop(job.id).status == "stopping"
+    assert [j.status for j in jobs.poll()] in (["stopping"], ["stopped"])
+    while time.time() < deadline and jobs.get(job.id).status == "stopping":
+        jobs.poll()
+        time.sleep(0.2)
+    stopped = jobs.get(job.id)
+    assert (stopped.status, stopped.returncode) == ("stopped", 3), jobs.log(job.id)
+    said = jobs.log(job.id).split("stopped at step")[-1]
+    assert "Press Resume to continue it." in said and "--resume" not in said, jobs.log(job.id)
 
 
 def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):

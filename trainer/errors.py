@@ -5,6 +5,7 @@ A `RunStopped` is the run ending on a stop that was asked for (engine.run report
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # Exit codes of `trainer` (README.md, "What a run gives you", and docs/run-directory.md; the table is in engine.py); the UI and the launcher of a
@@ -13,6 +14,10 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # a problem with the config, the data or the machine; nothing (more) was run
 EXIT_STOPPED = 3  # a stop (Ctrl-C, SIGTERM) ended the run as asked, after saving a checkpoint; --resume continues it
 EXIT_INTERRUPTED = 130  # a second Ctrl-C ended the run at once
+
+# How a stopped run is continued, said as it stops: a launcher with its own way (the UI's Resume button) puts its
+# sentence in this variable of the runs it starts.
+RESUME_HINT = "TRAINER_RESUME_HINT"
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,8 @@ class UserError(Exception):
 
 class RunStopped(UserError):
     """A stop (Ctrl-C, SIGTERM) ended the run as asked; the message says what was kept and how to go on."""
+
+
+def resume_hint() -> str:
+    """The sentence that says how to continue a stopped run: the launcher's (RESUME_HINT), or the command line's."""
+    return os.environ.get(RESUME_HINT) or "Continue with the same command plus --resume."

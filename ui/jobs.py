@@ -4,7 +4,8 @@ A job lives in <workdir>/jobs/<id>/: config.yaml, job.json (its state) and
 log.txt (everything the process printed). The process is started in its own
 session, so closing the browser or restarting the UI does not stop it; the
 state on disk is read back when the UI starts again. Stop sends SIGTERM, on
-which the training loop saves a checkpoint; Resume runs the same config with
+which the training loop saves a checkpoint (the job is "stopping" until its
+process ends; the log says what it finishes); Resume runs the same config with
 --resume.
 
 What the UI shows comes from files, not from the printed log: progress from the
@@ -25,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer.errors import EXIT_OK, EXIT_STOPPED
+from trainer.errors import EXIT_OK, EXIT_STOPPED, RESUME_HINT
 
 # Runs `trainer` (at a lower CPU priority) and writes its exit code to a file, so the outcome is known even if the
 # UI restarted meanwhile; SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
@@ -47,7 +48,7 @@ class Job:
     kind: str  # train | eval | export
     config: str  # path of its config.yaml
     run_dir: str
-    status: str = "queued"  # queued | running | finished | failed | stopped
+    status: str = "queued"  # queued | running | stopping (Stop was pressed, the process has not ended) | finished | failed | stopped
     pid: int | None = None
     returncode: int | None = None
     resume: bool = False
@@ -55,6 +56,9 @@ class Job:
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
+
+
+ACTIVE = ("running", "stopping")  # the statuses of a job whose process runs
 
 
 class JobManager:
@@ -102,7 +106,7 @@ class JobManager:
         """Queue a stopped or failed training job again, continuing from its newest checkpoint."""
         with self.lock:
             job = self.get(job_id)
-            if job.status in ("queued", "running"):
+            if job.status in ("queued", *ACTIVE):
                 return job
             job.status, job.resume, job.returncode, job.pid, job.finished = "queued", True, None, None, None
             job.stop_requested = False
@@ -117,8 +121,8 @@ class JobManager:
             if job.status == "queued":
                 job.status = "stopped"
                 self._save(job)
-            elif job.status == "running" and job.pid:
-                job.stop_requested = True
+            elif job.status == "running" and job.pid:  # while stopping, a second press would end it without a checkpoint
+                job.status, job.stop_requested = "stopping", True
                 self._save(job)
                 try:
                     os.kill(job.pid, signal.SIGTERM)  # passed on to trainer, which saves a checkpoint and exits
@@ -131,13 +135,13 @@ class JobManager:
         with self.lock:
             jobs = self.jobs()
             for job in jobs:
-                if job.status == "running" and not _alive(job.pid):
+                if job.status in ACTIVE and not _alive(job.pid):
                     code = _exit_code(self._dir(job.id))
                     job.returncode = code
                     job.status = outcome(code)
                     job.finished = time.time()
                     self._save(job)
-            if not any(j.status == "running" for j in jobs):
+            if not any(j.status in ACTIVE for j in jobs):
                 queued = [j for j in jobs if j.status == "queued"]
                 if queued:
                     self._start(queued[0])
@@ -156,7 +160,7 @@ class JobManager:
         log = open(folder / "log.txt", "a", encoding="utf-8")
         log.write(f"\n$ trainer {' '.join(args)}\n")
         log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", RESUME_HINT: "Press Resume to continue it."}
         process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()

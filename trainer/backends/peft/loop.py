@@ -20,7 +20,7 @@ from trainer.backends.peft.run import Run
 from trainer.backends.peft.state import TrainState, state_to_json
 from trainer.data.batching import trained_in
 from trainer.distributed import is_main_process
-from trainer.evaluation.loss import evaluate
+from trainer.evaluation.loss import EvaluationCut, evaluate
 from trainer.rundir import eval_perplexity
 
 if TYPE_CHECKING:
@@ -62,10 +62,12 @@ class Progress:
 
 
 class SignalGuard:
-    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one stops at once."""
+    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop (after the step under way, or at the next batch of a
+    validation); a second one stops at once."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.waiting_for = "this step"  # what a stop waits for, as it is said when one comes; the loop sets it while validating
         self._first = 0.0
         self._previous: dict = {}
 
@@ -84,7 +86,7 @@ class SignalGuard:
             return
         self.requested, self._first = True, time.monotonic()
         if is_main_process():
-            print("\nstopping after this step (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            print(f"\nstopping after {self.waiting_for} (a checkpoint is being saved; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -114,6 +116,9 @@ def train_loop(run: Run) -> TrainState:
     run.loss_module.train()
     plans: dict[int, list] = {}  # this epoch's batches, planned once (not at every step)
     with SignalGuard() as guard, adapters_take_autocast_inputs(run.model, acc.mixed_precision != "no"):
+        if state.eval_pending and _validate(run, progress, guard, stop=False):  # the checkpoint's step has not been validated
+            save_checkpoint(run, f"step-{state.step}", seconds_before + time.perf_counter() - started)
+            raise StopRequested()
         while state.step < run.total_steps and not state.stopped_early:
             if state.epoch not in plans:
                 plans = {state.epoch: shard(run.batching.plan(run.data.train, state.epoch), acc)}
@@ -151,7 +156,7 @@ def train_loop(run: Run) -> TrainState:
 
             last = state.step >= run.total_steps
             if (t.eval_every and state.step % t.eval_every == 0) or (t.eval_every is None and epoch_done) or last:
-                _evaluate_and_track(run, progress)
+                stop = _validate(run, progress, guard, stop)
             if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and epoch_done) or last or stop:
                 save_checkpoint(run, f"step-{state.step}", elapsed)
             if stop:
@@ -186,9 +191,38 @@ def save_checkpoint(run: Run, name: str, seconds: float | None) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def _evaluate_and_track(run: Run, progress: Progress) -> None:
+def _validate(run: Run, progress: Progress, guard: SignalGuard, stop: bool) -> bool:
+    """The validation due at this step; True when the run stops instead: `stop` (the processes agreed on one after the
+    step) or a stop that cut the pass short (at the same batch in every process). A cut pass counts for nothing: no
+    eval row, no best checkpoint, no early stopping; the resumed run validates this step first."""
+    run.state.eval_pending = False  # unless a stop leaves it to the resumed run
+    if not run.data.validation:
+        return stop
+    if stop:
+        return _leave_validation(run, progress, f"step {run.state.step}'s validation is left for the resumed run")
+    guard.waiting_for = "this validation batch"
+    try:
+        eval_loss = evaluate(run.strategy.eval_module(run.loss_module), run.data.validation, run.accelerator, run.eval_batching,
+                             stop=lambda: guard.requested)
+    except EvaluationCut as cut:
+        run.objective.take_metrics("eval_")  # the rewards of the pairs it did see count for nothing either
+        return _leave_validation(run, progress, f"validation cut short at {cut.done} of {cut.total} batches (the resumed run validates again)")
+    finally:
+        guard.waiting_for = "this step"
+    _track_eval(run, progress, eval_loss)
+    return False
+
+
+def _leave_validation(run: Run, progress: Progress, what: str) -> bool:
+    run.state.eval_pending = True  # saved in the checkpoint: --resume validates its step before training on
+    if run.accelerator.is_main_process:
+        progress.message(f"stopping: {what}; saving a checkpoint")
+    return True
+
+
+def _track_eval(run: Run, progress: Progress, eval_loss: float | None) -> None:
+    """A whole validation's loss: its metrics row, the best checkpoint, early stopping."""
     state, stopping = run.state, run.config.training.early_stopping
-    eval_loss = evaluate(run.strategy.eval_module(run.loss_module), run.data.validation, run.accelerator, run.eval_batching)
     if eval_loss is None:
         return
     extra = run.objective.take_metrics("eval_")

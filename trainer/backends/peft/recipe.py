@@ -24,7 +24,7 @@ from trainer.backends.peft.state import TrainState, state_from_json
 from trainer.config import Config
 from trainer.data.batching import Batching, PairBatching
 from trainer.data.pipeline import PreparedData, prepare_data
-from trainer.errors import RunStopped, UserError
+from trainer.errors import RunStopped, UserError, resume_hint
 from trainer.methods import method_for
 from trainer.methods.base import Method
 from trainer.objectives import objective_for
@@ -59,8 +59,7 @@ def _train(run: Run) -> None:
         if not run.accelerator.is_main_process:
             raise SystemExit(2) from None  # the main process says where the checkpoint is
         raise RunStopped(
-            f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. "
-            "Continue with the same command plus --resume."
+            f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. {resume_hint()}"
         ) from None
     best = checkpoint.checkpoints_dir(run_dir) / "best"
     if state.stopped_early and best.is_dir():

@@ -18,6 +18,7 @@ class TrainState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     last_eval_loss: float | None = None
+    eval_pending: bool = False  # a stop cut this step's validation short (or came before it): --resume runs it first
     history: list[list] = field(default_factory=list)  # (step, loss) of every optimizer step
 
 

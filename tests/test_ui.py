@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -247,7 +248,8 @@ def ui_server(tmp_path):
         port = _free_port()
         workdir = tmp_path / "work"
         workdir.mkdir(exist_ok=True)
-        env = {**os.environ, "TRAINER_WORKDIR": str(workdir), "TRAINER_UI_SANDBOX": "1" if sandbox else "0"}
+        # one thread for the UI and its jobs: a tiny model's steps took 190 ms with two threads on busy cores, 7.5 with one
+        env = {**os.environ, "TRAINER_WORKDIR": str(workdir), "TRAINER_UI_SANDBOX": "1" if sandbox else "0", "OMP_NUM_THREADS": "1"}
         if auth:
             env["TRAINER_UI_AUTH"] = auth
         process = subprocess.Popen([sys.executable, "-m", "trainer", "ui", "--port", str(port)], cwd=REPO, env=env,
@@ -255,13 +257,14 @@ def ui_server(tmp_path):
         started.append(process)
         url = f"http://127.0.0.1:{port}/"
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while time.time() < deadline:  # until the app answers a page (an open port alone was not enough under load)
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                if httpx.get(url, timeout=10).status_code in (200, 401):
                     break
-            except OSError:
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.5)
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.5)
         return url, workdir
 
     started: list = []
@@ -300,7 +303,8 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
     assert bad["valid"] is False and "training.learning_rate" in bad["problems"]
 
     data = _tiny_chat_data(tmp_path)
-    job = client.predict(tiny_run_yaml(tiny_model_dir, str(data)).replace("max_steps: 4", "max_steps: 400"), api_name="/start_yaml")
+    # long enough that Stop lands mid-run (about 7.5 ms a step on one thread), short enough to resume to the end
+    job = client.predict(tiny_run_yaml(tiny_model_dir, str(data)).replace("max_steps: 4", "max_steps: 2000"), api_name="/start_yaml")
     deadline = time.time() + 120
     while time.time() < deadline:
         status = client.predict(job, api_name="/job_status")
@@ -321,7 +325,7 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
         time.sleep(1)
     assert "finished" in status["status"]
     assert "Resuming from" in (workdir / "jobs" / job / "log.txt").read_text()
-    assert status["losses"] and status["progress"].startswith("step 400 of 400")
+    assert status["losses"] and status["progress"].startswith("step 2000 of 2000")
     answer = client.predict("runs/tiny", "say red", 4, api_name="/chat_once")
     assert isinstance(answer, str)
     # another browser session (a closed and reopened page) sees the same job
@@ -486,7 +490,7 @@ def test_under_load_twenty_clients_and_a_running_job(ui_server, tiny_model_dir, 
     config_text = tiny_run_yaml(tiny_model_dir, str(data), out=str(reference / "run")).replace("max_steps: 4", "max_steps: 60")
     (reference / "c.yaml").write_text(config_text)
     assert subprocess.run([sys.executable, "-m", "trainer", "--config", str(reference / "c.yaml")], cwd=REPO,
-                          capture_output=True).returncode == 0
+                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0  # as the UI's jobs
     expected = [r["loss"] for r in map(json.loads, (reference / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
     url, workdir = ui_server(sandbox=False)

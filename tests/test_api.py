@@ -317,7 +317,8 @@ def test_cancel_mid_run_stops_the_training(tmp_path, tiny_model_dir):
 @pytest.mark.integration
 def test_a_job_survives_kill_9_of_the_service_and_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     """The service and its job are killed as a machine going down would kill them; the restarted service resumes the
-    job from its newest checkpoint and it succeeds, every event told before still there."""
+    job from its newest checkpoint and it succeeds, every event told before still there, with the adapter an
+    uninterrupted run of the same config gives."""
     api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir, save_every=4)).start()
     try:
         client = api.client()
@@ -342,5 +343,12 @@ def test_a_job_survives_kill_9_of_the_service_and_resumes_from_its_checkpoint(tm
         assert any("queued to resume" in e.message for e in events) and any("resumed from its newest checkpoint" in e.message for e in events)
         assert "Resuming from" in (api.data / "jobs" / job.id / "log.txt").read_text()
         assert json.loads((run / "summary.json").read_text())["steps"] == 48
+        # trainer's exact resume: the same adapter as the same config trained without a stop
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        from safetensors.torch import load_file
+
+        resumed, uninterrupted = (load_file(d / "model" / "adapter_model.safetensors") for d in (run, tmp_path / "straight"))
+        assert resumed.keys() == uninterrupted.keys() and all(resumed[k].equal(uninterrupted[k]) for k in resumed)
     finally:
         _stop_all(api)

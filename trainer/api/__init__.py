@@ -42,7 +42,8 @@ def learning_rates(catalog: Catalog) -> dict[str, float]:
         try:
             rates[model.name] = parse_config(text, f"models.{model.name}", check_files=False).training.learning_rate
         except UserError as exc:
-            problems += [Problem(f"models.{model.name}.config: {p}") for p in exc.problems]
+            # said at the operator's YAML (models.NAME.config.PATH), not at the job config it was laid into
+            problems += [Problem(p.message, path=f"models.{model.name}.config" + (f".{p.path}" if p.path else "")) for p in exc.problems]
     if problems:
         raise UserError(problems, title="the models YAML asks for settings trainer refuses:")
     return rates

@@ -7,6 +7,7 @@ import sys
 
 from trainer import __version__
 from trainer.commands import Command, add_config_args
+from trainer.commands.api import API
 from trainer.commands.config import CONVERT, INIT, SCHEMA, VALIDATE
 from trainer.commands.data import CACHE, DATA, PLAN
 from trainer.commands.export import EXPORT
@@ -20,8 +21,8 @@ from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 _STORAGE_ERRORS = {28, 30, 13, 122}  # ENOSPC, EROFS, EACCES, EDQUOT
 
 # in the order `trainer --help` lists them
-COMMANDS: tuple[Command, ...] = (VALIDATE, INIT, DATA, PLAN, SCHEMA, CONVERT, EVAL, GRADE, GENERATE, CHAT, EXPORT, SERVE, BACKENDS, UI,
-                                 DOWNLOAD_DEMO_MODEL, CACHE)
+COMMANDS: tuple[Command, ...] = (VALIDATE, INIT, DATA, PLAN, SCHEMA, CONVERT, EVAL, GRADE, GENERATE, CHAT, EXPORT, SERVE, API,
+                                 BACKENDS, UI, DOWNLOAD_DEMO_MODEL, CACHE)
 
 
 def build_parser() -> argparse.ArgumentParser:

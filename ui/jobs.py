@@ -1,11 +1,11 @@
 """Training jobs for the UI: each is `trainer --config` (or `trainer eval`) in its own process, one at a time.
 
 A job lives in <workdir>/jobs/<id>/: config.yaml, job.json (its state) and
-log.txt (everything the process printed). The process is started in its own
-session, so closing the browser or restarting the UI does not stop it; the
-state on disk is read back when the UI starts again. Stop sends SIGTERM, on
-which the training loop saves a checkpoint (the job is "stopping" until its
-process ends; the log says what it finishes); Resume runs the same config with
+log.txt (everything the process printed). The process is started by
+trainer/childproc.py, in its own session, so closing the browser or restarting
+the UI does not stop it; the state on disk is read back when the UI starts again.
+Stop sends SIGTERM, on which the training loop saves a checkpoint (the job is
+"stopping" until its process ends; the log says what it finishes); Resume runs the same config with
 --resume.
 
 What the UI shows comes from files, not from the printed log: progress from the
@@ -18,28 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from trainer import childproc
 from trainer.errors import EXIT_OK, EXIT_STOPPED, RESUME_HINT
-
-# Runs `trainer` (at a lower CPU priority) and writes its exit code to a file, so the outcome is known even if the
-# UI restarted meanwhile; SIGTERM (Stop) is passed on to trainer, which checkpoints and exits.
-WRAPPER = """
-import os, signal, subprocess, sys
-os.nice(10)  # training yields the CPU to the web server, so the UI stays responsive while a job runs
-child = subprocess.Popen({cmd!r})
-signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
-code = child.wait()
-with open({exit_file!r}, "w") as handle:
-    handle.write(str(code))
-sys.exit(code)
-"""
 
 
 @dataclass
@@ -124,10 +109,7 @@ class JobManager:
             elif job.status == "running" and job.pid:  # while stopping, a second press would end it without a checkpoint
                 job.status, job.stop_requested = "stopping", True
                 self._save(job)
-                try:
-                    os.kill(job.pid, signal.SIGTERM)  # passed on to trainer, which saves a checkpoint and exits
-                except ProcessLookupError:
-                    pass
+                childproc.stop(job.pid)  # passed on to trainer, which saves a checkpoint and exits
         return self.get(job_id)
 
     def poll(self) -> list[Job]:
@@ -135,8 +117,8 @@ class JobManager:
         with self.lock:
             jobs = self.jobs()
             for job in jobs:
-                if job.status in ACTIVE and not _alive(job.pid):
-                    code = _exit_code(self._dir(job.id))
+                if job.status in ACTIVE and not childproc.alive(job.pid):
+                    code = childproc.exit_code(self._dir(job.id) / "exit_code")
                     job.returncode = code
                     job.status = outcome(code)
                     job.finished = time.time()
@@ -155,18 +137,10 @@ class JobManager:
             args = ["export", "--run", job.run_dir, "--to", "ollama"]
         else:
             args = ["--config", job.config] + (["--resume"] if job.resume else [])
-        code = WRAPPER.format(cmd=[sys.executable, "-m", "trainer", *args], exit_file=str(folder / "exit_code"))
-        (folder / "exit_code").unlink(missing_ok=True)
-        log = open(folder / "log.txt", "a", encoding="utf-8")
-        log.write(f"\n$ trainer {' '.join(args)}\n")
-        log.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", RESUME_HINT: "Press Resume to continue it."}
-        process = subprocess.Popen([sys.executable, "-c", code], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        log.close()
-        job.status, job.pid, job.started = "running", process.pid, time.time()
+        pid = childproc.start_trainer(args, folder / "exit_code", folder / "log.txt", self.workdir,
+                                      env={RESUME_HINT: "Press Resume to continue it."})
+        job.status, job.pid, job.started = "running", pid, time.time()
         self._save(job)
-        threading.Thread(target=process.wait, daemon=True).start()  # reap it, so it does not linger as a zombie
 
     # --- what the UI shows ---
     def log(self, job_id: str, lines: int = 40) -> str:
@@ -185,38 +159,7 @@ class JobManager:
 
     def losses(self, job_id: str) -> list[dict]:
         """metrics.jsonl of the job's run directory: training loss per logged step and validation losses."""
-        path = self.workdir / self.get(job_id).run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-        return rows
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a finished child not yet reaped is a zombie: not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _exit_code(folder: Path) -> int | None:
-    try:
-        return int((folder / "exit_code").read_text().strip())
-    except (OSError, ValueError):
-        return None
+        return childproc.read_jsonl(self.workdir / self.get(job_id).run_dir / "metrics.jsonl")
 
 
 def outcome(code: int | None) -> str:

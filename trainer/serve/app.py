@@ -67,38 +67,38 @@ def create_app(engine: Engine, api_key: str | None = None, limits: ServeLimits =
                worker: Worker | None = None) -> FastAPI:
     """The OpenAI-compatible app: error bodies, the key and size guard, and the routes."""
     app = FastAPI(title="trainer serve", docs_url=None, redoc_url=None, openapi_url=None)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     _add_routes(app, engine, worker or Worker(engine), limits)
-    app.add_middleware(_Guard, api_key=api_key, limits=limits)
+    app.add_middleware(Guard, api_key=api_key, limits=limits)
     return app
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
            code: str | None = None) -> JSONResponse:
     """OpenAI's error body."""
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
 def _shutting_down() -> JSONResponse:
-    return _error(503, "the server is shutting down; send the request again when it is back", kind="server_error",
+    return error_response(503, "the server is shutting down; send the request again when it is back", kind="server_error",
                   code="shutting_down")
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "json_invalid":
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
-        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
+            return error_response(400, "the request body is not valid JSON", code="invalid_json")
+        return error_response(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")), param=where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
+        return error_response(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else "invalid_request_error")
 
 
-class _Guard:
+class Guard:
     """Every request: the API key (when one is set), and a body with a Content-Length, no larger than the limit, that
     arrives within limits.body_seconds (a client announcing more than it sends would otherwise hold its connection
     for ever). The body is read here and handed to the app as it came. A plain ASGI middleware: Starlette's
@@ -116,7 +116,7 @@ class _Guard:
             try:
                 receive = await self._read_body(receive)
             except TimeoutError:
-                problem = _error(408, f"the request body did not arrive within {self.limits.body_seconds:g} s "
+                problem = error_response(408, f"the request body did not arrive within {self.limits.body_seconds:g} s "
                                  "(is the Content-Length right?)", code="request_timeout")
         if problem is not None:
             await problem(scope, receive, send)
@@ -128,13 +128,13 @@ class _Guard:
         if self.api_key is not None:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                return _error(401, "a valid API key is needed: send the header Authorization: Bearer <key>",
+                return error_response(401, "a valid API key is needed: send the header Authorization: Bearer <key>",
                               kind="authentication_error", code="invalid_api_key")
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
-            return _error(413, f"the request body is larger than {self.limits.max_body_bytes} bytes", code="request_too_large")
+            return error_response(413, f"the request body is larger than {self.limits.max_body_bytes} bytes", code="request_too_large")
         if length is None and scope["method"] == "POST":  # a chunked upload could be of any size
-            return _error(411, "send the request with a Content-Length header", code="length_required")
+            return error_response(411, "send the request with a Content-Length header", code="length_required")
         return None
 
     async def _read_body(self, receive: Receive) -> Receive:
@@ -170,23 +170,23 @@ def _add_routes(app: FastAPI, engine: Engine, worker: Worker, limits: ServeLimit
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse | dict[str, Any]:
-        return await _chat_completion(body, request, engine, worker, limits)
+        return await chat_completion(body, request, engine, worker, limits)
 
 
 def _request_problem(body: ChatRequest, engine: Engine, limits: ServeLimits) -> JSONResponse | None:
     """What is wrong with a request before anything is generated, as its error response; None when nothing is."""
     if body.model not in (None, "", engine.model_id):
-        return _error(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
+        return error_response(404, f"model {body.model!r} is not served here; this server serves {engine.model_id!r}",
                       param="model", code="model_not_found")
     if len(body.messages) > limits.max_messages:
-        return _error(400, f"messages: at most {limits.max_messages} messages per request", param="messages")
+        return error_response(400, f"messages: at most {limits.max_messages} messages per request", param="messages")
     max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
-        return _error(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
+        return error_response(400, f"max_tokens: {max_tokens} is more than this server allows ({limits.max_tokens})", param="max_tokens")
     for i, tool in enumerate(body.tools or ()):
         problem = _tool_problem(tool)
         if problem is not None:
-            return _error(400, f"tools[{i}]: {problem}", param=f"tools[{i}]")
+            return error_response(400, f"tools[{i}]: {problem}", param=f"tools[{i}]")
     return None
 
 
@@ -219,15 +219,15 @@ def _fit_context(prompt_tokens: int, asked: int | None, limits: ServeLimits, con
         return max_tokens
     room = context - prompt_tokens
     if room < 1:
-        return _error(400, f"the prompt is {prompt_tokens} tokens; this model reads at most {context} tokens, prompt and "
+        return error_response(400, f"the prompt is {prompt_tokens} tokens; this model reads at most {context} tokens, prompt and "
                       "answer together: shorten the messages", param="messages", code="context_length_exceeded")
     if asked is not None and asked > room:
-        return _error(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({asked}) exceed the model's context of "
+        return error_response(400, f"the prompt ({prompt_tokens} tokens) plus max_tokens ({asked}) exceed the model's context of "
                       f"{context} tokens: ask for at most {room}", param="max_tokens", code="context_length_exceeded")
     return min(max_tokens, room)
 
 
-async def _chat_completion(body: ChatRequest, request: Request, engine: Engine, worker: Worker,
+async def chat_completion(body: ChatRequest, request: Request, engine: Engine, worker: Worker,
                            limits: ServeLimits) -> JSONResponse | StreamingResponse | dict[str, Any]:
     problem = _request_problem(body, engine, limits)
     if problem is not None:
@@ -235,14 +235,14 @@ async def _chat_completion(body: ChatRequest, request: Request, engine: Engine, 
     try:
         messages = [_plain_message(m.model_dump(exclude_none=True)) for m in body.messages]
     except ValueError as exc:
-        return _error(400, str(exc), param="messages")
+        return error_response(400, str(exc), param="messages")
     try:
         prompt = await run_in_threadpool(engine.prompt, messages, body.tools)
         ignores_tools = bool(body.tools) and prompt == await run_in_threadpool(engine.prompt, messages, None)
     except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
-        return _error(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
+        return error_response(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
     if ignores_tools:
-        return _error(400, "tools: this model's chat template does not show tools to the model, so they would be "
+        return error_response(400, "tools: this model's chat template does not show tools to the model, so they would be "
                       "ignored; send the request without tools (or describe them in a system message)", param="tools")
     fitted = _fit_context(await run_in_threadpool(engine.count_tokens, prompt),
                           body.max_completion_tokens or body.max_tokens, limits, engine.context)
@@ -264,14 +264,14 @@ async def _chat_completion(body: ChatRequest, request: Request, engine: Engine, 
     except ShuttingDown:
         return _shutting_down()
     except ValueError as exc:  # e.g. longer than the context
-        return _error(400, str(exc))
+        return error_response(400, str(exc))
     except BaseException:
         generation.cancel.event.set()
         raise
     if generation.cancel.shutdown:
         return _shutting_down()
     if not pieces:  # the client left before its turn
-        return _error(400, "the client went away", code="client_closed")
+        return error_response(400, "the client went away", code="client_closed")
     text, last = "".join(p.text for p in pieces), pieces[-1]
     message: dict[str, Any] = {"role": "assistant", "content": text}
     finish = last.finish_reason

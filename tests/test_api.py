@@ -1,0 +1,354 @@
+"""`trainer api`: the official `openai` client against a real `trainer api` process training the tiny model.
+
+The cookbook's flow (upload, create with a suffix, poll retrieve and list_events, chat with fine_tuned_model, the
+answers equal to `trainer generate`'s), cancel mid-run, kill -9 of the service (and its job, as when the machine goes
+down) then a restart that resumes the job, two owners who cannot see each other's things, and bad requests answered
+4xx with the service still serving. The unit tier checks the pieces in this process: hyperparameter resolution and
+the config a job becomes.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_DATA, run_trainer
+
+ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdefgh"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+# --- the unit tier: what a request becomes ---
+
+def test_auto_hyperparameters_are_resolved_as_openai_documents():
+    from trainer.api.jobspec import Hyperparameters, auto_epochs, resolve
+
+    assert auto_epochs(12) == 8 and auto_epochs(100) == 3 and auto_epochs(20_000) == 1 and auto_epochs(2) == 25
+    auto = resolve("sft", Hyperparameters(), 12)
+    assert (auto.n_epochs, auto.batch_size, auto.learning_rate_multiplier, auto.beta) == (8, 1, 1.0, None)
+    assert resolve("sft", Hyperparameters(), 100_000).batch_size == 200
+    assert resolve("sft", Hyperparameters(), 1_000_000).batch_size == 256
+    assert resolve("dpo", Hyperparameters(), 12).beta == 0.1
+
+
+def test_a_request_becomes_a_config_trainer_accepts(tmp_path, tiny_model_dir):
+    from trainer.api.catalog import BaseModel
+    from trainer.api.jobspec import CreateJob, chosen_hyperparameters, job_config, resolve
+    from trainer.config.validate import parse_config
+
+    model = BaseModel("tiny", str(tiny_model_dir), ("gpt-4o-mini",), {"training": {"learning_rate": 0.01}})
+    request = CreateJob.model_validate({"model": "gpt-4o-mini", "training_file": "file-a", "method": {
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5, "beta": 0.3}}}})
+    objective, asked = chosen_hyperparameters(request)
+    resolved = resolve(objective, asked, 12)
+    config = parse_config(job_config(model, 0.01, resolved, 7, "t.jsonl", None, str(tmp_path / "run")), check_files=False)
+    assert (config.training.objective, config.training.epochs, config.training.batch_size, config.training.seed) == ("dpo", 2, 4, 7)
+    assert config.training.learning_rate == pytest.approx(0.005) and config.training.dpo.beta == 0.3
+    assert config.data.validation is None and config.data.validation_split == 0
+    assert resolved.method() == {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4,
+                                                                          "learning_rate_multiplier": 0.5, "beta": 0.3}}}
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"method": {"type": "reinforcement"}}, "reinforcement is not supported"),
+    ({"integrations": [{"type": "wandb"}]}, "integrations"),
+    ({"hyperparameters": {"n_epochs": 1}, "method": {"type": "supervised"}}, "not also at the top level"),
+])
+def test_what_is_not_supported_is_refused(body, says):
+    from trainer.api.jobspec import CreateJob, Refused, chosen_hyperparameters
+
+    with pytest.raises(Refused, match=says):
+        chosen_hyperparameters(CreateJob.model_validate({"model": "m", "training_file": "f", **body}))
+
+
+def test_keys_are_owners_and_a_wrong_key_is_nobody(tmp_path):
+    from trainer.api.keys import load_keys
+    from trainer.errors import UserError
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# owner key\nalice {ALICE}\nbob {BOB}\n")
+    keys = load_keys(str(keys_file))
+    assert keys.owner(f"Bearer {ALICE}") == "alice" and keys.owner(f"Bearer {BOB}") == "bob"
+    assert keys.owner("Bearer nope") is None and keys.owner("") is None and keys.owner(ALICE) is None
+    keys_file.write_text("alice short\n")
+    with pytest.raises(UserError, match="shorter than 16"):
+        load_keys(str(keys_file))
+
+
+# --- a real service ---
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    """A `trainer api` process on a free port (start() again after kill() is the same service coming back)."""
+
+    def __init__(self, tmp: Path, models: Path, keys: Path | None = None, *extra: str):
+        self.data, self.models, self.keys, self.extra = tmp / "data", models, keys, extra
+        self.port = _free_port()
+        self.log = tmp / "api.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "Api":
+        args = [sys.executable, "-m", "trainer", "api", "--models", str(self.models), "--data-dir", str(self.data),
+                "--port", str(self.port), *self.extra] + (["--api-keys", str(self.keys)] if self.keys else [])
+        self.process = subprocess.Popen(args, cwd=REPO, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=os.environ.copy())
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"trainer api did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, key: str = "none"):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=120)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _models_yaml(tmp: Path, model_dir: Path, **training) -> Path:
+    """The operator's YAML: the tiny model, also answering to gpt-4o-mini; small, exact (fp32) and logging every step."""
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(model_dir), "aliases": ["gpt-4o-mini"], "config": {
+        "data": {"max_seq_length": 64},
+        "training": {"learning_rate": 0.01, "warmup_ratio": 0.0, "precision": "fp32", **training},
+        "logging": {"log_every": 1}}}}}))
+    return path
+
+
+def _chat_file(tmp: Path, name: str, rows: list = TINY_DATA) -> Path:
+    path = tmp / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _wait(client, job_id: str, until: tuple = FINAL, timeout: float = 600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in until:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id} still {job.status} after {timeout} s")
+
+
+def _job_pids(api: Api) -> dict[str, int]:
+    """The wrapper pid of each job with a child, as the service wrote it down."""
+    import sqlite3
+
+    with sqlite3.connect(api.data / "api.sqlite3") as db:
+        return dict(db.execute("SELECT id, pid FROM jobs WHERE pid IS NOT NULL").fetchall())
+
+
+def _stop_all(api: Api) -> None:
+    """Stop the service, then any training child it left (they outlive it by design), by the pids it wrote down."""
+    api.stop()
+    for pid in _job_pids(api).values():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("api")
+    keys = tmp / "keys"
+    keys.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    api = Api(tmp, _models_yaml(tmp, tiny_model_dir), keys, "--max-upload-mb", "0.1").start()
+    yield api
+    _stop_all(api)
+
+
+@pytest.mark.integration
+def test_the_cookbook_flow_trains_and_chats_like_trainer_generate(service, tmp_path):
+    client = service.client(ALICE)
+    started = time.time()
+    train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+    valid = client.files.create(file=open(_chat_file(tmp_path, "valid.jsonl", TINY_DATA[:4]), "rb"), purpose="fine-tune")
+    assert train.filename == "train.jsonl" and train.bytes > 0 and train.purpose == "fine-tune"
+    assert client.files.content(train.id).content == (tmp_path / "train.jsonl").read_bytes()
+    job = client.fine_tuning.jobs.create(training_file=train.id, validation_file=valid.id, model="gpt-4o-mini", suffix="colours",
+                                         hyperparameters={"n_epochs": 2, "batch_size": 4}, seed=3)
+    assert job.status == "validating_files" and job.model == "tiny" and job.seed == 3
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.learning_rate_multiplier == 1.0
+    seen: set[str] = set()
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in FINAL:
+        seen |= {e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data}
+        time.sleep(0.5)
+    took = time.time() - started
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert job.status == "succeeded", (job.error, [e.message for e in events][:5])
+    print(f"\ncookbook flow: upload to succeeded in {took:.1f} s")
+    assert job.fine_tuned_model == f"ft:tiny:alice:colours:{job.id[-8:]}" and job.trained_tokens > 0 and job.finished_at
+    metrics = [e for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4, 5, 6]  # 12 examples / 4 a batch x 2 epochs; newest first
+    assert any(e.type == "metrics" and "valid_loss" in e.data for e in events)
+    assert events[0].message == "The job has successfully completed"
+    page = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert page.has_more and client.fine_tuning.jobs.list_events(job.id, limit=3, after=page.data[-1].id).data[0].id == events[3].id
+    result = client.files.content(job.result_files[0]).text.splitlines()
+    assert result[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(result) == 7
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [6, 3]  # one a epoch, newest first
+    assert job.fine_tuned_model in [m.id for m in client.models.list().data]
+    assert client.fine_tuning.jobs.list(limit=1).data[0].id == job.id
+
+    run = service.data / "jobs" / job.id / "run"
+    generated = run_trainer("generate", "--run", str(run), "--prompt", "say teal", "--max-new-tokens", "12")
+    assert generated.returncode == 0, generated.stderr
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "say teal"}],
+                                           max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content.strip() == generated.stdout.strip()
+    assert reply.model == job.fine_tuned_model
+
+
+@pytest.mark.integration
+def test_two_owners_do_not_see_each_others_files_jobs_or_models(service, tmp_path):
+    import openai
+
+    alice, bob = service.client(ALICE), service.client(BOB)
+    mine = alice.files.create(file=open(_chat_file(tmp_path, "a.jsonl"), "rb"), purpose="fine-tune")
+    job = alice.fine_tuning.jobs.create(training_file=mine.id, model="tiny", hyperparameters={"n_epochs": 1})
+    alice.fine_tuning.jobs.cancel(job.id)
+    assert mine.id not in [f.id for f in bob.files.list().data] and job.id not in [j.id for j in bob.fine_tuning.jobs.list().data]
+    for call in (lambda: bob.files.retrieve(mine.id), lambda: bob.files.content(mine.id), lambda: bob.files.delete(mine.id),
+                 lambda: bob.fine_tuning.jobs.retrieve(job.id), lambda: bob.fine_tuning.jobs.cancel(job.id),
+                 lambda: bob.fine_tuning.jobs.list_events(job.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.BadRequestError, match="no fine-tune file"):
+        bob.fine_tuning.jobs.create(training_file=mine.id, model="tiny")
+    alice_models = [m.id for m in alice.models.list().data if m.id.startswith("ft:")]
+    assert not [m.id for m in bob.models.list().data if m.id.startswith("ft:")]
+    for name in alice_models:
+        with pytest.raises(openai.NotFoundError):
+            bob.chat.completions.create(model=name, messages=[{"role": "user", "content": "say red"}])
+    with pytest.raises(openai.AuthenticationError):
+        service.client("not-a-key").files.list()
+    assert alice.files.retrieve(mine.id).id == mine.id
+
+
+@pytest.mark.integration
+def test_bad_requests_are_answered_4xx_and_the_service_keeps_serving(service, tmp_path):
+    import httpx
+    import openai
+
+    client = service.client(BOB)
+    good = client.files.create(file=open(_chat_file(tmp_path, "b.jsonl"), "rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="not trained here.*tiny") as unknown:
+        client.fine_tuning.jobs.create(training_file=good.id, model="gpt-5")
+    assert unknown.value.body["param"] == "model" and unknown.value.body["code"] == "model_not_found"
+    (tmp_path / "notes.txt").write_text("these are notes,\nnot JSON lines\n")
+    with pytest.raises(openai.BadRequestError, match="notes.txt:1: not a JSON line"):
+        client.files.create(file=open(tmp_path / "notes.txt", "rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="hyperparameters.warmup: not a field"):
+        client.fine_tuning.jobs.create(training_file=good.id, model="tiny", hyperparameters={"warmup": 3})
+    with pytest.raises(openai.BadRequestError, match="n_epochs"):
+        client.fine_tuning.jobs.create(training_file=good.id, model="tiny", hyperparameters={"n_epochs": 0})
+    with pytest.raises(openai.BadRequestError, match="reinforcement"):
+        client.fine_tuning.jobs.create(training_file=good.id, model="tiny", method={"type": "reinforcement"})
+    (tmp_path / "big.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 200_000}]}) + "\n")
+    with pytest.raises(openai.APIStatusError) as big:
+        client.files.create(file=open(tmp_path / "big.jsonl", "rb"), purpose="fine-tune")
+    assert big.value.status_code == 413
+    # a client announcing 2 GB: answered at once, before a byte of it is read
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as raw:
+        raw.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB}\r\nContent-Type: multipart/form-data; "
+                    f"boundary=b\r\nContent-Length: {2 * 1024**3}\r\n\r\n".encode())
+        assert raw.recv(200).startswith(b"HTTP/1.1 413")
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nope")
+    assert httpx.get(f"http://127.0.0.1:{service.port}/health").json()["status"] == "ok"
+    assert good.id in [f.id for f in client.files.list().data]
+    assert not list((service.data / "files").glob("*.tmp"))
+
+
+@pytest.mark.integration
+def test_cancel_mid_run_stops_the_training(tmp_path, tiny_model_dir):
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 50, "batch_size": 1})
+        deadline = time.time() + 300
+        while not [e for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "metrics"]:
+            assert time.time() < deadline and client.fine_tuning.jobs.retrieve(job.id).status not in FINAL
+            time.sleep(0.5)
+        client.fine_tuning.jobs.cancel(job.id)
+        job = _wait(client, job.id, timeout=120)
+        assert job.status == "cancelled" and job.fine_tuned_model is None
+        assert (api.data / "jobs" / job.id / "exit_code").read_text() == "3"  # trainer's stop: a checkpoint saved, exit 3
+        assert client.fine_tuning.jobs.list_events(job.id).data[0].message == "Fine-tuning job cancelled"
+    finally:
+        _stop_all(api)
+
+
+@pytest.mark.integration
+def test_a_job_survives_kill_9_of_the_service_and_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    """The service and its job are killed as a machine going down would kill them; the restarted service resumes the
+    job from its newest checkpoint and it succeeds, every event told before still there, with the adapter an
+    uninterrupted run of the same config gives."""
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir, save_every=4)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 4, "batch_size": 1})
+        run = api.data / "jobs" / job.id / "run"
+        deadline = time.time() + 300
+        while not list((run / "checkpoints").glob("step-*/trainer_state.json")):
+            assert time.time() < deadline and client.fine_tuning.jobs.retrieve(job.id).status not in FINAL
+            time.sleep(0.2)
+        told = [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        pid = _job_pids(api)[job.id]
+        api.kill()
+        os.killpg(pid, signal.SIGKILL)  # the job's wrapper and trainer: its own process group
+        killed_at = time.time()
+        api.start()
+        job = _wait(api.client(), job.id)
+        print(f"\nrestart: killed mid-job, succeeded {time.time() - killed_at:.1f} s after the restart")
+        events = api.client().fine_tuning.jobs.list_events(job.id, limit=100).data
+        assert job.status == "succeeded", job.error
+        assert set(told) <= {e.id for e in events}
+        assert any("queued to resume" in e.message for e in events) and any("resumed from its newest checkpoint" in e.message for e in events)
+        assert "Resuming from" in (api.data / "jobs" / job.id / "log.txt").read_text()
+        assert json.loads((run / "summary.json").read_text())["steps"] == 48
+        # trainer's exact resume: the same adapter as the same config trained without a stop
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        from safetensors.torch import load_file
+
+        resumed, uninterrupted = (load_file(d / "model" / "adapter_model.safetensors") for d in (run, tmp_path / "straight"))
+        assert resumed.keys() == uninterrupted.keys() and all(resumed[k].equal(uninterrupted[k]) for k in resumed)
+    finally:
+        _stop_all(api)

@@ -171,7 +171,8 @@ def test_grpo_settings_are_typed_and_grpo_is_refused_where_nothing_can_run_it(in
     from trainer.config.rules import check_config
 
     text = MINIMAL + ("  objective: grpo\n  grpo: {num_generations: 4, beta: 0.04, epsilon_high: 0.28, loss_type: dr_grpo, "
-                      "scale_rewards: none, num_iterations: 2}\n")
+                      "scale_rewards: none, num_iterations: 2, graders: [{type: builtin, name: f1, metric: json_list_f1, "
+                      "reference: '{{ item.answer }}'}]}\n")
     with pytest.raises(UserError) as info:  # the peft backend's loop does not sample yet: its refusal is the only problem
         parse_config(text, "x.yaml")
     assert [str(p) for p in info.value.problems] == [

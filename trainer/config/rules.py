@@ -70,6 +70,9 @@ def objective_matches_data_format(cfg: Config) -> Found:
     if objective in PREFERENCE and fmt not in ("auto", "preference"):
         yield ("data", "format"), (f"{objective} learns from preference pairs, and data.format is {fmt}; "
                                    "set data.format: preference (or auto), or training.objective: sft.")
+    if objective == "grpo" and fmt not in ("auto", "messages"):
+        yield ("data", "format"), (f"grpo reads prompts (messages ending with the user's turn, or a prompt column), and data.format is {fmt}; "
+                                   "set data.format: auto.")
     if objective == "sft" and fmt == "preference":
         yield ("training", "objective"), "preference pairs are learnt with a preference objective; set training.objective: dpo (or orpo)."
 

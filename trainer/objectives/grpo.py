@@ -182,6 +182,7 @@ class GRPO:
 
     name: ClassVar[str] = "grpo"
     pairs: ClassVar[bool] = False
+    samples: ClassVar[bool] = True  # its own loop samples the answers (trainer/reinforcement/)
     unit: ClassVar[str] = "prompts"
     autotrain_trainer: ClassVar[str] = ""  # AutoTrain has no GRPO (refused: trainer/backends/autotrain/refusals.py)
 

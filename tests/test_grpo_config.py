@@ -101,3 +101,12 @@ def test_the_form_shows_the_graders_as_yaml_and_reads_them_back(in_repo):
     assert yaml.safe_load(box) == graders and "- type: string_check" in box
     assert to_document(specs, values)["training"]["grpo"]["graders"] == graders
     assert "graders" not in to_document(specs, from_config(specs, yaml.safe_load(MINIMAL)))["training"].get("grpo", {})
+
+
+def test_what_grpo_cannot_run_yet_is_refused(in_repo):
+    found = problems(grpo_yaml(f"      - {EXACT}\n    beta: 0.04\n  method: full\ndistributed: {{strategy: ddp}}\n"))
+    assert [p.split(": ", 2)[1] for p in found] == ["training.grpo.beta", "distributed.strategy"]
+    assert "compares with the model with its adapter switched off" in found[0] and "set training.grpo.beta: 0" in found[0]
+    assert "set distributed.strategy: none" in found[1]
+    assert "set data.format: auto" in problems(grpo_yaml(f"      - {EXACT}\n").replace("  train: data/recipes/train.jsonl\n",
+                                                                                          "  train: data/recipes/train.jsonl\n  format: alpaca\n"))[0]

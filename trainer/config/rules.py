@@ -124,6 +124,13 @@ def grpo_graders_are_valid(cfg: Config) -> Found:
         yield ("training", "grpo", "graders", *path), message
 
 
+def grpo_reference_is_the_adapter_off(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and cfg.training.grpo.beta > 0 and (cfg.model.adapter is not None or cfg.training.method == "full"):
+        yield ("training", "grpo", "beta"), ("grpo's KL term compares with the model with its adapter switched off, which is the model "
+                                             "the run starts from only for a new adapter (not with model.adapter or method full); "
+                                             "set training.grpo.beta: 0.")
+
+
 def grpo_runs_in_one_process(cfg: Config) -> Found:
     if cfg.training.objective == "grpo" and cfg.distributed.strategy != "none":
         yield ("distributed", "strategy"), ("grpo samples and trains in one process for now (its batches are graded as a "
@@ -233,6 +240,7 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     grpo_needs_graders,
     grpo_graders_are_valid,
     grpo_runs_in_one_process,
+    grpo_reference_is_the_adapter_off,
     local_files_exist,
     push_to_hub_needs_token,
     score_model_has_endpoint,

@@ -36,10 +36,10 @@ class PeftBackend:
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
         from trainer.objectives import objective_for
 
-        if objective_for(config).samples:
-            from trainer.errors import UserError
+        if objective_for(config).samples:  # grpo: the model samples its own answers (trainer/reinforcement/)
+            from trainer.reinforcement.recipe import train as train_sampling
 
-            raise UserError("grpo's sampling loop is not built yet (trainer/reinforcement/); set training.objective: sft (or dpo, orpo).")
+            return train_sampling(config, run_dir, resume)
         from trainer.backends.peft.recipe import train
 
         return train(config, run_dir, resume)

@@ -110,3 +110,11 @@ def test_what_grpo_cannot_run_yet_is_refused(in_repo):
     assert "set distributed.strategy: none" in found[1]
     assert "set data.format: auto" in problems(grpo_yaml(f"      - {EXACT}\n").replace("  train: data/recipes/train.jsonl\n",
                                                                                           "  train: data/recipes/train.jsonl\n  format: alpaca\n"))[0]
+
+
+def test_the_guides_smallest_run_is_a_valid_config():
+    from conftest import REPO
+
+    text = (REPO / "docs" / "reinforcement-fine-tuning.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(text, "guide.yaml", check_files=False)
+    assert cfg.training.objective == "grpo" and cfg.training.grpo.graders[0]["name"] == "correct"

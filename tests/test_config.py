@@ -167,16 +167,14 @@ def test_round_trip_keeps_env_references(in_repo):
     assert cfg.model.name_or_path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def test_grpo_settings_are_typed_and_grpo_is_refused_where_nothing_can_run_it(in_repo):
+def test_grpo_settings_are_typed_and_grpo_is_refused_where_it_cannot_run(in_repo):
     from trainer.config.rules import check_config
 
     text = MINIMAL + ("  objective: grpo\n  grpo: {num_generations: 4, beta: 0.04, epsilon_high: 0.28, loss_type: dr_grpo, "
-                      "scale_rewards: none, num_iterations: 2}\n")
-    with pytest.raises(UserError) as info:  # the peft backend's loop does not sample yet: its refusal is the only problem
-        parse_config(text, "x.yaml")
-    assert [str(p) for p in info.value.problems] == [
-        "x.yaml:7:14: training.objective: grpo learns from answers the model samples during training, and trainer's loop does not "
-        "sample yet (it is the next part of reinforcement fine-tuning); set training.objective: sft (or dpo, orpo)."]
+                      "scale_rewards: none, num_iterations: 2, graders: [{type: builtin, name: f1, metric: json_list_f1, "
+                      "reference: '{{ item.answer }}'}]}\n")
+    typed = parse_config(text, "x.yaml").training.grpo
+    assert (typed.num_iterations, typed.loss_type, typed.graders[0]["metric"]) == (2, "dr_grpo", "json_list_f1")
     cfg = parse_config(MINIMAL)
     grpo = cfg.training.grpo.replace(num_generations=4, beta=0.04, epsilon_high=0.28, loss_type="dr_grpo")
     assert (grpo.num_generations, grpo.temperature, grpo.epsilon, grpo.scale_rewards) == (4, 1.0, 0.2, "group")

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from trainer.patterns import get_path, set_path
 
 GROUPS = {"model": "Model", "data": "Data", "training": "Training", "output": "Output", "backend": "Backend",
@@ -21,7 +23,7 @@ GROUPS = {"model": "Model", "data": "Data", "training": "Training", "output": "O
 @dataclass(frozen=True)
 class FieldSpec:
     path: tuple[str, ...]
-    kind: str  # dropdown | checkbox | integer | number | text | list | multiselect | toggle
+    kind: str  # dropdown | checkbox | integer | number | text | list | multiselect | toggle | yaml
     title: str
     description: str
     default: Any
@@ -63,6 +65,8 @@ def _walk(node: dict, path: tuple, advanced: bool, group: str | None, out: list[
 
 
 def _kind(node: dict, types: set[str]) -> str:
+    if node.get("x-yaml"):  # a list of free-form objects (training.grpo.graders): written as YAML in a text box
+        return "yaml"
     if "enum" in node:
         return "dropdown"
     if "anyOf" in node or "oneOf" in node:
@@ -130,6 +134,11 @@ def _typed(spec: FieldSpec, value: Any) -> Any:
         return parts[0] if len(parts) == 1 and parts[0] in spec.choices else parts
     if spec.kind in ("text", "dropdown") and isinstance(value, str):
         return value.strip()
+    if spec.kind == "yaml" and isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # the validator says it is not a list, beside its field
     return value
 
 
@@ -144,6 +153,8 @@ def from_config(specs: list[FieldSpec], data: dict) -> list[Any]:
             values.append(value if isinstance(value, str) or value is None else ", ".join(value))
         elif spec.kind in ("text",) and value is None:
             values.append("")
+        elif spec.kind == "yaml":
+            values.append(yaml.safe_dump(value, sort_keys=False, allow_unicode=True) if value else "")
         elif spec.kind in ("integer", "number") and spec.nullable:
             values.append(number_text(value))
         else:

@@ -400,6 +400,8 @@ def _component(spec: FieldSpec, value: Any) -> Field:
         bounds = _bounds(spec)
         return gr.Number(value=value, precision=0 if spec.kind == "integer" else None,
                          **{**common, "info": f"{info} {bounds}".strip()})
+    if spec.kind == "yaml":
+        return gr.Textbox(value=value or "", lines=6, max_lines=40, placeholder="YAML: a list, one `- type: ...` per grader", **common)
     if spec.path[:2] == ("data", "columns"):  # column mapping: the columns of the loaded file, or any name
         return gr.Dropdown(choices=[], value=value or None, allow_custom_value=True, **common)
     return gr.Textbox(value="" if value is None else str(value), **common)

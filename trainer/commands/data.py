@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from trainer.commands import Command, SubParsers, add_config_args
 from trainer.errors import EXIT_BAD_INPUT
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 
 def _add_data(sub: SubParsers) -> None:
@@ -24,6 +28,10 @@ def _data(args: argparse.Namespace) -> int:
     from trainer.models import load_tokenizer
 
     config = load_config(args.config, args.overrides)
+    from trainer.objectives import objective_for
+
+    if objective_for(config).samples:  # prompts, not examples: nothing to tokenize into the data cache
+        return _prompts(config, args.json)
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     data = prepare_data(config, tokenizer, stop_on_problems=False, progress=True)
     from trainer.data.report import render_shown, show_examples
@@ -43,6 +51,28 @@ def _data(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if problems and config.data.on_invalid == "error":
         print(f"\n{problems} problem(s) in the data: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _prompts(config: Config, as_json: bool) -> int:
+    """`trainer data` for grpo: the prompts found in each source, the layout, and each problem with file:line."""
+    import json
+
+    from trainer.data.prompts import describe, read_prompts
+    from trainer.reinforcement.rewards import load_rewards
+
+    prompt_set = read_prompts(config, load_rewards(config.training.grpo.graders))
+    if as_json:
+        splits = [{"source": s.source, "detection": s.detection, "records": s.records, "kept": s.kept,
+                   "problems": [str(p) for p in s.problems]} for s in prompt_set.splits]
+        print(json.dumps({"splits": splits, "train_prompts": len(prompt_set.train), "validation_prompts": len(prompt_set.validation)}, indent=2))
+    else:
+        print(describe(prompt_set))
+    problems = sum(len(s.problems) for s in prompt_set.splits)
+    if not prompt_set.train or (problems and config.data.on_invalid == "error"):
+        if problems:
+            print(f"\n{problems} problem(s) in the prompts: training would stop. Fix them, or set data.on_invalid: skip.", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

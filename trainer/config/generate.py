@@ -16,7 +16,8 @@ from trainer.config.schema import is_section, load_schema, sections, types_of
 TARGET = Path(__file__).with_name("sections.py")
 COMMAND = "python -m trainer.config.generate"
 
-_PY_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None"}
+_PY_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None",
+             "object": "dict"}  # a free-form object: a grader in training.grpo.graders, checked by its own parser
 
 _HEADER = f'''"""The config's classes: one frozen dataclass per section of schema.json.
 

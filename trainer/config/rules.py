@@ -74,6 +74,9 @@ def objective_matches_data_format(cfg: Config) -> Found:
     if objective in PREFERENCE and fmt not in ("auto", "preference"):
         yield ("data", "format"), (f"{objective} learns from preference pairs, and data.format is {fmt}; "
                                    "set data.format: preference (or auto), or training.objective: sft.")
+    if objective == "grpo" and fmt not in ("auto", "messages"):
+        yield ("data", "format"), (f"grpo reads prompts (messages ending with the user's turn, or a prompt column), and data.format is {fmt}; "
+                                   "set data.format: auto.")
     if objective == "sft" and fmt == "preference":
         yield ("training", "objective"), "preference pairs are learnt with a preference objective; set training.objective: dpo (or orpo)."
 
@@ -107,6 +110,37 @@ def grpo_without_packing(cfg: Config) -> Found:
                                     "set data.packing: false.")
 
 
+def grpo_needs_graders(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and not cfg.training.grpo.graders:
+        yield ("training", "grpo", "graders"), (
+            "grpo learns from the scores graders give its answers, and none is set; add one, e.g. "
+            "- {type: string_check, name: correct, operation: eq, input: '{{ sample.output_text }}', reference: '{{ item.answer }}'} "
+            "(docs/graders.md), or set training.objective: sft.")
+
+
+def grpo_graders_are_valid(cfg: Config) -> Found:
+    # each problem at its key below training.grpo.graders; a grader file that is not there is local_files_exist's
+    if cfg.training.objective != "grpo":
+        return
+    from trainer.reinforcement.rewards import read_rewards  # imported here: graders are read only for grpo
+
+    for path, message in read_rewards(cfg.training.grpo.graders, files=False)[1]:
+        yield ("training", "grpo", "graders", *path), message
+
+
+def grpo_reference_is_the_adapter_off(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and cfg.training.grpo.beta > 0 and (cfg.model.adapter is not None or cfg.training.method == "full"):
+        yield ("training", "grpo", "beta"), ("grpo's KL term compares with the model with its adapter switched off, which is the model "
+                                             "the run starts from only for a new adapter (not with model.adapter or method full); "
+                                             "set training.grpo.beta: 0.")
+
+
+def grpo_runs_in_one_process(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and cfg.distributed.strategy != "none":
+        yield ("distributed", "strategy"), ("grpo samples and trains in one process for now (its batches are graded as a "
+                                            "whole); set distributed.strategy: none.")
+
+
 def adapter_fits_method(cfg: Config) -> Found:
     if cfg.model.adapter is not None and cfg.training.method == "full":
         yield ("model", "adapter"), "an adapter is trained further with an adapter method; set training.method: lora (or dora, qlora), or remove model.adapter."
@@ -124,6 +158,11 @@ def local_files_exist(cfg: Config) -> Found:
     if is_local_model(model) and not os.path.exists(os.path.expanduser(model)):
         fix = " Run `trainer download-demo-model` (or `make demo`) to fetch it." if "SmolLM2-135M-Instruct" in model else ""
         yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
+    if cfg.training.objective == "grpo":
+        for index, entry in enumerate(cfg.training.grpo.graders):
+            grader_file = entry if isinstance(entry, str) else entry.get("file")
+            if isinstance(grader_file, str) and not os.path.exists(os.path.expanduser(grader_file)):
+                yield ("training", "grpo", "graders", index), f"no grader file {grader_file!r} (relative paths start from {os.getcwd()})."
     adapter = cfg.model.adapter
     if adapter is not None and not os.path.exists(os.path.expanduser(adapter)):
         yield ("model", "adapter"), (f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()}). "
@@ -139,6 +178,15 @@ def push_to_hub_needs_token(cfg: Config) -> Found:
             "uploading to the Hub requires a token; set the HF_TOKEN environment variable "
             "(it is never written to any file), or remove output.push_to_hub."
         )
+
+
+def score_model_has_endpoint(cfg: Config) -> Found:
+    if cfg.training.objective != "grpo":
+        return
+    from trainer.reinforcement.rewards import endpoint_problems, read_rewards
+
+    for reward, why in endpoint_problems(read_rewards(cfg.training.grpo.graders, files=False)[0]):
+        yield ("training", "grpo", "graders", reward.index), f"the grader {reward.name!r}: {why}"
 
 
 def tensorboard_needs_package(cfg: Config) -> Found:
@@ -193,15 +241,20 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     preference_strategies,
     grpo_settings_need_grpo,
     grpo_without_packing,
+    grpo_needs_graders,
+    grpo_graders_are_valid,
+    grpo_runs_in_one_process,
+    grpo_reference_is_the_adapter_off,
     local_files_exist,
     push_to_hub_needs_token,
+    score_model_has_endpoint,
     tensorboard_needs_package,
     output_dir_is_a_folder,
 ]
 
 # What only the machine that runs a config can decide: the files it names are there, HF_TOKEN is set. A config
 # written for another machine (`trainer convert`) is warned about them instead (check_local).
-LOCAL_RULES: list[Callable[[Config], Found]] = [local_files_exist, push_to_hub_needs_token]
+LOCAL_RULES: list[Callable[[Config], Found]] = [local_files_exist, push_to_hub_needs_token, score_model_has_endpoint]
 
 
 # ---- the machine ------------------------------------------------------------------------------

@@ -373,6 +373,13 @@ class TrainingGrpoConfig(Section):
     """How many optimizer passes each batch of sampled answers gets (mu in the GRPO paper). Above 1, the clipping
     keeps the later passes near the model that sampled them. Default: 1."""
 
+    graders: tuple[str | dict, ...]
+    """What scores each sampled answer: a list of graders, each an OpenAI grader object (type string_check,
+    text_similarity, score_model, python or multi, or trainer's builtin) with a name, or the path of a YAML or
+    JSON file holding one. `weight: 2` among a grader's keys, or {file: path, weight: 2}, weighs it (default
+    1). An answer's reward is the weighted sum of its graders' scores. docs/graders.md describes each type;
+    `trainer grade` tries one on answers. Default: []."""
+
 
 @dataclass(frozen=True)
 class TrainingEarlyStoppingConfig(Section):

@@ -12,6 +12,6 @@ the guide. The modules, in the order a grade flows through them:
 """
 from trainer.graders.grade import Grade, fields_read, grade
 from trainer.graders.objects import Grader
-from trainer.graders.parse import load_grader, parse_grader
+from trainer.graders.parse import load_grader, parse_grader, read_grader
 
-__all__ = ["Grade", "Grader", "fields_read", "grade", "load_grader", "parse_grader"]
+__all__ = ["Grade", "Grader", "fields_read", "grade", "load_grader", "parse_grader", "read_grader"]

@@ -55,15 +55,25 @@ def parse_grader(data: Any, doc: Document | None = None, path: Path = ()) -> Gra
     return grader
 
 
+def read_grader(data: Any, path: Path, default_name: str) -> tuple[Grader | None, list[tuple[Path, str]]]:
+    """(the typed grader, or None; each problem as (key path, message)) of a grader object inside another document,
+    such as a config's training.grpo.graders, whose reader places the problems at its own lines."""
+    reader = _Reader(None)
+    grader = reader.grader(data, tuple(path), default_name)
+    return (None if reader.found else grader), reader.found
+
+
 class _Reader:
     def __init__(self, doc: Document | None):
         self.doc = doc
         self.problems: list[Problem] = []
+        self.found: list[tuple[Path, str]] = []  # the same problems, by key path
         self.missing: set[Path] = set()  # required keys already reported missing: their values are not judged again
 
     def problem(self, path: Path, message: str, key: bool = False) -> None:
         if path in self.missing:
             return
+        self.found.append((path, message))
         self.problems.append(self.doc.problem(path, message, key) if self.doc else Problem(message, dotted(path)))
 
     def grader(self, data: Any, path: Path, default_name: str) -> Grader | None:

@@ -15,6 +15,7 @@ class Objective(Protocol):
 
     name: ClassVar[str]  # as training.objective spells it
     pairs: ClassVar[bool]  # learns from preference pairs (the data build reads pairs; eval measures the preference)
+    samples: ClassVar[bool]  # learns from answers the model samples while it trains (grpo): trainer/reinforcement/'s loop
     unit: ClassVar[str]  # what one training item is called in messages: "examples" or "pairs"
     autotrain_trainer: ClassVar[str]  # the AutoTrain trainer that runs it (its llm-<trainer> task)
 

@@ -16,8 +16,8 @@ aggregation (loss_type) is a choice of units; with the micro-batches of a window
   grpo     per answer, sum / its tokens; then the mean over the answers of the window
   dr_grpo  sum of the token losses / (answers of the window x max_completion_length)
 
-What fits the Objective interface is here; what GRPO needs beyond it belongs to the loop, which is not built
-(the peft backend refuses objective grpo until it is, trainer/backends/peft/__init__.py). The loop will need:
+What fits the Objective interface is here; what GRPO needs beyond it is the loop's, trainer/reinforcement/ (the peft
+backend runs it for objectives that sample). What the loop does, as it was specified:
   - sampling: for each prompt of a batch (batch_size counts prompts: unit "prompts"), num_generations answers of
     at most max_completion_length tokens at temperature and top_p, from the policy as it is when the batch is
     drawn, kept as token ids (re-tokenised text can differ); answers stop at EOS, later positions masked out.
@@ -182,6 +182,7 @@ class GRPO:
 
     name: ClassVar[str] = "grpo"
     pairs: ClassVar[bool] = False
+    samples: ClassVar[bool] = True  # its own loop samples the answers (trainer/reinforcement/)
     unit: ClassVar[str] = "prompts"
     autotrain_trainer: ClassVar[str] = ""  # AutoTrain has no GRPO (refused: trainer/backends/autotrain/refusals.py)
 

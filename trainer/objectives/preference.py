@@ -103,6 +103,7 @@ class Preference:
 
     name: ClassVar[str] = "preference"
     pairs: ClassVar[bool] = True
+    samples: ClassVar[bool] = False
     unit: ClassVar[str] = "pairs"
     needs_reference: ClassVar[bool] = False
     autotrain_trainer: ClassVar[str] = ""

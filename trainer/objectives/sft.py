@@ -45,6 +45,7 @@ class SFT:
 
     name: ClassVar[str] = "sft"
     pairs: ClassVar[bool] = False
+    samples: ClassVar[bool] = False
     unit: ClassVar[str] = "examples"
     needs_reference: ClassVar[bool] = False
     autotrain_trainer: ClassVar[str] = "sft"

@@ -19,11 +19,6 @@ class PeftBackend:
     name = "peft"
 
     def refusals(self, config: Config) -> list[tuple[tuple, str]]:
-        # the loop that samples and grades grpo's answers is not built yet (trainer/objectives/grpo.py says what it needs)
-        if config.training.objective == "grpo":
-            return [(("training", "objective"), "grpo learns from answers the model samples during training, and trainer's loop "
-                                                "does not sample yet (it is the next part of reinforcement fine-tuning); set "
-                                                "training.objective: sft (or dpo, orpo).")]
         return []
 
     def check(self, config: Config) -> list[tuple[tuple, str]]:
@@ -39,6 +34,12 @@ class PeftBackend:
         return None
 
     def train(self, config: Config, run_dir: Path, resume: bool) -> Path:
+        from trainer.objectives import objective_for
+
+        if objective_for(config).samples:  # grpo: the model samples its own answers (trainer/reinforcement/)
+            from trainer.reinforcement.recipe import train as train_sampling
+
+            return train_sampling(config, run_dir, resume)
         from trainer.backends.peft.recipe import train
 
         return train(config, run_dir, resume)

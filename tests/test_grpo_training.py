@@ -1,0 +1,109 @@
+"""grpo runs for real on the tiny model: the answers sampled, graded and learnt from, what the run directory holds
+afterwards, a stop and a resume, and the dry run that refuses a reward that cannot teach anything."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, run_trainer
+
+from trainer.checkpoint import complete_checkpoints
+from trainer.errors import EXIT_STOPPED
+from trainer.reinforcement.sampling import position_ids
+
+WORDS = ("red", "blue", "green", "pink", "gold", "grey", "teal", "navy")
+
+
+def grpo_config(tmp_path, model_dir, grader: dict | None = None, **training: object):
+    """Prompts 'say <word>'; the reward: how close the answer is to the word (rapidfuzz's ratio: partial credit, so the
+    random model's answers to one prompt score differently)."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {w}", "word": w}) + "\n" for w in WORDS))
+    grader = grader or {"type": "text_similarity", "name": "close", "evaluation_metric": "fuzzy_match", "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.word }}"}
+    config = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": str(data), "validation_split": 0, "max_seq_length": 64},
+        "training": {"objective": "grpo", "max_steps": 4, "batch_size": 2, "learning_rate": 0.01, "warmup_ratio": 0.0, "seed": 1,
+                     "precision": "fp32", "grpo": {"num_generations": 4, "max_completion_length": 12, "graders": [grader]}, **training},
+        "output": {"dir": str(tmp_path / "run")},
+        "logging": {"log_every": 1},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_position_ids_count_from_the_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    assert position_ids(mask).tolist() == [[1, 1, 0, 1, 2, 1], [0, 1, 2, 3, 4, 5]]
+
+
+@pytest.mark.integration
+def test_a_grpo_run_samples_grades_learns_and_leaves_a_run_directory(tmp_path, tiny_model_dir, cli):
+    config = grpo_config(tmp_path, tiny_model_dir)
+    raw = yaml.safe_load(config.read_text())
+    raw["training"]["grpo"] |= {"beta": 0.04, "num_iterations": 2}
+    config.write_text(yaml.safe_dump(raw))
+    result = cli("--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "Dry run: 4 prompts x 4 answers of the starting model" in result.stderr and "so the reward can teach" in result.stderr
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # a round is sampled and graded once, then trained on num_iterations times: its rewards are logged with its first step
+    for row in rows[::2]:
+        assert {"reward", "reward_std", "zero_spread_groups", "reward_close", "reward_close_std", "grader_errors"} <= row.keys()
+        assert 0 <= row["reward_close"] <= 1 and row["grader_errors"] == 0
+    assert rows[0]["reward_close_std"] > 0 and rows[0]["zero_spread_groups"] < 1
+    for row in rows:
+        assert {"loss", "completion_length", "kl", "clip_region", "entropy"} <= row.keys() and 0 < row["completion_length"] <= 12
+    assert rows[0]["kl"] == 0 and rows[1]["kl"] > 0  # the second pass: the adapter has moved from the reference
+    assert rows[1]["clip_region"] > 0 or rows[3]["clip_region"] > 0  # the old log-probs are the sampler's, so clipping can act
+    completions = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
+    assert {c["step"] for c in completions} == {1, 3} and len(completions) == 8
+    assert all(c["prompt"].startswith("say ") and 0 <= c["scores"]["close"] <= 1 and c["reward"] == c["scores"]["close"] for c in completions)
+    assert [p.name for p in complete_checkpoints(run)] == ["step-4"]
+    assert (run / "model" / "adapter_config.json").is_file() and json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
+@pytest.mark.integration
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
+    config = grpo_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, err
+    assert "Continue with the same command plus --resume" in err and "Traceback" not in err
+    saved = complete_checkpoints(tmp_path / "run")
+    assert saved, err
+    step = int(saved[-1].name.split("-")[1])
+    assert 2 <= step < 400
+    result = run_trainer("--config", str(config), "--resume", "--set", f"training.max_steps={step + 2}")
+    assert result.returncode == 0, result.stderr
+    assert f"Resuming from {saved[-1]} (step {step}" in result.stderr and "Dry run" not in result.stderr
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, step + 3))
+    completions = [json.loads(line)["step"] for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert completions == sorted(completions) and completions[-1] == step + 2
+
+
+def test_a_reward_that_cannot_teach_is_refused_before_training(tmp_path, tiny_model_dir, cli):
+    never = {"type": "string_check", "name": "exact", "operation": "eq", "input": "{{ sample.output_text }}", "reference": "never said by a random model"}
+    config = grpo_config(tmp_path, tiny_model_dir, grader=never)
+    result = cli("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert ("the reward cannot teach anything: the starting model answered 4 training prompts 4 times each, and every answer to the "
+            "same prompt got the same reward (the rewards seen: 0)") in result.stderr
+    assert not complete_checkpoints(tmp_path / "run")

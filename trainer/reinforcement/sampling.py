@@ -1,0 +1,78 @@
+"""The policy's answers to a batch of prompts, and the rows grpo's loss reads from them.
+
+Each prompt is answered num_generations times with transformers' generate, sampling at the run's temperature and top_p
+from the model as it is now (the adapter on), up to max_completion_length tokens. The answers are kept as the token
+ids generate produced: decoding and encoding again can give other ids, and the loss must score the tokens that were
+sampled. A row is the left-padded prompt, then the answer right-padded; completion_mask marks the answer's tokens up to
+and including the token that ended it; the position ids are those generate used (left padding shifts them).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.config.sections import TrainingGrpoConfig
+from trainer.data.prompts import Prompt
+from trainer.generate import _decode, stop_ids
+
+
+@dataclass
+class Samples:
+    """num_generations answers to each of a batch's prompts, consecutive per prompt (a group), as loss rows."""
+
+    prompts: list[Prompt]  # one per group
+    input_ids: torch.Tensor  # (answers, prompt width + answer width)
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_mask: torch.Tensor  # (answers, answer width)
+    texts: list[str]  # the answers as the graders read them
+
+    @property
+    def answers(self) -> int:
+        return len(self.texts)
+
+    def rows(self, advantages: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None) -> dict[str, Any]:
+        """The keyword arguments of GRPOLoss.forward for these answers."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "completion_mask": self.completion_mask, "advantages": advantages, "old_logps": old_logps, "ref_logps": ref_logps}
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The positions generate gives a left-padded row: counted from its first real token (padding at 1, unused)."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+
+def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str) -> Samples:
+    """num_generations sampled answers to each prompt (prompt.input_ids, encoded with the generation prompt)."""
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt.input_ids):] = torch.tensor(prompt.input_ids)
+        mask[row, width - len(prompt.input_ids):] = 1
+    ids, mask = ids.repeat_interleave(settings.num_generations, 0).to(device), mask.repeat_interleave(settings.num_generations, 0).to(device)
+    stops = stop_ids(tokenizer)
+    # a fresh GenerationConfig, not the model's: its top_k (often 50) or repetition penalty would sample from another
+    # distribution than the one whose log-probabilities the loss computes
+    generation = GenerationConfig(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                                  max_new_tokens=settings.max_completion_length, eos_token_id=stops, pad_token_id=pad, use_cache=True)
+    with torch.no_grad():
+        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+    answers = output[:, width:]
+    ended = torch.isin(answers, torch.tensor(stops, device=answers.device))
+    # an answer is its tokens up to and including the one that ended it; generate pads the rest
+    before_end = (ended.long().cumsum(1) - ended.long()) == 0
+    completion_mask = before_end.long()
+    length = int(completion_mask.sum(1).max()) if completion_mask.numel() else 0
+    answers, completion_mask = answers[:, :max(length, 1)], completion_mask[:, :max(length, 1)]
+    texts = [_decode(tokenizer, row[: int(n)].tolist()) for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    attention_mask = torch.cat([mask, completion_mask], dim=1)
+    input_ids = torch.cat([ids, answers.masked_fill(completion_mask == 0, pad)], dim=1)
+    return Samples(list(prompts), input_ids, attention_mask, position_ids(attention_mask), completion_mask, texts)

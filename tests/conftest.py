@@ -276,3 +276,29 @@ def go_render(tmp_path_factory):
         return done.stdout
 
     return render
+
+
+def stop_mid_run(config, rows: int, timeout: float = 120):
+    """`trainer --config` in a real process, sent SIGTERM once metrics.jsonl has `rows` rows: asserts it stopped as
+    a stop must (exit 3, a checkpoint, the resume hint, no traceback); returns (stderr, the newest checkpoint, its step)."""
+    import signal
+    import subprocess
+    import time
+
+    from trainer.checkpoint import complete_checkpoints
+    from trainer.errors import EXIT_STOPPED
+
+    run = Path(config).parent / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= rows):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == EXIT_STOPPED, err
+    assert "Continue with the same command plus --resume" in err and "Traceback" not in err
+    saved = complete_checkpoints(run)
+    assert saved, err
+    return err, saved[-1], int(saved[-1].name.split("-")[1])

@@ -3,18 +3,13 @@ afterwards, a stop and a resume, and the dry run that refuses a reward that cann
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_trainer
+from conftest import run_trainer, stop_mid_run
 
 from trainer.checkpoint import complete_checkpoints
-from trainer.errors import EXIT_STOPPED
 from trainer.reinforcement.sampling import position_ids
 
 WORDS = ("red", "blue", "green", "pink", "gold", "grey", "teal", "navy")
@@ -76,23 +71,12 @@ def test_a_grpo_run_samples_grades_learns_and_leaves_a_run_directory(tmp_path, t
 @pytest.mark.integration
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
     config = grpo_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, newest, step = stop_mid_run(config, rows=2)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_STOPPED, err
-    assert "Continue with the same command plus --resume" in err and "Traceback" not in err
-    saved = complete_checkpoints(tmp_path / "run")
-    assert saved, err
-    step = int(saved[-1].name.split("-")[1])
     assert 2 <= step < 400
     result = run_trainer("--config", str(config), "--resume", "--set", f"training.max_steps={step + 2}")
     assert result.returncode == 0, result.stderr
-    assert f"Resuming from {saved[-1]} (step {step}" in result.stderr and "Dry run" not in result.stderr
+    assert f"Resuming from {newest} (step {step}" in result.stderr and "Dry run" not in result.stderr
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, step + 3))
     completions = [json.loads(line)["step"] for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]

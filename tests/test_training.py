@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_trainer, tiny_config
+from conftest import REPO, run_trainer, stop_mid_run, tiny_config
 from trainer.checkpoint import complete_checkpoints
 from trainer.cli import main
 from trainer.errors import EXIT_STOPPED
@@ -210,23 +210,11 @@ def test_a_run_without_deepspeed_neither_imports_it_nor_prints_its_warning(tmp_p
 @pytest.mark.integration
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, max_steps=400, learning_rate=0.001)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_STOPPED, err
-    assert "Continue with the same command plus --resume" in err and "Traceback" not in err
-    saved = complete_checkpoints(tmp_path / "run")
-    assert saved, err
-    step = int(saved[-1].name.split("-")[1])
+    _, newest, step = stop_mid_run(config, rows=3)
     assert 3 <= step < 400
     result = run_trainer("--config", str(config), "--resume", "--set", "training.max_steps=" + str(step + 2))
     assert result.returncode == 0, result.stderr
-    assert f"Resuming from {saved[-1]} (step {step}" in result.stderr
+    assert f"Resuming from {newest} (step {step}" in result.stderr
 
 
 @pytest.mark.integration

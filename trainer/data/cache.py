@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer import __version__
+from trainer import __version__, childproc
 from trainer.config.rules import is_local_data
 from trainer.config.sections import DataConfig
 
@@ -160,20 +160,10 @@ def remove_abandoned() -> int:
     removed = 0
     for folder in cache_root().glob(".tmp-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not childproc.alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_atomically(path: Path, text: str) -> None:

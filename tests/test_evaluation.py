@@ -211,3 +211,63 @@ def test_four_systems_with_intervals_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert report["summary"]["retrieved"] == 3
     assert report["base_retrieval"]["prompt_tokens_mean"] > 2 * report["base_zero_shot"]["prompt_tokens_mean"]
     assert "95% confidence interval" in result.stdout and "base_retrieval" in result.stdout
+
+
+# --- graders as metrics (evaluation.graders; a grpo run's own) ----------------------------------------------------
+
+# the answer holds the reference's first letter: the tiny model's answers are a few letters, so some do and some do not
+LETTER = {"type": "string_check", "name": "letter", "operation": "like", "input": "{{ sample.output_text }}", "reference": "{{ item.reference | first }}"}
+# 1 / letter: the answers letter misses divide by zero, so this grader fails on them (counted, not silently averaged as 0)
+INVERSE = {"type": "multi", "name": "inverse", "calculate_output": "1 / hit", "graders": {"hit": {**LETTER, "name": "hit"}}}
+WORDS = {"type": "builtin", "name": "words", "metric": "token_f1", "reference": "{{ item.reference | first }}"}
+
+
+def test_graders_are_metrics_with_intervals_and_their_failures_counted(tmp_path, tiny_model_dir, trained_run):
+    """The tiny trained model against the untuned one on its 12 training chats: a builtin grader, a string_check grader and
+    a multi grader that fails on some answers, each checked against the answers themselves; eval.json and eval.md carry them."""
+    import json
+
+    import yaml
+
+    from conftest import TINY_DATA, tiny_config
+    from trainer.config import load_config
+    from trainer.evaluation.metrics import normalize
+    from trainer.evaluation.report import write_report
+    from trainer.evaluation.runner import evaluate_run
+
+    config = tiny_config(tmp_path, tiny_model_dir, **{"evaluation.systems": ["base_zero_shot", "tuned"], "evaluation.max_new_tokens": 6,
+                                                      "evaluation.metrics": ["exact_match"], "evaluation.graders": [WORDS, LETTER, INVERSE]})
+    evaluation = evaluate_run(load_config(str(config)), trained_run, say=lambda _: None)
+    references = [r["messages"][-1]["content"] for r in TINY_DATA]
+    assert [c.reference for c in evaluation.cases] == references
+    assert evaluation.cases[0].item == {"reference": "red", "messages": TINY_DATA[0]["messages"]}  # the record, and its answer
+    seen = set()
+    for name in ("base_zero_shot", "tuned"):
+        result, answers = evaluation.results[name], evaluation.results[name].answers
+        hits = [float(r[0] in a) for a, r in zip(answers, references)]
+        seen |= set(hits)
+        assert result.scores["letter"] == pytest.approx(sum(hits) / 12)
+        # token_f1 against one letter: 2 x (times it is a token of the answer, at most 1) / (the answer's tokens + 1)
+        tokens = [normalize(a).split() for a in answers]
+        by_hand = [2 * min(t.count(r[0]), 1) / (len(t) + 1) for t, r in zip(tokens, references)]
+        assert result.scores["words"] == pytest.approx(sum(by_hand) / 12)
+        assert result.scores["inverse"] == pytest.approx(sum(hits) / 12)  # 1 where the letter is there, 0 (failed) where not
+        assert len(result.grader_errors["inverse"]) == hits.count(0.0) and result.grader_errors["letter"] == []
+        assert all(e.startswith("inverse: calculate_output `1 / hit` divides by zero") for e in result.grader_errors["inverse"])
+        assert result.scores["exact_match"] == sum(normalize(a) == r for a, r in zip(answers, references)) / 12
+    assert seen == {0.0, 1.0}  # the letter grader both hit and missed: the numbers above are not all one value
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(out, evaluation)
+    report = json.loads((out / "eval.json").read_text())
+    tuned = evaluation.results["tuned"].scores
+    failed = len(evaluation.results["tuned"].grader_errors["inverse"])
+    assert report["summary"]["graders"] == ["words", "letter", "inverse"] and report["summary"]["main_metric"] == "words"
+    low, high = report["tuned"]["ci95"]["letter"]
+    assert low <= tuned["letter"] <= high and report["tuned"]["grader_errors"] == {"words": 0, "letter": 0, "inverse": failed}
+    assert set(report["summary"]["comparisons"]["tuned vs base_zero_shot"]) == {"exact_match", "words", "letter", "inverse"}
+    md = (out / "eval.md").read_text()
+    assert "| system | exact_match | words | letter | inverse |" in md and "| tuned vs base_zero_shot | letter |" in md
+    for name, result in evaluation.results.items():  # seen holds a miss, so at least one system has failures to report
+        count = len(result.grader_errors["inverse"])
+        assert (f"The grader 'inverse' could not score {count} of 12 answers of {name}" in md) == (count > 0)

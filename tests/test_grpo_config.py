@@ -118,3 +118,18 @@ def test_the_guides_smallest_run_is_a_valid_config():
     text = (REPO / "docs" / "reinforcement-fine-tuning.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(text, "guide.yaml", check_files=False)
     assert cfg.training.objective == "grpo" and cfg.training.grpo.graders[0]["name"] == "correct"
+
+
+def test_evaluation_graders_are_checked_like_grpo_graders(in_repo):
+    """evaluation.graders, for any objective: each problem at its line, a missing file, and a name that is one of
+    trainer eval's own numbers (the grader would overwrite it in eval.json)."""
+    found = problems(MINIMAL + "evaluation:\n  graders:\n"
+                     "    - {type: string_check, name: loss, operation: eq, input: '{{ sample.output_text }}', reference: '{{ item.reference }}'}\n"
+                     "    - {type: builtin, name: f1, metric: json_list_f2, reference: '{{ item.reference }}'}\n"
+                     "    - nothere.yaml\n")
+    assert found[0].startswith("x.yaml:9:7: evaluation.graders[0]: the grader 'loss' is named like one of trainer eval's own numbers")
+    assert found[1].startswith("x.yaml:10:41: evaluation.graders[1].metric: 'json_list_f2' is not one of")
+    assert found[2] == f"x.yaml:11:7: evaluation.graders[2]: no grader file 'nothere.yaml' (relative paths start from {in_repo})."
+    assert len(found) == 3
+    cfg = parse_config(MINIMAL + f"evaluation:\n  graders:\n    - {EXACT}\n", "x.yaml")
+    assert cfg.evaluation.graders[0]["name"] == "exact" and parse_config(cfg.to_yaml()) == cfg

@@ -91,3 +91,34 @@ def test_a_reward_that_cannot_teach_is_refused_before_training(tmp_path, tiny_mo
     assert ("the reward cannot teach anything: the starting model answered 4 training prompts 4 times each, and every answer to the "
             "same prompt got the same reward (the rewards seen: 0)") in result.stderr
     assert not complete_checkpoints(tmp_path / "run")
+
+
+@pytest.mark.integration
+def test_trainer_eval_on_a_grpo_run_measures_its_reward_on_held_out_prompts(tmp_path, tiny_model_dir, cli):
+    """`trainer eval` on a grpo config: the held-out prompts, the training grader as the metric with its interval and the
+    tuned-vs-untuned difference; few-shot and retrieval left out (no answers to show); a chats test file's items are the
+    record plus `reference`, so a grader reading item.word is refused before any answer is generated."""
+    config = grpo_config(tmp_path, tiny_model_dir, max_steps=1, **{})
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["validation_split"] = 0.25  # 2 of the 8 prompts held out
+    raw["evaluation"] = {"max_new_tokens": 4, "metrics": ["exact_match"]}
+    config.write_text(yaml.safe_dump(raw))
+    assert cli("--config", str(config)).returncode == 0
+    result = cli("eval", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "base_few_shot and base_retrieval left out" in result.stderr and "evaluation.metrics are left out, the graders measure (close)" in result.stderr
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["summary"]["systems"] == ["base_zero_shot", "tuned"] and report["summary"]["examples"] == 2
+    assert report["summary"]["main_metric"] == "close" and "exact_match" not in report["tuned"]
+    for system in ("base_zero_shot", "tuned"):
+        low, high = report[system]["ci95"]["close"]
+        assert 0 <= low <= report[system]["close"] <= high <= 1 and report[system]["grader_errors"] == {"close": 0}
+    assert set(report["summary"]["comparisons"]["tuned vs base_zero_shot"]) == {"close"}
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "say red"}, {"role": "assistant", "content": "red"}]}) + "\n")
+    raw["evaluation"]["test"] = str(chats)
+    config.write_text(yaml.safe_dump(raw))
+    result = cli("eval", "--config", str(config))
+    assert result.returncode == 2 and "the grader 'close' reads item.word, and this record has no field 'word'" in result.stderr
+    assert "a chat case's item is its record plus `reference`" in result.stderr

@@ -691,3 +691,47 @@ def test_in_a_browser_what_is_typed_is_what_the_yaml_shows_and_what_runs(ui_serv
             assert preview["model"]["name_or_path"] == str(tiny_model_dir) and preview["training"]["max_steps"] == 2
         page.screenshot(path=str(ARTIFACTS / "typed.png"), full_page=True)
         browser.close()
+
+
+PYTHON_GRADER = {"type": "python", "name": "short", "source": "def grade(sample, item):\n    return float(len(sample['output_text']) < 20)\n"}
+
+
+def test_python_graders_are_refused_at_their_field_unless_the_operator_allows_them(tmp_path, monkeypatch, in_repo):
+    """A form is filled by whoever reaches the page: a python grader (code the server would run), in grpo's rewards
+    or inside a multi grader of evaluation.graders, is a problem at its field until TRAINER_UI_ALLOW_PYTHON_GRADERS=1."""
+    from ui.app import App
+
+    monkeypatch.delenv("TRAINER_UI_ALLOW_PYTHON_GRADERS", raising=False)
+    app = App(Workspace(tmp_path, sandbox=False))
+    values = app.preset_values("cpu-demo")
+    key = {s.key: i for i, s in enumerate(app.specs)}
+    values[key["evaluation.graders"]] = yaml.safe_dump([{"type": "multi", "name": "m", "calculate_output": "short",
+                                                         "graders": {"short": PYTHON_GRADER}}])
+    _, problems, runnable = app.check(values)
+    assert runnable is None and problems["evaluation.graders"].startswith("python graders run code from the config on this server")
+    assert "TRAINER_UI_ALLOW_PYTHON_GRADERS=1" in problems["evaluation.graders"]
+    assert set(problems) == {"evaluation.graders"}
+    monkeypatch.setenv("TRAINER_UI_ALLOW_PYTHON_GRADERS", "1")
+    _, problems, runnable = app.check(values)
+    assert problems == {} and runnable is not None and "calculate_output: short" in runnable
+
+
+def test_try_this_grader_shows_the_score_the_sub_scores_and_the_error(tmp_path, monkeypatch):
+    from ui.app import App
+
+    monkeypatch.delenv("TRAINER_UI_ALLOW_PYTHON_GRADERS", raising=False)
+    app = App(Workspace(tmp_path, sandbox=False))
+    exact = "type: string_check\nname: correct\noperation: ilike\ninput: '{{ sample.output_text }}'\nreference: '{{ item.answer }}'\n"
+    assert app.try_grader(exact, "It is paris.", '{"answer": "Paris"}') == "**Score: 1**"
+    missing = app.try_grader(exact, "It is Paris.", '{"city": "Paris"}')
+    assert missing.startswith("**Score: 0**") and "**Error** (the score counts as 0): correct:" in missing and "answer" in missing
+    multi = yaml.safe_dump({"type": "multi", "name": "m", "calculate_output": "0.5 * a + b / 4", "graders": {
+        "a": yaml.safe_load(exact), "b": {"type": "text_similarity", "name": "b", "evaluation_metric": "fuzzy_match",
+                                          "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}"}}})
+    shown = app.try_grader(multi, "Paris", '{"answer": "Paris"}')
+    assert shown == "**Score: 0.75**\n- a: 1\n- b: 1"
+    assert app.try_grader("type: string_check\nname: x\n", "a", "{}").startswith("**The grader has problems:**")
+    assert app.try_grader(exact, "a", "{not json").startswith("**Cannot read it:**")
+    assert app.try_grader(yaml.safe_dump(PYTHON_GRADER), "short", "{}").startswith("**Refused:** python graders run code")
+    monkeypatch.setenv("TRAINER_UI_ALLOW_PYTHON_GRADERS", "1")
+    assert app.try_grader(yaml.safe_dump(PYTHON_GRADER), "short", "{}") == "**Score: 1**"

@@ -88,7 +88,7 @@ def run(config: Config, config_file: str, resume: bool = False, argv: list[str] 
 
         started = time.perf_counter()
         evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
-        print(write_report(run_dir, evaluation, config.evaluation.metrics))
+        print(write_report(run_dir, evaluation))
         if summary is not None:
             _record_seconds(config, "evaluation", time.perf_counter() - started, summary)
     return RunResult(run_dir, summary=summary)

@@ -98,6 +98,8 @@ class App:
                 problems.setdefault(problem.path, problem.message)
             runnable = None
         else:
+            for field, message in python_graders_refused(config):
+                problems.setdefault(field, message)
             if config.data.on_invalid == "error":  # as `trainer` would refuse the file, so does the form
                 for field, ref in (("data.train", config.data.train), ("data.validation", config.data.validation)):
                     if ref and (broken := self._unreadable(ref)):
@@ -123,6 +125,32 @@ class App:
                 f"{len(problems)} of {total} records cannot be read (first: {problems[0].location()}: {problems[0].message}); "
                 "nothing would be trained. Fix them (Check the data lists each), or set data.on_invalid: skip")
         return self._read[version]
+
+    def try_grader(self, grader_yaml: str, answer: str, item_json: str) -> str:
+        """The "Try this grader" box: a grader (YAML or JSON) on one answer and one item, with trainer.graders as a run
+        grades; the score, a multi grader's sub-scores and any error, as Markdown. A python grader only where allowed."""
+        from trainer.graders import grade, parse_grader
+        from trainer.graders.objects import Grader
+
+        try:
+            obj = yaml.safe_load(grader_yaml or "")
+            item = json.loads(item_json) if (item_json or "").strip() else {}
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            return f"**Cannot read it:** {exc}"
+        if not isinstance(obj, dict) or not isinstance(item, dict):
+            return "**Cannot read it:** the grader is one grader object (type: ..., name: ...), and the item a JSON object."
+        try:
+            grader: Grader = parse_grader(obj)
+        except UserError as exc:
+            return "**The grader has problems:**\n\n" + "\n".join(f"- {p}" for p in exc.problems)
+        if not python_graders_allowed() and has_python(grader):
+            return f"**Refused:** {PYTHON_REFUSED}"
+        result = grade(grader, {"output_text": answer or ""}, item)
+        lines = [f"**Score: {result.score:.4g}**" + ("" if result.passed is None else f" ({'passed' if result.passed else 'not passed'})")]
+        lines += [f"- {name}: {part.score:.4g}" + (f" (error: {part.error})" if part.error else "") for name, part in result.parts.items()]
+        if result.error:
+            lines.append(f"\n**Error** (the score counts as 0): {result.error}")
+        return "\n".join(lines)
 
     def short_yaml(self, preview: str) -> str:
         """The preview as people read it: what differs from trainer's defaults (the model and data always shown)."""
@@ -309,6 +337,34 @@ class App:
         for piece in stream_answer(loaded, conversation, max_new_tokens):
             history[-1] = {"role": "assistant", "content": history[-1]["content"] + piece}
             yield history
+
+
+PYTHON_REFUSED = ("python graders run code from the config on this server, and this UI does not allow them; the operator can set "
+                  "TRAINER_UI_ALLOW_PYTHON_GRADERS=1 (docs/web-ui.md), or run the config with `trainer` on your machine.")
+
+
+def python_graders_allowed() -> bool:
+    return os.environ.get("TRAINER_UI_ALLOW_PYTHON_GRADERS") == "1"
+
+
+def has_python(grader: Any) -> bool:
+    """Whether a grader is a python grader or holds one (a multi grader's)."""
+    from trainer.graders.objects import Multi, Python
+
+    return isinstance(grader, Python) or (isinstance(grader, Multi) and any(has_python(g) for g in grader.graders.values()))
+
+
+def python_graders_refused(config: Any) -> Iterator[tuple[str, str]]:
+    """(field key, why) for each list of graders holding a python grader, unless the operator allows them: a form is
+    filled by whoever reaches the page (a Space: anyone), and a python grader is code the server would run."""
+    if python_graders_allowed():
+        return
+    from trainer.config.rules import grader_lists
+    from trainer.reinforcement.rewards import read_rewards
+
+    for where, entries in grader_lists(config):
+        if any(has_python(r.grader) for r in read_rewards(entries)[0]):
+            yield ".".join(where), PYTHON_REFUSED
 
 
 def _text(content: object) -> str:

@@ -106,6 +106,8 @@ def _form(app: App) -> Form:
                 for group, indices in groups.items():
                     with gr.Tab(group, elem_id=f"tab-{group.lower()}"):
                         _group_fields(specs, indices, initial, components, data_parts if group == "Data" else None)
+                        if group == "Training":
+                            _grader_box(app)
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="form-status")
             yaml_preview = gr.Code(language="yaml", label="config.yaml: what differs from the defaults (live)", interactive=False,
@@ -147,6 +149,19 @@ def _group_fields(specs: list[FieldSpec], indices: list[int], initial: list, com
     if data_parts is not None:
         data_parts["check_data"] = gr.Button("Check the data", elem_id="check-data")
         data_parts["data_report"] = gr.Textbox(label="Data report", lines=14, interactive=False, elem_id="data-report")
+
+
+def _grader_box(app: App) -> None:
+    """Try a grader on a sample answer before paying for a run (what `trainer grade` does for a file of answers)."""
+    with gr.Accordion("Try this grader", open=False, elem_id="try-grader"):
+        grader = gr.Code(language="yaml", label="A grader (one entry of the graders list)", elem_id="try-grader-grader",
+                         value="type: string_check\nname: correct\noperation: eq\ninput: '{{ sample.output_text }}'\nreference: '{{ item.answer }}'\n")
+        with gr.Row():
+            answer = gr.Textbox(label="Sample answer (sample.output_text)", lines=3, elem_id="try-grader-answer")
+            item = gr.Textbox(label="Item (JSON: the record's fields)", lines=3, value='{"answer": "Paris"}', elem_id="try-grader-item")
+        score = gr.Button("Grade it", elem_id="try-grader-run")
+        result = gr.Markdown(elem_id="try-grader-result")
+    score.click(app.try_grader, [grader, answer, item], result, api_name="try_grader")
 
 
 def _run_tab() -> RunTab:

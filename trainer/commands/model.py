@@ -23,7 +23,7 @@ def _eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run or config.output.dir).expanduser()
     evaluation = evaluate_run(config, run_dir, say=lambda text: print(text, file=sys.stderr, flush=True))
-    print(write_report(run_dir, evaluation, config.evaluation.metrics))
+    print(write_report(run_dir, evaluation))
     print(f"\nWritten: {run_dir / 'eval.md'}, {run_dir / 'eval.json'}, {run_dir / 'eval.png'}")
     return 0
 

@@ -118,14 +118,36 @@ def grpo_needs_graders(cfg: Config) -> Found:
             "(docs/graders.md), or set training.objective: sft.")
 
 
-def grpo_graders_are_valid(cfg: Config) -> Found:
-    # each problem at its key below training.grpo.graders; a grader file that is not there is local_files_exist's
-    if cfg.training.objective != "grpo":
-        return
-    from trainer.reinforcement.rewards import read_rewards  # imported here: graders are read only for grpo
+def grader_lists(cfg: Config) -> list[tuple[tuple[str, ...], tuple[str | dict, ...]]]:
+    """(key path, entries) of each list of graders the config runs: grpo's rewards, and evaluation.graders."""
+    lists: list[tuple[tuple[str, ...], tuple[str | dict, ...]]] = [(("evaluation", "graders"), cfg.evaluation.graders)]
+    if cfg.training.objective == "grpo":
+        lists.insert(0, (("training", "grpo", "graders"), cfg.training.grpo.graders))
+    return lists
 
-    for path, message in read_rewards(cfg.training.grpo.graders, files=False)[1]:
-        yield ("training", "grpo", "graders", *path), message
+
+def graders_are_valid(cfg: Config) -> Found:
+    # each problem at its key below the list; a grader file that is not there is local_files_exist's
+    if not any(entries for _, entries in grader_lists(cfg)):
+        return
+    from trainer.reinforcement.rewards import read_rewards  # imported here: graders are read only when there are some
+
+    for where, entries in grader_lists(cfg):
+        for path, message in read_rewards(entries, files=False)[1]:
+            yield (*where, *path), message
+
+
+def evaluation_graders_have_own_names(cfg: Config) -> Found:
+    # a grader's name is its metric in eval.json: one named like a metric would overwrite that metric's numbers
+    if not cfg.evaluation.graders:
+        return
+    from trainer.evaluation.metrics import RESERVED
+    from trainer.reinforcement.rewards import read_rewards
+
+    for reward in read_rewards(cfg.evaluation.graders, files=False)[0]:
+        if reward.name in RESERVED:
+            yield ("evaluation", "graders", reward.index), (f"the grader {reward.name!r} is named like one of trainer eval's own numbers, "
+                                                            "which it would overwrite in the report; give it another `name`.")
 
 
 def grpo_reference_is_the_adapter_off(cfg: Config) -> Found:
@@ -158,11 +180,11 @@ def local_files_exist(cfg: Config) -> Found:
     if is_local_model(model) and not os.path.exists(os.path.expanduser(model)):
         fix = " Run `trainer download-demo-model` (or `make demo`) to fetch it." if "SmolLM2-135M-Instruct" in model else ""
         yield ("model", "name_or_path"), f"no model file or folder {model!r}.{fix}"
-    if cfg.training.objective == "grpo":
-        for index, entry in enumerate(cfg.training.grpo.graders):
+    for where, entries in grader_lists(cfg):
+        for index, entry in enumerate(entries):
             grader_file = entry if isinstance(entry, str) else entry.get("file")
             if isinstance(grader_file, str) and not os.path.exists(os.path.expanduser(grader_file)):
-                yield ("training", "grpo", "graders", index), f"no grader file {grader_file!r} (relative paths start from {os.getcwd()})."
+                yield (*where, index), f"no grader file {grader_file!r} (relative paths start from {os.getcwd()})."
     adapter = cfg.model.adapter
     if adapter is not None and not os.path.exists(os.path.expanduser(adapter)):
         yield ("model", "adapter"), (f"no adapter folder or run directory {adapter!r} (relative paths start from {os.getcwd()}). "
@@ -181,12 +203,13 @@ def push_to_hub_needs_token(cfg: Config) -> Found:
 
 
 def score_model_has_endpoint(cfg: Config) -> Found:
-    if cfg.training.objective != "grpo":
+    if not any(entries for _, entries in grader_lists(cfg)):
         return
     from trainer.reinforcement.rewards import endpoint_problems, read_rewards
 
-    for reward, why in endpoint_problems(read_rewards(cfg.training.grpo.graders, files=False)[0]):
-        yield ("training", "grpo", "graders", reward.index), f"the grader {reward.name!r}: {why}"
+    for where, entries in grader_lists(cfg):
+        for reward, why in endpoint_problems(read_rewards(entries, files=False)[0]):
+            yield (*where, reward.index), f"the grader {reward.name!r}: {why}"
 
 
 def tensorboard_needs_package(cfg: Config) -> Found:
@@ -242,7 +265,8 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     grpo_settings_need_grpo,
     grpo_without_packing,
     grpo_needs_graders,
-    grpo_graders_are_valid,
+    graders_are_valid,
+    evaluation_graders_have_own_names,
     grpo_runs_in_one_process,
     grpo_reference_is_the_adapter_off,
     local_files_exist,

@@ -523,6 +523,15 @@ class EvaluationConfig(Section):
     share of expected calls answered with a well-formed call). Default: ["loss", "exact_match", "token_f1",
     "rouge_l"]."""
 
+    graders: tuple[str | dict, ...]
+    """Graders that score each system's answers beside the metrics, in the same form as training.grpo.graders
+    (grader objects, or the paths of grader files; a weight is read and not used): each is reported by its
+    name with its 95% interval and the tuned-vs-baseline differences, and the answers it could not score are
+    counted (each scored 0). A grader's item is the case's record: for chat data its fields plus `reference`,
+    the final answer's text (a field of that name in the record is kept as it is); for grpo prompts the record
+    itself. Empty means none, except for grpo, whose training graders are evaluated (the reward).
+    docs/graders.md describes each type. Default: []."""
+
     max_examples: int | None
     """Evaluate on at most this many examples. Empty means all of them. Default: null."""
 

@@ -85,6 +85,11 @@ def _tool_call_match(predictions: Sequence[str], references: Sequence[str]) -> d
 Metric = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
 METRICS: dict[str, Metric] = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l, "json_list_f1": json_list_f1,
            "tool_call_match": _tool_call_match}
+# every number `trainer eval` reports per system under its own name (the metrics' keys, then the costs): a grader in
+# evaluation.graders is reported by its name, so it must not take one of these
+METRIC_KEYS = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed", "tool_call_match", "tool_call_wellformed")
+COSTS = ("prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example")
+RESERVED = frozenset(METRIC_KEYS + COSTS)
 
 
 def _mean(values: list[float]) -> float:

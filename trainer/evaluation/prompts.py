@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.data.formats import Example, Message
 from trainer.generate import ChatMessage, ToolSpec
@@ -12,14 +13,15 @@ from trainer.generate import ChatMessage, ToolSpec
 
 @dataclass(frozen=True)
 class Case:
-    """One evaluation item: the conversation up to the final answer, and that answer."""
+    """One evaluation item: the conversation up to the final answer, and that answer (a grpo prompt has none)."""
 
     messages: tuple[ChatMessage, ...]  # system (if any) and the turns before the final assistant turn
-    reference: str  # the final answer's text, or its tool calls as a JSON list of {"name", "arguments"}
+    reference: str | None  # the final answer's text, or its tool calls as a JSON list of {"name", "arguments"}; None: a grpo prompt
     file: str
     line: int
     tools: tuple[ToolSpec, ...] | None = None  # the functions the example offers
     turns: tuple[Message, ...] = ()  # the same turns as Messages, and the answer last (for the answer loss)
+    item: Mapping[str, Any] | None = None  # what graders see as `item` (cases.with_items); None until the graders need it
 
 
 def message_dict(m: Message) -> ChatMessage:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from trainer.evaluation.intervals import Difference, Interval
+from trainer.evaluation.metrics import COSTS, METRIC_KEYS
 from trainer.evaluation.runner import LOWER_IS_BETTER, SYSTEMS, Evaluation, PreferenceScores
 
 # {system: {metric or cost: value}}, as eval.json writes each system's numbers
@@ -14,8 +15,7 @@ Scores = Mapping[str, Mapping[str, float]]
 # {system: {metric: [low, high]}}
 Bounds = dict[str, dict[str, list[float]]]
 
-SHOWN = ("loss", "perplexity", "exact_match", "token_f1", "rouge_l", "json_list_f1", "json_parsed", "tool_call_match", "tool_call_wellformed")
-COSTS = ("prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example")
+SHOWN = METRIC_KEYS  # in this order, then the graders (evaluation.graders)
 
 
 def main_metric(metrics: tuple[str, ...]) -> str:
@@ -114,25 +114,29 @@ def code_block(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]) -> str:
-    """Write eval.json, eval.md and eval.png; `metrics`: evaluation.metrics, the first one shown is the verdict's."""
+def write_report(run_dir: Path, evaluation: Evaluation) -> str:
+    """Write eval.json, eval.md and eval.png. The verdict is on the first grader when there are graders (what the user
+    wrote down as a good answer: a grpo run's reward), else on the last answer metric of evaluation.metrics."""
     cases = evaluation.cases
     results = {name: found.scores for name, found in evaluation.results.items()}
     answers = {name: found.answers for name, found in evaluation.results.items()}
     systems = [n for n in SYSTEMS if n in results]
     first = results["tuned" if "tuned" in results else systems[0]]
-    present = [m for m in SHOWN if m in first]
-    metric = main_metric(metrics)
+    present = [m for m in SHOWN if m in first] + list(evaluation.graders)
+    metric = evaluation.graders[0] if evaluation.graders else main_metric(evaluation.metrics)
     intervals = _plain_intervals(evaluation.intervals)
     differences = evaluation.differences
     rows = table(results, present, intervals)
-    words = verdict(results, metric, differences) + preference_sentence(evaluation.preference)
+    failures = {name: {g: errors for g, errors in found.grader_errors.items() if errors} for name, found in evaluation.results.items()}
+    words = verdict(results, metric, differences) + preference_sentence(evaluation.preference) + grader_failures(failures, len(cases))
 
-    data: dict[str, object] = {name: {**results[name], "ci95": intervals.get(name, {})} for name in systems}
+    data: dict[str, object] = {name: {**results[name], "ci95": intervals.get(name, {}),
+                                      **({"grader_errors": {g: len(evaluation.results[name].grader_errors[g]) for g in evaluation.graders}}
+                                         if evaluation.graders else {})} for name in systems}
     data["summary"] = {"main_metric": metric, "examples": len(cases), "few_shot": evaluation.shots,
                        "retrieved": evaluation.retrieved, "systems": systems, "confidence": 0.95,
                        "comparisons": {f"tuned vs {name}": {m: d.to_dict() for m, d in found.items()} for name, found in differences.items()},
-                       "verdict": words, "preference": evaluation.preference}
+                       "verdict": words, "preference": evaluation.preference, "graders": list(evaluation.graders)}
     (run_dir / "eval.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     md = [f"# Evaluation on {len(cases)} example(s)", "", "Each metric with its 95% confidence interval (bootstrap over cases).", "",
@@ -153,7 +157,8 @@ def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]
     md += ["## Examples", ""]
     for i, case in enumerate(cases[:5]):
         question = case.messages[-1]["content"] if case.messages else ""
-        md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", "", "**Reference:**", "", code_block(case.reference), ""]
+        md += [f"### {i + 1}. {case.file}:{case.line}", "", f"**Question:** {question}", ""]
+        md += ["**Reference:**", "", code_block(case.reference), ""] if case.reference is not None else []
         for name in systems:
             md += [f"**{name}:**", "", code_block(answers[name][i]), ""]
     (run_dir / "eval.md").write_text("\n".join(md), encoding="utf-8")
@@ -164,8 +169,15 @@ def write_report(run_dir: Path, evaluation: Evaluation, metrics: tuple[str, ...]
     shown = "tuned" if "tuned" in results else systems[0]
     examples = ["", f"Examples (reference, then {shown}'s answer):"]
     for i, case in enumerate(cases[:3]):
-        examples += [f"  {case.file}:{case.line}", f"    reference:  {case.reference}", f"    {shown}: {answers[shown][i]}"]
+        examples += [f"  {case.file}:{case.line}"] + ([f"    reference:  {case.reference}"] if case.reference is not None else [])
+        examples += [f"    {shown}: {answers[shown][i]}"]
     return "\n".join(text + ["", "Metric cells: value [95% confidence interval, bootstrap over cases]", ""] + words + examples)
+
+
+def grader_failures(failures: Mapping[str, Mapping[str, list[str]]], cases: int) -> list[str]:
+    """A sentence per grader that could not score some answers of a system (each counted as 0), with the first reason."""
+    return [f"The grader {grader!r} could not score {len(errors)} of {cases} answers of {system} (each counted as 0 in its mean); "
+            f"the first: {errors[0]}" for system, found in failures.items() for grader, errors in found.items()]
 
 
 _BARS = {"base_zero_shot": ("untuned\nzero-shot", "#9e9e9e"), "base_few_shot": ("untuned\nfew-shot", "#ff9f40"),

@@ -9,6 +9,13 @@
 For preference data (dpo, orpo) the cases are the pairs' prompts with the chosen answer as the reference, and
 the tuned model's reward accuracy and margin on the validation pairs are measured too (preference_scores).
 
+For a grpo run the cases are prompts it did not train on (cases.prompt_cases), answered by the tuned model, the
+untuned one and the adapter it started from: there are no worked examples for few-shot prompting or retrieval, and no
+reference answer for evaluation.metrics, so its graders measure (evaluation.graders, else its training graders).
+
+Graders are metrics by their names: each answer graded against its case's item (cases.with_items), a grader's failures
+counted per system (each scores 0, as in training) and reported, not hidden in the mean.
+
 Every metric is kept per case too, for the bootstrap intervals (intervals.py).
 """
 from __future__ import annotations
@@ -16,18 +23,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from trainer.config import Config
 from trainer.data.formats import Example
-from trainer.evaluation.cases import eval_cases
+from trainer.errors import Problem, UserError
+from trainer.evaluation.cases import eval_cases, prompt_cases, with_items
 from trainer.evaluation.intervals import Difference, Interval, PerCase, confidence
-from trainer.evaluation.metrics import METRICS
+from trainer.evaluation.metrics import METRICS, RESERVED
 from trainer.evaluation.prompts import Case, few_shot_messages, pick_shots
 from trainer.generate import ChatMessage, Loaded
 from trainer.objectives import objective_for
+
+if TYPE_CHECKING:
+    from trainer.reinforcement.rewards import Reward
 
 __all__ = ["eval_cases", "evaluate_run"]  # eval_cases: where callers have always found it
 
@@ -52,6 +63,7 @@ class SystemResult:
     scores: dict[str, float]  # each metric, then prompt_tokens_mean, generated_tokens_mean, seconds_per_example
     answers: list[str]  # case by case
     per_case: dict[str, PerCase]  # each metric's per-case parts, for the intervals
+    grader_errors: dict[str, list[str]] = field(default_factory=dict)  # per grader, why it could not score an answer (one per answer)
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class Evaluation:
     intervals: dict[str, dict[str, Interval]]  # {system: {metric: 95% interval}}
     differences: dict[str, dict[str, Difference]]  # {other system: {metric: tuned minus other}}
     preference: PreferenceScores | None = None  # preference objectives (dpo, orpo), with validation pairs
+    metrics: tuple[str, ...] = ()  # the evaluation.metrics measured (none on grpo's prompts: they have no reference)
+    graders: tuple[str, ...] = ()  # the graders measured, by name (their metrics)
 
 
 def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], references: list[str], cases: list[Case] | None = None) -> PerCase:
@@ -114,16 +128,19 @@ def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], 
 
 
 def run_system(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], cases: list[Case], metrics: tuple[str, ...],
-               max_new_tokens: int) -> SystemResult:
+               max_new_tokens: int, graders: Sequence[Reward] = ()) -> SystemResult:
     from trainer.generate import generate
 
     started = time.perf_counter()
     answers = generate(loaded, conversations, max_new_tokens=max_new_tokens, tools=[c.tools for c in cases])
     seconds = time.perf_counter() - started
     predictions = [a.text for a in answers]
-    references = [c.reference for c in cases]
+    references = [c.reference or "" for c in cases]  # a grpo prompt has none: prompt_cases' callers measure no metric then
     scores: dict[str, float] = {}
     per_case: dict[str, PerCase] = {}
+    errors: dict[str, list[str]] = {}
+    if graders:
+        scores, per_case, errors = grader_scores(graders, predictions, cases)
     for name in metrics:
         if name == "loss":
             per_case["loss"] = answer_loss(loaded, conversations, references, cases)
@@ -137,7 +154,39 @@ def run_system(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], c
         generated_tokens_mean=sum(a.generated_tokens for a in answers) / len(answers),
         seconds_per_example=seconds / len(answers),
     )
-    return SystemResult(scores, predictions, per_case)
+    return SystemResult(scores, predictions, per_case, errors)
+
+
+def grader_scores(graders: Sequence[Reward], predictions: list[str], cases: list[Case]) -> tuple[dict[str, float], dict[str, PerCase], dict[str, list[str]]]:
+    """Each grader's mean score, its per-case scores and its failures, the answers graded in parallel (a score_model
+    grader waits on a server, a python grader on a process of its own) as a grpo step grades them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.reinforcement.rewards import GRADING_THREADS, score_answers
+
+    with ThreadPoolExecutor(GRADING_THREADS) as pool:
+        graded = score_answers(graders, predictions, [c.item or {} for c in cases], pool)
+    scores, per_case, errors = {}, {}, {}
+    for k, reward in enumerate(graders):
+        per_case[reward.name] = PerCase.of_means([row[k].score for row in graded.grades])
+        scores[reward.name] = per_case[reward.name].value
+        errors[reward.name] = [e for row in graded.grades if (e := row[k].error) is not None]
+    return scores, per_case, errors
+
+
+def evaluation_graders(config: Config) -> list[Reward]:
+    """evaluation.graders, or a grpo run's training graders (its reward) when that is empty; named apart from the metrics."""
+    from trainer.reinforcement.rewards import load_rewards
+
+    entries = config.evaluation.graders or (config.training.grpo.graders if objective_for(config).samples else ())
+    if not entries:
+        return []
+    graders = load_rewards(entries)
+    taken = [r.name for r in graders if r.name in RESERVED]
+    if taken:  # evaluation.graders' names are checked with the config; grpo's are free until they meet the metrics here
+        raise UserError(f"the grader(s) {', '.join(map(repr, taken))} of training.grpo.graders are named like trainer eval's own numbers, "
+                        "which they would overwrite in the report; rename them, or set evaluation.graders.")
+    return graders
 
 
 def per_case_scores(name: str, predictions: list[str], references: list[str]) -> dict[str, PerCase]:
@@ -159,15 +208,38 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
     from trainer.generate import load_base, load_run
 
     torch.manual_seed(config.training.seed)
-    cases, pool = eval_cases(config)
     e = config.evaluation
+    graders = evaluation_graders(config)
     systems = [name for name in SYSTEMS if name in e.systems or (name == "start" and config.model.adapter and "tuned" in e.systems)]
+    metrics = e.metrics
+    pool: Sequence[Example]
+    if objective_for(config).samples:  # grpo: prompts, no worked examples to show
+        cases, pool, index_dir = prompt_cases(config), [], None
+        if dropped := [name for name in systems if name in ("base_few_shot", "base_retrieval")]:
+            say(f"{' and '.join(dropped)} left out: grpo's prompts have no answers to show as examples.")
+            systems = [name for name in systems if name not in dropped]
+        if cases[0].reference is None:
+            metrics = ()
+            say("grpo's prompts have no reference answer: evaluation.metrics are left out, the graders measure"
+                + (f" ({', '.join(g.name for g in graders)})." if graders else "; and there are none: set evaluation.graders."))
+            if not graders:
+                raise UserError("evaluation: grpo's prompts have no reference answer for evaluation.metrics, and no grader scores them; "
+                                "set evaluation.graders (or training.grpo.graders).")
+    else:
+        cases, found = eval_cases(config)
+        pool, index_dir = found, found.index_dir
+    if graders and cases[0].item is None:
+        cases = with_items(cases, config)
+    missing = missing_fields(graders, cases)
+    if missing:
+        raise UserError(missing, title="evaluation: the graders read fields the cases do not have (a chat case's item is its record "
+                                       "plus `reference`, its final answer; docs/graders.md):")
     shots = pick_shots(pool, e.few_shot, config.training.seed)
     tuned = load_run(run_dir) if "tuned" in systems else None
     start = load_start(config) if "start" in systems else None
     adapter = tuned.model if tuned is not None and hasattr(tuned.model, "disable_adapter") else None
     base = tuned if adapter is not None else load_base(config) if any(name != "tuned" for name in systems) else None
-    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model, pool.index_dir)
+    retriever = Retriever(pool, e.retrieval.k, e.retrieval.embedding_model, index_dir)
     conversations = {
         "base_zero_shot": lambda: [list(c.messages) for c in cases],
         "base_few_shot": lambda: [few_shot_messages(c, shots) for c in cases],
@@ -183,13 +255,22 @@ def evaluate_run(config: Config, run_dir: Path, say: Callable[[str], None] = pri
         assert loaded is not None  # loaded above for every system asked for
         off = adapter.disable_adapter() if adapter is not None and name not in own else contextlib.nullcontext()
         with off:
-            results[name] = run_system(loaded, conversations[name](), cases, e.metrics, e.max_new_tokens)
+            results[name] = run_system(loaded, conversations[name](), cases, metrics, e.max_new_tokens, graders)
     sure = confidence({name: results[name].per_case for name in systems}, config.training.seed, LOWER_IS_BETTER)
     preference = None
     if tuned is not None and objective_for(config).pairs:
         say("measuring the preference of the tuned model on the validation pairs ...")
         preference = preference_scores(tuned, config, run_dir)
-    return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"], preference)
+    return Evaluation(cases, len(shots), retriever.k, systems, results, sure["intervals"], sure["differences"], preference,
+                      metrics, tuple(g.name for g in graders))
+
+
+def missing_fields(graders: Sequence[Reward], cases: list[Case]) -> list[Problem]:
+    """A problem for each grader field the first cases' items lack: one missing field would score every answer 0."""
+    from trainer.data.prompts import Prompt
+    from trainer.data.prompts import missing_fields as prompt_fields
+
+    return prompt_fields([Prompt((), c.item or {}, c.file, c.line) for c in cases], graders)
 
 
 def load_start(config: Config) -> Loaded:

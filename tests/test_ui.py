@@ -172,6 +172,29 @@ def test_the_loss_chart_has_whole_steps_and_shows_a_single_validation_point():
     plt.close(fig)
 
 
+def test_a_grpo_jobs_rewards_are_drawn_below_its_loss(tmp_path):
+    """The Run tab of a grpo run: its mean reward, in all and per grader, per logged step (the spreads are not curves)."""
+    import matplotlib.pyplot as plt
+
+    from trainer.rundir import loss_figure
+    from ui.app import App
+    from ui.jobs import Job
+
+    app = App(Workspace(tmp_path, sandbox=False))
+    (app.jobs.root / "j1").mkdir()
+    app.jobs._save(Job("j1", "train", "c.yaml", "run", status="finished", created=1.0))
+    (tmp_path / "run").mkdir()
+    rows = [{"step": s, "loss": 0.1, "total_steps": 2, "reward": r, "reward_std": 0.2, "reward_exact": r / 2, "reward_exact_std": 0.1}
+            for s, r in ((1, 0.25), (2, 0.5))]
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    view = app.job_view("j1")
+    assert [(r["series"], r["step"], r["reward"]) for r in view["rewards"]] == [
+        ("reward", 1, 0.25), ("reward_exact", 1, 0.125), ("reward", 2, 0.5), ("reward_exact", 2, 0.25)]
+    fig = loss_figure(([1, 2], [0.1, 0.1]), ([], []), {"reward": ([1, 2], [0.25, 0.5]), "reward_exact": ([1, 2], [0.125, 0.25])})
+    assert len(fig.axes) == 2 and [line.get_label() for line in fig.axes[1].get_lines()] == ["reward", "reward_exact"]
+    plt.close(fig)
+
+
 def test_a_data_file_trainer_would_refuse_is_a_problem_of_the_form(tmp_path):
     """30 of 31 lines broken: not "The config is valid" beside a data report listing the problems."""
     from ui.app import App

@@ -150,23 +150,33 @@ def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
     plt.close(fig)
 
 
-def loss_figure(training: tuple[list, list], validation: tuple[list, list]) -> Any:
+def loss_figure(training: tuple[list, list], validation: tuple[list, list], rewards: dict[str, tuple[list, list]] | None = None) -> Any:
     """The loss curves as a matplotlib Figure: (steps, losses) of training and of validation. Steps are whole
-    numbers on the axis, and each validation loss is a marked point, so a single one shows."""
+    numbers on the axis, and each validation loss is a marked point, so a single one shows. With `rewards` (a grpo
+    run's mean reward per step, in all and per grader: {name: (steps, rewards)}), a second panel below shows them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, axes = plt.subplots(2 if rewards else 1, 1, figsize=(7, 6.5 if rewards else 4), dpi=100, sharex=True, squeeze=False)
+    ax = axes[0][0]
     if training[0]:
         ax.plot(*training, label="training loss", color="#1f77b4")
     if validation[0]:
         ax.plot(*validation, "o-", label="validation loss", color="#d62728")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per trained token)")
+    if rewards:
+        below = axes[1][0]
+        for name, (steps, values) in rewards.items():
+            below.plot(steps, values, "o-" if len(steps) == 1 else "-", label=name, linewidth=2 if name == "reward" else 1)
+        below.set_ylabel("mean reward")
+        below.grid(alpha=0.3)
+        below.legend()
+    for a in (row[0] for row in axes):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1][0].set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
     if training[0] or validation[0]:
         ax.legend()

@@ -244,7 +244,7 @@ class App:
     def job_view(self, job_id: str | None) -> dict:
         jobs = self.jobs.poll()
         view: dict[str, Any] = {"queue": [[j.id, j.kind, j.status, self.ws.relative(j.run_dir)] for j in reversed(jobs)], "log": "",
-                "progress": "", "losses": [], "status": "no job yet"}
+                "progress": "", "losses": [], "rewards": [], "status": "no job yet"}
         job = next((j for j in jobs if j.id == job_id), jobs[-1] if jobs else None)
         if job is None:
             return view
@@ -254,8 +254,12 @@ class App:
         done = self.jobs.progress(job.id)
         if done:
             view["progress"] = f"step {done[0]} of {done[1]} ({done[0] / max(done[1], 1):.0%})"
-        view["losses"] = [{"step": r["step"], "loss": r[k], "series": name} for r in self.jobs.losses(job.id)
+        rows = self.jobs.losses(job.id)
+        view["losses"] = [{"step": r["step"], "loss": r[k], "series": name} for r in rows
                           for k, name in (("loss", "training"), ("eval_loss", "validation")) if k in r]
+        # a grpo run's mean reward per logged step: in all ("reward") and per grader ("reward_<name>", not the spreads)
+        view["rewards"] = [{"step": r["step"], "reward": v, "series": k} for r in rows for k, v in r.items()
+                           if k.startswith("reward") and not k.endswith("_std") and isinstance(v, (int, float))]
         return view
 
     def finished_runs(self) -> list[str]:

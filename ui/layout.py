@@ -317,13 +317,16 @@ def _wire_run(app: App, form: Form, tab: RunTab, job_state: gr.State) -> None:
         from trainer.rundir import loss_figure
 
         view = app.job_view(job)
-        losses = view["losses"]
-        now = (view.get("job"), len(losses), losses[-1] if losses else None)
+        losses, rewards = view["losses"], view["rewards"]
+        now = (view.get("job"), len(losses), losses[-1] if losses else None, len(rewards))
         curve: Any = gr.skip()
         if now != curve_shown:
             series = {name: ([r["step"] for r in losses if r["series"] == name], [r["loss"] for r in losses if r["series"] == name])
                       for name in ("training", "validation")}
-            curve = loss_figure(series["training"], series["validation"]) if losses else None
+            named = {r["series"]: None for r in rewards}  # in the order first logged
+            reward_series = {name: ([r["step"] for r in rewards if r["series"] == name], [r["reward"] for r in rewards if r["series"] == name])
+                             for name in named}
+            curve = loss_figure(series["training"], series["validation"], reward_series or None) if losses or rewards else None
         return view.get("job"), view["status"], view["progress"], curve, now, view["log"], view["queue"]
 
     shown = [job_state, tab.job_status, tab.progress, tab.curve, tab.curve_shown, tab.log, tab.queue]

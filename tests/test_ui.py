@@ -408,6 +408,9 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
         # the plan beside the form: SmolLM2's LoRA parameters, as many as the training log counts
         expect(page.locator("#plan")).to_contain_text("4,884,480 trainable", timeout=180_000)
         expect(page.locator("#plan")).to_contain_text("micro-batch 8 x")
+        # the plan wraps (it was cut at the right edge), and Run is a tab at the top (its buttons sat 2,700 px down)
+        assert page.eval_on_selector("#plan pre", "e => e.scrollWidth <= e.clientWidth + 1")
+        assert page.get_by_role("tab", name="Run").bounding_box()["y"] < 300
         shot(page, "plan")
 
         page.get_by_role("tab", name="Data").click()

@@ -4,6 +4,7 @@ run does; the Modelfile's Go template (rendered by Go's own text/template) lays 
 import json
 
 import pytest
+import yaml
 
 from conftest import run_trainer, validation_prompts
 from trainer.evaluation.metrics import json_list_f1
@@ -128,6 +129,16 @@ def test_ollama_modelfile_renders_prompts_as_the_chat_template(demo_run, go_rend
                     {"role": "assistant", "content": "[\"coffee\"]"}, {"role": "user", "content": "Thanks"}]
     for messages in (conversation, conversation[1:], conversation[:2]):
         assert go_render(template, messages) == render_prompt(tokenizer, messages)
+
+
+def test_ollama_export_from_another_folder_keeps_the_system_prompt(demo_run, tmp_path):
+    """The run's config names its data relatively (data/recipes/train.jsonl, trained from the repository root), so
+    from another folder the data is not there: the SYSTEM line was silently dropped. The run records it now."""
+    assert yaml.safe_load((demo_run / "config.yaml").read_text())["data"]["train"] == "data/recipes/train.jsonl"
+    result = run_trainer("export", "--run", str(demo_run), "--to", "ollama", "--quant", "q8_0", cwd=tmp_path, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'SYSTEM """You are a helpful recipe assistant.' in (demo_run / "export" / "Modelfile").read_text()
+    assert "could not read the run's training data" not in result.stderr, result.stderr
 
 
 def test_export_problems_are_messages(tmp_path, demo_run):

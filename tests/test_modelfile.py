@@ -1,12 +1,13 @@
 """What `trainer export --to ollama` writes besides the TEMPLATE (tests/test_ollama_template.py) and the GGUF
 (tests/test_export.py), on copies of the tiny trained run, without llama.cpp: the SYSTEM line whichever folder the
-export runs in."""
+export runs in, and the name the model gets."""
 import json
 import shutil
 
 import yaml
 
 from trainer.config import load_config
+from trainer.export.gguf import run_name
 from trainer.export.ollama import run_system_prompt
 
 SYSTEM = "You name colours."
@@ -64,3 +65,13 @@ def test_a_run_trained_before_it_was_recorded_reads_its_data_from_where_it_was_t
     monkeypatch.chdir(project)  # exported from the folder it was trained in: found again
     assert system_prompt(moved) == (SYSTEM, [])
 
+
+def test_the_model_is_named_after_the_run_not_its_folder(trained_run, tmp_path):
+    """The Hub repository's name, else output.dir's, else the folder's, in the characters Ollama allows."""
+    assert run_name(copy_run(trained_run, tmp_path / "a" / "run", dir="runs/recipes v2")) == "recipes-v2"
+    hub = {"repo_id": "me/smollm2-recipes", "private": True}
+    assert run_name(copy_run(trained_run, tmp_path / "b" / "run", dir="runs/recipes", push_to_hub=hub)) == "smollm2-recipes"
+    assert run_name(copy_run(trained_run, tmp_path / "c" / "colours", dir=".")) == "colours"
+    (tmp_path / "d" / "my run").mkdir(parents=True)
+    (tmp_path / "d" / "my run" / "config.yaml").write_text("not: [a config")
+    assert run_name(tmp_path / "d" / "my run") == "my-run"

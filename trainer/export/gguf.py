@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,23 @@ def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None
 
 
 def run_name(run_dir: Path) -> str:
-    return run_dir.resolve().name or "model"
+    """The run's name, as its GGUF file, `ollama create` and `trainer serve` call the model: the Hub repository's name
+    where the run is uploaded (output.push_to_hub), else the name its config gave the run directory (output.dir: the
+    folder may have been copied or renamed since, to a generic `run` say), else the folder's own name; in the
+    characters an Ollama model name allows (letters, digits, `_`, `-`, `.`: a space would split `ollama create`)."""
+    from trainer.config import load_config
+
+    try:
+        # elsewhere: without the rules of running it here, so the name never depends on whether HF_TOKEN is set
+        output = load_config(str(run_dir / "config.yaml"), check_files=False, elsewhere=True).output
+        names = [output.push_to_hub.repo_id.split("/")[-1] if output.push_to_hub else "", os.path.expanduser(output.dir)]
+    except (OSError, UserError):
+        names = []
+    for name in names + [str(run_dir.resolve())]:
+        name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(os.path.normpath(name)))).strip("-.")[:64]
+        if name:
+            return name
+    return "model"
 
 
 def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[str, tuple[str, ...]]:

@@ -144,8 +144,8 @@ def go_template(found: Transitions) -> str:
     return '{{ $prev := "" }}{{ range .Messages }}' + body + '{{ .Content }}{{ $prev = .Role }}{{ end }}' + tail
 
 
-def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
-    lines = ["# Written by trainer. Create the model with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}",
+def modelfile(name: str, gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
+    lines = [f"# Written by trainer. Create the model with: ollama create {name} -f Modelfile", f"FROM ./{gguf_name}",
              f'TEMPLATE """{template}"""']
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop]
     lines.append("PARAMETER temperature 0")  # trainer's own answers and evaluation are greedy
@@ -220,7 +220,8 @@ def write_ollama(run_dir: str | Path, quant: str = "q8_0", say: Say | None = Non
     found = transitions(render)
     check_transitions(found, render)
     config = load_config(str(run_dir / "config.yaml"), check_files=False)
-    text = modelfile(exported.gguf.name, go_template(found), list(exported.stop), run_system_prompt(run_dir, config, say))
+    name = run_name(run_dir)
+    text = modelfile(name, exported.gguf.name, go_template(found), list(exported.stop), run_system_prompt(run_dir, config, say))
     path = exported.gguf.parent / "Modelfile"
     path.write_text(text, encoding="utf-8")
-    return path, f"cd {exported.gguf.parent} && ollama create {run_name(run_dir)} -f Modelfile"
+    return path, f"cd {exported.gguf.parent} && ollama create {name} -f Modelfile"

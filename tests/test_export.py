@@ -138,7 +138,7 @@ def test_ollama_export_from_another_folder_keeps_the_system_prompt(demo_run, tmp
     result = run_trainer("export", "--run", str(demo_run), "--to", "ollama", "--quant", "q8_0", cwd=tmp_path, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'SYSTEM """You are a helpful recipe assistant.' in (demo_run / "export" / "Modelfile").read_text()
-    assert "could not read the run's training data" not in result.stderr, result.stderr
+    assert "warning:" not in result.stderr, result.stderr  # neither the data nor anything else is missed
 
 
 def test_export_problems_are_messages(tmp_path, demo_run):

@@ -65,13 +65,12 @@ def run_name(run_dir: Path) -> str:
     where the run is uploaded (output.push_to_hub), else the name its config gave the run directory (output.dir: the
     folder may have been copied or renamed since, to a generic `run` say), else the folder's own name; in the
     characters an Ollama model name allows (letters, digits, `_`, `-`, `.`: a space would split `ollama create`)."""
-    from trainer.config import load_config
+    import yaml
 
-    try:
-        # elsewhere: without the rules of running it here, so the name never depends on whether HF_TOKEN is set
-        output = load_config(str(run_dir / "config.yaml"), check_files=False, elsewhere=True).output
-        names = [output.push_to_hub.repo_id.split("/")[-1] if output.push_to_hub else "", os.path.expanduser(output.dir)]
-    except (OSError, UserError):
+    try:  # the file as trainer wrote it, not load_config: that refuses a push_to_hub config where HF_TOKEN is unset
+        output = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")).get("output") or {}
+        names = [str((output.get("push_to_hub") or {}).get("repo_id") or "").split("/")[-1], str(output.get("dir") or "")]
+    except (OSError, yaml.YAMLError, AttributeError):  # AttributeError: a YAML document that is not trainer's config
         names = []
     for name in names + [str(run_dir.resolve())]:
         name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(os.path.normpath(name)))).strip("-.")[:64]

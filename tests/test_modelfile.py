@@ -75,3 +75,12 @@ def test_the_model_is_named_after_the_run_not_its_folder(trained_run, tmp_path):
     (tmp_path / "d" / "my run").mkdir(parents=True)
     (tmp_path / "d" / "my run" / "config.yaml").write_text("not: [a config")
     assert run_name(tmp_path / "d" / "my run") == "my-run"
+
+
+def test_preference_pairs_share_a_system_prompt_too(in_repo):
+    """A dpo run's examples are Pairs (the Ollama export raised AttributeError on them): counted by their chosen side."""
+    from trainer.data.pipeline import load_examples
+    from trainer.rundir import common_system_prompt
+
+    config = load_config("configs/recipes-dpo.yaml", check_files=False)
+    assert common_system_prompt(load_examples(config.data.train, config)[0]).startswith("You are a helpful recipe assistant.")

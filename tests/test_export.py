@@ -2,10 +2,13 @@
 from the same source by `trainer backends setup llama.cpp`) and in transformers' GGUF loader, and answers as the
 run does; the Modelfile's Go template (rendered by Go's own text/template) lays out prompts as the Jinja template."""
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from conftest import run_trainer, validation_prompts
+from conftest import REPO, run_trainer, validation_prompts
 from trainer.evaluation.metrics import json_list_f1
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.llamacpp]
@@ -128,6 +131,31 @@ def test_ollama_modelfile_renders_prompts_as_the_chat_template(demo_run, go_rend
                     {"role": "assistant", "content": "[\"coffee\"]"}, {"role": "user", "content": "Thanks"}]
     for messages in (conversation, conversation[1:], conversation[:2]):
         assert go_render(template, messages) == render_prompt(tokenizer, messages)
+
+
+def test_ollama_export_from_another_folder_keeps_the_system_prompt(demo_run, tmp_path):
+    """The run's config names its data relatively (data/recipes/train.jsonl, trained from the repository root), so
+    from another folder the data is not there: the SYSTEM line was silently dropped. The run records it now."""
+    assert yaml.safe_load((demo_run / "config.yaml").read_text())["data"]["train"] == "data/recipes/train.jsonl"
+    result = run_trainer("export", "--run", str(demo_run), "--to", "ollama", "--quant", "q8_0", cwd=tmp_path, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'SYSTEM """You are a helpful recipe assistant.' in (demo_run / "export" / "Modelfile").read_text()
+    assert "warning:" not in result.stderr, result.stderr  # neither the data nor anything else is missed
+
+
+def test_export_neither_imports_deepspeed_nor_prints_its_warning(demo_run, tmp_path):
+    """As a training run (tests/test_training.py): DeepSpeed is installed with the dev extra, and no export has a use
+    for it, nor for its "Setting accelerator to CPU" line; the model export saves the merged model with
+    save_pretrained, whose look for a DeepSpeed engine imported it in training runs. Both targets that load models."""
+    code = ("import runpy, sys; sys.argv = ['trainer'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('trainer', run_name='__main__')\n"
+            "finally:\n    print('deepspeed imported:', 'deepspeed' in sys.modules, file=sys.stderr)")
+    for args in (["--run", str(demo_run), "--to", "ollama"], ["--to", "autotrain", "--config", "configs/quickstart.yaml", "--dir", str(tmp_path)]):
+        result = subprocess.run([sys.executable, "-c", code, "export", *args], cwd=REPO, capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, result.stderr[-3000:]
+        output = result.stdout + result.stderr
+        assert "Setting accelerator" not in output and "real_accelerator" not in output, output
+        assert "deepspeed imported: False" in result.stderr and "deepspeed" not in output.replace("deepspeed imported", ""), output
 
 
 def test_export_problems_are_messages(tmp_path, demo_run):

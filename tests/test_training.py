@@ -192,6 +192,27 @@ def test_early_stopping_keeps_the_best(tmp_path, tiny_model_dir):
         assert torch.equal(value, returned[name.replace(".default", "")])
 
 
+def test_a_run_records_the_system_prompt_every_training_conversation_shares(tmp_path, tiny_model_dir):
+    """summary.json keeps it, for `trainer export --to ollama` to write as SYSTEM wherever the data is then."""
+    from conftest import TINY_DATA
+    from trainer.config import load_config
+    from trainer.data.pipeline import load_examples
+    from trainer.rundir import common_system_prompt
+
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=1)
+    rows = [{"messages": [{"role": "system", "content": "Answer in one word."}] + r["messages"]} for r in TINY_DATA]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["common_system_prompt"] == "Answer in one word."
+    assert "Answer in one word" not in (run / "README.md").read_text()  # the card's results table is for results
+
+    rows[3]["messages"][0]["content"] = "Answer in two words."
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert common_system_prompt(load_examples(str(tmp_path / "data.jsonl"), load_config(str(config)))[0]) is None
+    assert common_system_prompt(load_examples(str(tmp_path / "data.jsonl"), load_config(str(config)))[0][:3]) == "Answer in one word."
+
+
 @pytest.mark.integration
 def test_a_run_without_deepspeed_neither_imports_it_nor_prints_its_warning(tmp_path, tiny_model_dir):
     """DeepSpeed is installed with the dev extra; a run that does not use it must not print its accelerator warning

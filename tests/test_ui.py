@@ -618,6 +618,22 @@ def test_a_stopped_job_is_stopping_until_its_process_ends_and_says_to_press_resu
     assert "Press Resume to continue it." in said and "--resume" not in said, jobs.log(job.id)
 
 
+def test_the_ollama_command_names_the_run_not_its_folder(tmp_path):
+    """A run copied to a folder called `run`: the command names it as `trainer export` does (output.dir's name)."""
+    from conftest import MINIMAL
+    from ui.app import App
+
+    app = App(Workspace(tmp_path, sandbox=True))
+    run = tmp_path / "runs" / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "model").mkdir()
+    (run / "config.yaml").write_text(MINIMAL + "output:\n  dir: runs/recipes-v2\n")
+    (run / "export" / "recipes-v2-q8_0.gguf").write_bytes(b"GGUF")
+    (run / "export" / "Modelfile").write_text("FROM ./recipes-v2-q8_0.gguf\n")
+    _, how = app.exported("runs/run")
+    assert "ollama create recipes-v2 -f Modelfile" in how, how
+
+
 def test_job_progress_and_outcome_come_from_metrics_and_the_exit_code(tmp_path):
     """Not from the printed log: progress from metrics.jsonl, stopped/failed from the exit code alone."""
     from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED

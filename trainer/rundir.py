@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class RunSummary:
     trained_tokens: int  # tokens in the loss, over the whole run
     train_seconds: float
     trained_tokens_per_second: float
+    # The system prompt every training conversation started with (null: they differed, or some had none), kept here
+    # because the training data may not be found again later: `trainer export --to ollama` writes it as SYSTEM.
+    common_system_prompt: str | None = None
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def __post_init__(self) -> None:
@@ -64,6 +68,17 @@ class RunSummary:
             return cls(**json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def common_system_prompt(examples: Iterable) -> str | None:
+    """The system prompt every one of `examples` (Examples, or preference Pairs: their chosen side) starts with, or None."""
+    found: set[str | None] = set()
+    for example in examples:
+        messages = getattr(example, "chosen", example).messages  # None for plain text
+        found.add(messages[0].content if messages and messages[0].role == "system" else None)
+        if len(found) > 1:
+            return None
+    return found.pop() if found else None
 
 
 def eval_perplexity(eval_loss: float) -> float:
@@ -196,7 +211,8 @@ def write_model_card(run_dir: Path, config: Config, summary: RunSummary) -> None
         else "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         "model = AutoModelForCausalLM.from_pretrained(\"model\")\ntokenizer = AutoTokenizer.from_pretrained(\"model\")\n```"
     )
-    final = "\n".join(f"| {k} | {v} |" for k, v in summary.to_dict().items() if not isinstance(v, (dict, list)))
+    final = "\n".join(f"| {k} | {v} |" for k, v in summary.to_dict().items()
+                      if not isinstance(v, (dict, list)) and k != "common_system_prompt")  # a prompt is no result, and may span lines
     text = f"""---
 library_name: {"peft" if adapter else "transformers"}
 base_model: {base}

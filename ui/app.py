@@ -323,7 +323,9 @@ class App:
             offered.append(str(staging / file.name))
         how = (f"**Serve it** (an OpenAI-compatible API on http://127.0.0.1:8000/v1):\n\n```\ntrainer serve --run {path}\n```\n")
         if files:
-            how += f"\n**Ollama**: download the GGUF and the Modelfile into one folder, then `ollama create {path.name} -f Modelfile`."
+            from trainer.export.gguf import run_name
+
+            how += f"\n**Ollama**: download the GGUF and the Modelfile into one folder, then `ollama create {run_name(path)} -f Modelfile`."
         else:
             how += "\nPress **Export** for a GGUF file (llama.cpp, LM Studio) and an Ollama Modelfile."
         return offered, how

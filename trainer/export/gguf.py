@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,22 @@ def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None
 
 
 def run_name(run_dir: Path) -> str:
-    return run_dir.resolve().name or "model"
+    """The run's name, as its GGUF file, `ollama create` and `trainer serve` call the model: the Hub repository's name
+    where the run is uploaded (output.push_to_hub), else the name its config gave the run directory (output.dir: the
+    folder may have been copied or renamed since, to a generic `run` say), else the folder's own name; in the
+    characters an Ollama model name allows (letters, digits, `_`, `-`, `.`: a space would split `ollama create`)."""
+    import yaml
+
+    try:  # the file as trainer wrote it, not load_config: that refuses a push_to_hub config where HF_TOKEN is unset
+        output = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")).get("output") or {}
+        names = [str((output.get("push_to_hub") or {}).get("repo_id") or "").split("/")[-1], str(output.get("dir") or "")]
+    except (OSError, yaml.YAMLError, AttributeError):  # AttributeError: a YAML document that is not trainer's config
+        names = []
+    for name in names + [str(run_dir.resolve())]:
+        name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(os.path.normpath(name)))).strip("-.")[:64]
+        if name:
+            return name
+    return "model"
 
 
 def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[str, tuple[str, ...]]:

@@ -14,6 +14,7 @@ the model differently from how it was trained.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,8 @@ def go_template(found: Transitions) -> str:
     return '{{ $prev := "" }}{{ range .Messages }}' + body + '{{ .Content }}{{ $prev = .Role }}{{ end }}' + tail
 
 
-def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
-    lines = ["# Written by trainer. Create the model with: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}",
+def modelfile(name: str, gguf_name: str, template: str, stop: list[str], system: str | None) -> str:
+    lines = [f"# Written by trainer. Create the model with: ollama create {name} -f Modelfile", f"FROM ./{gguf_name}",
              f'TEMPLATE """{template}"""']
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop]
     lines.append("PARAMETER temperature 0")  # trainer's own answers and evaluation are greedy
@@ -153,16 +154,49 @@ def modelfile(gguf_name: str, template: str, stop: list[str], system: str | None
     return "\n".join(lines) + "\n"
 
 
-def common_system_prompt(config: Config) -> str | None:
-    """The system prompt, when every training conversation starts with the same one (then Ollama should add it)."""
+def run_system_prompt(run_dir: Path, config: Config, say: Say) -> str | None:
+    """The system prompt every training conversation started with, which Ollama should then add: as the run recorded
+    it in summary.json. A run trained before trainer recorded it is read from its training data again, a relative
+    path taken from the folder training ran in (where output.dir says) or else from here; when the data cannot be
+    read, a warning says so rather than the SYSTEM line disappearing unnoticed."""
     from trainer.data.pipeline import load_examples
+    from trainer.patterns import is_local_data
+    from trainer.rundir import SUMMARY_FILE, common_system_prompt
 
-    try:
-        examples, _ = load_examples(config.data.train, config)
-    except (OSError, UserError):
-        return None  # the training data is not at hand any more: leave the system prompt to the caller
-    firsts = {e.messages[0].content if e.messages and e.messages[0].role == "system" else None for e in examples}
-    return firsts.pop() if len(firsts) == 1 else None
+    try:  # the file, not RunSummary.read: a key that is absent (an older run) differs from null (no common prompt)
+        recorded = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    if "common_system_prompt" in recorded:
+        return recorded["common_system_prompt"]
+    ref = config.data.train
+    tried = [ref]
+    if is_local_data(ref) and not os.path.isabs(os.path.expanduser(ref)):
+        started = training_folder(run_dir, config.output.dir)
+        tried = list(dict.fromkeys(([str(started / ref)] if started else []) + [os.path.abspath(ref)]))
+    for path in tried:
+        try:
+            return common_system_prompt(load_examples(path, config)[0])
+        except (OSError, UserError):
+            continue
+    say(f"warning: could not read the run's training data ({ref}, data.train in {run_dir / 'config.yaml'}; tried "
+        f"{', '.join(tried)}), so trainer cannot tell whether every training conversation had the same system prompt: "
+        'the Modelfile has no SYSTEM line. If the data had one, add it to the Modelfile as SYSTEM """...""", or export '
+        "again from the folder the run was trained in.")
+    return None
+
+
+def training_folder(run_dir: Path, output_dir: str) -> Path | None:
+    """The folder training ran in, for a run whose config.yaml has a relative output.dir that `run_dir` still ends
+    with (runs/quickstart in /home/me/project/runs/quickstart: /home/me/project); else None."""
+    relative = Path(os.path.normpath(output_dir))
+    here = Path(os.path.abspath(run_dir))
+    if relative.is_absolute() or output_dir.startswith("~") or ".." in relative.parts:
+        return None
+    parts = relative.parts  # () for "."
+    if here.parts[len(here.parts) - len(parts):] != parts:
+        return None
+    return Path(*here.parts[:len(here.parts) - len(parts)])
 
 
 def write_ollama(run_dir: str | Path, quant: str = "q8_0", say: Say | None = None) -> tuple[Path, str]:
@@ -186,7 +220,8 @@ def write_ollama(run_dir: str | Path, quant: str = "q8_0", say: Say | None = Non
     found = transitions(render)
     check_transitions(found, render)
     config = load_config(str(run_dir / "config.yaml"), check_files=False)
-    text = modelfile(exported.gguf.name, go_template(found), list(exported.stop), common_system_prompt(config))
+    name = run_name(run_dir)
+    text = modelfile(name, exported.gguf.name, go_template(found), list(exported.stop), run_system_prompt(run_dir, config, say))
     path = exported.gguf.parent / "Modelfile"
     path.write_text(text, encoding="utf-8")
-    return path, f"cd {exported.gguf.parent} && ollama create {run_name(run_dir)} -f Modelfile"
+    return path, f"cd {exported.gguf.parent} && ollama create {name} -f Modelfile"

@@ -120,10 +120,11 @@ class TransformersEngine:
     """The run's model as `trainer generate` loads it (base + adapter, or the full weights)."""
 
     def __init__(self, run_dir: Path, device: str = "auto"):
+        from trainer.export.gguf import run_name
         from trainer.generate import load_run
 
         self.loaded = load_run(run_dir, device)
-        self.model_id = run_dir.resolve().name
+        self.model_id = run_name(run_dir)  # as the llama.cpp engine and vLLM name it
         config: Any = self.loaded.model.config
         # positions past the model's own are garbage (or an error), however long generate() would go on
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)

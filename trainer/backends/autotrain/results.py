@@ -16,7 +16,7 @@ from trainer.config import Config
 from trainer.errors import UserError
 from trainer.methods import method_for
 from trainer.objectives import objective_for
-from trainer.rundir import MetricsLog, RunSummary, merge_saved_adapter, plot_losses, write_model_card
+from trainer.rundir import MetricsLog, RunSummary, common_system_prompt, merge_saved_adapter, plot_losses, write_model_card
 
 
 def collect(config: Config, run_dir: Path, work: Path, tokenizer: Any, data: Any, log: AutoTrainLog) -> RunSummary:
@@ -97,6 +97,7 @@ def summarise(config: Config, final: dict, history: list[list], steps: int, eval
         trained_tokens=tokens,
         train_seconds=seconds,
         trained_tokens_per_second=tokens / seconds if seconds else 0.0,
+        common_system_prompt=common_system_prompt(data.examples(0)),
     )
 
 

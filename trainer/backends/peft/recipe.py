@@ -30,7 +30,7 @@ from trainer.methods.base import Method
 from trainer.objectives import objective_for
 from trainer.objectives.base import Objective
 from trainer.objectives.preference import Preference, load_or_compute_reference
-from trainer.rundir import MetricsLog, RunSummary, guard_run_dir, merge_saved_adapter, plot_losses, write_merged, write_model_card
+from trainer.rundir import MetricsLog, RunSummary, common_system_prompt, guard_run_dir, merge_saved_adapter, plot_losses, write_merged, write_model_card
 from trainer.steps import steps_per_epoch, total_steps
 from trainer.strategies import SingleProcess, choose_strategy, make_accelerator
 
@@ -274,4 +274,5 @@ def summarise(run: Run) -> RunSummary:
         trained_tokens=state.trained_tokens,
         train_seconds=state.seconds,
         trained_tokens_per_second=speed,
+        common_system_prompt=common_system_prompt(run.data.examples(0)),
     )

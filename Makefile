@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo demo-dpo test check lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go clean
+.PHONY: install demo demo-dpo test check lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go slurm-client skypilot clean
 
 install: $(STAMP)
 
@@ -32,11 +32,11 @@ demo-dpo: demo
 
 # The whole gate (CI runs it through .ci/run): lint, the docs site, the set-up every tier needs, then every test,
 # the slowest 25 named.
-test: $(STAMP) chromium go lint docs
+test: $(STAMP) chromium go slurm-client skypilot lint docs
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(VENV)/bin/trainer backends setup llama.cpp
-	$(PY) -m pytest --durations=25
+	TRAINER_SKYPILOT_PYTHON=$(abspath $(SKY_VENV))/bin/python $(PY) -m pytest --durations=25
 
 # The quick loop: lint and the unit tier (markers in pyproject.toml; a test marked with what it needs leaves the tier).
 # No set-up step: the unit tier needs only the installed package.
@@ -101,5 +101,21 @@ go:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq golang-go >/dev/null; }
 
+# The launch files' tests read them with the tools that run them: Slurm's sbatch parses a script's options (no
+# controller needed), SkyPilot's task loader reads the task. SkyPilot has its own environment: its pins (click<8.2,
+# uvicorn<0.36) would downgrade what gradio and the API server use in .venv.
+slurm-client:
+	@command -v sbatch >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "install Slurm's client commands (the launch tests need sbatch)"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-client >/dev/null; }
+
+SKY_VENV := .venv-skypilot
+skypilot: $(SKY_VENV)/.installed
+$(SKY_VENV)/.installed:
+	test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install --quiet 'skypilot==0.14.1'
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(SKY_VENV) .pytest_cache

@@ -134,3 +134,80 @@ def test_zero3_builds_partitioned_only_while_loading():
     with _built_partitioned(settings):
         assert is_deepspeed_zero3_enabled()
     assert not is_deepspeed_zero3_enabled()
+
+
+# ---- several nodes (issue 31) ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("distributed: {nodes: 2}", "distributed.nodes: several machines train together only with a distributed strategy; "
+                                "set distributed.strategy: ddp"),
+    ("distributed: {strategy: ddp, nodes: '4:2'}", "distributed.nodes: '4:2' asks for at least 4 and at most 2 machines; "
+                                                   "write min:max with min <= max, e.g. 2:4."),
+    ("distributed: {strategy: ddp, nodes: 'two'}", "distributed.nodes: 'two' is not in the right form."),
+    ("distributed: {strategy: ddp, nodes: 0}", "distributed.nodes: 0 is out of range: it must be at least 1"),
+    ("distributed: {strategy: ddp, rendezvous: 'head:29500'}", "distributed.rendezvous: a rendezvous is where several machines "
+                                                              "meet, and distributed.nodes is one; set distributed.nodes"),
+    ("distributed: {strategy: ddp, nodes: 1, max_restarts: 2}", "distributed.max_restarts: restarts after a failed node need a "
+                                                                "run on several machines"),
+    ("distributed: {strategy: ddp, nodes: 2, rendezvous: 'head:99999'}", "port 99999 of 'head:99999' is not a port"),
+    ("distributed: {strategy: ddp, nodes: 2, rendezvous: 'http://head:1'}", "distributed.rendezvous: 'http://head:1' is not in the right form"),
+    ("distributed: {strategy: deepspeed, nodes: '2:4'}", "deepspeed resumes only with the number of processes that saved"),
+])
+def test_invalid_node_settings_are_named_at_their_line(extra, message):
+    with pytest.raises(UserError) as raised:
+        parse_config("model: {name_or_path: org/m}\ndata: {train: x.jsonl}\ntraining: {epochs: 1}\n" + extra, "x.yaml", check_files=False)
+    rendered = raised.value.render()
+    assert "x.yaml:4:" in rendered and message in rendered
+
+
+def test_nodes_as_a_count_or_an_elastic_range():
+    from trainer.distributed import node_range, several_nodes
+
+    assert node_range(config().distributed) == (1, 1) and not several_nodes(config().distributed)
+    assert node_range(config("distributed: {strategy: ddp, nodes: 3}").distributed) == (3, 3)
+    # unquoted, YAML 1.1 would read 2:4 as the base-60 number 124
+    elastic = config("distributed:\n  strategy: fsdp\n  nodes: 2:4\n  rendezvous: '[fd00::1]:29400'\n  max_restarts: 3\n").distributed
+    assert elastic.nodes == "2:4" and node_range(elastic) == (2, 4) and several_nodes(elastic) and elastic.max_restarts == 3
+    overridden = parse_config("model: {name_or_path: org/m}\ndata: {train: x.jsonl}\ntraining: {epochs: 1}\n", "x.yaml",
+                              ["distributed.strategy=ddp", "distributed.nodes=1:8"], check_files=False)
+    assert node_range(overridden.distributed) == (1, 8)
+
+
+def test_torchrun_options_for_fixed_and_elastic_nodes():
+    from trainer.distributed import torchrun_args
+
+    fixed = torchrun_args(config("distributed: {strategy: ddp, nodes: 2, max_restarts: 1}").distributed, 8, "head:29500", "job7", "$RANK")
+    assert fixed == ["--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=head:29500", "--rdzv-id=job7",
+                     "--max-restarts=1", "--shutdown-timeout=300", "--node-rank=$RANK"]
+    elastic = torchrun_args(config("distributed: {strategy: ddp, nodes: '2:4'}").distributed, 8, "head:29500", "job7", "$RANK")
+    assert "--nnodes=2:4" in elastic and not any(a.startswith("--node-rank") for a in elastic)  # c10d numbers elastic nodes
+
+
+def test_several_nodes_outside_a_launcher_refuse_and_say_how_to_launch(tmp_path, monkeypatch, capsys):
+    from trainer.cli import main
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "x.yaml").write_text("model: {name_or_path: org/m}\ndata: {train: x.jsonl}\ntraining: {epochs: 1}\n"
+                                     "distributed: {strategy: ddp, nodes: 2, num_processes: 4}\noutput: {dir: run}\n")
+    assert main(["--config", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was run on this one alone" in err and "trainer launch --to slurm --config x.yaml" in err
+    assert "torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=<first node>:29500" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_launcher_that_started_too_few_nodes_is_refused(monkeypatch):
+    from trainer.distributed import check_launched_nodes
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun --nnodes 1 --nproc-per-node 8
+    with pytest.raises(UserError, match=r"asks for 2 to 4 machine\(s\), and the launcher started 1 \(8 processes, 8 on each\); give torchrun --nnodes=2:4"):
+        check_launched_nodes(config("distributed: {strategy: ddp, nodes: '2:4'}").distributed)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    check_launched_nodes(config("distributed: {strategy: ddp, nodes: '2:4'}").distributed)  # 2 nodes of 4: within the range
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    check_launched_nodes(config("distributed: {strategy: ddp}").distributed)  # nodes left empty: torchrun by hand decides

@@ -12,6 +12,7 @@ from trainer.commands.config import CONVERT, INIT, SCHEMA, VALIDATE
 from trainer.commands.data import CACHE, DATA, PLAN
 from trainer.commands.export import EXPORT
 from trainer.commands.grade import GRADE
+from trainer.commands.launch import LAUNCH
 from trainer.commands.machine import BACKENDS, DOWNLOAD_DEMO_MODEL
 from trainer.commands.model import CHAT, EVAL, GENERATE
 from trainer.commands.serve import SERVE, UI
@@ -21,7 +22,7 @@ from trainer.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UserError
 _STORAGE_ERRORS = {28, 30, 13, 122}  # ENOSPC, EROFS, EACCES, EDQUOT
 
 # in the order `trainer --help` lists them
-COMMANDS: tuple[Command, ...] = (VALIDATE, INIT, DATA, PLAN, SCHEMA, CONVERT, EVAL, GRADE, GENERATE, CHAT, EXPORT, SERVE, API,
+COMMANDS: tuple[Command, ...] = (VALIDATE, INIT, DATA, PLAN, LAUNCH, SCHEMA, CONVERT, EVAL, GRADE, GENERATE, CHAT, EXPORT, SERVE, API,
                                  BACKENDS, UI, DOWNLOAD_DEMO_MODEL, CACHE)
 
 

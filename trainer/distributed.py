@@ -55,6 +55,73 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+DEFAULT_RENDEZVOUS_PORT = 29500  # torchrun's MASTER_PORT default
+
+
+def node_range(distributed: DistributedConfig) -> tuple[int, int]:
+    """distributed.nodes as (fewest, most) machines: 2 -> (2, 2), "2:4" -> (2, 4), empty -> (1, 1).
+
+    The schema has checked the form; that fewest <= most is rules.nodes_are_a_range's to say.
+    """
+    nodes = distributed.nodes
+    if nodes is None:
+        return 1, 1
+    if isinstance(nodes, int):
+        return nodes, nodes
+    low, _, high = nodes.partition(":")
+    return int(low), int(high)
+
+
+def several_nodes(distributed: DistributedConfig) -> bool:
+    return node_range(distributed)[1] > 1
+
+
+# torchrun waits this long for its processes to stop before it kills them (its default, 30 s, is shorter than a
+# full fine-tune's checkpoint of model and optimizer state takes to write)
+SHUTDOWN_SECONDS = 300
+
+
+def torchrun_args(distributed: DistributedConfig, per_node: int | str, endpoint: str, run_id: str, node_rank: str | None = None) -> list[str]:
+    """torchrun's options for one node of a run on several: the same on every node, but for `node_rank` where the
+    launcher knows it (the c10d rendezvous hands out ranks itself otherwise). `per_node`: processes on each node (or
+    a shell expression, in a launch file); `endpoint`: host:port of the rendezvous."""
+    low, high = node_range(distributed)
+    args = [f"--nnodes={low}" if low == high else f"--nnodes={low}:{high}", f"--nproc-per-node={per_node}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}",
+            f"--max-restarts={distributed.max_restarts}", f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
+    if node_rank is not None and low == high:  # an elastic run's nodes may come and go: c10d numbers them
+        args.append(f"--node-rank={node_rank}")
+    return args
+
+
+def refuse_unlaunched_nodes(distributed: DistributedConfig, config_file: str) -> None:
+    """`trainer --config` with distributed.nodes above one, outside a launcher: the other machines are started by
+    the launch files or torchrun on each of them, so this one must not train alone."""
+    low, high = node_range(distributed)
+    nodes = distributed.nodes
+    by_hand = " ".join(["torchrun", *torchrun_args(distributed, distributed.num_processes or "<GPUs per node>",
+                                        distributed.rendezvous or f"<first node>:{DEFAULT_RENDEZVOUS_PORT}", "<any run name>")])
+    raise UserError(f"distributed.nodes is {nodes}: this run trains on {low if low == high else f'{low} to {high}'} machines, "
+                    "each started there; nothing was run on this one alone. Write the file that starts them with "
+                    f"`trainer launch --to slurm --config {config_file}` (or --to skypilot), or run on every node:\n"
+                    f"  {by_hand} -m trainer --config {config_file}")
+
+
+def check_launched_nodes(distributed: DistributedConfig) -> None:
+    """In a process torchrun started: it started as many machines as distributed.nodes says (a run given --nnodes 1
+    would otherwise train on one machine without a word)."""
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    if not world or not local or distributed.nodes is None:  # nodes left empty: torchrun by hand decides
+        return
+    started = int(world) // max(int(local), 1)
+    low, high = node_range(distributed)
+    if not low <= started <= high:
+        wanted = low if low == high else f"{low} to {high}"
+        raise UserError(f"distributed.nodes asks for {wanted} machine(s), and the launcher started {started} "
+                        f"({world} processes, {local} on each); give torchrun --nnodes={distributed.nodes or 1}, "
+                        "or set distributed.nodes to the machines you start.")
+
+
 def num_processes(distributed: DistributedConfig, gpus: int) -> int:
     """distributed.num_processes, or one per GPU when it is empty."""
     wanted = distributed.num_processes

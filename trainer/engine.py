@@ -63,6 +63,10 @@ def preflight(config: Config, config_file: str) -> Backend:
 def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> RunResult:
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
+    if distributed.is_launched():
+        distributed.check_launched_nodes(config.distributed)
+    elif distributed.several_nodes(config.distributed):
+        distributed.refuse_unlaunched_nodes(config.distributed, config_file)
     if config.distributed.strategy != "none" and not distributed.is_launched():
         _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
         return RunResult(run_dir, reports=False)  # the launched processes did the run and said how it went

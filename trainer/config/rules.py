@@ -238,6 +238,38 @@ def distributed_fits_method(cfg: Config) -> Found:
                                           "its own way; set training.optimizer: adamw.")
 
 
+def several_nodes_need_a_strategy(cfg: Config) -> Found:
+    from trainer.distributed import node_range, several_nodes  # imported here: trainer.distributed imports trainer.config
+
+    d = cfg.distributed
+    low, high = node_range(d)
+    if low > high:
+        yield ("distributed", "nodes"), (f"{d.nodes!r} asks for at least {low} and at most {high} machines; write min:max with "
+                                         f"min <= max, e.g. {high}:{low}.")
+        return
+    if not several_nodes(d):
+        if d.rendezvous is not None:
+            yield ("distributed", "rendezvous"), ("a rendezvous is where several machines meet, and distributed.nodes is one; "
+                                                  "set distributed.nodes (e.g. 2), or remove distributed.rendezvous.")
+        if d.max_restarts:
+            yield ("distributed", "max_restarts"), ("restarts after a failed node need a run on several machines, and "
+                                                    "distributed.nodes is one; set distributed.nodes (e.g. 2), or set "
+                                                    "distributed.max_restarts: 0.")
+        return
+    if d.strategy == "none":
+        yield ("distributed", "nodes"), ("several machines train together only with a distributed strategy; set "
+                                         "distributed.strategy: ddp (or fsdp, deepspeed), or remove distributed.nodes.")
+    if d.strategy == "deepspeed" and low != high:
+        # a ZeRO checkpoint holds one shard per process, and an elastic run may restart with fewer of them
+        yield ("distributed", "nodes"), (f"deepspeed resumes only with the number of processes that saved, and nodes {d.nodes!r} "
+                                         f"lets an elastic run restart with fewer; set distributed.nodes: {high} (or use "
+                                         "distributed.strategy: fsdp, whose checkpoints hold whole weights).")
+    if d.rendezvous is not None:
+        port = d.rendezvous.rpartition(":")[2] if not d.rendezvous.endswith("]") and ":" in d.rendezvous else None
+        if port is not None and not 0 < int(port) < 65536:
+            yield ("distributed", "rendezvous"), f"port {port} of {d.rendezvous!r} is not a port (1 to 65535); e.g. {d.rendezvous.rpartition(':')[0]}:29500."
+
+
 # ---- the backend -----------------------------------------------------------------------------
 
 
@@ -254,6 +286,7 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     adapter_fits_method,
     backend_refusals,
     distributed_fits_method,
+    several_nodes_need_a_strategy,
     epochs_xor_max_steps,
     early_stopping_needs_validation,
     chat_template_is_named_or_jinja,

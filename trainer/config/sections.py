@@ -34,8 +34,9 @@ class Config(ConfigBase):
     """Which engine runs the training."""
 
     distributed: DistributedConfig
-    """Train on several GPUs (or CPU processes) at once. trainer re-launches itself with one process per device;
-    or run `accelerate launch -m trainer --config x.yaml` yourself."""
+    """Train on several GPUs (or CPU processes) at once, on this machine or on several. On one machine trainer
+    re-launches itself with one process per device; or run `accelerate launch -m trainer --config x.yaml`
+    yourself. On several (nodes), `trainer launch` writes the Slurm or SkyPilot file that starts it."""
 
     logging: LoggingConfig
     """How progress is recorded."""
@@ -459,8 +460,9 @@ class BackendAutotrainConfig(Section):
 
 @dataclass(frozen=True)
 class DistributedConfig(Section):
-    """Train on several GPUs (or CPU processes) at once. trainer re-launches itself with one process per device;
-    or run `accelerate launch -m trainer --config x.yaml` yourself."""
+    """Train on several GPUs (or CPU processes) at once, on this machine or on several. On one machine trainer
+    re-launches itself with one process per device; or run `accelerate launch -m trainer --config x.yaml`
+    yourself. On several (nodes), `trainer launch` writes the Slurm or SkyPilot file that starts it."""
 
     strategy: str
     """none: one process. ddp: every process holds the whole model and they average gradients (simplest, fastest
@@ -471,10 +473,25 @@ class DistributedConfig(Section):
     number of processes. Default: "none"."""
 
     num_processes: int | None
-    """How many processes (one per GPU). Empty means every visible GPU. Default: null."""
+    """How many processes on each machine (one per GPU). Empty means every visible GPU. Default: null."""
 
     zero_stage: int
     """2 shards gradients and optimizer state; 3 also shards the weights. Default: 2."""
+
+    nodes: int | str | None
+    """How many machines train together, each with num_processes processes: a count (2), or min:max (2:4) for an
+    elastic run that goes on while at least min of them are up. Empty means this machine only. Several nodes
+    are started on each machine by the files `trainer launch --to slurm|skypilot` writes, or by torchrun by
+    hand (docs: Several GPUs and several machines). Default: null."""
+
+    rendezvous: str | None
+    """Where the nodes find each other: host:port of the first node, or of a c10d endpoint every node can reach
+    (torchrun's --rdzv-endpoint; port 29500 when left out). Empty: the launch files take the first node of the
+    job. Default: null."""
+
+    max_restarts: int
+    """How many times a run on several nodes starts again from its last checkpoint after a node fails (torchrun's
+    --max-restarts). 0: a failure ends the run. Default: 0."""
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,8 @@ def _apply_override(doc: Document, override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, (int, float)) and ":" in raw:
+        value = raw.strip()  # YAML 1.1's base 60 (2:4 is 124), as in yaml_loader: min:max is text
     node = doc.data
     for part in path[:-1]:
         if not isinstance(node.get(part), dict):

@@ -218,6 +218,8 @@ class _Builder:
             raise _tag_refused(node)
         if node.tag == f"{_YAML_TAG}timestamp":
             return node.value  # a date is just text to us
+        if node.tag in (f"{_YAML_TAG}int", f"{_YAML_TAG}float") and ":" in node.value:
+            return node.value  # YAML 1.1's base 60 (2:4 is 124), dropped by YAML 1.2: distributed.nodes' min:max means text
         value = self.constructor.construct_object(node)
         if isinstance(value, str) and "${" in value:
             value = self._expand_env(value, node, path)

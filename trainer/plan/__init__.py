@@ -20,6 +20,7 @@ from trainer.errors import UserError
 from trainer.methods import method_for
 from trainer.plan.cost import (
     GpuTable,
+    across_gpus,
     flops_per_token,
     load_gpus,
     monthly_saving,
@@ -201,8 +202,11 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
 
 def _gpus(config: Config, arch: Architecture, count: ParameterCount, shape: Shape, table: GpuTable, processed: float | None) -> GpusInfo:
     """Each GPU of the table: the peak memory, the largest micro-batch that fits, and (with the data's tokens) time and cost."""
+    from trainer.distributed import node_range
+
     t = config.training
     flops, _ = flops_per_token(count.base, t.method, t.gradient_checkpointing)
+    nodes, per_node = node_range(config.distributed)[1], config.distributed.num_processes or 1  # elastic: at its most
     rows = []
     for gpu in table.gpus:
         gpu_precision = precision_for(config, "cuda", gpu.bf16)
@@ -222,8 +226,11 @@ def _gpus(config: Config, arch: Architecture, count: ParameterCount, shape: Shap
         if processed is not None:
             seconds = processed * flops / (gpu.tflops * 1e12 * table.utilisation)
             row["hours"], row["cost"] = seconds / 3600, seconds / 3600 * gpu.price_per_hour
+            if nodes * per_node > 1:
+                row["run_hours"], row["run_cost"] = across_gpus(row["hours"], row["cost"], nodes * per_node)
         rows.append(row)
-    return {"prices_taken": table.prices_taken, "currency": table.currency, "utilisation": table.utilisation, "rows": rows}
+    return {"prices_taken": table.prices_taken, "currency": table.currency, "utilisation": table.utilisation,
+            "nodes": nodes, "gpus_per_node": per_node, "rows": rows}
 
 
 def _time(config: Config, count: ParameterCount, processed: float | None, data: DataSide | None) -> TimeInfo:

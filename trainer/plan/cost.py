@@ -38,6 +38,7 @@ class Gpu:
     tflops: float
     bf16: bool
     price_per_hour: float
+    skypilot: str  # the accelerator's name in SkyPilot's catalog (`sky show-gpus`), for `trainer launch --to skypilot`
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,17 @@ class GpuTable:
 def load_gpus(path: str | None = None) -> GpuTable:
     text = Path(path).read_text(encoding="utf-8") if path else resources.files("trainer.plan").joinpath("gpus.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
-    gpus = tuple(Gpu(str(g["name"]), float(g["memory_gib"]), float(g["tflops"]), bool(g["bf16"]), float(g["price_per_hour"]))
+    gpus = tuple(Gpu(str(g["name"]), float(g["memory_gib"]), float(g["tflops"]), bool(g["bf16"]), float(g["price_per_hour"]),
+                     str(g.get("skypilot", str(g["name"]).replace(" ", ""))))  # a table of one's own may leave it out
                  for g in data["gpus"])
     return GpuTable(gpus, str(data["prices_taken"]), str(data.get("currency", "USD")), float(data.get("utilisation", 0.35)))
+
+
+def across_gpus(hours: float, cost: float, gpus: int) -> tuple[float, float]:
+    """One GPU's hours and cost of a run, on `gpus` GPUs (nodes x GPUs per node) training together: the same tokens
+    processed, shared out. Scaling taken as perfect, so the cost stays that of the GPU-hours: the gradients' exchange
+    between machines (not modelled; it depends on the network) makes a real run longer and dearer."""
+    return hours / gpus, cost
 
 
 def flops_per_token(parameters: int, method: str, checkpointing: bool) -> tuple[float, str]:

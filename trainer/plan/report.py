@@ -46,14 +46,18 @@ class _GpuRow(TypedDict):
 
 
 class GpuRow(_GpuRow, total=False):  # time and money, when the data's tokens are known
-    hours: float
+    hours: float  # on one GPU
     cost: float
+    run_hours: float  # on every GPU of the run (nodes x gpus_per_node), where it has more than one (cost.across_gpus)
+    run_cost: float
 
 
 class GpusInfo(TypedDict):
     prices_taken: str
     currency: str
     utilisation: float
+    nodes: int  # distributed.nodes (the most of an elastic range)
+    gpus_per_node: int  # distributed.num_processes, 1 when it is empty
     rows: list[GpuRow]
 
 
@@ -136,13 +140,7 @@ def render_plan(plan: Plan) -> str:
            f"Parameters: {p['total']:,} in all, {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
            + (f" on {p['adapted_layers']} linear layers" if p["adapted_layers"] else ""), ""]
     out += _memory_lines(plan)
-    g = plan["gpus"]
-    out += ["", f"GPUs (prices in {g['currency']}/hour as of {g['prices_taken']}, {g['utilisation']:.0%} utilisation; edit trainer/plan/gpus.yaml):"]
-    for r in g["rows"]:
-        batch = f"micro-batch {r['micro_batch']}" if r["micro_batch"] else (
-            f"only with gradient checkpointing, micro-batch {r['micro_batch_with_checkpointing']}" if r.get("micro_batch_with_checkpointing") else "does not fit")
-        cost = f", {_duration(r['hours'])}, {r['cost']:.2f} {g['currency']}" if "hours" in r else ""
-        out.append(f"  {r['gpu']:<11}{r['memory_gib']:>5.0f} GiB  peak {r['peak_gib']:6.2f} GiB  {'fits' if r['fits'] else 'too big'}: {batch}{cost}")
+    out += ["", *gpu_lines(plan["gpus"])]
     t = plan["time"]
     out += ["", f"Time: {t['flops_per_token'] / 1e9:.2f} GFLOP per processed token ({t['flops_rule']})"
             + (f"; {t['processed_tokens']:,.0f} tokens processed" if t["processed_tokens"] else "")]
@@ -168,6 +166,28 @@ def render_plan(plan: Plan) -> str:
     if "hosting" in plan:
         out += _hosting_lines(plan["hosting"])
     return "\n".join(out)
+
+
+def gpu_lines(g: GpusInfo) -> list[str]:
+    """The GPU table of a plan: each GPU's fit, and (with the data's tokens) the time and cost on it and across the run's GPUs."""
+    out = [f"GPUs (prices in {g['currency']}/hour as of {g['prices_taken']}, {g['utilisation']:.0%} utilisation; edit trainer/plan/gpus.yaml):"]
+    for r in g["rows"]:
+        batch = f"micro-batch {r['micro_batch']}" if r["micro_batch"] else (
+            f"only with gradient checkpointing, micro-batch {r['micro_batch_with_checkpointing']}" if r.get("micro_batch_with_checkpointing") else "does not fit")
+        cost = f", {_duration(r['hours'])}, {r['cost']:.2f} {g['currency']}" if "hours" in r else ""
+        if "run_hours" in r:
+            cost += f"; {across(g)}: {_duration(r['run_hours'])}, {r['run_cost']:.2f} {g['currency']}"
+        out.append(f"  {r['gpu']:<11}{r['memory_gib']:>5.0f} GiB  peak {r['peak_gib']:6.2f} GiB  {'fits' if r['fits'] else 'too big'}: {batch}{cost}")
+    if any("run_hours" in r for r in g["rows"]):
+        out.append(f"  ({across(g)}: the time shared out as if scaling were perfect, so the same GPU-hours; the "
+                   "gradients' exchange between GPUs and machines makes it longer)")
+    return out
+
+
+def across(gpus: GpusInfo) -> str:
+    """"on 2 nodes x 4 GPUs", "on 4 GPUs": where the run's time and cost (run_hours, run_cost) are reckoned."""
+    per_node = f"{gpus['gpus_per_node']} GPU{'s' if gpus['gpus_per_node'] > 1 else ''}"
+    return f"on {gpus['nodes']} nodes x {per_node}" if gpus["nodes"] > 1 else f"on {per_node}"
 
 
 def _memory_lines(plan: Plan) -> list[str]:

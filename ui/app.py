@@ -7,6 +7,7 @@ paths typed into the form are checked against the work directory (ui/workspace.p
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -392,8 +393,12 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     app = App()
     auth = os.environ.get("TRAINER_UI_AUTH")
     credentials = tuple(auth.split(":", 1)) if auth and ":" in auth else None
+    # Gradio asks its own page once it listens, with a 3 s timeout and no retry after a timeout, and stops with "When
+    # localhost is not accessible, a shareable link must be created" when a busy machine answers later (seen with
+    # training jobs on 2 cores); `_frontend=False` skips that probe, where this Gradio has the parameter.
+    probe = {"_frontend": False} if "_frontend" in inspect.signature(gr.Blocks.launch).parameters else {}
     build(app).queue(default_concurrency_limit=2).launch(
-        css=CSS, server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
+        **probe, css=CSS, server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
         allowed_paths=[str(app.ws.root / ".ui-downloads"), str(app.ws.root / ".ui-config.yaml")], show_error=True,
     )
 

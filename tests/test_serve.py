@@ -363,3 +363,43 @@ def test_llama_cpp_engine_is_freed_by_a_client_that_leaves_a_stream(key_file):
         assert reply.choices[0].message.content
     finally:
         stop_server(process)
+
+
+@pytest.mark.integration
+def test_health_says_503_while_the_engine_produces_nothing(trained_run):
+    """/health reports an engine that has stopped producing tokens (a hang inside generation: injected here by
+    holding the real engine between two tokens), and ok again once it goes on; the request still gets its answer."""
+    import asyncio
+    import threading
+
+    from trainer.serve.app import create_app
+    from trainer.serve.engines import TransformersEngine, Worker
+
+    engine = TransformersEngine(trained_run)
+    go_on = threading.Event()
+    real_stream = engine.stream
+
+    def stream_that_hangs(prompt, sampling, cancel):
+        for i, piece in enumerate(real_stream(prompt, sampling, cancel)):
+            if i == 1:
+                go_on.wait(60)  # the fault: no token for a while
+            yield piece
+
+    engine.stream = stream_that_hangs
+    app = create_app(engine, worker=Worker(engine, stall_after=1.0))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+            assert (await http.get("/health")).json()["status"] == "ok"
+            body = {"model": "run", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8, "temperature": 0}
+            answer = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+            await asyncio.sleep(2.5)
+            stalled = await http.get("/health")
+            go_on.set()
+            reply = await answer
+            return stalled, reply, await http.get("/health")
+
+    stalled, reply, after = asyncio.run(scenario())
+    assert stalled.status_code == 503 and "produced nothing for over 1 s" in stalled.json()["reason"], stalled.text
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert after.status_code == 200 and after.json()["status"] == "ok"

@@ -481,8 +481,12 @@ def test_in_a_browser_from_preset_to_chat(ui_server, tiny_model_dir, tmp_path):
 
         page.get_by_role("tab", name="Results").click()
         page.locator("#refresh-runs").click()
+        # an evaluation report's table of numbers, in a fixed-width font (it was proportional: columns did not line up)
+        (workdir / "runs" / "quickstart" / "eval.md").write_text("| system | token_f1 |\n|---|---|\n| tuned | 0.512 |\n")
         page.locator("#run-choice input").fill("runs/quickstart")
         page.locator("#run-choice input").press("Enter")
+        expect(page.locator("#report td").first).to_have_text("tuned", timeout=30_000)
+        assert "monospace" in page.eval_on_selector("#report td", "e => getComputedStyle(e).fontFamily")
         page.locator("#chat-input textarea").fill("say red")
         page.locator("#chat-input textarea").press("Enter")
         expect(page.locator("#chatbot")).to_contain_text("say red", timeout=60_000)

@@ -81,6 +81,42 @@ def test_keys_are_owners_and_a_wrong_key_is_nobody(tmp_path):
         load_keys(str(keys_file))
 
 
+def test_a_model_pushed_out_of_memory_ends_its_thread_and_frees_its_weights(trained_run):
+    """--loaded-models 1: loading a second model lets the first go. Its answers already asked for (one running, two
+    queued) are completed, then its generation thread ends and nothing holds its weights any more."""
+    import gc
+    import threading
+    import weakref
+
+    from trainer.api.chat import LoadedModels
+    from trainer.serve.engines import Cancel, Job, Sampling
+
+    models = LoadedModels(capacity=1)
+    first = models.get("ft:tiny:alice::first", trained_run)
+    weights, thread = weakref.ref(first.engine.loaded.model), first.thread
+    prompt = first.engine.prompt([{"role": "user", "content": "say teal"}], None)
+    answers: list[list] = [[], [], []]
+    ended = [threading.Event() for _ in answers]
+    for got, end in zip(answers, ended):
+        def deliver(item, got=got, end=end):
+            got.append(item)
+            if item is None or isinstance(item, BaseException):
+                end.set()
+        first.submit(Job(prompt, Sampling(max_tokens=12), Cancel(), deliver))
+    del first
+    second = models.get("ft:tiny:alice::second", trained_run)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert all(end.is_set() for end in ended) and all(got[-1] is None and got[-2].finish_reason for got in answers)
+    assert len({"".join(p.text for p in got[:-1]) for got in answers}) == 1  # greedy: the same answer three times
+    gc.collect()
+    assert weights() is None
+    assert models.get("ft:tiny:alice::second", trained_run) is second and second.thread.is_alive()
+    models.close()
+    second.thread.join(60)
+    assert not second.thread.is_alive()
+
+
 # --- a real service ---
 
 def _free_port() -> int:

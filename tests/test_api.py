@@ -388,3 +388,64 @@ def test_a_job_survives_kill_9_of_the_service_and_resumes_from_its_checkpoint(tm
         assert resumed.keys() == uninterrupted.keys() and all(resumed[k].equal(uninterrupted[k]) for k in resumed)
     finally:
         _stop_all(api)
+
+
+def _first_step(run: Path, deadline: float) -> None:
+    """Wait until the run has logged a training step (read from its metrics.jsonl: sooner than the events)."""
+    while not any('"loss"' in line for line in ((run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else [])):
+        assert time.time() < deadline, "the job logged no step in time"
+        time.sleep(0.1)
+
+
+def _same_adapter(run: Path, other: Path) -> bool:
+    from safetensors.torch import load_file
+
+    mine, theirs = (load_file(d / "model" / "adapter_model.safetensors") for d in (run, other))
+    return mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
+
+
+@pytest.mark.integration
+def test_pause_then_resume_ends_with_the_adapter_of_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    """client.fine_tuning.jobs.pause: the training saves a checkpoint and stops (exit 3), the job reads `paused` and
+    stays so; resume queues it again and it continues from that checkpoint to the adapter the same config gives
+    without a stop. A finished job can be neither paused nor resumed."""
+    import openai
+
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 4, "batch_size": 1})
+        run = api.data / "jobs" / job.id / "run"
+        with pytest.raises(openai.BadRequestError, match="only a paused job can be resumed"):
+            client.fine_tuning.jobs.resume(job.id)
+        _first_step(run, time.time() + 300)
+        asked = time.time()
+        assert client.fine_tuning.jobs.pause(job.id).status in ("running", "paused")  # running until its checkpoint is saved
+        job = _wait(client, job.id, until=("paused", *FINAL), timeout=120)
+        print(f"\npause: paused {time.time() - asked:.1f} s after it was asked")
+        assert job.status == "paused" and job.fine_tuned_model is None
+        assert (api.data / "jobs" / job.id / "exit_code").read_text() == "3"
+        from trainer.checkpoint import complete_checkpoints
+
+        paused_at = int(complete_checkpoints(run)[-1].name.split("-")[1])
+        assert 0 < paused_at < 48
+        time.sleep(1.5)  # three turns of the queue: a paused job is not started again by itself
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "paused" and job.id not in _job_pids(api)
+        resumed = client.fine_tuning.jobs.resume(job.id)
+        assert resumed.status in ("queued", "running")
+        job = _wait(client, job.id)
+        assert job.status == "succeeded", job.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]  # every page
+        assert f"Fine-tuning job paused with a checkpoint at step {paused_at}; resume continues from there" in messages
+        assert "Fine-tuning job resumed from its newest checkpoint" in messages
+        assert "Resuming from" in (api.data / "jobs" / job.id / "log.txt").read_text()
+        assert json.loads((run / "summary.json").read_text())["steps"] == 48
+        for call in (client.fine_tuning.jobs.pause, client.fine_tuning.jobs.resume):
+            with pytest.raises(openai.BadRequestError):
+                call(job.id)
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        assert _same_adapter(run, tmp_path / "straight")
+    finally:
+        _stop_all(api)

@@ -270,6 +270,37 @@ def test_the_cookbook_flow_trains_and_chats_like_trainer_generate(service, tmp_p
 
 
 @pytest.mark.integration
+def test_a_dpo_job_on_openai_preference_pairs_trains_and_chats(service, tmp_path):
+    """method dpo on a file in OpenAI's preference format (input / preferred_output / non_preferred_output): the job
+    trains trainer's DPO (its first loss log 2, as a new adapter is the reference model), tells its steps and
+    validations as events, and its fine_tuned_model answers as `trainer generate` does."""
+    import math
+
+    client = service.client(ALICE)  # bob has no tuned model: the owners test counts on it
+    pairs = [{"input": {"messages": r["messages"][:1]}, "preferred_output": r["messages"][1:],
+              "non_preferred_output": [{"role": "assistant", "content": "I cannot say that."}]} for r in TINY_DATA]
+    train = client.files.create(file=open(_chat_file(tmp_path, "pairs.jsonl", pairs), "rb"), purpose="fine-tune")
+    valid = client.files.create(file=open(_chat_file(tmp_path, "pairs-valid.jsonl", pairs[:4]), "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=train.id, validation_file=valid.id, model="tiny", suffix="prefers", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 5, "beta": 1.0}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 1.0
+    job = _wait(client, job.id)
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert job.status == "succeeded", (job.error, [e.message for e in events][:5])
+    run = service.data / "jobs" / job.id / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["objective"] == "dpo"
+    losses = [e.data["train_loss"] for e in reversed(events) if e.type == "metrics" and "train_loss" in e.data]
+    assert len(losses) == 6 and losses[0] == pytest.approx(math.log(2), abs=1e-5)  # 12 pairs / 2 a batch
+    assert any(e.type == "metrics" and "valid_loss" in e.data for e in events)
+    assert job.fine_tuned_model == f"ft:tiny:alice:prefers:{job.id[-8:]}" and job.fine_tuned_model in [m.id for m in client.models.list().data]
+    generated = run_trainer("generate", "--run", str(run), "--prompt", "say teal", "--max-new-tokens", "12")
+    assert generated.returncode == 0, generated.stderr
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "say teal"}],
+                                           max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content.strip() == generated.stdout.strip()
+
+
+@pytest.mark.integration
 def test_two_owners_do_not_see_each_others_files_jobs_or_models(service, tmp_path):
     import openai
 

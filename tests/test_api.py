@@ -480,3 +480,52 @@ def test_pause_then_resume_ends_with_the_adapter_of_an_uninterrupted_run(tmp_pat
         assert _same_adapter(run, tmp_path / "straight")
     finally:
         _stop_all(api)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # about 2 minutes on two busy cores: the job trains under the load, then once more alone
+def test_32_clients_list_and_retrieve_while_a_job_trains(tmp_path, tiny_model_dir):
+    """32 clients, each its own official client, list and retrieve files, jobs and events for as long as a job trains:
+    every answer is right (no 5xx, no error at all), and the job's losses are those of the same config trained alone."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 4, "batch_size": 1})
+        run = api.data / "jobs" / job.id / "run"
+        _first_step(run, time.time() + 300)
+
+        def hammer(number: int) -> tuple[list[float], int]:
+            mine, took, calls = api.client(), [], 0
+            while (status := mine.fine_tuning.jobs.retrieve(job.id).status) == "running":
+                for call, check in ((lambda: mine.files.list(), lambda r: train.id in [f.id for f in r.data]),
+                                    (lambda: mine.files.retrieve(train.id), lambda r: r.id == train.id and r.bytes == train.bytes),
+                                    (lambda: mine.fine_tuning.jobs.list(limit=5), lambda r: r.data[0].id == job.id),
+                                    (lambda: mine.fine_tuning.jobs.retrieve(job.id), lambda r: r.id == job.id and r.status in ("running", "succeeded")),
+                                    (lambda: mine.fine_tuning.jobs.list_events(job.id, limit=10), lambda r: 4 <= len(r.data) <= 10)):  # created .. started, then steps
+                    started = time.perf_counter()
+                    answer = call()  # any error status raises: the test fails on it
+                    took.append(time.perf_counter() - started)
+                    assert check(answer), (number, answer)
+                    calls += 1
+            assert status == "succeeded", status
+            return took, calls
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(hammer, range(32)))
+        took = sorted(t for times, _ in results for t in times)
+        assert all(calls >= 5 for _, calls in results)  # every client was answered while the job trained
+        print(f"\nload: 32 clients, {len(took)} requests while the job trained, p50 {statistics.median(took) * 1000:.0f} ms, "
+              f"p95 {took[int(len(took) * 0.95)] * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+                  for d in (run, tmp_path / "straight")]
+        assert len(losses[0]) == 48 and losses[0] == losses[1]
+    finally:
+        _stop_all(api)
+

@@ -88,11 +88,11 @@ def test_a_model_pushed_out_of_memory_ends_its_thread_and_frees_its_weights(trai
     import threading
     import weakref
 
-    from trainer.api.chat import LoadedModels
+    from trainer.api.chat import LoadedModels, run_engine
     from trainer.serve.engines import Cancel, Job, Sampling
 
     models = LoadedModels(capacity=1)
-    first = models.get("ft:tiny:alice::first", trained_run)
+    first = models.get("ft:tiny:alice::first", run_engine(trained_run))
     weights, thread = weakref.ref(first.engine.loaded.model), first.thread
     prompt = first.engine.prompt([{"role": "user", "content": "say teal"}], None)
     answers: list[list] = [[], [], []]
@@ -104,14 +104,14 @@ def test_a_model_pushed_out_of_memory_ends_its_thread_and_frees_its_weights(trai
                 end.set()
         first.submit(Job(prompt, Sampling(max_tokens=12), Cancel(), deliver))
     del first
-    second = models.get("ft:tiny:alice::second", trained_run)
+    second = models.get("ft:tiny:alice::second", run_engine(trained_run))
     thread.join(60)
     assert not thread.is_alive()
     assert all(end.is_set() for end in ended) and all(got[-1] is None and got[-2].finish_reason for got in answers)
     assert len({"".join(p.text for p in got[:-1]) for got in answers}) == 1  # greedy: the same answer three times
     gc.collect()
     assert weights() is None
-    assert models.get("ft:tiny:alice::second", trained_run) is second and second.thread.is_alive()
+    assert models.get("ft:tiny:alice::second", run_engine(trained_run)) is second and second.thread.is_alive()
     models.close()
     second.thread.join(60)
     assert not second.thread.is_alive()
@@ -298,6 +298,29 @@ def test_a_dpo_job_on_openai_preference_pairs_trains_and_chats(service, tmp_path
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "say teal"}],
                                            max_tokens=12, temperature=0)
     assert reply.choices[0].message.content.strip() == generated.stdout.strip()
+
+
+@pytest.mark.integration
+def test_base_models_and_their_aliases_chat_as_trainer_generate_answers_with_them(service):
+    """The operator's base models answer /v1/chat/completions for every owner, an alias with its model's engine and
+    name, each answer the one trainer's generate gives with the base model loaded as a job on it starts."""
+    import openai
+
+    from trainer.api.catalog import load_catalog
+    from trainer.api.jobspec import base_config
+    from trainer.config.validate import parse_config
+    from trainer.generate import generate, load_base
+
+    messages = [{"role": "user", "content": "say teal"}]
+    replies = [service.client(key).chat.completions.create(model=name, messages=messages, max_tokens=12, temperature=0)
+               for key, name in ((ALICE, "tiny"), (BOB, "gpt-4o-mini"))]
+    assert [r.model for r in replies] == ["tiny", "tiny"]
+    tiny = load_catalog(service.models).find("tiny")
+    expected = generate(load_base(parse_config(base_config(tiny), check_files=False)), [messages], max_new_tokens=12, batch_size=1)[0]
+    assert [r.choices[0].message.content.strip() for r in replies] == [expected.text.strip()] * 2
+    assert replies[0].usage.prompt_tokens == expected.prompt_tokens
+    with pytest.raises(openai.NotFoundError, match="tiny"):  # the message names what does answer
+        service.client(BOB).chat.completions.create(model="gpt-5", messages=messages)
 
 
 @pytest.mark.integration

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainer.api import jobspec, queue
 from trainer.api.catalog import Catalog
-from trainer.api.chat import LoadedModels
+from trainer.api.chat import LoadedModels, base_engine, run_engine
 from trainer.api.keys import Keys
 from trainer.api.store import ACTIVE, FileRow, JobRow, Store
 from trainer.api.uploads import UploadProblem, count_lines, jsonl_problem, receive_upload
@@ -355,12 +355,15 @@ def _model_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse | dict[str, Any]:
-        job = tuned(_owner(request), body.model or "")
-        if job is None:
-            names = [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]
-            return error_response(404, f"model {body.model!r}: chat answers with your fine-tuned models"
-                                  f"{': ' + ', '.join(names) if names else ' (you have none yet)'}", param="model", code="model_not_found")
-        name = job.fine_tuned_model
-        assert name is not None
-        worker = await run_in_threadpool(service.models.get, name, queue.run_dir(job))
+        asked = body.model or ""
+        job, base = tuned(_owner(request), asked), service.catalog.find(asked)
+        if job is not None and job.fine_tuned_model is not None:
+            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, run_engine(queue.run_dir(job)))
+        elif base is not None:  # an alias and its model share one engine, which answers with the model's own name
+            worker = await run_in_threadpool(service.models.get, base.name, base_engine(base))
+            body = body.model_copy(update={"model": base.name})
+        else:
+            names = service.catalog.names() + [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]
+            return error_response(404, f"model {body.model!r} is not served here; chat answers with these: {', '.join(names)}",
+                                  param="model", code="model_not_found")
         return await chat_completion(body, request, worker.engine, worker, service.limits.chat)

@@ -1,14 +1,16 @@
-"""The tuned models behind /v1/chat/completions: each job's run loaded on first use, as `trainer serve --engine
-transformers` loads one (trainer/serve/engines.py: exactly `trainer generate`'s answers), with its own generation
-worker. At most `capacity` stay in memory; the least recently used one is let go for a new one: it answers what it
+"""The models behind /v1/chat/completions: each job's run, or a base model the operator named, loaded on first use
+as `trainer serve --engine transformers` loads one (trainer/serve/engines.py: exactly `trainer generate`'s answers),
+with its own generation worker. At most `capacity` stay in memory; the least recently used one is let go for a new one: it answers what it
 was asked before, then its thread ends and its weights are freed (on a GPU, returned to the device, where the
 service's training jobs need them)."""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
+from trainer.api.catalog import BaseModel
 from trainer.serve.engines import TransformersEngine, Worker
 
 
@@ -18,8 +20,8 @@ class LoadedModels:
         self.loaded: OrderedDict[str, Worker] = OrderedDict()
         self.lock = threading.Lock()  # one load at a time: two requests for a new model load it once
 
-    def get(self, name: str, run_dir: Path) -> Worker:
-        """The worker of model `name` (loading the run in the calling thread when it is not in memory)."""
+    def get(self, name: str, load: Callable[[], TransformersEngine]) -> Worker:
+        """The worker of model `name` (loading it with `load` in the calling thread when it is not in memory)."""
         with self.lock:
             if name in self.loaded:
                 self.loaded.move_to_end(name)
@@ -28,8 +30,8 @@ class LoadedModels:
                 _, old = self.loaded.popitem(last=False)
                 old.retire()
                 _free_when_ended(old.thread)
-            engine = TransformersEngine(run_dir)
-            engine.model_id = name  # requests name the model by its ft: name, not the run folder's
+            engine = load()
+            engine.model_id = name  # requests name the model as /v1/models lists it, not by its folder
             worker = Worker(engine)
             self.loaded[name] = worker
             return worker
@@ -46,6 +48,25 @@ class LoadedModels:
             workers, self.loaded = list(self.loaded.values()), OrderedDict()
         for worker in workers:
             worker.close(grace=5.0)
+
+
+def run_engine(run_dir: Path) -> Callable[[], TransformersEngine]:
+    """How a job's tuned model is loaded: its run, base and adapter, as `trainer generate --run` loads it."""
+    return lambda: TransformersEngine.of_run(run_dir)
+
+
+def base_engine(model: BaseModel) -> Callable[[], TransformersEngine]:
+    """How a base model is loaded for chat: as a job on it starts (the operator's config for it: dtype, chat template),
+    no adapter, so its answers are those a client's tuned model is measured against."""
+
+    def load() -> TransformersEngine:
+        from trainer.api.jobspec import base_config
+        from trainer.config.validate import parse_config
+        from trainer.generate import load_base
+
+        return TransformersEngine(load_base(parse_config(base_config(model), f"models.{model.name}", check_files=False)), model.name)
+
+    return load
 
 
 def _free_when_ended(thread: threading.Thread) -> None:

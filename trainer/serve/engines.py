@@ -18,6 +18,8 @@ from trainer.errors import UserError
 if TYPE_CHECKING:
     from llama_cpp.llama_types import CreateCompletionStreamResponse
 
+    from trainer.generate import Loaded
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -117,19 +119,23 @@ def run_template(run: Path) -> str | None:
 
 
 class TransformersEngine:
-    """The run's model as `trainer generate` loads it (base + adapter, or the full weights)."""
+    """A model as `trainer generate` loads it: a run's (base + adapter, or the full weights), or a base model alone."""
 
-    def __init__(self, run_dir: Path, device: str = "auto"):
-        from trainer.generate import load_run
-
-        self.loaded = load_run(run_dir, device)
-        self.model_id = run_dir.resolve().name
+    def __init__(self, loaded: Loaded, model_id: str):
+        self.loaded = loaded
+        self.model_id = model_id
         config: Any = self.loaded.model.config
         # positions past the model's own are garbage (or an error), however long generate() would go on
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         # requests count their prompt's tokens in their own threads while the worker encodes the running one: a fast
         # tokenizer's encode may reconfigure its Rust half (truncation, padding), which two threads must not do at once
         self.tokenizing = threading.Lock()
+
+    @classmethod
+    def of_run(cls, run_dir: Path, device: str = "auto") -> TransformersEngine:
+        from trainer.generate import load_run
+
+        return cls(load_run(run_dir, device), run_dir.resolve().name)
 
     def count_tokens(self, prompt: str) -> int:
         with self.tokenizing:

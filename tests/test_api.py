@@ -81,6 +81,42 @@ def test_keys_are_owners_and_a_wrong_key_is_nobody(tmp_path):
         load_keys(str(keys_file))
 
 
+def test_a_model_pushed_out_of_memory_ends_its_thread_and_frees_its_weights(trained_run):
+    """--loaded-models 1: loading a second model lets the first go. Its answers already asked for (one running, two
+    queued) are completed, then its generation thread ends and nothing holds its weights any more."""
+    import gc
+    import threading
+    import weakref
+
+    from trainer.api.chat import LoadedModels, run_engine
+    from trainer.serve.engines import Cancel, Job, Sampling
+
+    models = LoadedModels(capacity=1)
+    first = models.get("ft:tiny:alice::first", run_engine(trained_run))
+    weights, thread = weakref.ref(first.engine.loaded.model), first.thread
+    prompt = first.engine.prompt([{"role": "user", "content": "say teal"}], None)
+    answers: list[list] = [[], [], []]
+    ended = [threading.Event() for _ in answers]
+    for got, end in zip(answers, ended):
+        def deliver(item, got=got, end=end):
+            got.append(item)
+            if item is None or isinstance(item, BaseException):
+                end.set()
+        first.submit(Job(prompt, Sampling(max_tokens=12), Cancel(), deliver))
+    del first
+    second = models.get("ft:tiny:alice::second", run_engine(trained_run))
+    thread.join(60)
+    assert not thread.is_alive()
+    assert all(end.is_set() for end in ended) and all(got[-1] is None and got[-2].finish_reason for got in answers)
+    assert len({"".join(p.text for p in got[:-1]) for got in answers}) == 1  # greedy: the same answer three times
+    gc.collect()
+    assert weights() is None
+    assert models.get("ft:tiny:alice::second", run_engine(trained_run)) is second and second.thread.is_alive()
+    models.close()
+    second.thread.join(60)
+    assert not second.thread.is_alive()
+
+
 # --- a real service ---
 
 def _free_port() -> int:
@@ -234,6 +270,60 @@ def test_the_cookbook_flow_trains_and_chats_like_trainer_generate(service, tmp_p
 
 
 @pytest.mark.integration
+def test_a_dpo_job_on_openai_preference_pairs_trains_and_chats(service, tmp_path):
+    """method dpo on a file in OpenAI's preference format (input / preferred_output / non_preferred_output): the job
+    trains trainer's DPO (its first loss log 2, as a new adapter is the reference model), tells its steps and
+    validations as events, and its fine_tuned_model answers as `trainer generate` does."""
+    import math
+
+    client = service.client(ALICE)  # bob has no tuned model: the owners test counts on it
+    pairs = [{"input": {"messages": r["messages"][:1]}, "preferred_output": r["messages"][1:],
+              "non_preferred_output": [{"role": "assistant", "content": "I cannot say that."}]} for r in TINY_DATA]
+    train = client.files.create(file=open(_chat_file(tmp_path, "pairs.jsonl", pairs), "rb"), purpose="fine-tune")
+    valid = client.files.create(file=open(_chat_file(tmp_path, "pairs-valid.jsonl", pairs[:4]), "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=train.id, validation_file=valid.id, model="tiny", suffix="prefers", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 5, "beta": 1.0}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 1.0
+    job = _wait(client, job.id)
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert job.status == "succeeded", (job.error, [e.message for e in events][:5])
+    run = service.data / "jobs" / job.id / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["objective"] == "dpo"
+    losses = [e.data["train_loss"] for e in reversed(events) if e.type == "metrics" and "train_loss" in e.data]
+    assert len(losses) == 6 and losses[0] == pytest.approx(math.log(2), abs=1e-5)  # 12 pairs / 2 a batch
+    assert any(e.type == "metrics" and "valid_loss" in e.data for e in events)
+    assert job.fine_tuned_model == f"ft:tiny:alice:prefers:{job.id[-8:]}" and job.fine_tuned_model in [m.id for m in client.models.list().data]
+    generated = run_trainer("generate", "--run", str(run), "--prompt", "say teal", "--max-new-tokens", "12")
+    assert generated.returncode == 0, generated.stderr
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "say teal"}],
+                                           max_tokens=12, temperature=0)
+    assert reply.choices[0].message.content.strip() == generated.stdout.strip()
+
+
+@pytest.mark.integration
+def test_base_models_and_their_aliases_chat_as_trainer_generate_answers_with_them(service):
+    """The operator's base models answer /v1/chat/completions for every owner, an alias with its model's engine and
+    name, each answer the one trainer's generate gives with the base model loaded as a job on it starts."""
+    import openai
+
+    from trainer.api.catalog import load_catalog
+    from trainer.api.jobspec import base_config
+    from trainer.config.validate import parse_config
+    from trainer.generate import generate, load_base
+
+    messages = [{"role": "user", "content": "say teal"}]
+    replies = [service.client(key).chat.completions.create(model=name, messages=messages, max_tokens=12, temperature=0)
+               for key, name in ((ALICE, "tiny"), (BOB, "gpt-4o-mini"))]
+    assert [r.model for r in replies] == ["tiny", "tiny"]
+    tiny = load_catalog(service.models).find("tiny")
+    expected = generate(load_base(parse_config(base_config(tiny), check_files=False)), [messages], max_new_tokens=12, batch_size=1)[0]
+    assert [r.choices[0].message.content.strip() for r in replies] == [expected.text.strip()] * 2
+    assert replies[0].usage.prompt_tokens == expected.prompt_tokens
+    with pytest.raises(openai.NotFoundError, match="tiny"):  # the message names what does answer
+        service.client(BOB).chat.completions.create(model="gpt-5", messages=messages)
+
+
+@pytest.mark.integration
 def test_two_owners_do_not_see_each_others_files_jobs_or_models(service, tmp_path):
     import openai
 
@@ -352,3 +442,113 @@ def test_a_job_survives_kill_9_of_the_service_and_resumes_from_its_checkpoint(tm
         assert resumed.keys() == uninterrupted.keys() and all(resumed[k].equal(uninterrupted[k]) for k in resumed)
     finally:
         _stop_all(api)
+
+
+def _first_step(run: Path, deadline: float) -> None:
+    """Wait until the run has logged a training step (read from its metrics.jsonl: sooner than the events)."""
+    while not any('"loss"' in line for line in ((run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else [])):
+        assert time.time() < deadline, "the job logged no step in time"
+        time.sleep(0.1)
+
+
+def _same_adapter(run: Path, other: Path) -> bool:
+    from safetensors.torch import load_file
+
+    mine, theirs = (load_file(d / "model" / "adapter_model.safetensors") for d in (run, other))
+    return mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
+
+
+@pytest.mark.integration
+def test_pause_then_resume_ends_with_the_adapter_of_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    """client.fine_tuning.jobs.pause: the training saves a checkpoint and stops (exit 3), the job reads `paused` and
+    stays so; resume queues it again and it continues from that checkpoint to the adapter the same config gives
+    without a stop. A finished job can be neither paused nor resumed."""
+    import openai
+
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 4, "batch_size": 1})
+        run = api.data / "jobs" / job.id / "run"
+        with pytest.raises(openai.BadRequestError, match="only a paused job can be resumed"):
+            client.fine_tuning.jobs.resume(job.id)
+        _first_step(run, time.time() + 300)
+        asked = time.time()
+        assert client.fine_tuning.jobs.pause(job.id).status in ("running", "paused")  # running until its checkpoint is saved
+        job = _wait(client, job.id, until=("paused", *FINAL), timeout=120)
+        print(f"\npause: paused {time.time() - asked:.1f} s after it was asked")
+        assert job.status == "paused" and job.fine_tuned_model is None
+        assert (api.data / "jobs" / job.id / "exit_code").read_text() == "3"
+        from trainer.checkpoint import complete_checkpoints
+
+        paused_at = int(complete_checkpoints(run)[-1].name.split("-")[1])
+        assert 0 < paused_at < 48
+        time.sleep(1.5)  # three turns of the queue: a paused job is not started again by itself
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "paused" and job.id not in _job_pids(api)
+        resumed = client.fine_tuning.jobs.resume(job.id)
+        assert resumed.status in ("queued", "running")
+        job = _wait(client, job.id)
+        assert job.status == "succeeded", job.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]  # every page
+        assert f"Fine-tuning job paused with a checkpoint at step {paused_at}; resume continues from there" in messages
+        assert "Fine-tuning job resumed from its newest checkpoint" in messages
+        assert "Resuming from" in (api.data / "jobs" / job.id / "log.txt").read_text()
+        assert json.loads((run / "summary.json").read_text())["steps"] == 48
+        for call in (client.fine_tuning.jobs.pause, client.fine_tuning.jobs.resume):
+            with pytest.raises(openai.BadRequestError):
+                call(job.id)
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        assert _same_adapter(run, tmp_path / "straight")
+    finally:
+        _stop_all(api)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # about 2 minutes on two busy cores: the job trains under the load, then once more alone
+def test_32_clients_list_and_retrieve_while_a_job_trains(tmp_path, tiny_model_dir):
+    """32 clients, each its own official client, list and retrieve files, jobs and events for as long as a job trains:
+    every answer is right (no 5xx, no error at all), and the job's losses are those of the same config trained alone."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir)).start()
+    try:
+        client = api.client()
+        train = client.files.create(file=open(_chat_file(tmp_path, "train.jsonl"), "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 4, "batch_size": 1})
+        run = api.data / "jobs" / job.id / "run"
+        _first_step(run, time.time() + 300)
+
+        def hammer(number: int) -> tuple[list[float], int]:
+            mine, took, calls = api.client(), [], 0
+            while (status := mine.fine_tuning.jobs.retrieve(job.id).status) == "running":
+                for call, check in ((lambda: mine.files.list(), lambda r: train.id in [f.id for f in r.data]),
+                                    (lambda: mine.files.retrieve(train.id), lambda r: r.id == train.id and r.bytes == train.bytes),
+                                    (lambda: mine.fine_tuning.jobs.list(limit=5), lambda r: r.data[0].id == job.id),
+                                    (lambda: mine.fine_tuning.jobs.retrieve(job.id), lambda r: r.id == job.id and r.status in ("running", "succeeded")),
+                                    (lambda: mine.fine_tuning.jobs.list_events(job.id, limit=10), lambda r: 4 <= len(r.data) <= 10)):  # created .. started, then steps
+                    started = time.perf_counter()
+                    answer = call()  # any error status raises: the test fails on it
+                    took.append(time.perf_counter() - started)
+                    assert check(answer), (number, answer)
+                    calls += 1
+            assert status == "succeeded", status
+            return took, calls
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(hammer, range(32)))
+        took = sorted(t for times, _ in results for t in times)
+        assert all(calls >= 5 for _, calls in results)  # every client was answered while the job trained
+        print(f"\nload: 32 clients, {len(took)} requests while the job trained, p50 {statistics.median(took) * 1000:.0f} ms, "
+              f"p95 {took[int(len(took) * 0.95)] * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        straight = run_trainer("--config", str(run.parent / "config.yaml"), "--set", f"output.dir={tmp_path / 'straight'}", timeout=900)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+                  for d in (run, tmp_path / "straight")]
+        assert len(losses[0]) == 48 and losses[0] == losses[1]
+    finally:
+        _stop_all(api)
+

@@ -375,7 +375,7 @@ def test_health_says_503_while_the_engine_produces_nothing(trained_run):
     from trainer.serve.app import create_app
     from trainer.serve.engines import TransformersEngine, Worker
 
-    engine = TransformersEngine(trained_run)
+    engine = TransformersEngine.of_run(trained_run)
     go_on = threading.Event()
     real_stream = engine.stream
 

@@ -32,15 +32,14 @@ class ApiOptions:
 def learning_rates(catalog: Catalog) -> dict[str, float]:
     """Each base model's learning rate (its YAML config's, else trainer's default), read from a job config for it as
     trainer checks it: a setting trainer would refuse in the operator's YAML stops the service at its start."""
-    from trainer.api.jobspec import Resolved, job_config
+    from trainer.api.jobspec import base_config
     from trainer.config.validate import parse_config
 
     rates: dict[str, float] = {}
     problems: list[Problem] = []
     for model in catalog.models:
-        text = job_config(model, None, Resolved("sft", 1, 1, 1.0, None), 0, "train.jsonl", None, "run")
         try:
-            rates[model.name] = parse_config(text, f"models.{model.name}", check_files=False).training.learning_rate
+            rates[model.name] = parse_config(base_config(model), f"models.{model.name}", check_files=False).training.learning_rate
         except UserError as exc:
             # said at the operator's YAML (models.NAME.config.PATH), not at the job config it was laid into
             problems += [Problem(p.message, path=f"models.{model.name}.config" + (f".{p.path}" if p.path else "")) for p in exc.problems]

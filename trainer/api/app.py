@@ -18,9 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainer.api import jobspec, queue
 from trainer.api.catalog import Catalog
-from trainer.api.chat import LoadedModels
+from trainer.api.chat import LoadedModels, base_engine, run_engine
 from trainer.api.keys import Keys
-from trainer.api.store import FileRow, JobRow, Store
+from trainer.api.store import ACTIVE, FileRow, JobRow, Store
 from trainer.api.uploads import UploadProblem, count_lines, jsonl_problem, receive_upload
 from trainer.errors import UserError
 from trainer.serve.app import ChatRequest, Guard, ServeLimits, add_error_handlers, chat_completion, error_response
@@ -31,7 +31,7 @@ class ApiLimits:
     max_upload_bytes: int = 512 * 1024 * 1024
     upload_seconds: float = 3600.0  # an upload must arrive within this
     max_files: int = 1000  # per owner
-    max_active_jobs: int = 8  # per owner: validating, queued or running
+    max_active_jobs: int = 8  # per owner: validating, queued, running or paused
     max_page: int = 100  # the most rows a list answers at once
     chat: ServeLimits = ServeLimits()
 
@@ -180,6 +180,11 @@ def _file_routes(app: FastAPI, service: Service) -> None:
 def _job_routes(app: FastAPI, service: Service) -> None:
     store, limits = service.store, service.limits
 
+    def _job_now(job_id: str) -> dict[str, Any]:
+        now = store.job(job_id)
+        assert now is not None  # jobs are never deleted
+        return now.public()
+
     @app.post("/v1/fine_tuning/jobs", response_model=None)
     async def create_job(request: Request, body: jobspec.CreateJob) -> JSONResponse | dict[str, Any]:
         owner = _owner(request)
@@ -243,12 +248,34 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         job = store.job(job_id, _owner(request))
         if job is None:
             return _not_found("fine-tuning job", job_id)
-        if job.status not in ("validating_files", "queued", "running"):
+        if job.status not in ACTIVE:
             return error_response(400, f"the job has already ended ({job.status})", param="fine_tuning_job_id", code="job_not_cancellable")
         service.queue.cancel(job)
-        now = store.job(job_id)
-        assert now is not None
-        return now.public()
+        return _job_now(job_id)
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause", response_model=None)
+    async def pause_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
+        job = store.job(job_id, _owner(request))
+        if job is None:
+            return _not_found("fine-tuning job", job_id)
+        if job.status not in ("queued", "running") or job.cancel_requested:
+            return error_response(400, f"only a queued or running job can be paused; this one is {'being cancelled' if job.cancel_requested else job.status}",
+                                  param="fine_tuning_job_id", code="job_not_pausable")
+        service.queue.pause(job)
+        return _job_now(job_id)
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume", response_model=None)
+    async def resume_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
+        job = store.job(job_id, _owner(request))
+        if job is None:
+            return _not_found("fine-tuning job", job_id)
+        if not service.queue.resume(job):
+            now = store.job(job_id)
+            pausing = now is not None and now.status == "running" and now.pause_requested
+            return error_response(400, "the job is still saving its checkpoint to pause: resume it once it reads paused" if pausing
+                                  else f"only a paused job can be resumed; this one is {now.status if now else job.status}",
+                                  param="fine_tuning_job_id", code="job_not_resumable")
+        return _job_now(job_id)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=None)
     async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = Query(20, ge=1)) -> JSONResponse | dict[str, Any]:
@@ -328,12 +355,15 @@ def _model_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse | dict[str, Any]:
-        job = tuned(_owner(request), body.model or "")
-        if job is None:
-            names = [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]
-            return error_response(404, f"model {body.model!r}: chat answers with your fine-tuned models"
-                                  f"{': ' + ', '.join(names) if names else ' (you have none yet)'}", param="model", code="model_not_found")
-        name = job.fine_tuned_model
-        assert name is not None
-        worker = await run_in_threadpool(service.models.get, name, queue.run_dir(job))
+        asked = body.model or ""
+        job, base = tuned(_owner(request), asked), service.catalog.find(asked)
+        if job is not None and job.fine_tuned_model is not None:
+            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, run_engine(queue.run_dir(job)))
+        elif base is not None:  # an alias and its model share one engine, which answers with the model's own name
+            worker = await run_in_threadpool(service.models.get, base.name, base_engine(base))
+            body = body.model_copy(update={"model": base.name})
+        else:
+            names = service.catalog.names() + [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]
+            return error_response(404, f"model {body.model!r} is not served here; chat answers with these: {', '.join(names)}",
+                                  param="model", code="model_not_found")
         return await chat_completion(body, request, worker.engine, worker, service.limits.chat)

@@ -154,3 +154,9 @@ def job_config(model: CatalogModel, base_learning_rate: float | None, resolved: 
         training.setdefault("dpo", {})["beta"] = resolved.beta
     config.setdefault("output", {})["dir"] = run_dir
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def base_config(model: CatalogModel) -> str:
+    """The YAML of a job on `model` with every setting the operator's (a supervised epoch, no file of a client's): what
+    the model's own learning rate and chat template are read from."""
+    return job_config(model, None, Resolved("sft", 1, 1, 1.0, None), 0, "train.jsonl", None, "run")

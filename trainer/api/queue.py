@@ -1,14 +1,16 @@
 """The job queue: one training at a time, each `trainer --config` in a child process (trainer/childproc.py) whose
 config.yaml the service wrote into the job's folder.
 
-A job goes validating_files -> queued -> running -> succeeded | failed | cancelled. Validation reads the files as
+A job goes validating_files -> queued -> running -> succeeded | failed | cancelled; a client may pause a queued or
+running one (paused) and resume it (queued again, continuing from the checkpoint the pause wrote). Validation reads the files as
 trainer would train on them (its file:line problems become the job's error) in a thread of the service; training
 runs in a child that outlives the service. What the queue learns of a child comes from files: events from the run's
 metrics.jsonl, the outcome from trainer's exit code (trainer/errors.py):
 
   0             succeeded
-  3             cancelled when a cancel was asked for; otherwise something else stopped it (a shutdown of the
-                machine sends SIGTERM): it saved a checkpoint and is queued again to resume
+  3             cancelled when a cancel was asked for, paused when a pause was (resume queues it with --resume);
+                otherwise something else stopped it (a shutdown of the machine sends SIGTERM): it saved a checkpoint
+                and is queued again to resume
   none written  the child was killed (kill -9, the machine went down): queued again to resume from its newest
                 checkpoint (`trainer --config ... --resume`), up to MAX_RESTARTS times
   anything else failed
@@ -122,6 +124,11 @@ class JobQueue:
         elif job.cancel_requested and code in (EXIT_STOPPED, None):
             if self.store.set_status(job.id, ("running",), status="cancelled", finished_at=int(time.time()), pid=None):
                 self.store.add_event(job.id, "Fine-tuning job cancelled")
+        elif job.pause_requested and code in (EXIT_STOPPED, None):  # None: killed meanwhile, its newest checkpoint will do
+            if self.store.set_status(job.id, ("running",), status="paused", resume=True, pid=None, pause_requested=False,
+                                     estimated_finish=None):
+                self.store.add_event(job.id, f"Fine-tuning job paused with a checkpoint at step {_checkpoint_step(run_dir(job))}; "
+                                     "resume continues from there")
         elif code in (EXIT_STOPPED, None) and job.restarts < MAX_RESTARTS:
             if self.store.set_status(job.id, ("running",), status="queued", resume=True, pid=None, restarts=job.restarts + 1):
                 why = "was stopped from outside" if code == EXIT_STOPPED else "ended without an exit code (the service or the machine was killed)"
@@ -196,11 +203,32 @@ class JobQueue:
     def cancel(self, job: JobRow) -> None:
         """A job not yet training ends at once; a training one is sent SIGTERM (it saves a checkpoint and exits 3) and
         is cancelled when its child has ended."""
-        if self.store.set_status(job.id, ("validating_files", "queued"), status="cancelled", finished_at=int(time.time())):
+        if self.store.set_status(job.id, ("validating_files", "queued", "paused"), status="cancelled", finished_at=int(time.time())):
             self.store.add_event(job.id, "Fine-tuning job cancelled")
-        elif job.status == "running":
+        elif self._now(job).status == "running":
             self.store.update_job(job.id, cancel_requested=True)
             childproc.stop(job.pid)
+
+    def pause(self, job: JobRow) -> None:
+        """A queued job is paused at once; a training one is sent SIGTERM (it saves a checkpoint and exits 3) and is
+        paused when its child has ended. The caller checked that the job is queued or running."""
+        if self.store.set_status(job.id, ("queued",), status="paused"):
+            self.store.add_event(job.id, "Fine-tuning job paused before it started")
+        elif self._now(job).status == "running":
+            self.store.update_job(job.id, pause_requested=True)
+            childproc.stop(job.pid)
+
+    def _now(self, job: JobRow) -> JobRow:
+        """The job as stored now: the queue may have started it since the caller read it."""
+        return self.store.job(job.id) or job
+
+    def resume(self, job: JobRow) -> bool:
+        """A paused job is queued again (in its place by creation, as the queue orders jobs); it continues from its
+        newest checkpoint."""
+        if not self.store.set_status(job.id, ("paused",), status="queued"):
+            return False
+        self.store.add_event(job.id, "Fine-tuning job resumed: queued to continue from its newest checkpoint")
+        return True
 
 
 def _data_problem(config_file: Path, names: dict[str, str]) -> str | None:
@@ -219,6 +247,14 @@ def _data_problem(config_file: Path, names: dict[str, str]) -> str | None:
             message = message.replace(path, file_id)
         return message
     return None
+
+
+def _checkpoint_step(run: Path) -> int:
+    """The step of the run's newest complete checkpoint (0: none, a resume starts from the beginning)."""
+    from trainer.checkpoint import complete_checkpoints
+
+    found = complete_checkpoints(run)
+    return int(found[-1].name.split("-")[1]) if found else 0
 
 
 def _log_tail(log: Path, lines: int = 12) -> str:

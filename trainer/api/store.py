@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-ACTIVE = ("validating_files", "queued", "running")  # a job in one of these may still change
+ACTIVE = ("validating_files", "queued", "running", "paused")  # a job in one of these may still change
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL, filename TEXT NOT NULL,
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     validation_file TEXT, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT, status TEXT NOT NULL, error TEXT,
     fine_tuned_model TEXT, finished_at INTEGER, trained_tokens INTEGER, result_files TEXT NOT NULL,
     estimated_finish INTEGER, folder TEXT NOT NULL, pid INTEGER, resume INTEGER NOT NULL, cancel_requested INTEGER NOT NULL,
-    train_step INTEGER NOT NULL, eval_step INTEGER NOT NULL, restarts INTEGER NOT NULL);
+    train_step INTEGER NOT NULL, eval_step INTEGER NOT NULL, restarts INTEGER NOT NULL, pause_requested INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
     level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
@@ -36,6 +36,9 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, seq);
 """
+# columns added since the first release, with what rows written before them read as: a data directory of an older
+# service opens as it was
+_ADDED_COLUMNS = {"jobs": {"pause_requested": "INTEGER NOT NULL DEFAULT 0"}}
 
 
 @dataclass
@@ -77,6 +80,7 @@ class JobRow:
     pid: int | None = None  # the wrapper of the running child (trainer/childproc.py)
     resume: bool = False  # the next start continues from the newest checkpoint
     cancel_requested: bool = False
+    pause_requested: bool = False  # paused (not failed, not cancelled) when the child it was sent SIGTERM to ends
     train_step: int = 0  # the newest training and validation steps of metrics.jsonl already told as events
     eval_step: int = -1
     restarts: int = 0  # starts after the service was killed mid-job
@@ -92,7 +96,7 @@ class JobRow:
 
 
 _JSON_COLUMNS = {"method", "hyperparameters", "metadata", "error", "result_files", "data"}
-_BOOL_COLUMNS = {"resume", "cancel_requested"}
+_BOOL_COLUMNS = {"resume", "cancel_requested", "pause_requested"}
 
 
 def _to_sql(value: Any, column: str) -> Any:
@@ -115,6 +119,11 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+        for table, added in _ADDED_COLUMNS.items():
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column, declared in added.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
         self.lock = threading.Lock()
 
     def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:

@@ -83,7 +83,7 @@ def build_engine(options: ServeOptions, engine: str) -> Engine:
     run = options.run
     assert run is not None  # check_options: a run or a GGUF file
     if engine == "transformers":
-        return TransformersEngine(run)
+        return TransformersEngine.of_run(run)
     from trainer.export.gguf import run_name
 
     gguf = run / "export" / f"{run_name(run)}-{options.quant}.gguf"

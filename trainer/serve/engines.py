@@ -18,6 +18,8 @@ from trainer.errors import UserError
 if TYPE_CHECKING:
     from llama_cpp.llama_types import CreateCompletionStreamResponse
 
+    from trainer.generate import Loaded
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -117,20 +119,24 @@ def run_template(run: Path) -> str | None:
 
 
 class TransformersEngine:
-    """The run's model as `trainer generate` loads it (base + adapter, or the full weights)."""
+    """A model as `trainer generate` loads it: a run's (base + adapter, or the full weights), or a base model alone."""
 
-    def __init__(self, run_dir: Path, device: str = "auto"):
-        from trainer.export.gguf import run_name
-        from trainer.generate import load_run
-
-        self.loaded = load_run(run_dir, device)
-        self.model_id = run_name(run_dir)  # as the llama.cpp engine and vLLM name it
+    def __init__(self, loaded: Loaded, model_id: str):
+        self.loaded = loaded
+        self.model_id = model_id
         config: Any = self.loaded.model.config
         # positions past the model's own are garbage (or an error), however long generate() would go on
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         # requests count their prompt's tokens in their own threads while the worker encodes the running one: a fast
         # tokenizer's encode may reconfigure its Rust half (truncation, padding), which two threads must not do at once
         self.tokenizing = threading.Lock()
+
+    @classmethod
+    def of_run(cls, run_dir: Path, device: str = "auto") -> TransformersEngine:
+        from trainer.export.gguf import run_name
+        from trainer.generate import load_run
+
+        return cls(load_run(run_dir, device), run_name(run_dir))  # as the llama.cpp engine and vLLM name it
 
     def count_tokens(self, prompt: str) -> int:
         with self.tokenizing:
@@ -261,15 +267,20 @@ class Worker:
     mixing their tokens, and a request waiting for its turn holds no thread of the HTTP server, so /health and
     /v1/models answer at once however many requests are queued. The engine only ever runs here, and a job's
     pieces are handed over without waiting for the client to read them, so a client that stops reading cannot
-    hold the engine: at most its max_tokens, and a token or two once it has gone (its Cancel is set)."""
+    hold the engine: at most its max_tokens, and a token or two once it has gone (its Cancel is set).
+
+    The thread ends after close() or retire(): it references the worker (and so the engine and its weights) for as
+    long as it runs, so a worker whose thread waited for jobs forever would keep its model in memory for good."""
 
     def __init__(self, engine: Engine, stall_after: float = 300.0):
         self.engine = engine
         self.stall_after = stall_after
-        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.jobs: queue.Queue[Job | None] = queue.Queue()  # None: the thread ends when it takes it
         self.current: Job | None = None
         self.last_progress = time.monotonic()
-        self.closing = False
+        self.closing = False  # no new jobs (close or retire)
+        self.draining = False  # jobs not yet started are answered ShuttingDown (close)
+        self.grace: threading.Timer | None = None  # cancels the running job at the end of close()'s grace
         self.lock = threading.Lock()  # submit against close: no job slips in behind a shutdown
         self.thread = threading.Thread(target=self._run, name="trainer-serve-generation", daemon=True)
         self.thread.start()
@@ -293,43 +304,62 @@ class Worker:
 
     def close(self, grace: float) -> None:
         """Stop taking jobs: the queued ones end with ShuttingDown at once, the running one may finish within
-        `grace` seconds, then it is cancelled (and answered as stopped by the shutdown)."""
+        `grace` seconds, then it is cancelled (and answered as stopped by the shutdown); then the thread ends."""
         with self.lock:
-            self.closing = True
+            if self.draining:
+                return
+            self.closing = self.draining = True
             running = self.current
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            job.deliver(ShuttingDown("the server is shutting down"))
-        if running is not None:
-            def stop() -> None:
-                running.cancel.shutdown = True
-                running.cancel.event.set()
+            while True:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job.deliver(ShuttingDown("the server is shutting down"))
+            self.jobs.put(None)
+            if running is not None:
+                def stop() -> None:
+                    running.cancel.shutdown = True
+                    running.cancel.event.set()
 
-            timer = threading.Timer(grace, stop)
-            timer.daemon = True
-            timer.start()
+                self.grace = threading.Timer(grace, stop)
+                self.grace.daemon = True
+                self.grace.start()
+
+    def retire(self) -> None:
+        """Stop taking jobs, answer the ones already taken (running and queued), then end the thread: a model let go
+        to make room for another (trainer/api/chat.py) still answers whoever asked it before."""
+        with self.lock:
+            if not self.closing:
+                self.closing = True
+                self.jobs.put(None)
 
     def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            with self.lock:
-                if self.closing:  # taken from the queue just as close() emptied it
-                    job.deliver(ShuttingDown("the server is shutting down"))
-                    continue
-                self.current, self.last_progress = job, time.monotonic()
-            if job.cancel.requested:  # its client left while it waited
-                self.current = None
-                job.deliver(None)
-                continue
-            try:
-                for piece in with_stop_strings(self.engine.stream(job.prompt, job.sampling, job.cancel), job.sampling.stop):
-                    self.last_progress = time.monotonic()
-                    job.deliver(piece)
-                job.deliver(None)
-            except Exception as exc:  # handed to the request, which reports it; the worker goes on
-                job.deliver(exc)
-            finally:
-                self.current = None
+        try:
+            while (job := self.jobs.get()) is not None:
+                self._answer(job)
+        finally:
+            self.current = None
+            if self.grace is not None:  # the running job ended before its grace did
+                self.grace.cancel()
+
+    def _answer(self, job: Job) -> None:
+        with self.lock:
+            if self.draining:  # taken from the queue just as close() emptied it
+                job.deliver(ShuttingDown("the server is shutting down"))
+                return
+            self.current, self.last_progress = job, time.monotonic()
+        if job.cancel.requested:  # its client left while it waited
+            self.current = None
+            job.deliver(None)
+            return
+        try:
+            for piece in with_stop_strings(self.engine.stream(job.prompt, job.sampling, job.cancel), job.sampling.stop):
+                self.last_progress = time.monotonic()
+                job.deliver(piece)
+            job.deliver(None)
+        except Exception as exc:  # handed to the request, which reports it; the worker goes on
+            job.deliver(exc)
+        finally:
+            self.current = None

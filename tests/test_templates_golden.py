@@ -320,3 +320,61 @@ def test_command_r7b_trains_the_end_of_turn_and_keeps_tool_conversations(saved_s
     assert result.input_ids[last_trained] in stop_ids(tokenizer)  # generation stops on the token that ends what was trained
     tokenizer.eos_token = "<BOS_TOKEN>"  # even where the tokenizer's eos is another token, <|END_OF_TURN_TOKEN|> stops generation
     assert tokenizer.convert_tokens_to_ids("<|END_OF_TURN_TOKEN|>") in stop_ids(tokenizer)
+
+
+HARMONY = ["<|startoftext|>", "<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>"]
+FAMILIES["harmony"] = (HARMONY, "<|startoftext|>", "<|return|>")  # gpt-oss: <|return|> is its eos
+TIME = {"type": "function", "function": {"name": "get_time", "description": "Local time in a city.",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CALL_HARMONY = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+
+
+def test_gpt_oss_multi_turn_tools_and_reasoning_in_the_analysis_channel(saved_smollm2):
+    # Reasoning goes to the analysis channel (the template reads `thinking`), which gpt-oss renders only in the last
+    # answer: that one ends with <|return|>, the token generation stops on. A call ends with <|call|>; an earlier answer's
+    # <|end|> is the history's copy of <|return|>, rendered but not trained. Every turn was refused before.
+    from trainer.data.masks import probe_template
+    from trainer.generate import stop_ids
+
+    tokenizer = family_tokenizer(saved_smollm2, "harmony")
+    features = probe_template(tokenizer, template("gpt-oss.jinja"))
+    assert (features.reasoning_field, features.reasoning, features.close, features.last_close, features.call_close,
+            features.parallel_calls) == ("thinking", "last", "<|end|>", "<|return|>", "<|call|>", False)
+    runs, result = trained(tokenizer, template("gpt-oss.jinja"), conversation(reasoning=True))
+    assert runs == [CALL_HARMONY, "<|channel|>final<|message|>It is 18 C in Paris.",
+                    "<|channel|>analysis<|message|>Be polite.<|end|><|start|>assistant<|channel|>final<|message|>You're welcome.<|return|>"]
+    assert result.reasoning_dropped == 2
+    text = tokenizer.decode(result.input_ids)
+    assert "<think>" not in text and "<|start|>developer<|message|># Instructions\n\nYou are a weather bot.\n\n# Tools" in text
+    assert ('<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"{\\"temp_c\\": 18}"<|end|>'
+            "<|start|>assistant<|channel|>final<|message|>It is 18 C in Paris.<|end|><|start|>user<|message|>Thanks!<|end|>") in text
+    assert {tokenizer.convert_tokens_to_ids(t) for t in ("<|return|>", "<|call|>")} <= set(stop_ids(tokenizer))
+
+
+def test_gpt_oss_turn_by_turn_trains_each_reasoning_and_return(saved_smollm2):
+    # data.turns: each: every turn is the last of its example, so each keeps its reasoning and is trained as generated
+    from trainer.data.pipeline import split_turns
+
+    tokenizer = family_tokenizer(saved_smollm2, "harmony")
+    runs = [trained(tokenizer, template("gpt-oss.jinja"), piece)[0] for piece in split_turns(conversation(reasoning=True))]
+    assert runs == [["<|channel|>analysis<|message|>Call the tool.<|end|><|start|>assistant" + CALL_HARMONY],
+                    ["<|channel|>analysis<|message|>The tool said 18.<|end|><|start|>assistant<|channel|>final<|message|>It is 18 C in Paris.<|return|>"],
+                    ["<|channel|>analysis<|message|>Be polite.<|end|><|start|>assistant<|channel|>final<|message|>You're welcome.<|return|>"]]
+
+
+def test_gpt_oss_parallel_calls_one_per_message(saved_smollm2):
+    # gpt-oss's template renders only the first call of a message and names every result after the last call: parallel
+    # calls go one per message, each followed by its result (matched by id, whatever order the results come in).
+    tokenizer = family_tokenizer(saved_smollm2, "harmony")
+    calls = (ToolCall("get_weather", {"city": "Paris"}, "call_w"), ToolCall("get_time", {"city": "Paris"}, "call_t"))
+    messages = (Message("user", "Weather and time in Paris?", False), Message("assistant", "", True, calls, "Two tools."),
+                Message("tool", '"3 pm"', False, name="get_time", tool_call_id="call_t"),
+                Message("tool", '{"temp_c": 18}', False, name="get_weather", tool_call_id="call_w"),
+                Message("assistant", "18 C at 3 pm.", True, (), "Both answered."))
+    runs, result = trained(tokenizer, template("gpt-oss.jinja"), Example(messages, None, "chat.jsonl", 2, (WEATHER, TIME)))
+    assert runs == [CALL_HARMONY, ' to=functions.get_time<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>',
+                    "<|channel|>analysis<|message|>Both answered.<|end|><|start|>assistant<|channel|>final<|message|>18 C at 3 pm.<|return|>"]
+    text = tokenizer.decode(result.input_ids)
+    assert ('{"city": "Paris"}<|call|><|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"{\\"temp_c\\": 18}"<|end|>'
+            "<|start|>assistant to=functions.get_time") in text
+    assert '<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>"\\"3 pm\\""<|end|>' in text

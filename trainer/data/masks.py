@@ -23,6 +23,8 @@ import string
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+from trainer.data.conversations import Message
+
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
 MARKED_ROLES = ("system", "user", "tool")
@@ -40,13 +42,16 @@ class TemplateFeatures:
     tool_calls: bool  # renders assistant tool calls
     tool_results: bool  # renders tool messages
     reasoning: str  # "all" turns keep their reasoning, "last" (earlier turns' reasoning dropped, Qwen3/DeepSeek-R1), or "none"
-    reasoning_key: bool  # reads message.reasoning_content; otherwise reasoning goes into the content as <think>...</think>
+    reasoning_field: str  # the message field the template reads reasoning from (reasoning_content; gpt-oss: thinking), "" for <think> in the content
     empty_content: str  # how an assistant message with only tool calls is passed: "absent", "none" or "empty"
     arguments: str  # tool-call arguments as an "object", or as "json" text (templates that concatenate them)
     chatml: bool  # the template lays turns out in ChatML (<|im_start|>)
     with_tools: bool = False  # probed with a tools list throughout: a tokenizer's tool_use template renders only conversations with tools
     short_ids: bool = False  # refuses OpenAI-style tool-call ids (call_...) and takes 9-character ones (Mistral)
     stop: str = ""  # the stop token that ends `close` when more comes before it (Command-R7B's <|END_OF_TURN_TOKEN|>)
+    last_close: str = ""  # closes the conversation's last answer when unlike `close` (gpt-oss: <|return|>, earlier answers <|end|>)
+    call_close: str = ""  # closes a turn that ends with tool calls (gpt-oss: <|call|>; Command-R7B: <|END_ACTION|><|END_OF_TURN_TOKEN|>)
+    parallel_calls: bool = True  # renders every call of a message (gpt-oss renders only the first: one call per message)
 
     def describe(self) -> str:
         said = [
@@ -146,7 +151,12 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     following = _try(tokenizer, jinja, [user, answer, {"role": "user", "content": "Nextprobezq"}], always) or plain
     after = following[following.rfind("Yo") + 2 :] if "Yo" in following else ""
     after = after[: after.find("Nextprobezq")] if "Nextprobezq" in after else after
-    close, stop = _closing(after, specials, _stop_texts(tokenizer))
+    stops = _stop_texts(tokenizer)
+    close, stop = _closing(after, specials, stops)
+    # the last answer of a conversation may close otherwise: gpt-oss ends it with <|return|>, the token generation stops
+    # on, and writes <|end|> after earlier answers (harmony's history form of the same end)
+    last_close = _closing(plain[plain.rfind("Yo") + 2 :], specials, stops)[0] if "Yo" in plain else ""
+    last_close = "" if last_close == close else last_close
     tails = {"user": user_tail}
 
     with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer], always)
@@ -156,6 +166,7 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     tools = listed is not None and (listed != plain or with_tools) and "probe_lookup_zq" in listed
 
     tool_calls = tool_results = short_ids = False
+    parallel_calls, call_close = True, ""
     empty_content, arguments = "absent", "object"
     for content_style in ("absent", "none", "empty"):
         for argument_style in ("object", "json"):
@@ -170,6 +181,14 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
             short_ids = _try(tokenizer, jinja, openai_ids, tools=[PROBE_TOOL]) is None
             tool_calls = "probeargzq" in text
             tool_results = "Resultprobezq" in text
+            if tool_calls:  # what closes the call: from the first special token after its arguments, up to the result
+                after_call = text[text.find("probeargzq") :]
+                after_call = after_call[: after_call.find("Resultprobezq")] if "Resultprobezq" in after_call else after_call
+                call_close = _from_first_special(_closing(after_call, specials, stops)[0], specials)
+                call_close = "" if call_close == close else call_close
+                two = dict(conversation[1], tool_calls=conversation[1]["tool_calls"] + [_second_call(conversation[1]["tool_calls"][0])])
+                both = _try(tokenizer, jinja, [user, two, result, dict(result, tool_call_id="call00002"), answer], tools=[PROBE_TOOL])
+                parallel_calls = both is None or "probeargyq" in both  # a template that refuses two calls says so itself
             tool_prompt = _try(tokenizer, jinja, conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
             if "Resultprobezq" in tool_prompt:
                 tails["tool"] = tool_prompt[tool_prompt.rfind("Resultprobezq") + len("Resultprobezq") :]
@@ -177,18 +196,41 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
         if text is not None:
             break
 
-    reasoning_key = "reasoning_content" in jinja
+    reasoning_field = _reasoning_field(tokenizer, jinja, user, always)
 
     def thinking(text: str) -> dict:
-        if reasoning_key:
-            return {"role": "assistant", "content": f"Answer{text}", "reasoning_content": f"Thought{text}zq"}
+        if reasoning_field:
+            return {"role": "assistant", "content": f"Answer{text}", reasoning_field: f"Thought{text}zq"}
         return {"role": "assistant", "content": f"<think>\nThought{text}zq\n</think>\n\nAnswer{text}"}
 
     two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")], always) or ""
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
-    return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_key,
-                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids, stop)
+    return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_field,
+                            empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids, stop, last_close, call_close,
+                            parallel_calls)
+
+
+def _reasoning_field(tokenizer: Any, jinja: str, user: dict, tools: list[dict] | None) -> str:
+    """The field an answer's reasoning is read from, found by rendering a last answer with a different text in each:
+    reasoning_content (Qwen3), thinking (gpt-oss). Both at once, because recent transformers copies one field into the
+    other when only one is given. A template that renders neither but names reasoning_content drops it (the probe of
+    two turns then says "none"); any other gets reasoning as a <think> block in the content."""
+    fields = {"reasoning_content": "Contentprobezq", "thinking": "Thinkingprobezq"}
+    text = _try(tokenizer, jinja, [user, {"role": "assistant", "content": "Yo", **fields}], tools) or ""
+    return next((field for field, value in fields.items() if value in text), "reasoning_content" if "reasoning_content" in jinja else "")
+
+
+def _second_call(call: dict) -> dict:
+    function = call["function"]
+    arguments = {"word": "probeargyq"} if isinstance(function["arguments"], dict) else '{"word": "probeargyq"}'
+    return dict(call, id="call00002", function=dict(function, arguments=arguments))
+
+
+def _from_first_special(text: str, specials: list[str]) -> str:
+    """`text` from its first special token on (a closing text without the end of the arguments before it)."""
+    found = [at for at in (text.find(token) for token in specials) if at >= 0]
+    return text[min(found) :] if found else text
 
 
 def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
@@ -231,8 +273,8 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         item: dict = {"role": m.role}
         content = m.content
         if m.role == "assistant" and m.reasoning:
-            if features.reasoning_key:
-                item["reasoning_content"] = m.reasoning
+            if features.reasoning_field:
+                item[features.reasoning_field] = m.reasoning
             else:
                 content = f"<think>\n{m.reasoning}\n</think>\n\n{content}"
         if m.tool_calls:
@@ -254,6 +296,33 @@ def template_messages(messages: Sequence[Any], features: TemplateFeatures, fold_
         if first_user is not None:
             first_user["content"] = f"{system}\n\n{first_user['content']}"
     return out
+
+
+def one_call_each(messages: Sequence[Message]) -> tuple[Message, ...]:
+    """The messages with each assistant message of several tool calls split into one message per call, each followed by
+    the result that answers it (matched by id, else in order): how harmony lays out parallel calls, which gpt-oss's
+    template renders only one of per message. The first part keeps the content and reasoning; all keep the weight."""
+    out: list[Message] = []
+    k = 0
+    while k < len(messages):
+        m = messages[k]
+        k += 1
+        if m.role != "assistant" or len(m.tool_calls) < 2:
+            out.append(m)
+            continue
+        results = []
+        while k < len(messages) and messages[k].role == "tool":
+            results.append(messages[k])
+            k += 1
+        by_id = {r.tool_call_id: r for r in results if r.tool_call_id is not None}
+        unmatched = [r for r in results if r.tool_call_id not in {c.id for c in m.tool_calls}]
+        for n, call in enumerate(m.tool_calls):
+            out.append(replace(m, tool_calls=(call,)) if n == 0 else replace(m, content="", tool_calls=(call,), reasoning=None))
+            answer = by_id.get(call.id) or (unmatched.pop(0) if unmatched else None)
+            if answer is not None:
+                out.append(answer)
+        out += unmatched
+    return tuple(out)
 
 
 def call_ids(setting: str, features: TemplateFeatures) -> Callable[[str], str]:
@@ -344,15 +413,20 @@ def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, it
                             f"(looked for {anchors[0]!r} after message {i}); the template lays this turn out unlike the others.")
         end = following
         if features.close:
-            closing = features.close
-            at = text.rfind(closing, start, following)
-            if at < 0 and features.stop:  # a turn closed otherwise, with the same stop token (Command-R7B's tool calls)
-                closing = features.stop
-                at = text.rfind(closing, start, following)
-            if at < 0:
+            # Each kind of turn may close otherwise (gpt-oss: a call with <|call|>, the last answer with <|return|>, an earlier
+            # one with <|end|>, which also ends the analysis message before an answer): the turn ends with whichever of its
+            # closings comes last before the next message.
+            closings = [c for c in (features.close, features.stop, features.call_close if item.get("tool_calls") else "",
+                                    features.last_close if i == len(items) - 1 else "") if c]
+            found = [(at + len(c), c) for c in closings if (at := text.rfind(c, start, following)) >= 0]
+            if not found:
                 raise SpanError(f"the chat template does not close assistant message {i + 1} with {features.close!r} as it does "
                                 "elsewhere, so where it ends is unknown.")
-            end = at + len(closing)
+            end, closing = max(found)
+            if closing == features.close and features.last_close:
+                # an earlier answer: its close is the history's copy of last_close, the token generation stops on, which the
+                # model never writes; trained, it would learn to write it where it must stop, after the same context
+                end -= len(closing)
         spans.append((i, start, end))
         previous_end = end
     return text, spans

@@ -65,8 +65,9 @@ HERMES = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{% endif %}"
 )
 # Tokens that end an answer besides the tokenizer's eos: generation stops on them, and a trained turn ends with the
-# first of them that follows the answer (masks.probe_template).
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|END_OF_TURN_TOKEN|>")
+# first of them that follows the answer (masks.probe_template). gpt-oss (harmony) stops on <|return|> after an answer
+# and <|call|> after a tool call.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|END_OF_TURN_TOKEN|>", "<|return|>", "<|call|>")
 BUILT_IN = {"chatml": (CHATML, "<|im_end|>"), "zephyr": (ZEPHYR, None), "llama3": (LLAMA3, "<|eot_id|>"), "hermes": (HERMES, "<|im_end|>")}
 
 

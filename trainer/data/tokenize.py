@@ -17,6 +17,7 @@ from trainer.data.masks import (
     SpanError,
     TemplateFeatures,
     features_with_system,
+    one_call_each,
     probe_template,
     render_with_spans,
     template_messages,
@@ -99,7 +100,12 @@ class Tokenizer:
         )
 
     def template_messages(self, messages: Sequence[Message] | None, tools: Sequence[dict] | None = None) -> list[dict]:
-        return template_messages(messages or (), self.features_of(self.template_for(tools)), self.fold_system, self.tool_call_ids)
+        return template_messages(self.laid_out(messages or (), tools), self.features_of(self.template_for(tools)), self.fold_system,
+                                 self.tool_call_ids)
+
+    def laid_out(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> Sequence[Message]:
+        """The messages as the template is given them: one tool call per message where it renders only one (gpt-oss)."""
+        return messages if self.features_of(self.template_for(tools)).parallel_calls else one_call_each(messages)
 
     def __call__(self, example: Example) -> tuple[Tokenized | None, Problem | None]:
         result = self.encode_batch([example])[0]
@@ -197,7 +203,7 @@ class Tokenizer:
 
     def _message(self, example: Example, index: int) -> Message:
         """The example's message behind template message `index` (a folded system prompt shifts them by one)."""
-        messages = example.messages or ()
+        messages = self.laid_out(example.messages or (), example.tools)
         shift = 1 if self.fold_system and messages and messages[0].role == "system" else 0
         return messages[index + shift]
 

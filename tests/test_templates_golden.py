@@ -340,6 +340,9 @@ def test_gpt_oss_multi_turn_tools_and_reasoning_in_the_analysis_channel(saved_sm
     features = probe_template(tokenizer, template("gpt-oss.jinja"))
     assert (features.reasoning_field, features.reasoning, features.close, features.last_close, features.call_close,
             features.parallel_calls) == ("thinking", "last", "<|end|>", "<|return|>", "<|call|>", False)
+    # what `trainer data` reports (it said "keeps reasoning in every turn" while training <think> in the final channel)
+    assert features.describe() == ("renders tools, keeps reasoning only after the last user turn (drops earlier turns' reasoning), "
+                                   "keeps the system prompt")
     runs, result = trained(tokenizer, template("gpt-oss.jinja"), conversation(reasoning=True))
     assert runs == [CALL_HARMONY, "<|channel|>final<|message|>It is 18 C in Paris.",
                     "<|channel|>analysis<|message|>Be polite.<|end|><|start|>assistant<|channel|>final<|message|>You're welcome.<|return|>"]

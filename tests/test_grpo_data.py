@@ -74,3 +74,22 @@ def test_a_prompt_longer_than_its_room_is_a_problem_not_cut(tmp_path, char_token
     encoded, problems = encode_prompts(read_prompts(config, rewards).train, encode, 40)
     assert len(encoded) == 1 and encoded[0].input_ids[-len("assistant\n"):] == tuple(char_tokenizer.encode("assistant\n", add_special_tokens=False))
     assert [p.line for p in problems] == [2] and "data.max_seq_length less training.grpo.max_completion_length leaves 40" in str(problems[0])
+
+
+def test_shipped_recipe_prompts_never_train_on_what_the_example_is_scored_on():
+    """configs/recipes-grpo.yaml trains on data/recipes-grpo/train.jsonl and scores json_list_f1 on test.jsonl: at least
+    200 test recipes, no training prompt among them, and none from the quickstart's recipes (its adapter is the start)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "data" / "recipes-grpo"
+
+    def prompts(path, key):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.dumps(key(r)) for r in rows]
+
+    trained = prompts(folder / "train.jsonl", lambda r: r["messages"])
+    scored = prompts(folder / "test.jsonl", lambda r: r["messages"])
+    quickstart = set(prompts(folder.parent / "recipes" / "train.jsonl", lambda r: r["messages"][:-1]))
+    assert len(scored) >= 200 and len(set(scored)) == len(scored) and trained
+    assert not set(trained) & set(scored)
+    assert not quickstart & (set(trained) | set(scored))

@@ -1,7 +1,11 @@
-"""Make data/recipes-grpo/prompts.jsonl from data/recipes/validation.jsonl: each recipe's conversation without its
-answer (OpenAI's reinforcement format ends with the user's turn), the reference list kept as "answer" for the
-json_list_f1 grader of configs/recipes-grpo.yaml. The quickstart trains on data/recipes/train.jsonl, so these are
-recipes its adapter has not learnt from.
+"""Make the GRPO example's prompts from data/recipes-more/recipes.jsonl (600 recipes the quickstart never saw):
+
+    train.jsonl  lines 1-400 of recipes.jsonl: the training prompts of configs/recipes-grpo.yaml
+    test.jsonl   lines 401-600: the fixed test set its evaluation scores; no training prompt comes from these
+
+The split is by position, so it is the same on every machine and needs no seed. Each record is the recipe's
+conversation without its answer (OpenAI's reinforcement format ends with the user's turn), with the reference list
+kept as "answer" for the json_list_f1 grader.
 
     python data/recipes-grpo/make_prompts.py
 """
@@ -9,9 +13,12 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
-rows = [json.loads(line) for line in (HERE.parent / "recipes" / "validation.jsonl").read_text(encoding="utf-8").splitlines()]
-with open(HERE / "prompts.jsonl", "w", encoding="utf-8") as out:
-    for row in rows:
-        *prompt, answer = row["messages"]
-        assert answer["role"] == "assistant"
-        out.write(json.dumps({"messages": prompt, "answer": answer["content"]}, ensure_ascii=False) + "\n")
+TRAIN_ROWS = 400
+
+rows = [json.loads(line) for line in (HERE.parent / "recipes-more" / "recipes.jsonl").read_text(encoding="utf-8").splitlines()]
+for name, part in (("train.jsonl", rows[:TRAIN_ROWS]), ("test.jsonl", rows[TRAIN_ROWS:])):
+    with open(HERE / name, "w", encoding="utf-8") as out:
+        for row in part:
+            *prompt, answer = row["messages"]
+            assert answer["role"] == "assistant"
+            out.write(json.dumps({"messages": prompt, "answer": answer["content"]}, ensure_ascii=False) + "\n")

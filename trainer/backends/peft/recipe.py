@@ -45,7 +45,7 @@ def train(config: Config, run_dir: Path, resume: bool) -> Path:
     try:
         _train(run)
     except BaseException as exc:
-        run.strategy.end(together=isinstance(exc, (UserError, SystemExit)))  # a stop all processes agreed on, or not
+        run.strategy.end(together=isinstance(exc, (UserError, SystemExit)))  # a stop all processes agreed on (RunStopped), or not
         raise
     run.strategy.end(together=True)
     return run_dir
@@ -57,7 +57,7 @@ def _train(run: Run) -> None:
         state = train_loop(run)
     except StopRequested:
         if not run.accelerator.is_main_process:
-            raise SystemExit(2) from None  # the main process says where the checkpoint is
+            raise RunStopped("") from None  # exit 3 in every process; the main one says where the checkpoint is
         raise RunStopped(
             f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. {resume_hint()}"
         ) from None
@@ -126,7 +126,12 @@ def setup_accelerator(config: Config) -> tuple[str, Accelerator, SingleProcess]:
 
 
 def setup_run_dir(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
-    """Check the run directory (main process) and return the checkpoint to resume from, if any."""
+    """Check the run directory (main process) and return the checkpoint to resume from, if any.
+
+    Several processes resume if any of them was asked to: a process the elastic agent started again after a node
+    failed resumes (engine.run), and so must the processes of a node that joined it afresh."""
+    if accelerator.num_processes > 1:
+        resume = bool(accelerator.reduce(torch.tensor([int(resume)], device=accelerator.device), "sum").item())
     if accelerator.is_main_process:
         guard_run_dir(run_dir, resume)
     accelerator.wait_for_everyone()

@@ -128,6 +128,39 @@ def shard_model(module: Any, model: Any) -> Any:
     return module
 
 
+def whole_weights(model: Any) -> dict:
+    """The model's parameters and persistent buffers by name, each once (the tensors themselves, not copies): a head tied
+    to the embeddings is one parameter under the first of its names, as torch's state-dict loading counts it."""
+    names = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in model.state_dict().items() if name in names}
+
+
+def fill_shards_from_first(module: Any, whole: dict, device: Any) -> Any:
+    """After `shard_model`: every process's shards of the weights the first process loaded (`whole`: its
+    `whole_weights` before sharding; empty on the others, whose model was built on the meta device), sent one tensor
+    at a time. `module`: the model (not a wrapper that holds its parts under second names).
+
+    This is FSDP2's form of accelerate's cpu_ram_efficient_loading (and FSDP1's sync_module_states): torch's
+    set_model_state_dict with broadcast_from_rank0 sends each whole tensor from the first process and each process
+    keeps its shard of it, so a process other than the first never holds more than one whole tensor at a time. Its
+    buffers (rotary frequencies) were computed as the model was built and are kept; only the parameters are filled.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if dist.get_rank() != 0:
+        computed = {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
+        module.to_empty(device=device)  # room for this process's shards alone
+        with torch.no_grad():
+            for name, buffer in module.named_buffers():
+                buffer.copy_(computed[name])
+    # strict=False: a tied head's second name is not sent (whole_weights), and filling the first fills both
+    set_model_state_dict(module, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
+    whole.clear()  # the first process's whole tensors can go: each parameter is its shard now
+    return module
+
+
 def deepspeed_config(t: TrainingConfig, stage: int, mixed_precision: str, hidden_size: int | None = None) -> dict:
     """The DeepSpeed engine's configuration (ZeRO stage 2 or 3) for this run; written to <output.dir>/launch/deepspeed.json.
 

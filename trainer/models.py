@@ -145,12 +145,14 @@ def deepspeed_only_when_used() -> None:
     accelerate_other.is_deepspeed_available = lambda: "deepspeed" in sys.modules
 
 
-def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
+def load_model(config: Config, device: str, zero3: dict | None = None, empty: bool = False) -> Any:
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora).
 
     `zero3`: a DeepSpeed ZeRO-3 configuration. The model is then built partitioned across the processes
     (transformers creates it under deepspeed.zero.Init) and each process keeps only its share of every weight,
     on its device: without it every process would load the whole model, and DeepSpeed move it whole to the GPU.
+    `empty`: built from its config.json with its weights on the meta device (no memory, no values) and its buffers
+    real: an FSDP process other than the first, which receives its shards from the first (strategies.FSDP).
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -171,6 +173,8 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
             source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs
         else:
             source, kwargs["revision"] = str(path) if path.exists() else m.name_or_path, m.revision
+        if empty:
+            return _empty_model(source, kwargs)
         with _built_partitioned(zero3):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except UserError:
@@ -180,6 +184,17 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     if not method.places_model() and zero3 is None:
         model.to(device)
     return model
+
+
+def _empty_model(source: str | Path, kwargs: dict) -> Any:
+    """The model of `source` built on the meta device, but for its buffers (rotary frequencies: computed, not loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = AutoConfig.from_pretrained(source, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"])
+    options = {k: v for k, v in kwargs.items() if k in ("dtype", "attn_implementation", "trust_remote_code")}
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(settings, **options)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from torch import nn
 
 from trainer import checkpoint
 from trainer.config import Config
-from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model, zero3_loading
+from trainer.distributed import deepspeed_engine, end_deepspeed, fill_shards_from_first, shard_model, whole_weights, zero3_loading
 
 
 def make_accelerator(config: Config, device: str) -> Any:
@@ -53,6 +53,10 @@ class SingleProcess:
     def zero3_loading(self, config: Config, precision: str) -> dict | None:
         """The ZeRO-3 settings to build the model partitioned with (see models.load_model); None: load it whole."""
         return None
+
+    def loading(self, device: str) -> tuple[str, bool]:
+        """(the device this process loads the model on, whether it builds it empty on the meta device instead)."""
+        return device, False
 
     def wrap(self, loss_module: nn.Module, model: nn.Module) -> nn.Module:
         """The loss module the loop calls, before the optimizer is made (a sharding strategy replaces parameters)."""
@@ -120,8 +124,20 @@ class FSDP(SingleProcess):
 
     name = "fsdp"
 
+    def loading(self, device: str) -> tuple[str, bool]:
+        """Only the first process reads the weights, into CPU memory; the others build the model on the meta device and
+        receive their shards from it (`wrap`), so no process but the first holds a whole model, and no GPU ever does."""
+        if self.accelerator.num_processes == 1:
+            return device, False
+        return ("cpu", False) if self.accelerator.is_main_process else (device, True)
+
     def wrap(self, loss_module: nn.Module, model: nn.Module) -> nn.Module:
-        return shard_model(loss_module, model)  # replaces the parameters by shards
+        if self.accelerator.num_processes == 1:
+            return shard_model(loss_module, model)
+        whole = whole_weights(model) if self.accelerator.is_main_process else {}  # the loaded tensors, not copies
+        shard_model(loss_module, model)  # replaces the parameters by shards (on the others: shards of nothing, on meta)
+        fill_shards_from_first(model, whole, self.accelerator.device)
+        return loss_module
 
     def final_weights(self, model: nn.Module) -> dict | None:
         return checkpoint.gather_weights(model)

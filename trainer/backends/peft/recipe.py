@@ -158,7 +158,8 @@ def setup_model(config: Config, device: str, precision: str, accelerator: Accele
     from trainer.models import add_adapter, load_model
 
     _say(accelerator, f"Loading {config.model.name_or_path} on {device} ...")
-    model = add_adapter(load_model(config, device, strategy.zero3_loading(config, precision)), config)
+    place, empty = strategy.loading(device)
+    model = add_adapter(load_model(config, place, strategy.zero3_loading(config, precision), empty=empty), config)
     if config.model.adapter is not None:
         _say(accelerator, f"Starting from the adapter in {config.model.adapter}")
     loss_module = strategy.wrap(objective.module(model), model)

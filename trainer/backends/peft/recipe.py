@@ -121,7 +121,7 @@ def setup_accelerator(config: Config) -> tuple[str, Accelerator, SingleProcess]:
     if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
         raise UserError(f"this run was launched with accelerate's {accelerator.distributed_type.name} settings, which would wrap "
                         "the model a second time; set distributed.strategy in the YAML (fsdp shards the model) and run "
-                        "`trainer --config` (or `accelerate launch` with the config it writes to <output.dir>/launch/).")
+                        "`trainer --config` (or torchrun -m trainer).")
     return device, accelerator, choose_strategy(config, accelerator)
 
 

@@ -27,6 +27,7 @@ class ApiOptions:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_active_jobs: int = 8
     loaded_models: int = 2
+    trust_graders: bool = False  # clients' python and score_model graders run (code on this machine, calls from it)
 
 
 def learning_rates(catalog: Catalog) -> dict[str, float]:
@@ -40,6 +41,8 @@ def learning_rates(catalog: Catalog) -> dict[str, float]:
     for model in catalog.models:
         try:
             rates[model.name] = parse_config(base_config(model), f"models.{model.name}", check_files=False).training.learning_rate
+            if "grpo" in (model.config.get("training") or {}):  # the settings of reinforcement jobs only
+                parse_config(base_config(model, "grpo"), f"models.{model.name}", check_files=False)
         except UserError as exc:
             # said at the operator's YAML (models.NAME.config.PATH), not at the job config it was laid into
             problems += [Problem(p.message, path=f"models.{model.name}.config" + (f".{p.path}" if p.path else "")) for p in exc.problems]
@@ -75,7 +78,7 @@ def run_api(options: ApiOptions) -> None:
     store = Store(data_dir / "api.sqlite3")
     jobs = JobQueue(store, data_dir)
     service = Service(store, jobs, catalog, rates, data_dir, ApiLimits(max_upload_bytes=options.max_upload_bytes,
-                      max_active_jobs=options.max_active_jobs), LoadedModels(options.loaded_models))
+                      max_active_jobs=options.max_active_jobs, trust_graders=options.trust_graders), LoadedModels(options.loaded_models))
     app = create_app(service, keys)
     jobs.start()
     where = f"http://{options.host}:{options.port}/v1"

@@ -132,40 +132,89 @@ def test_keys_are_owners_and_a_wrong_key_is_nobody(tmp_path):
         load_keys(str(keys_file))
 
 
-def test_a_model_pushed_out_of_memory_ends_its_thread_and_frees_its_weights(trained_run):
-    """--loaded-models 1: loading a second model lets the first go. Its answers already asked for (one running, two
-    queued) are completed, then its generation thread ends and nothing holds its weights any more."""
-    import gc
-    import threading
-    import weakref
-
-    from trainer.api.chat import LoadedModels, run_engine
+def _ask(worker, text: str = "say teal", max_tokens: int = 12) -> list:
+    """Submit a greedy request to a chat worker; the list fills with its pieces, then None (or the exception that ended it)."""
     from trainer.serve.engines import Cancel, Job, Sampling
 
+    got: list = []
+    prompt = worker.engine.prompt([{"role": "user", "content": text}], None)
+    worker.submit(Job(prompt, Sampling(max_tokens=max_tokens), Cancel(), got.append))
+    return got
+
+
+def _answer(got: list, timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while not got or not (got[-1] is None or isinstance(got[-1], BaseException)):
+        assert time.time() < deadline, "no answer in time"
+        time.sleep(0.01)
+    assert got[-1] is None and got[-2].finish_reason, got[-1]
+    return "".join(p.text for p in got[:-1]).strip()
+
+
+def _tiny_base(name: str, path) -> "BaseModel":  # noqa: F821
+    from trainer.api.catalog import BaseModel
+
+    return BaseModel(name, str(path), (), {"training": {"precision": "fp32"}})  # as the runs of tiny_config load it
+
+
+def test_a_base_pushed_out_of_memory_ends_its_threads_and_frees_its_weights(trained_run, tiny_model_dir, tmp_path):
+    """--loaded-models 1: two tuned models of one base share it (loaded once); a model on another base lets that base
+    go. The answers already asked of its models (one running, two queued) are completed, then their generation
+    threads end and nothing holds the base's weights any more."""
+    import gc
+    import shutil
+    import weakref
+
+    from trainer.api.chat import LoadedModels, base_source, run_source
+
     models = LoadedModels(capacity=1)
-    first = models.get("ft:tiny:alice::first", run_engine(trained_run))
-    weights, thread = weakref.ref(first.engine.loaded.model), first.thread
-    prompt = first.engine.prompt([{"role": "user", "content": "say teal"}], None)
-    answers: list[list] = [[], [], []]
-    ended = [threading.Event() for _ in answers]
-    for got, end in zip(answers, ended):
-        def deliver(item, got=got, end=end):
-            got.append(item)
-            if item is None or isinstance(item, BaseException):
-                end.set()
-        first.submit(Job(prompt, Sampling(max_tokens=12), Cancel(), deliver))
-    del first
-    second = models.get("ft:tiny:alice::second", run_engine(trained_run))
-    thread.join(60)
-    assert not thread.is_alive()
-    assert all(end.is_set() for end in ended) and all(got[-1] is None and got[-2].finish_reason for got in answers)
-    assert len({"".join(p.text for p in got[:-1]) for got in answers}) == 1  # greedy: the same answer three times
+    first = models.get("ft:tiny:alice::first", lambda: run_source(trained_run))
+    second = models.get("ft:tiny:alice::second", lambda: run_source(trained_run))
+    assert models.base_loads == 1 and first.engine.base is second.engine.base
+    weights, threads = weakref.ref(first.engine.base.model), [first.thread, second.thread]
+    asked = [_ask(first), _ask(second), _ask(first)]
+    del first, second
+    other = models.get("other", lambda: base_source(_tiny_base("other", shutil.copytree(tiny_model_dir, tmp_path / "other"))))
+    assert models.base_loads == 2
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert len({_answer(got) for got in asked}) == 1  # greedy, one adapter: the same answer three times
     gc.collect()
     assert weights() is None
-    assert models.get("ft:tiny:alice::second", run_engine(trained_run)) is second and second.thread.is_alive()
+    assert models.get("other", lambda: pytest.fail("loaded again")) is other and other.thread.is_alive()
     models.close()
-    second.thread.join(60)
-    assert not second.thread.is_alive()
+    other.thread.join(60)
+    assert not other.thread.is_alive()
+
+
+@pytest.mark.integration
+def test_tuned_models_of_one_base_share_it_and_answer_as_trainer_generate(trained_run, tiny_model_dir, tmp_path):
+    """Two runs on the tiny model and the model itself, asked in turns: the base is loaded once, each run's adapter
+    answers exactly what `trainer generate` answers with that run alone, and the base what it answers untuned."""
+    from tests.conftest import tiny_config
+    from trainer.api.chat import LoadedModels, base_source, run_source
+    from trainer.cli import main
+    from trainer.config.validate import parse_config
+    from trainer.generate import generate, load_base, load_run
+
+    assert main(["--config", str(tiny_config(tmp_path, tiny_model_dir, max_steps=8, learning_rate=0.03, seed=5))]) == 0
+    runs = {"ft:tiny:alice::one": trained_run, "ft:tiny:alice::two": tmp_path / "run"}
+    messages = [[{"role": "user", "content": w}] for w in ("say teal", "say navy")]
+    expected = {name: [a.text for a in generate(load_run(run), messages, max_new_tokens=12)] for name, run in runs.items()}
+    base = _tiny_base("tiny", tiny_model_dir)
+    from trainer.api.jobspec import base_config
+
+    expected["tiny"] = [a.text for a in generate(load_base(parse_config(base_config(base), check_files=False)), messages, max_new_tokens=12)]
+    assert len({tuple(v) for v in expected.values()}) == 3  # three different models, or the test proves nothing
+    models = LoadedModels(capacity=1)
+    workers = {name: models.get(name, lambda run=run: run_source(run)) for name, run in runs.items()}
+    workers["tiny"] = models.get("tiny", lambda: base_source(base))
+    assert models.base_loads == 1
+    order = ["ft:tiny:alice::one", "tiny", "ft:tiny:alice::two", "ft:tiny:alice::one"] * 2  # the adapters switch between requests
+    asked = [(name, k % 2, _ask(workers[name], messages[k % 2][0]["content"])) for k, name in enumerate(order)]
+    assert [_answer(got) for _, _, got in asked] == [expected[name][k] for name, k, _ in asked]
+    models.close()
 
 
 # --- a real service ---

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainer.api import jobspec, queue
 from trainer.api.catalog import Catalog
-from trainer.api.chat import LoadedModels, base_engine, run_engine
+from trainer.api.chat import LoadedModels, base_source, run_source
 from trainer.api.keys import Keys
 from trainer.api.store import ACTIVE, FileRow, JobRow, Store
 from trainer.api.uploads import UploadProblem, count_lines, jsonl_problem, receive_upload
@@ -432,9 +432,10 @@ def _model_routes(app: FastAPI, service: Service) -> None:
         asked = body.model or ""
         job, base = tuned(_owner(request), asked), service.catalog.find(asked)
         if job is not None and job.fine_tuned_model is not None:
-            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, run_engine(queue.run_dir(job)))
+            run = queue.run_dir(job)
+            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, lambda: run_source(run))
         elif base is not None:  # an alias and its model share one engine, which answers with the model's own name
-            worker = await run_in_threadpool(service.models.get, base.name, base_engine(base))
+            worker = await run_in_threadpool(service.models.get, base.name, lambda: base_source(base))
             body = body.model_copy(update={"model": base.name})
         else:
             names = service.catalog.names() + [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]

@@ -578,6 +578,49 @@ def test_bad_requests_are_answered_4xx_and_the_service_keeps_serving(service, tm
 
 
 @pytest.mark.integration
+def test_the_ui_jobs_tab_lists_follows_and_cancels_a_job_of_the_service(service, tmp_path):
+    """The web UI's Jobs tab (ui/service.py, what its buttons and timer call) against the real service: a wrong key
+    is the service's 401 message, a training job is listed with its progress, followed through its events, and
+    cancelled; another owner's job is the service's 404."""
+    from ui import service as tab
+
+    rows, said = tab.listed(service.url, "not-a-key")
+    assert rows == [] and said.startswith("**401:") and "API key" in said
+    client = service.client(BOB)
+    train = _upload(client, tmp_path, "ui.jsonl")
+    job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", hyperparameters={"n_epochs": 50, "batch_size": 1})
+    deadline = time.time() + 300
+    while "Progress: step" not in (shown := tab.shown(service.url, BOB, job.id))[0]:
+        assert time.time() < deadline and client.fine_tuning.jobs.retrieve(job.id).status not in FINAL, shown
+        time.sleep(0.5)
+    summary, events = shown
+    assert summary.startswith(f"**{job.id}**: running (supervised on tiny)") and "Fine-tuning job started" in [e[2] for e in events]
+    rows, said = tab.listed(service.url, BOB)
+    mine = next(r for r in rows if r[0] == job.id)
+    assert mine[1:4] == ["tiny", "supervised", "running"] and mine[4].startswith("step ") and "/600 (" in mine[4]
+    assert "404" in tab.shown(service.url, ALICE, job.id)[0]
+    tab.cancelled(service.url, BOB, job.id)
+    assert _wait(client, job.id, timeout=120).status == "cancelled"
+    summary, events = tab.shown(service.url, BOB, job.id)
+    assert summary.startswith(f"**{job.id}**: cancelled") and "Progress" not in summary and events[0][2] == "Fine-tuning job cancelled"
+
+
+def test_the_ui_has_a_jobs_tab_and_talks_to_the_operators_service_only(tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the ui extra is installed by make test")
+    from ui import service as tab
+    from ui.app import App, build
+    from ui.workspace import Workspace
+
+    monkeypatch.setenv("TRAINER_API_URL", "http://127.0.0.1:9/v1")
+    ids = {getattr(block, "elem_id", None): block for block in build(App(Workspace(tmp_path, sandbox=True))).blocks.values()}
+    assert {"tab-jobs", "service-jobs", "service-cancel", "service-events"} <= set(ids)
+    assert ids["service-url"].value == "http://127.0.0.1:9/v1" and not ids["service-url"].interactive
+    assert tab.listed("http://169.254.169.254/latest", "k") == ([], "**this UI talks to http://127.0.0.1:9/v1 only (TRAINER_API_URL)**")
+    rows, said = tab.listed("http://127.0.0.1:9/v1", "k")
+    assert rows == [] and "cannot be reached" in said
+
+
+@pytest.mark.integration
 def test_cancel_mid_run_stops_the_training(tmp_path, start_service):
     api = start_service()
     client = api.client()

@@ -217,6 +217,148 @@ def test_tuned_models_of_one_base_share_it_and_answer_as_trainer_generate(traine
     models.close()
 
 
+# --- the database: SQLAlchemy Core, SQLite by default, Postgres by --database ---
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A real PostgreSQL server of this test module's own (initdb + pg_ctl, as the postgres user when run as root), on a
+    free port; yields the URL of its maintenance database. Skipped where PostgreSQL or psycopg is not installed."""
+    import pwd
+    import shutil
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="psycopg is installed with the dev extra")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="trainer-pg-"))  # not under pytest's root-only folder: the server must reach it
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = folder / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "start", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _new_database(server: str) -> str:
+    """A fresh database on the PostgreSQL server, for one test."""
+    import uuid
+
+    import psycopg
+
+    name = f"trainer_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.replace("postgresql+psycopg", "postgresql"), autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def database(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'api.sqlite3'}"
+    return _new_database(request.getfixturevalue("postgres_server"))
+
+
+def test_the_store_keeps_pages_and_guards_what_the_service_is_told(database, tmp_path):
+    """The same queries on SQLite and PostgreSQL: owners apart, newest-first pages with `after`, a deleted file's place
+    never given again, a status changed only from the expected ones, JSON and flags as written, all there when opened
+    again."""
+    from trainer.api.store import FileRow, JobRow, Store
+
+    store = Store(database)
+    for k, owner in enumerate(["alice", "alice", "bob", "alice"]):
+        store.add_file(FileRow(f"file-{k}", owner, f"f{k}.jsonl", "fine-tune", 2**33 + k, 1000 + k, f"/data/files/file-{k}"))
+    page, more = store.files("alice", None, None, 2, True)
+    assert [f.id for f in page] == ["file-3", "file-1"] and more and page[0].bytes == 2**33 + 3
+    assert ([f.id for f in store.files("alice", None, "file-1", 2, True)[0]], store.files("alice", "fine-tune", "file-1", 2, True)[1]) == (["file-0"], False)
+    assert store.file("bob", "file-0") is None and store.count_files("alice") == 3
+    assert store.delete_file("alice", "file-3") and not store.delete_file("bob", "file-1")
+    store.add_file(FileRow("file-4", "alice", "f4.jsonl", "fine-tune", 1, 1004, "/data/files/file-4"))
+    assert [f.id for f in store.files("alice", None, None, 10, True)[0]] == ["file-4", "file-1", "file-0"]
+    job = JobRow("ftjob-a", "alice", 1000, "tiny", {"type": "supervised"}, {"n_epochs": 1}, "file-0", None, None, 7, {"k": "v"}, "/jobs/a")
+    store.add_job(job)
+    assert store.file_in_use("file-0") and store.count_active("alice") == 1
+    assert not store.set_status("ftjob-a", ("queued",), status="running")  # it is validating: a racing change loses
+    assert store.set_status("ftjob-a", ("validating_files",), status="running", pid=42, resume=True)
+    store.update_job("ftjob-a", error={"code": "x", "message": "m", "param": None}, result_files=["file-9"], pause_requested=True)
+    for k in range(5):
+        store.add_event("ftjob-a", f"event {k}", data={"step": k} if k % 2 else None)
+    events, more = store.events("ftjob-a", None, 3)
+    assert [e["message"] for e in events] == ["event 4", "event 3", "event 2"] and more and events[1]["data"] == {"step": 3}
+    assert [e["message"] for e in store.events("ftjob-a", events[-1]["id"], 3)[0]] == ["event 1", "event 0"]
+    store.close()
+    again = Store(database)
+    now = again.job("ftjob-a", "alice")
+    assert now is not None and again.job("ftjob-a", "bob") is None
+    assert (now.status, now.pid, now.resume, now.pause_requested, now.cancel_requested) == ("running", 42, True, True, False)
+    assert (now.error, now.result_files, now.metadata, now.method) == ({"code": "x", "message": "m", "param": None}, ["file-9"], {"k": "v"}, {"type": "supervised"})
+    assert [j.id for j in again.active_jobs()] == ["ftjob-a"] and again.succeeded(None) == []
+    again.set_status("ftjob-a", ("running",), status="succeeded", fine_tuned_model="ft:tiny:alice::a")
+    assert [j.id for j in again.succeeded("alice")] == ["ftjob-a"] and not again.file_in_use("file-0")
+    again.close()
+
+
+def test_a_database_of_the_first_release_opens_with_the_columns_added_since(tmp_path):
+    """A data directory written before jobs had pause_requested: the column is added, its rows read False."""
+    import sqlite3
+
+    from trainer.api.store import Store
+
+    path = tmp_path / "api.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
+            model TEXT NOT NULL, method TEXT NOT NULL, hyperparameters TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT,
+            suffix TEXT, seed INTEGER NOT NULL, metadata TEXT, status TEXT NOT NULL, error TEXT, fine_tuned_model TEXT, finished_at INTEGER,
+            trained_tokens INTEGER, result_files TEXT NOT NULL, estimated_finish INTEGER, folder TEXT NOT NULL, pid INTEGER,
+            resume INTEGER NOT NULL, cancel_requested INTEGER NOT NULL, train_step INTEGER NOT NULL, eval_step INTEGER NOT NULL,
+            restarts INTEGER NOT NULL);
+        INSERT INTO jobs VALUES (1, 'ftjob-old', 'alice', 1, 'tiny', '{}', '{}', 'file-0', NULL, NULL, 1, NULL, 'paused', NULL, NULL,
+            NULL, NULL, '[]', NULL, '/jobs/old', NULL, 1, 0, 3, -1, 0);
+        """)
+    store = Store(f"sqlite:///{path}")
+    old = store.job("ftjob-old")
+    assert old is not None and (old.status, old.resume, old.pause_requested) == ("paused", True, False)
+    store.close()
+
+
+@pytest.mark.integration
+def test_the_service_on_postgres_keeps_files_jobs_and_events_across_a_kill(postgres_server, tmp_path, tiny_model_dir):
+    """`trainer api --database postgresql+psycopg://...`: what a client was told survives kill -9 of the service, read
+    back from PostgreSQL by the restarted one; no SQLite file is written. A URL that is not a database is refused."""
+    url = _new_database(postgres_server)
+    api = Api(tmp_path, _models_yaml(tmp_path, tiny_model_dir), None, "--database", url).start()
+    try:
+        client = api.client()
+        train = _upload(client, tmp_path, "train.jsonl")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="tiny", suffix="pg", hyperparameters={"n_epochs": 1})
+        client.fine_tuning.jobs.cancel(job.id)
+        told = [e.id for e in client.fine_tuning.jobs.list_events(job.id).data]
+        api.kill()
+        api.start()
+        client = api.client()
+        assert client.files.retrieve(train.id).bytes == train.bytes
+        again = client.fine_tuning.jobs.retrieve(job.id)
+        assert (again.status, again.suffix) == ("cancelled", "pg") and [e.id for e in client.fine_tuning.jobs.list_events(job.id).data] == told
+        assert not (api.data / "api.sqlite3").exists()
+    finally:
+        _stop_all(api)
+    refused = run_trainer("api", "--models", str(api.models), "--data-dir", str(tmp_path / "other"), "--database", "not a url")
+    assert refused.returncode == 2 and "is not a database URL" in refused.stderr and "Traceback" not in refused.stderr
+
+
 # --- a real service ---
 
 def _free_port() -> int:
@@ -230,6 +372,7 @@ class Api:
 
     def __init__(self, tmp: Path, models: Path, keys: Path | None = None, *extra: str):
         self.data, self.models, self.keys, self.extra = tmp / "data", models, keys, extra
+        self.database = extra[extra.index("--database") + 1] if "--database" in extra else None
         self.port = _free_port()
         self.log = tmp / "api.log"
         self.process: subprocess.Popen | None = None
@@ -316,11 +459,14 @@ def _wait(client, job_id: str, until: tuple = FINAL, timeout: float = 600):
 
 
 def _job_pids(api: Api) -> dict[str, int]:
-    """The wrapper pid of each job with a child, as the service wrote it down."""
-    import sqlite3
+    """The wrapper pid of each job with a child, as the service wrote it down (in its database, whichever it is)."""
+    from trainer.api.store import Store, database_url
 
-    with sqlite3.connect(api.data / "api.sqlite3") as db:
-        return dict(db.execute("SELECT id, pid FROM jobs WHERE pid IS NOT NULL").fetchall())
+    store = Store(database_url(api.database, api.data))
+    try:
+        return {job.id: job.pid for job in store.active_jobs() if job.pid is not None}
+    finally:
+        store.close()
 
 
 def _stop_all(api: Api) -> None:

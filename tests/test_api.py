@@ -767,6 +767,20 @@ def test_the_ui_has_a_jobs_tab_and_talks_to_the_operators_service_only(tmp_path,
 
 
 @pytest.mark.integration
+def test_the_docker_healthcheck_asks_the_services_health(service, tmp_path):
+    """The image's HEALTHCHECK (docker/healthcheck.py) in API mode: healthy while the service answers /health on its
+    --port, not with nothing listening there."""
+    sys.path.insert(0, str(REPO / "docker"))
+    from healthcheck import main as healthcheck
+
+    cmdline = tmp_path / "cmdline"
+    for port, healthy in ((service.port, 0), (_free_port(), 1)):
+        cmdline.write_bytes(b"\0".join([b"/opt/venv/bin/python", b"/opt/venv/bin/trainer", b"api", b"--models", b"/data/m.yaml",
+                                         b"--port", str(port).encode()]))
+        assert healthcheck(str(cmdline)) == healthy
+
+
+@pytest.mark.integration
 def test_cancel_mid_run_stops_the_training(tmp_path, start_service):
     api = start_service()
     client = api.client()

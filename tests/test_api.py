@@ -208,8 +208,9 @@ def test_tuned_models_of_one_base_share_it_and_answer_as_trainer_generate(traine
     expected["tiny"] = [a.text for a in generate(load_base(parse_config(base_config(base), check_files=False)), messages, max_new_tokens=12)]
     assert len({tuple(v) for v in expected.values()}) == 3  # three different models, or the test proves nothing
     models = LoadedModels(capacity=1)
-    workers = {name: models.get(name, lambda run=run: run_source(run)) for name, run in runs.items()}
-    workers["tiny"] = models.get("tiny", lambda: base_source(base))
+    workers = {"tiny": models.get("tiny", lambda: base_source(base))}  # the base first: its adapters are added under it
+    assert _answer(_ask(workers["tiny"], "say teal")) == expected["tiny"][0]
+    workers |= {name: models.get(name, lambda run=run: run_source(run)) for name, run in runs.items()}
     assert models.base_loads == 1
     order = ["ft:tiny:alice::one", "tiny", "ft:tiny:alice::two", "ft:tiny:alice::one"] * 2  # the adapters switch between requests
     asked = [(name, k % 2, _ask(workers[name], messages[k % 2][0]["content"])) for k, name in enumerate(order)]

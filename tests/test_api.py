@@ -229,7 +229,12 @@ def postgres_server():
     import tempfile
 
     pytest.importorskip("psycopg", reason="psycopg is installed with the dev extra")
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    import glob
+
+    # Debian keeps them under /usr/lib/postgresql/<version>/bin, outside PATH (`make postgres` installs the package)
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    path = os.pathsep.join([os.environ.get("PATH", ""), *bins])
+    initdb, pg_ctl = shutil.which("initdb", path=path), shutil.which("pg_ctl", path=path)
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
     as_user: list[str] = []

@@ -40,6 +40,12 @@ class Loaded:
             return None  # trained on plain text: prompts are plain text too
         return resolve_template(self.config.data.chat_template, self.tokenizer).for_tools(tools).jinja
 
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The template's variables the run trained with (data.template_kwargs: gpt-oss's reasoning_effort, ...). The
+        template's clock is not pinned here: a prompt answered today shows today's date."""
+        return dict(self.config.data.template_kwargs)
+
 
 def load_run(run_dir: str | Path, device: str = "auto", dtype: str | None = None) -> Loaded:
     """The fine-tuned model of a run directory (either backend writes the same layout).
@@ -87,11 +93,14 @@ class Answer:
     seconds: float  # this answer's share of its batch's wall time
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[ChatMessage], template: str | None = None, tools: Sequence[ToolSpec] | None = None) -> str:
+def render_prompt(tokenizer: Any, messages: Sequence[ChatMessage], template: str | None = None, tools: Sequence[ToolSpec] | None = None,
+                  variables: dict[str, Any] | None = None) -> str:
+    """The prompt for an answer to `messages`; `variables`: the template's own (data.template_kwargs)."""
     if template is None and not getattr(tokenizer, "chat_template", None):
         return "\n".join(m["content"] or "" for m in messages)
     extra = {"tools": list(tools)} if tools else {}
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True, **extra)
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True,
+                                         **{**(variables or {}), **extra})
 
 
 def generate(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int = 256, batch_size: int = 8,
@@ -107,8 +116,8 @@ def generate(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], max
     results: dict[int, Answer] = {}
     for begin in range(0, len(order), batch_size):
         chunk = order[begin : begin + batch_size]
-        prompts = [render_prompt(tok, conversations[i], loaded.template_for(tools[i] if tools else None), tools[i] if tools else None)
-                   for i in chunk]
+        prompts = [render_prompt(tok, conversations[i], loaded.template_for(tools[i] if tools else None), tools[i] if tools else None,
+                                 loaded.variables) for i in chunk]
         encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
         started = time.perf_counter()
         with torch.no_grad():
@@ -227,7 +236,7 @@ def stream_answer(loaded: Loaded, messages: Sequence[ChatMessage], max_new_token
     from transformers import TextIteratorStreamer
 
     tok = loaded.tokenizer
-    encoded = tok(render_prompt(tok, messages, loaded.template_for(tools), tools), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    encoded = tok(render_prompt(tok, messages, loaded.template_for(tools), tools, loaded.variables), return_tensors="pt", add_special_tokens=False).to(loaded.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     thread = threading.Thread(target=loaded.model.generate, kwargs=dict(**encoded, streamer=streamer, max_new_tokens=max_new_tokens,
                                                                        do_sample=False, eos_token_id=stop_ids(tok),

@@ -124,7 +124,7 @@ def _data_side(config: Config, tokenizer: Any) -> DataSide:
 def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
     """Mean prompt tokens per request of the evaluation cases: as they are (the tuned model), with the few-shot
     examples, and with the retrieved ones (what the baselines need in every request)."""
-    from trainer.data.templates import resolve_template
+    from trainer.data.templates import template_of
     from trainer.evaluation.prompts import few_shot_messages, pick_shots
     from trainer.evaluation.retrieval import Retriever
     from trainer.evaluation.runner import eval_cases
@@ -134,11 +134,12 @@ def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
         cases, pool = eval_cases(config, tokenizer)
     except UserError:  # no chat cases (plain text data): nothing to compare
         return None
-    template = resolve_template(config.data.chat_template, tokenizer).jinja if config.data.format != "text" else None
+    template = template_of(config.data, tokenizer) if config.data.format != "text" else None
+    jinja, variables = (template.jinja, dict(template.variables)) if template is not None else (None, None)
     e = config.evaluation
 
     def mean_tokens(conversations: list[list[ChatMessage]]) -> float:
-        return sum(len(tokenizer(render_prompt(tokenizer, c, template), add_special_tokens=False)["input_ids"])
+        return sum(len(tokenizer(render_prompt(tokenizer, c, jinja, variables=variables), add_special_tokens=False)["input_ids"])
                    for c in conversations) / len(conversations)
 
     shots = pick_shots(pool, e.few_shot, config.training.seed)

@@ -145,7 +145,7 @@ class TransformersEngine:
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
 
-        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template_for(tools), tools=tools)
+        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template_for(tools), tools=tools, variables=self.loaded.variables)
 
     def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
         import torch

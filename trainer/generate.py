@@ -7,10 +7,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import Config, load_config
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 # A message as a chat template takes it: "role" and "content", and where present "tool_calls", "tool_call_id" and
 # "name". Messages come from users' JSON lines and go to the tokenizer as they are, so the values are JSON's.
@@ -22,8 +26,8 @@ ToolSpec = dict[str, Any]
 @dataclass
 class Loaded:
     config: Config
-    model: Any  # a transformers causal LM, or peft's PeftModel around one
-    tokenizer: Any  # its transformers tokenizer
+    model: nn.Module  # a transformers causal LM, or peft's PeftModel around one
+    tokenizer: PreTrainedTokenizerBase  # its transformers tokenizer
     device: str
 
     @property
@@ -94,7 +98,7 @@ class Answer:
     reasoning: str | None = None  # a gpt-oss answer's analysis channel (others write reasoning in the text, as trained)
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[ChatMessage], template: str | None = None, tools: Sequence[ToolSpec] | None = None,
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], template: str | None = None, tools: Sequence[ToolSpec] | None = None,
                   variables: dict[str, Any] | None = None) -> str:
     """The prompt for an answer to `messages`; `variables`: the template's own (data.template_kwargs)."""
     if template is None and not getattr(tokenizer, "chat_template", None):
@@ -134,7 +138,7 @@ def generate(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], max
     return [results[i] for i in range(len(conversations))]
 
 
-def _decode(tokenizer: Any, ids: list[int]) -> tuple[str, str | None]:
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> tuple[str, str | None]:
     """The answer's text and, for gpt-oss, its reasoning; special tokens that mark tool calls (<tool_call>, [TOOL_CALLS]) are
     kept so the calls can be read. A gpt-oss answer's channels are read by trainer.harmony: its text is the final channel,
     or, when it calls tools, the calls as a JSON list."""
@@ -148,7 +152,7 @@ def _decode(tokenizer: Any, ids: list[int]) -> tuple[str, str | None]:
     return _plain_decode(tokenizer, [i for i in ids if i not in stop_ids(tokenizer)]), None
 
 
-def _plain_decode(tokenizer: Any, ids: list[int]) -> str:
+def _plain_decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     keep = {"<tool_call>", "</tool_call>", "[TOOL_CALLS]"}
     tokens = tokenizer.convert_ids_to_tokens(ids)
     special = set(getattr(tokenizer, "all_special_tokens", []) or []) - keep
@@ -156,7 +160,7 @@ def _plain_decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(kept, skip_special_tokens=False).strip()
 
 
-def stop_ids(tokenizer: Any) -> list[int]:
+def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The token ids that end an answer: end of sequence, and the end-of-turn tokens the tokenizer knows. gpt-oss's <|end|>
     ends a message, not the answer: after its analysis message the model goes on to the final channel."""
     from trainer import harmony
@@ -170,7 +174,7 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def stop_texts(tokenizer: Any) -> list[str]:
+def stop_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """stop_ids as the texts of those tokens (for engines that stop on strings: Ollama, llama.cpp, an API's `stop`)."""
     return [tokenizer.convert_ids_to_tokens(i) for i in stop_ids(tokenizer)]
 

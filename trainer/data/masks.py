@@ -21,9 +21,12 @@ import json
 import re
 import string
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from trainer.data.conversations import Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -65,7 +68,7 @@ class TemplateFeatures:
         return ", ".join(said)
 
 
-def render(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
+def render(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
            variables: Mapping[str, Any] | None = None) -> str:
     """`variables`: the template's own (data.template_kwargs), as apply_chat_template(**kwargs) passes them."""
     extra = {"tools": list(tools)} if tools else {}
@@ -73,7 +76,7 @@ def render(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dic
                                          **{**(variables or {}), **extra})
 
 
-def _try(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
+def _try(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
          variables: Mapping[str, Any] | None = None) -> str | None:
     try:
         return render(tokenizer, jinja, messages, tools, generation_prompt, variables)
@@ -81,7 +84,7 @@ def _try(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict]
         return None
 
 
-def _special_texts(tokenizer: Any) -> list[str]:
+def _special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     added = set(getattr(tokenizer, "get_added_vocab", dict)() or {}) | set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted((t for t in added if t), key=len, reverse=True)
 
@@ -96,7 +99,7 @@ def _through_first_special(text: str, specials: list[str]) -> str:
     return text[: best[0] + best[1]] if best else text.rstrip()
 
 
-def _stop_texts(tokenizer: Any) -> set[str]:
+def _stop_texts(tokenizer: PreTrainedTokenizerBase) -> set[str]:
     """The tokens generation stops on (trainer.generate.stop_ids): eos and the known end-of-turn tokens."""
     from trainer.data.templates import END_OF_TURN
 
@@ -144,7 +147,7 @@ def _probe_call(content_style: str, arguments: str) -> dict:
     return message
 
 
-def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None, with_tools: bool = False,
+def probe_template(tokenizer: PreTrainedTokenizerBase, jinja: str, specials: list[str] | None = None, with_tools: bool = False,
                    variables: Mapping[str, Any] | None = None) -> TemplateFeatures:
     """Render small conversations with and without each feature, once per template (`with_tools`: every one with a tools
     list, for a template that only renders conversations with tools), with the template's variables (enable_thinking=false
@@ -226,7 +229,7 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
                             parallel_calls, thinking_off)
 
 
-def _reasoning_field(tokenizer: Any, jinja: str, user: dict, tools: list[dict] | None, variables: Mapping[str, Any] | None = None) -> str:
+def _reasoning_field(tokenizer: PreTrainedTokenizerBase, jinja: str, user: dict, tools: list[dict] | None, variables: Mapping[str, Any] | None = None) -> str:
     """The field an answer's reasoning is read from, found by rendering a last answer with a different text in each:
     reasoning_content (Qwen3), thinking (gpt-oss). Both at once, because recent transformers copies one field into the
     other when only one is given. A template that renders neither but names reasoning_content drops it (the probe of
@@ -248,7 +251,7 @@ def _from_first_special(text: str, specials: list[str]) -> str:
     return text[min(found) :] if found else text
 
 
-def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None,
+def _generation_header(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None,
                        variables: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
     text between "Hi" and the answer (the user tail)."""
@@ -265,7 +268,7 @@ def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], special
     return header, prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header
 
 
-def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures, system: str, specials: list[str],
+def features_with_system(tokenizer: PreTrainedTokenizerBase, jinja: str, features: TemplateFeatures, system: str, specials: list[str],
                          variables: Mapping[str, Any] | None = None) -> TemplateFeatures:
     """The features for conversations with this system prompt. A template may open the answers by what the system prompt
     says: SmolLM3's generation prompt writes an empty think block after '/no_think', so there the block is part of the
@@ -397,7 +400,7 @@ class SpanError(Exception):
     """The turns of a rendered conversation could not be located; the message says which and why."""
 
 
-def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, items: list[dict], tools: Sequence[dict] | None = None,
+def render_with_spans(tokenizer: PreTrainedTokenizerBase, jinja: str, features: TemplateFeatures, items: list[dict], tools: Sequence[dict] | None = None,
                       specials: list[str] | None = None, variables: Mapping[str, Any] | None = None) -> tuple[str, list[tuple[int, int, int]]]:
     """The rendered conversation and, per assistant message, (index in items, start, end) of its trained text."""
     marked = [dict(m, content=_wrap(m["content"], k)) if m["role"] in MARKED_ROLES and isinstance(m.get("content"), str) else m

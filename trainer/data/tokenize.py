@@ -8,7 +8,7 @@ response-template token ids, and no assumption that a prefix renders like the wh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from trainer.data.masks import (
 )
 from trainer.data.templates import ChatTemplate
 from trainer.errors import Problem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100  # label of a position that is not in the loss
 
@@ -50,7 +53,7 @@ Rendered = tuple[str, list[tuple[int, int, int]]]  # the conversation's text, an
 class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
-    def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
                  model_name: str = "the model", tool_call_ids: str = "auto"):
         self.tok = tokenizer
         self.template = template

@@ -14,10 +14,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainer.errors import UserError
 from trainer.export.llamacpp import LlamaCpp, Say
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by the converter directly
 QUANTIZER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -108,7 +111,7 @@ def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[s
     return template or "", stop
 
 
-def _write_generation_config(folder: Path, tokenizer: Any) -> None:
+def _write_generation_config(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     """Every end-of-turn token as an end-of-sequence id, so llama.cpp stops where `trainer generate` stops."""
     from trainer.generate import stop_ids
 

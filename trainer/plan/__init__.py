@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainer.backends import get_backend
 from trainer.config import Config
@@ -40,16 +40,19 @@ from trainer.plan.memory import (
 from trainer.plan.params import Architecture, ModelSection, ParameterCount, architecture, read_model_config
 from trainer.plan.report import DataInfo, GpuRow, GpusInfo, Hosting, ParametersInfo, Plan, PromptTokens, TimeInfo, render_plan
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 __all__ = ["make_plan", "render_plan", "Plan"]
 
 
-def _local_tokenizer(config: Config) -> Any:
+def _local_tokenizer(config: Config) -> PreTrainedTokenizerBase | None:
     m = config.model
     return _tokenizer(m.name_or_path, m.revision, m.trust_remote_code)
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
+def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
     """The model's (transformers) tokenizer when it is on this machine (a GGUF file, a folder, or the Hub cache), else None."""
     from trainer.models import is_gguf, load_tokenizer
 
@@ -93,7 +96,7 @@ class DataSide:
     seconds_per_epoch_measured: float | None
 
 
-def _data_side(config: Config, tokenizer: Any) -> DataSide:
+def _data_side(config: Config, tokenizer: PreTrainedTokenizerBase) -> DataSide:
     """Token counts of the training data and the shape of its largest micro-batch."""
     from trainer.data.pipeline import prepare_data
     from trainer.data.report import build_report
@@ -121,7 +124,7 @@ def _data_side(config: Config, tokenizer: Any) -> DataSide:
                     report.seconds_per_epoch)
 
 
-def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
+def _prompt_tokens(config: Config, tokenizer: PreTrainedTokenizerBase) -> PromptTokens | None:
     """Mean prompt tokens per request of the evaluation cases: as they are (the tuned model), with the few-shot
     examples, and with the retrieved ones (what the baselines need in every request)."""
     from trainer.data.templates import template_of
@@ -193,7 +196,7 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
         "gpus": _gpus(config, arch, count, shape, load_gpus(gpus_file), processed),
         "time": _time(config, arch, count, processed, data),
     }
-    if data:
+    if data and tokenizer is not None:  # data is known only with a local tokenizer
         plan["data"] = _data_info(data)
         prompts = _prompt_tokens(config, tokenizer)
         if prompts:

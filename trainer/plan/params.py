@@ -11,10 +11,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from trainer.config.sections import ModelConfig
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ModelSection = ModelConfig  # config.model
 
@@ -60,7 +63,7 @@ class Architecture:
         return self.total - self.expert_params * (self.experts - self.experts_per_token) // self.experts
 
 
-def read_model_config(m: ModelSection) -> Any:
+def read_model_config(m: ModelSection) -> PretrainedConfig:
     """The transformers config (a PretrainedConfig) of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
     from transformers import AutoConfig
 
@@ -81,7 +84,7 @@ def read_model_config(m: ModelSection) -> Any:
                         "model.name_or_path at a local folder or .gguf file.") from None
 
 
-def architecture(model_config: Any) -> Architecture:
+def architecture(model_config: PretrainedConfig) -> Architecture:
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM

@@ -219,3 +219,19 @@ def test_gguf_export_embeds_the_named_templates(smollm2_tokenizer, tmp_path):
     assert exported.chat_template == CHATML
     metadata = Llama(model_path=str(exported.gguf), n_ctx=64, verbose=False, vocab_only=True).metadata
     assert metadata["tokenizer.chat_template"] == CHATML and metadata["tokenizer.chat_template.tool_use"] == HERMES
+
+
+@pytest.mark.integration  # trains a tiny model to answer (seconds)
+def test_trainer_generate_prints_the_answer_its_reasoning_and_calls(gpt_oss, tmp_path, cli):
+    run = tmp_path / "run"
+    gpt_oss.model.save_pretrained(run / "model")
+    gpt_oss.tokenizer.save_pretrained(run / "model")
+    (run / "config.yaml").write_text(f"model: {{name_or_path: {run / 'model'}, dtype: float32}}\ndata: {{train: chat.jsonl}}\n"
+                                     "training: {epochs: 1}\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": m, "tools": [WEATHER]}) + "\n" for m in (ASK, CALLED)))
+    result = cli("generate", "--run", str(run), "--input", str(prompts), "--max-new-tokens", "200")
+    assert result.returncode == 0, result.stderr
+    call, final = (json.loads(line) for line in result.stdout.splitlines())
+    assert call["reasoning"] == "Need it." and call["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert (final["answer"], final["reasoning"], final["tool_calls"]) == ("It is 18 C.", "Tool said 18.", [])

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from trainer.config.sections import ModelConfig
+
 
 def is_gguf(name_or_path: str) -> bool:
     return name_or_path.lower().endswith(".gguf")
@@ -177,6 +179,8 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> PreTra
             source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs
         else:
             source, kwargs["revision"] = str(path) if path.exists() else m.name_or_path, m.revision
+            if "quantization_config" not in kwargs:
+                kwargs.update(_dequantised_mxfp4(str(source), m))
         with _built_partitioned(zero3):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except UserError:
@@ -186,6 +190,25 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> PreTra
     if not method.places_model() and zero3 is None:
         model.to(device)
     return model
+
+
+def _dequantised_mxfp4(source: str, m: ModelConfig) -> dict[str, object]:
+    """gpt-oss ships its experts in MXFP4, whose kernels have no backward pass: they are dequantised to bf16 as they load,
+    as OpenAI's fine-tuning guide for gpt-oss loads them (Mxfp4Config(dequantize=True)), so LoRA, DoRA and full
+    fine-tuning train on bf16 weights (20.9 billion: about 42 GB). Other checkpoints load as they are."""
+    from transformers import AutoConfig
+
+    try:
+        quantization = getattr(AutoConfig.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code),
+                               "quantization_config", None)
+    except Exception:  # noqa: BLE001 - the load that follows says what is wrong with the model
+        return {}
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    if str(getattr(method, "value", method)) != "mxfp4":
+        return {}
+    from transformers import Mxfp4Config
+
+    return {"quantization_config": Mxfp4Config(dequantize=True)}
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ def run_name(run_dir: Path) -> str:
 
 def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[str, tuple[str, ...]]:
     """The tuned model as a Hugging Face folder (float weights, adapter merged) whose tokenizer carries
-    the run's chat template and ends turns with the run's end-of-turn token. Returns (template, stop texts)."""
+    the run's chat template (all of the model's named ones where the run used them) and ends turns with the run's
+    end-of-turn token. Returns (the template of a conversation without tools, stop texts)."""
     from trainer.generate import load_run, stop_texts
 
     say(f"Merging the adapter of {run_dir} into its base model ...")
@@ -95,8 +96,12 @@ def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[s
     tokenizer = loaded.tokenizer
     template = loaded.template
     stop = tuple(stop_texts(tokenizer))
-    if template is not None:
+    named = isinstance(tokenizer.chat_template, dict) and loaded.config.data.chat_template == "tokenizer"
+    if template is not None and not named:
         tokenizer.chat_template = template  # what the run was trained with, e.g. a built-in or a custom one
+    # else the model's named templates, as the run picked them for each example (tool_use for those with tools): the
+    # converter writes `default` as tokenizer.chat_template and each other one as tokenizer.chat_template.<name>, listed
+    # in tokenizer.chat_templates, where llama.cpp's server finds them (its --jinja picks tool_use for requests with tools)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

@@ -44,6 +44,19 @@ HUB_CONFIGS = {
                                          "tie_word_embeddings": True, "rope_scaling": {"factor": 32.0, **ROPE}},
     "meta-llama/Llama-3.2-3B-Instruct": {**LLAMA, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
                                          "head_dim": 128, "tie_word_embeddings": True, "rope_scaling": {"factor": 32.0, **ROPE}},
+    # openai/gpt-oss-20b's config.json (transformers 4.55): 24 layers, 32 experts of which 4 per token, experts in MXFP4
+    "openai/gpt-oss-20b": {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "pad_token_id": 199999, "experts_per_token": 4, "num_experts_per_tok": 4, "num_local_experts": 32,
+        "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880, "intermediate_size": 2880, "initial_context_length": 4096,
+        "initializer_range": 0.02, "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+        "num_attention_heads": 64, "num_hidden_layers": 24, "num_key_value_heads": 8, "output_router_logits": False,
+        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                                           "lm_head"], "quant_method": "mxfp4"},
+        "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                                                "rope_type": "yarn", "truncate": False},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0, "tie_word_embeddings": False,
+        "use_cache": True, "vocab_size": 201088},
 }
 
 

@@ -127,6 +127,19 @@ class DataConfig(Section):
     id with 9 letters and digits made from it (the same for a call and its result), 'keep' passes the ids as
     written, and 'auto' remaps only for a template that refuses OpenAI-style ids. Default: "auto"."""
 
+    template_kwargs: dict
+    """Extra variables the chat template reads, passed to every render (training, evaluation, generate, chat,
+    serve) as apply_chat_template(**kwargs) passes them, e.g. gpt-oss's reasoning_effort (low, medium, high)
+    and model_identity, Qwen3's and SmolLM3's enable_thinking (false: answers without reasoning). A name the
+    template never reads is refused when the data is prepared. Written as YAML: {reasoning_effort: high}.
+    Default: {}."""
+
+    template_date: str
+    """The date a chat template that writes today's date (gpt-oss's 'Current date:', SmolLM3, Llama 3.2) shows in
+    the training data, as YYYY-MM-DD. Fixed, so that the data cache and a resumed run hold the same text on
+    any day (the date is in the prompt, never trained); generate, chat, serve and the answers of trainer eval
+    show the real date. The default is the day gpt-oss was released. Default: "2025-08-05"."""
+
     system_prompt: str
     """'keep' gives the system prompt to the template as a system message; 'fold' puts it at the start of the
     first user turn, for templates that refuse a system role (Gemma 2) or drop it (Mistral). Default: "keep"."""

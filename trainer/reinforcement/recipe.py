@@ -57,8 +57,7 @@ def train(config: Config, run_dir: Path, resume: bool) -> Path:
 def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     from accelerate.utils import set_seed
 
-    from trainer.data.pipeline import _NO_TEMPLATE, model_label
-    from trainer.data.templates import resolve_template
+    from trainer.data.pipeline import _NO_TEMPLATE, checked_template, model_label
     from trainer.data.tokenize import Tokenizer
     from trainer.models import load_tokenizer, mixed_precision
 
@@ -71,7 +70,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     prompt_set = read_prompts(config, rewards)
     check_prompts(prompt_set, config.data.on_invalid)
-    template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
+    template = checked_template(config, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
                        fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
     prompts, problems = encode_prompts(prompt_set.train, encode, config.data.max_seq_length - config.training.grpo.max_completion_length)

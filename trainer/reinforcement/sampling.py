@@ -72,7 +72,7 @@ def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], 
     completion_mask = before_end.long()
     length = int(completion_mask.sum(1).max()) if completion_mask.numel() else 0
     answers, completion_mask = answers[:, :max(length, 1)], completion_mask[:, :max(length, 1)]
-    texts = [_decode(tokenizer, row[: int(n)].tolist()) for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    texts = [_decode(tokenizer, row[: int(n)].tolist())[0] for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
     attention_mask = torch.cat([mask, completion_mask], dim=1)
     input_ids = torch.cat([ids, answers.masked_fill(completion_mask == 0, pad)], dim=1)
     return Samples(list(prompts), input_ids, attention_mask, position_ids(attention_mask), completion_mask, texts)

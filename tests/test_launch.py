@@ -33,6 +33,10 @@ PartitionName=gpu Nodes=node[1-8] Default=YES State=UP
 """
 # config.json of the shipped configs' models, as the Hub serves them (the plan reads nothing else): the Hub is not
 # reachable from the test machines, so they go into a Hub cache of the test's own, read with HF_HUB_OFFLINE
+# The Llama values (hidden, MLP and head sizes, layers, heads, KV heads, vocabulary, rope_scaling, tied embeddings) were
+# compared on 2026-12-02 with the published config.json files as copied into public code (e.g. the 1B-Instruct's in
+# kevinstephano/thunder_model_blocks hf_llama/llama_config.py) and model tables (oumi's configs/recipes/llama3_1, 8B):
+# no difference.
 LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
              max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, hidden_act="silu", torch_dtype="bfloat16",
              bos_token_id=128000, eos_token_id=[128001, 128008, 128009])

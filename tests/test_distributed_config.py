@@ -2,7 +2,7 @@
 import pytest
 
 from trainer.config import parse_config
-from trainer.distributed import deepspeed_config, node_launch, num_processes, shard_model, threads_per_process
+from trainer.distributed import deepspeed_config, ended_as_asked, node_launch, num_processes, shard_model, threads_per_process
 from trainer.errors import UserError
 
 
@@ -165,6 +165,13 @@ def test_each_node_is_told_its_rank_the_rendezvous_and_the_elastic_range(monkeyp
     monkeypatch.setenv("NODE_RANK", "3")
     elastic = node_launch(config("distributed: {strategy: ddp, nodes: '2:4', num_processes: 1}"), 0, None, "x.yaml")
     assert (elastic.nodes, elastic.endpoint, elastic.node_rank) == ((2, 4), "10.0.0.7:29500", 3)
+
+
+def test_trainer_statuses_end_a_run_and_failures_restart_it():
+    """What the launcher's agent does when a node's processes exit: trainer's own statuses end the run (a restart
+    would stop, fail on the same input or ignore a second Ctrl-C), anything else is a failure to restart from."""
+    assert ended_as_asked({3}) == 3 and ended_as_asked({3, 2}) == 2 and ended_as_asked({130, 3}) == 130
+    assert ended_as_asked({3, 1}) is None and ended_as_asked({-9}) is None and ended_as_asked(set()) is None
 
 
 @pytest.mark.parametrize("rank, env, says", [

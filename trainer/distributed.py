@@ -329,7 +329,7 @@ def run_node(launch: NodeLaunch, argv: list[str]) -> int:
 
     Why the agent here and not `python -m torch.distributed.run` as a child: torchrun turns a stop into a
     SignalException traceback and exit status 1, and restarts a process that stopped as asked (exit 3) as if it had
-    failed. Here SIGTERM and Ctrl-C are stops: they are passed to the processes (which agree on a step, checkpoint
+    failed (`ended_as_asked`). Here SIGTERM and Ctrl-C are stops: they are passed to the processes (which agree on a step, checkpoint
     together and exit 3, on every node), the agent treats exit 3 as the end of the run rather than a failure, and the
     launcher exits 3 with no traceback. The agent's own handling is left to the signals that kill (SIGHUP, SIGQUIT):
     it ends the processes and raises the SignalException caught below. Everything else is torch's: the c10d
@@ -391,26 +391,36 @@ def run_node(launch: NodeLaunch, argv: list[str]) -> int:
         if closing:
             with contextlib.suppress(Exception):
                 rendezvous.shutdown()
-    if agent.stopped:
-        return EXIT_STOPPED
+    if agent.ended is not None:
+        return agent.ended
     if result.is_failed():
         return _failure_status(result.failures)
     return EXIT_OK
 
 
+def ended_as_asked(codes: set[int]) -> int | None:
+    """The status a run ends with when its processes exited with trainer's own statuses only, else None (a failure,
+    which the agent restarts while max_restarts allows): a stop (3), a problem with the input or the machine (2, which
+    a restart would meet again) or a second Ctrl-C (130) are answers, not failures."""
+    if not codes or not codes <= {EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_INTERRUPTED}:
+        return None
+    return next(code for code in (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STOPPED) if code in codes)
+
+
 def _agent_class() -> type:
-    """torch's LocalElasticAgent, told that a process exiting EXIT_STOPPED has stopped as asked, after a checkpoint."""
+    """torch's LocalElasticAgent, told that processes exiting with trainer's own statuses ended the run as asked."""
     from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     class TrainerAgent(LocalElasticAgent):
-        stopped = False  # the processes stopped together after a checkpoint (exit 3): the run ended, nothing to restart
+        ended: int | None = None  # trainer's status that ended the run (ended_as_asked): nothing to restart
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
-            if result.is_failed() and all(f.exitcode == EXIT_STOPPED for f in result.failures.values()):
-                self.stopped = True  # a success to the agent: it waits for the other nodes' agents and ends
-                return RunResult(state=WorkerState.SUCCEEDED, return_values=dict.fromkeys(result.failures))
+            if result.is_failed():
+                self.ended = ended_as_asked({f.exitcode for f in result.failures.values()})
+                if self.ended is not None:  # a success to the agent: it waits for the other nodes' agents and ends
+                    return RunResult(state=WorkerState.SUCCEEDED, return_values=dict.fromkeys(result.failures))
             return result
 
         def running_pids(self) -> list[int]:
@@ -424,12 +434,8 @@ def _agent_class() -> type:
 
 
 def _failure_status(failures: dict) -> int:
-    """The launcher's exit status for processes that failed: trainer's own where one gave it (bad input, interrupted),
-    else the first failure's (128 + the signal for a process killed by one), with a line saying which process it was."""
-    codes = [f.exitcode for f in failures.values()]
-    for own in (EXIT_BAD_INPUT, EXIT_INTERRUPTED):
-        if own in codes:
-            return own  # the process said why
+    """The launcher's exit status for processes that failed: the first failure's (128 + the signal for a process
+    killed by one), with a line saying which process it was."""
     rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
     status = first.exitcode if first.exitcode > 0 else 128 - first.exitcode
     how = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"ended with status {first.exitcode}"

@@ -26,7 +26,7 @@ times stretch with the load, the CPU seconds much less, so prompts per CPU secon
 --grading-overlap SECONDS times one round of our loop (the same 16 answers) graded by a python grader that sleeps
 SECONDS per answer (a stand-in for a score_model grader waiting on its server): grading each answer as it ends, while
 generate goes on (what the loop does), against sampling the whole round first and grading afterwards, on the same pool
-of 8 threads; alternated --rounds times each, same seed.
+of 8 threads; --rounds times each (after one untimed round), the order alternating, the same seed for both of a round.
 """
 from __future__ import annotations
 
@@ -216,21 +216,28 @@ def grading_overlap(seconds: float, rounds: int) -> None:
         prompts = round_prompts(run.prompts, PROMPTS_PER_STEP, 0, 0, 1)
         found: dict[str, list[float]] = {"as they end": [], "after the round": []}
         lengths = []
+        def overlapped(pool, seed):
+            torch.manual_seed(seed)
+            return grade_round(run, sample_round(run, prompts, pool))[0]
+
+        def sequential(pool, seed):
+            torch.manual_seed(seed)
+            run.model.eval()
+            samples = sample_answers(run.model, run.tokenizer, prompts, config.training.grpo, "cpu")
+            run.model.train()
+            lengths.append(samples.completion_mask.sum(1).tolist())
+            return score_answers(run.rewards, samples.texts, [p.item for p in prompts for _ in range(GENERATIONS)], pool)
+
         with ThreadPoolExecutor(8) as pool:
+            overlapped(pool, rounds)  # a round untimed first: the first generate call pays for allocations the others reuse
             for r in range(rounds):
-                torch.manual_seed(r)
-                started = time.perf_counter()
-                scored, _ = grade_round(run, sample_round(run, prompts, pool))
-                found["as they end"].append(time.perf_counter() - started)
-                torch.manual_seed(r)
-                started = time.perf_counter()
-                run.model.eval()
-                samples = sample_answers(run.model, run.tokenizer, prompts, config.training.grpo, "cpu")
-                run.model.train()
-                sequential = score_answers(run.rewards, samples.texts, [p.item for p in prompts for _ in range(GENERATIONS)], pool)
-                found["after the round"].append(time.perf_counter() - started)
-                assert scored.rewards == sequential.rewards
-                lengths.append(samples.completion_mask.sum(1).tolist())
+                scored = {}
+                # the order alternates, so that neither way always runs on the warmer machine
+                for name, way in ((("as they end", overlapped), ("after the round", sequential))[:: 1 if r % 2 == 0 else -1]):
+                    started = time.perf_counter()
+                    scored[name] = way(pool, r)
+                    found[name].append(time.perf_counter() - started)
+                assert scored["as they end"].rewards == scored["after the round"].rewards
     for name, times in found.items():
         print(f"{name:16s} {statistics.median(times):7.1f} s a round (median of {rounds}: {', '.join(f'{t:.1f}' for t in times)})")
     print(f"saved {statistics.median(found['after the round']) - statistics.median(found['as they end']):.1f} s a round; "

@@ -109,7 +109,7 @@ def test_the_short_list_example_has_no_answers_and_its_grader_checks_the_answer_
     rows = {name: [json.loads(line) for line in (folder / name).read_text().splitlines()] for name in ("train.jsonl", "test.jsonl")}
     assert all(set(r) == {"messages"} and [m["role"] for m in r["messages"]] == ["system", "user"] for rs in rows.values() for r in rs)
     assert len(rows["test.jsonl"]) == 200 and not {json.dumps(r) for r in rows["train.jsonl"]} & {json.dumps(r) for r in rows["test.jsonl"]}
-    config = load_config(repo / "configs" / "recipes-grpo-short.yaml")
+    config = load_config(repo / "configs" / "recipes-grpo-short.yaml", check_files=False)  # its start, runs/quickstart, comes from make demo
     (reward,) = load_rewards(config.training.grpo.graders)
     recipe = {"messages": [{"role": "user", "content": 'Ingredients: ["2 medium onions, sliced", "salt and pepper", "1 c. rice"]'}]}
     answers = {'["onions", "salt", "rice"]': 1.0,

@@ -149,7 +149,8 @@ def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> tuple[str, st
         calls = [c for c in answer.calls if c is not None]
         text = json.dumps(calls, ensure_ascii=False) if calls and len(calls) == len(answer.calls) else answer.content
         return text, answer.reasoning or None
-    return _plain_decode(tokenizer, [i for i in ids if i not in stop_ids(tokenizer)]), None
+    stops = set(stop_ids(tokenizer))  # once, not per token
+    return _plain_decode(tokenizer, [i for i in ids if i not in stops]), None
 
 
 def _plain_decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:

@@ -111,14 +111,17 @@ class ModelSource:
     adapter: Path | None  # the run's LoRA adapter; None for a base model
     full_weights: Path | None = None  # a run trained without an adapter: its own model
 
+    def loading_config(self) -> Any:
+        """The config the base is loaded with: as a LoRA run's, unquantised, as `trainer generate` loads it."""
+        return self.config.replace(training=self.config.training.replace(method="lora"))
+
     def key(self, device: str) -> str:
         """What decides the base's weights in memory: two sources with the same key share one base."""
         from trainer.models import torch_dtype
 
         if self.full_weights is not None:
             return f"full:{self.full_weights.resolve()}"
-        lora = self.config.replace(training=self.config.training.replace(method="lora"))
-        return json.dumps({"model": self.config.model.to_dict(), "dtype": str(torch_dtype(lora, device)), "device": device},
+        return json.dumps({"model": self.config.model.to_dict(), "dtype": str(torch_dtype(self.loading_config(), device)), "device": device},
                           sort_keys=True, default=str)
 
 
@@ -194,8 +197,7 @@ class LoadedModels:
     def _load_base(source: ModelSource, device: str) -> Any:
         from trainer.models import load_model
 
-        lora = source.config.replace(training=source.config.training.replace(method="lora"))  # unquantised, as generate loads it
-        return load_model(lora, device).eval()
+        return load_model(source.loading_config(), device).eval()
 
     def _let_go(self, name: str, grace: float | None = None) -> None:
         """Retire a name's worker (it answers what it has; `grace`: close it instead, cancelling after that long); once
@@ -203,10 +205,7 @@ class LoadedModels:
         worker, key = self.workers.pop(name)
         base = self.bases[key]
         adapter = base.users.pop(name)
-        if grace is None:
-            worker.retire()
-        else:
-            worker.close(grace=grace)
+        _end(worker, grace)
         _free_when_ended(worker.thread, base if adapter is not None else None, adapter)
 
     def _let_go_base(self, key: str, grace: float | None = None) -> None:
@@ -215,10 +214,7 @@ class LoadedModels:
         for name in list(base.users):
             worker, _ = self.workers.pop(name)
             base.users.pop(name)
-            if grace is None:
-                worker.retire()
-            else:
-                worker.close(grace=grace)
+            _end(worker, grace)
             _free_when_ended(worker.thread, None, None)
 
     def forget(self, name: str) -> None:
@@ -237,6 +233,14 @@ class LoadedModels:
             workers, self.workers, self.bases = [w for w, _ in self.workers.values()], {}, OrderedDict()
         for worker in workers:
             worker.close(grace=5.0)
+
+
+def _end(worker: Worker, grace: float | None) -> None:
+    """A let-go worker: retired (it answers what it was asked), or with `grace` closed (cancelled after that long)."""
+    if grace is None:
+        worker.retire()
+    else:
+        worker.close(grace=grace)
 
 
 def _free_when_ended(thread: threading.Thread, base: _Base | None, adapter: str | None) -> None:

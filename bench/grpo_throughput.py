@@ -3,7 +3,7 @@ how much time grading during generation saves with a slow grader.
 
 Run by hand (the quickstart adapter in runs/quickstart first: `trainer --config configs/quickstart.yaml`):
 
-    .venv/bin/python bench/grpo_throughput.py [--steps 4] [--systems ours,trl,trl_cpu]
+    .venv/bin/python bench/grpo_throughput.py [--steps 4] [--systems ours,ours_gc,trl,trl_cpu]
     .venv/bin/python bench/grpo_throughput.py --grading-overlap 0.5 [--rounds 2]
 
 The same workload for each system: SmolLM2-135M-Instruct (the demo GGUF) with the quickstart's LoRA adapter (r 16,
@@ -19,6 +19,7 @@ times stretch with the load, the CPU seconds much less, so prompts per CPU secon
 
   ours     trainer's loop (`trainer --config`, in the process; precision auto: fp32 on a CPU without bf16): logits at the answer
            positions only, each answer graded as soon as generate ends it
+  ours_gc  the same with `training.gradient_checkpointing: true`: the comparison at equal memory with TRL's defaults
   trl      TRL's GRPOTrainer with its defaults (bf16 autocast, gradient checkpointing on) on the CPU
   trl_cpu  TRL set up by hand for this CPU: fp32 where the CPU has no bf16 instructions (bf16 where it has them),
            gradient checkpointing off (a 135M model fits without it)
@@ -67,7 +68,7 @@ def prompts_seen(work: Path, steps: int) -> Path:
     return path
 
 
-def config_text(out: Path, prompts: Path, steps: int, graders: list[dict]) -> str:
+def config_text(out: Path, prompts: Path, steps: int, graders: list[dict], checkpointing: bool = False) -> str:
     from trainer.demo import demo_model_path
 
     adapter = START["adapter"] or "null"
@@ -84,6 +85,7 @@ training:
   batch_size: {PROMPTS_PER_STEP}
   learning_rate: {LR}
   warmup_ratio: 0.0
+  gradient_checkpointing: {str(checkpointing).lower()}
 output: {{dir: {out}}}
 evaluation: {{after_training: false}}
 logging: {{log_every: 1}}
@@ -114,14 +116,14 @@ class Clock:
                 "generation_cpu_seconds": self.generation_cpu, "trained_tokens": tokens, "prompts": prompts}
 
 
-def run_ours(steps: int, work: Path) -> dict:
+def run_ours(steps: int, work: Path, checkpointing: bool = False) -> dict:
     """`trainer --config` in this process, its loop and its sampling and grading timed (the dry run before the loop
     and the loading are not counted, as TRL's are not)."""
     from trainer.cli import main as trainer_main
     from trainer.reinforcement import loop, recipe
 
     cfg = work / "ours.yaml"
-    cfg.write_text(config_text(work / "ours-run", prompts_seen(work, steps), steps, [reward()]))
+    cfg.write_text(config_text(work / "ours-run", prompts_seen(work, steps), steps, [reward()], checkpointing))
     clock = Clock()
     # train_loop reads sample_round and grade_round from loop's namespace: the dry run (recipe's own names) is not timed
     loop.sample_round, loop.grade_round = clock.timed(loop.sample_round, True), clock.timed(loop.grade_round, True)
@@ -246,7 +248,7 @@ def grading_overlap(seconds: float, rounds: int) -> None:
 
 
 def child(system: str, steps: int, work: str) -> None:
-    runs = {"ours": run_ours, "trl": lambda s, w: run_trl(s, w, False), "trl_cpu": lambda s, w: run_trl(s, w, True)}
+    runs = {"ours": run_ours, "ours_gc": lambda s, w: run_ours(s, w, True), "trl": lambda s, w: run_trl(s, w, False), "trl_cpu": lambda s, w: run_trl(s, w, True)}
     result = runs[system](steps, Path(work))
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("RESULT " + json.dumps(result))
@@ -255,7 +257,7 @@ def child(system: str, steps: int, work: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--systems", default="ours,trl,trl_cpu")
+    parser.add_argument("--systems", default="ours,ours_gc,trl,trl_cpu")
     parser.add_argument("--grading-overlap", type=float, metavar="SECONDS", help="time grading during generation with a grader this slow")
     parser.add_argument("--rounds", type=int, default=2, help="with --grading-overlap: rounds timed each way")
     parser.add_argument("--start", default="quickstart", help="quickstart: from runs/quickstart's adapter, reward json_list_f1; "
@@ -291,10 +293,11 @@ def main() -> None:
         print(f"{system:8s} {t['prompts_per_s']:.4f} prompts/s  {t['trained_tokens_per_s']:7.2f} trained tok/s  peak RSS {t['peak_rss_gb']:.2f} GB  "
               f"generating {t['generation_s']:.0f} s, training {t['training_s']:.0f} s  CPU {t['cpu_s']:.0f} s (generating "
               f"{t['generation_cpu_s']:.0f} s)  load {load} -> {t['load_after']}", flush=True)
-    for other in ("trl", "trl_cpu"):
-        if "ours" in table and other in table:
-            print(f"ours / {other}: {table['ours']['prompts_per_s'] / table[other]['prompts_per_s']:.2f}x prompts/s, "
-                  f"{table['ours']['prompts_per_cpu_s'] / table[other]['prompts_per_cpu_s']:.2f}x prompts per CPU second")
+    for mine, other in (("ours", "trl"), ("ours", "trl_cpu"), ("ours_gc", "trl")):
+        if mine in table and other in table:
+            print(f"{mine} / {other}: {table[mine]['prompts_per_s'] / table[other]['prompts_per_s']:.2f}x prompts/s, "
+                  f"{table[mine]['prompts_per_cpu_s'] / table[other]['prompts_per_cpu_s']:.2f}x prompts per CPU second, "
+                  f"{table[mine]['peak_rss_gb'] / table[other]['peak_rss_gb']:.2f}x the peak RSS")
     print(json.dumps(table))
 
 

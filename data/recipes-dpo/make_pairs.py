@@ -14,6 +14,10 @@ The recipes are split three ways, so nothing the DPO run is scored on was ever t
 - validation.jsonl: the pairs from those same held-out recipes (the reward accuracy and margin on unseen pairs);
 - train.jsonl: the pairs from the quickstart's training recipes and from the rest of data/recipes/validation.jsonl,
   recipes the quickstart model never trained on, whose mistakes are the kind it makes on new recipes.
+
+With `--source recipes-more --out DIR` the pairs come from data/recipes-more/ instead (600 recipes the quickstart
+never saw), split as the GRPO example splits them (data/recipes-grpo/make_prompts.py): lines 1-360 give the training
+pairs, 361-400 the validation pairs, and 401-600 (the GRPO example's 200 test recipes) are the test set.
 """
 from __future__ import annotations
 
@@ -81,6 +85,9 @@ def pairs_for(rows: list[dict], answered: list[list[str]], per_recipe: int) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/quickstart")
+    parser.add_argument("--source", choices=("recipes", "recipes-more"), default="recipes",
+                        help="recipes: data/recipes/ (the shipped pairs); recipes-more: data/recipes-more/, split as the GRPO example")
+    parser.add_argument("--out", default=str(HERE), help="the folder the pairs and the test set are written to")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per recipe, besides the greedy one")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--per-recipe", type=int, default=2)
@@ -94,18 +101,28 @@ def main() -> None:
 
     loaded = load_run(args.run, dtype=args.dtype)
     loaded.model = loaded.model.merge_and_unload()  # the same weights, and no adapter matmuls at every generated token
-    recipes = {split: [json.loads(line) for line in (REPO / "data" / "recipes" / f"{split}.jsonl").read_text().splitlines() if line.strip()]
-               for split in ("train", "validation")}
-    held_out, unseen = recipes["validation"][: args.held_out], recipes["validation"][args.held_out :]
-    write(HERE / "test.jsonl", held_out)
-    for name, rows in (("train", recipes["train"] + unseen), ("validation", held_out)):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.source == "recipes":
+        recipes = {split: read(REPO / "data" / "recipes" / f"{split}.jsonl") for split in ("train", "validation")}
+        held_out, unseen = recipes["validation"][: args.held_out], recipes["validation"][args.held_out :]
+        test, splits = held_out, (("train", recipes["train"] + unseen), ("validation", held_out))
+    else:  # the GRPO example's split of recipes-more: 400 training prompts (the last 40 give validation pairs), 200 test
+        more = read(REPO / "data" / "recipes-more" / "recipes.jsonl")
+        test, splits = more[400:], (("train", more[:360]), ("validation", more[360:400]))
+    write(out / "test.jsonl", test)
+    for name, rows in splits:
         print(f"{name}: answering {len(rows)} recipes, {args.samples + 1} times each ...", file=sys.stderr)
         answered = answers(loaded, [r["messages"][:-1] for r in rows], args.samples, args.temperature, args.seed, args.max_new_tokens)
         pairs = pairs_for(rows, answered, args.per_recipe)
-        write(HERE / f"{name}.jsonl", pairs)
+        write(out / f"{name}.jsonl", pairs)
         greedy_wrong = sum(1 for r, a in zip(rows, answered) if a[0] != r["messages"][-1]["content"])
         print(f"{name}: {len(pairs)} pairs from {len({json.dumps(p['input']) for p in pairs})} recipes "
               f"(greedy answer differs from the reference on {greedy_wrong})", file=sys.stderr)
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write(path: Path, rows: list[dict]) -> None:

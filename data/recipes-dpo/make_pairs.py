@@ -16,8 +16,9 @@ The recipes are split three ways, so nothing the DPO run is scored on was ever t
   recipes the quickstart model never trained on, whose mistakes are the kind it makes on new recipes.
 
 With `--source recipes-more --out DIR` the pairs come from data/recipes-more/ instead (600 recipes the quickstart
-never saw), split as the GRPO example splits them (data/recipes-grpo/make_prompts.py): lines 1-360 give the training
-pairs, 361-400 the validation pairs, and 401-600 (the GRPO example's 200 test recipes) are the test set.
+never saw), split as the GRPO example splits them (data/recipes-grpo/make_prompts.py): of the first `--recipes` lines
+(at most the 400 GRPO training prompts) the last tenth give the validation pairs and the rest the training pairs, and
+lines 401-600 (the GRPO example's 200 test recipes) are the test set.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def answers(loaded, messages: list[list[dict]], samples: int, temperature: float
             for ids in rows:
                 new = ids[width:].tolist()
                 cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-                found.append(_decode(tok, new[:cut]))
+                found.append(_decode(tok, new[:cut])[0])  # the text; the reasoning (gpt-oss only) is not part of a recipe answer
             out.append(found)
         print(f"  {begin + len(part)}/{len(messages)} recipes", file=sys.stderr, flush=True)
     return out
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/quickstart")
     parser.add_argument("--source", choices=("recipes", "recipes-more"), default="recipes",
                         help="recipes: data/recipes/ (the shipped pairs); recipes-more: data/recipes-more/, split as the GRPO example")
+    parser.add_argument("--recipes", type=int, default=400, help="recipes-more: how many of its 400 training recipes are answered")
     parser.add_argument("--out", default=str(HERE), help="the folder the pairs and the test set are written to")
     parser.add_argument("--samples", type=int, default=4, help="sampled answers per recipe, besides the greedy one")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -109,7 +111,9 @@ def main() -> None:
         test, splits = held_out, (("train", recipes["train"] + unseen), ("validation", held_out))
     else:  # the GRPO example's split of recipes-more: 400 training prompts (the last 40 give validation pairs), 200 test
         more = read(REPO / "data" / "recipes-more" / "recipes.jsonl")
-        test, splits = more[400:], (("train", more[:360]), ("validation", more[360:400]))
+        train = more[: args.recipes]
+        cut = len(train) - len(train) // 10  # the last tenth of them give the validation pairs
+        test, splits = more[400:], (("train", train[:cut]), ("validation", train[cut:]))
     write(out / "test.jsonl", test)
     for name, rows in splits:
         print(f"{name}: answering {len(rows)} recipes, {args.samples + 1} times each ...", file=sys.stderr)

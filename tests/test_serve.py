@@ -483,3 +483,33 @@ def test_health_says_503_while_the_engine_produces_nothing(trained_run):
     assert stalled.status_code == 503 and "produced nothing for over 1 s" in stalled.json()["reason"], stalled.text
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     assert after.status_code == 200 and after.json()["status"] == "ok"
+
+
+def test_llama_server_is_sized_from_the_gguf_header(tmp_path):
+    """Slots and context come from the GGUF's own metadata (read past its arrays, written here by gguf-py's writer)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from trainer.serve.llamaserver import EngineSpec, Model, gguf_metadata, gguf_shape, size_engine
+
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(30)
+    writer.add_token_list([f"t{i}" for i in range(1000)])
+    writer.add_token_scores([0.0] * 1000)
+    writer.add_embedding_length(576)
+    writer.add_head_count(9)
+    writer.add_head_count_kv(3)
+    writer.add_context_length(2048)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_metadata(path, lambda key: key.startswith("llama."))["llama.block_count"] == 30
+    assert gguf_shape(path).trained_context == 2048 and gguf_shape(path).kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
+    spec = EngineSpec(path, [Model("m")])
+    size_engine(spec, context=None, slots=None, threads=None)
+    assert spec.context == 2048 and 4 <= spec.slots <= 32  # never past what the model was trained on
+    size_engine(spec, context=1024, slots=3, threads=1)
+    assert (spec.context, spec.slots, spec.threads) == (1024, 3, 1)

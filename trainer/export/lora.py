@@ -134,6 +134,10 @@ def _base_config_folder(run_dir: Path, folder: Path) -> Path:
                                                 trust_remote_code=m.trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
         raise UserError(f"the base model of {run_dir} ({m.name_or_path}) could not be read: {exc}") from None
+    if not getattr(config, "architectures", None):  # a config read from a GGUF file names no model class; the converter needs one
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
     config.save_pretrained(folder)
     return folder
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -216,25 +217,64 @@ class Shape:
 
 
 def gguf_shape(gguf: Path) -> Shape:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf))
+    meta = gguf_metadata(gguf, lambda key: key == "general.architecture" or not key.startswith(("tokenizer.", "general.")))
+    arch = str(meta.get("general.architecture", "llama"))
 
     def value(key: str, default: int) -> int:
-        found = reader.fields.get(key)
-        if found is None or not found.data:
-            return default
-        item = found.parts[found.data[0]]
-        return int(item[0]) if len(item) else default
+        found = meta.get(f"{arch}.{key}")
+        return found if isinstance(found, int) and found > 0 else default
 
-    arch_field = reader.fields["general.architecture"]
-    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-    layers = value(f"{arch}.block_count", 32)
-    width = value(f"{arch}.embedding_length", 4096)
-    heads = value(f"{arch}.attention.head_count", 32) or 1
-    kv_heads = value(f"{arch}.attention.head_count_kv", heads)
-    head_dim = value(f"{arch}.attention.key_length", width // heads)
-    return Shape(value(f"{arch}.context_length", 4096), 2 * layers * kv_heads * head_dim * 2)
+    layers, width = value("block_count", 32), value("embedding_length", 4096)
+    heads = value("attention.head_count", 32)
+    kv_heads = value("attention.head_count_kv", heads)
+    head_dim = value("attention.key_length", width // heads)
+    return Shape(value("context_length", 4096), 2 * layers * kv_heads * head_dim * 2)
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(gguf: Path, wanted: Callable[[str], bool]) -> dict[str, object]:
+    """The scalar and string values of a GGUF file's header whose keys `wanted` accepts (arrays are skipped).
+    Hand-written (the format is a flat list of typed key-values): gguf-py's GGUFReader turns every array, the
+    tokenizer's 49k strings among them, into numpy views first, which took 18 s for SmolLM2 on the test machine."""
+    import struct
+
+    found: dict[str, object] = {}
+    with open(gguf, "rb") as f:
+
+        def read(fmt: str) -> Any:
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("<Q")).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind == 8:
+                f.seek(read("<Q"), 1)
+            elif kind == 9:
+                inner, count = read("<I"), read("<Q")
+                if inner in _SCALARS:
+                    f.seek(struct.calcsize(_SCALARS[inner]) * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                f.seek(struct.calcsize(_SCALARS[kind]), 1)
+
+        if f.read(4) != b"GGUF":
+            raise UserError(f"{gguf} is not a GGUF file")
+        read("<I")  # version
+        read("<Q")  # tensors
+        for _ in range(read("<Q")):
+            key, kind = string(), read("<I")
+            if wanted(key) and kind in _SCALARS:
+                found[key] = read(_SCALARS[kind])
+            elif wanted(key) and kind == 8:
+                found[key] = string()
+            else:
+                skip(kind)
+    return found
 
 
 def available_memory() -> int:

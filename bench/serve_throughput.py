@@ -13,7 +13,8 @@ size, PSS, of every process serving) and tokens/s with requests spread over the 
     .venv/bin/python bench/serve_throughput.py --run runs/quickstart [--old-checkout /tmp/old] [--clients 1,8,32]
 
 Every server runs in its own process on 127.0.0.1 and is asked through the official `openai` client, streaming, so
-the time to the first content chunk is measured as a client sees it; `ignore_eos` keeps every answer at 64 tokens
+the time to the first content chunk is measured as a client sees it; each client sends one request (at least 4 in
+all); `ignore_eos` keeps every answer at 64 tokens
 where the engine honours it (llama-server). Prompts are the quickstart's validation recipes. The 4 adapter runs are
 copies of --run with their LoRA B matrices scaled (0.5, 0.75, 1, 1.25): real adapters of the same shape.
 """
@@ -127,6 +128,8 @@ def row(name: str, clients: int, r: dict) -> str:
 
 
 def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]:
+    import httpx
+
     from trainer.export.gguf import run_name
     from trainer.serve.llamaserver import EngineSpec, Model, free_port, server_binary, size_engine
 
@@ -136,7 +139,7 @@ def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]
             process, port = start_trainer_serve(["--run", str(args.run), "--engine", "llama.cpp"], args.old_checkout)
             try:
                 lines.append(row("(a) old trainer serve (queue, llama-cpp-python)", clients,
-                                 measure(f"http://127.0.0.1:{port}/v1", [run_name(args.run)], clients, max(8, 2 * clients), args.max_tokens)))
+                                 measure(f"http://127.0.0.1:{port}/v1", [run_name(args.run)], clients, max(4, clients), args.max_tokens)))
             finally:
                 stop(process)
     # (c) first: it exports the run's merged GGUF if missing, which (b) then serves too
@@ -145,7 +148,10 @@ def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]
     try:
         for clients in clients_list:
             lines.append(row("(c) trainer serve (router + llama-server)", clients,
-                             measure(f"http://127.0.0.1:{port}/v1", [name], clients, max(8, 2 * clients), args.max_tokens)))
+                             measure(f"http://127.0.0.1:{port}/v1", [name], clients, max(4, clients), args.max_tokens)))
+        # the router against its own engine, asked straight on its port
+        engine_port = httpx.get(f"http://127.0.0.1:{port}/health").json()["engines"][0]["port"]
+        overhead = router_overhead(engine_port, port, router.pid, name, args.overhead_rounds)
     finally:
         stop(router)
     gguf = args.run / "export" / f"{name}-q8_0.gguf"
@@ -157,33 +163,38 @@ def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]
         wait_ready(f"http://127.0.0.1:{direct_port}/health", engine)
         for clients in clients_list:
             lines.append(row("(b) llama-server by hand, same GGUF and flags", clients,
-                             measure(f"http://127.0.0.1:{direct_port}/v1", [name], clients, max(8, 2 * clients), args.max_tokens)))
-        router, port = start_trainer_serve(["--run", str(args.run), "--merged", "--parallel", str(args.parallel)])
-        try:
-            lines.append(router_overhead(direct_port, port, name))
-        finally:
-            stop(router)
+                             measure(f"http://127.0.0.1:{direct_port}/v1", [name], clients, max(4, clients), args.max_tokens)))
     finally:
         stop(engine)
-    return lines
+    return lines + [overhead]
 
 
-def router_overhead(direct_port: int, router_port: int, name: str, rounds: int = 200) -> str:
-    """Median latency of the same 1-token answer (its prompt cached by the engine), alternating between llama-server
-    straight and through trainer's router; the difference is what the router adds to each request."""
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def router_overhead(direct_port: int, router_port: int, router_pid: int, name: str, rounds: int = 200) -> str:
+    """What trainer's router adds to a request: the CPU time its process spends per forwarded request (robust on a
+    loaded machine), and the median latency of the same 1-token answer (its prompt cached by the engine), alternating
+    between llama-server straight and through the router."""
     import httpx
 
     body = {"model": name, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1, "temperature": 0}
     times: dict[int, list[float]] = {direct_port: [], router_port: []}
+    spent = 0.0
     with httpx.Client(timeout=60) as http:
         for _ in range(rounds):
             for port in (direct_port, router_port):
-                begin = time.perf_counter()
+                before, begin = cpu_seconds(router_pid), time.perf_counter()
                 http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).raise_for_status()
                 times[port].append(time.perf_counter() - begin)
+                if port == router_port:
+                    spent += cpu_seconds(router_pid) - before
     direct, routed = statistics.median(times[direct_port]), statistics.median(times[router_port])
-    return (f"\nRouter cost per request: median {routed * 1000:.2f} ms through trainer serve against {direct * 1000:.2f} ms "
-            f"straight to llama-server ({(routed - direct) * 1000:+.2f} ms; {rounds} 1-token requests each, alternating)")
+    return (f"\nRouter cost per request: {spent / rounds * 1000:.2f} ms of CPU in trainer serve's process; median latency "
+            f"{routed * 1000:.2f} ms through it against {direct * 1000:.2f} ms straight to llama-server ({(routed - direct) * 1000:+.2f} ms; "
+            f"{rounds} 1-token requests each, alternating)")
 
 
 def adapter_runs(run: Path, folder: Path) -> list[Path]:
@@ -231,6 +242,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=32, help="llama-server slots for (b) and (c)")
     parser.add_argument("--skip-adapters", action="store_true")
+    parser.add_argument("--overhead-rounds", type=int, default=200)
     args = parser.parse_args()
     args.run = args.run.resolve()
     clients = [int(c) for c in args.clients.split(",")]

@@ -124,7 +124,9 @@ def serving_pids(port: int, router: subprocess.Popen) -> list[int]:
 
 
 def row(name: str, clients: int, r: dict) -> str:
-    return (f"| {name} | {clients} | {r['tokens_per_s']:.1f} | {r['ttft_median_s'] * 1000:.0f} ms | {r['ttft_p95_s'] * 1000:.0f} ms |")
+    line = f"| {name} | {clients} | {r['tokens_per_s']:.1f} | {r['ttft_median_s'] * 1000:.0f} ms | {r['ttft_p95_s'] * 1000:.0f} ms |"
+    print(f"measured: {line}", file=sys.stderr, flush=True)  # as it comes: a long run cut short keeps what it measured
+    return line
 
 
 def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]:

@@ -224,7 +224,9 @@ def adapters_table(args: argparse.Namespace) -> list[str]:
         runs = adapter_runs(args.run, Path(tmp))
         names = [r.name for r in runs]
         for label, extra in (("4 LoRA adapters over one base", []), ("4 merged models, served apart", ["--merged"])):
-            flags = [f for r in runs for f in ("--run", str(r))] + ["--parallel", str(args.parallel), *extra]
+            # 8 slots of 1024 tokens: 4 merged llama-servers each hold their own KV cache, which at --parallel 32 x 4096
+            # would dwarf the weights being compared (and took 12 GB)
+            flags = [f for r in runs for f in ("--run", str(r))] + ["--parallel", "8", "--context", "1024", *extra]
             router, port = start_trainer_serve(flags)
             try:
                 result = measure(f"http://127.0.0.1:{port}/v1", names, 8, 16, args.max_tokens)

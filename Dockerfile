@@ -3,6 +3,8 @@
 #   docker build -t trainer .                                   (add --target autotrain for the AutoTrain backend)
 #   docker run --gpus all -v "$PWD:/data" -v trainer-runs:/runs -e HF_TOKEN trainer --config /data/my.yaml
 #   docker run --gpus all -p 7860:7860 -v trainer-runs:/runs trainer ui
+#   docker run --gpus all -p 8000:8000 -v "$PWD:/data" -v trainer-runs:/runs trainer api --models /data/models.yaml \
+#       --data-dir /runs/api --host 0.0.0.0 --api-keys /data/keys.txt      (OpenAI's fine-tuning API: docs/coming-from-openai.md)
 #
 # Volumes: /data (your configs and data), /runs (run directories, the UI's work directory), /cache (models and
 # data sets downloaded from the Hub). HF_TOKEN is read from the environment only; nothing stores it.
@@ -41,9 +43,10 @@ COPY ui ./ui
 COPY data ./data
 COPY docker ./docker
 # flash-attn only where a wheel exists for this torch and CUDA (FLASH_ATTN=1), since building it takes an hour.
-# ".[gpu,ui,deepspeed,serve]" is this project from the copied source; its dependencies' bounds are in pyproject.toml.
+# ".[gpu,ui,deepspeed,serve,api,postgres]" is this project from the copied source (api, postgres: `trainer api` and
+# its --database on PostgreSQL); its dependencies' bounds are in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install ".[gpu,ui,deepspeed,serve]" \
+RUN pip install ".[gpu,ui,deepspeed,serve,api,postgres]" \
     && if [ "${FLASH_ATTN}" = "1" ]; then pip install "flash-attn==${FLASH_ATTN_VERSION}" --no-build-isolation --only-binary=flash-attn; fi
 
 RUN useradd --create-home --uid 1000 trainer \
@@ -52,7 +55,7 @@ RUN useradd --create-home --uid 1000 trainer \
 USER 1000
 VOLUME ["/data", "/runs", "/cache"]
 WORKDIR /runs
-EXPOSE 7860
+EXPOSE 7860 8000
 HEALTHCHECK --interval=30s --timeout=6s --start-period=120s --retries=3 CMD ["python", "/opt/trainer/docker/healthcheck.py"]
 ENTRYPOINT ["trainer"]
 CMD ["--help"]

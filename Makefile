@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo demo-dpo test check lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go slurm-client skypilot clean
+.PHONY: install demo demo-dpo test check lint docs bench bench-train bench-serve autotrain llama.cpp ui chromium go slurm-client postgres skypilot clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ demo-dpo: demo
 
 # The whole gate (CI runs it through .ci/run): lint, the docs site, the set-up every tier needs, then every test,
 # the slowest 25 named.
-test: $(STAMP) chromium go slurm-client skypilot lint docs
+test: $(STAMP) chromium go slurm-client postgres skypilot lint docs
 	$(VENV)/bin/trainer download-demo-model
 	$(VENV)/bin/trainer backends setup autotrain
 	$(VENV)/bin/trainer backends setup llama.cpp
@@ -109,6 +109,13 @@ slurm-client:
 	  command -v apt-get >/dev/null 2>&1 || { echo "install Slurm's client commands (the launch tests need sbatch)"; exit 1; }; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-client >/dev/null; }
+
+# PostgreSQL's server, for the test of `trainer api --database postgresql://...` (the tests start their own server)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "install PostgreSQL's server (the api's postgres test needs initdb)"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 SKY_VENV := .venv-skypilot
 skypilot: $(SKY_VENV)/.installed

@@ -16,7 +16,7 @@ import trainer.data.prepare as prepare
 from trainer.config import parse_config
 from trainer.data.batching import length_grouped_batches, pack_examples
 from trainer.data.pipeline import prepare_data
-from trainer.data.templates import CHATML, resolve_template
+from trainer.data.templates import CHATML, resolve_template, template_of
 from trainer.data.tokenize import Tokenizer
 from trainer.data.batching import Batching
 
@@ -210,7 +210,7 @@ def _children_of_session(sid: int) -> list[int]:
 def test_the_next_run_after_a_kill_builds_the_same_entry(tmp_path):
     """A folder left by a killed preparation of the same inputs is never read: the next run prepares again."""
     data = write_data(tmp_path / "d.jsonl", 40)
-    key, _ = cache.cache_key(config(data).data, config(data).training.seed, TOKENIZER, resolve_template("tokenizer", TOKENIZER).jinja, "x")
+    key, _ = cache.cache_key(config(data).data, config(data).training.seed, TOKENIZER, template_of(config(data).data, TOKENIZER).key, "x")
     stale = cache.cache_root() / f".tmp-{key}-999999999"
     stale.mkdir(parents=True)
     (stale / "rows.arrow").write_bytes(b"half written")

@@ -1,11 +1,8 @@
-"""The distributed section: validation, and the launcher files generated for GPUs (checked by content: no GPU here)."""
-import json
-
+"""The distributed section: validation, what the launcher of each node is told, and the DeepSpeed settings."""
 import pytest
-import yaml
 
 from trainer.config import parse_config
-from trainer.distributed import accelerate_config, deepspeed_config, launch_command, num_processes, rank_environments, shard_model
+from trainer.distributed import deepspeed_config, ended_as_asked, node_launch, num_processes, shard_model, threads_per_process
 from trainer.errors import UserError
 
 
@@ -15,10 +12,10 @@ def config(extra: str = "", method: str = "lora", optimizer: str = "adamw"):
                         "max_grad_norm: 0.7}\n" + extra, check_files=False)
 
 
-def test_fsdp_launches_like_ddp_because_trainer_shards_the_model_itself():
-    settings = accelerate_config(config("distributed: {strategy: fsdp, num_processes: 4}").distributed, 4, "bf16")
-    assert settings["distributed_type"] == "MULTI_GPU" and settings["num_processes"] == 4 and settings["mixed_precision"] == "bf16"
-    assert "fsdp_config" not in settings  # accelerate's FSDP plugin would wrap the model a second time
+def test_one_machine_launches_its_processes_at_a_rendezvous_of_its_own():
+    launch = node_launch(config("distributed: {strategy: fsdp, num_processes: 4}"), 0, None, "x.yaml")
+    assert (launch.processes, launch.nodes, launch.endpoint, launch.node_rank, launch.max_restarts) == (4, (1, 1), "localhost:0", 0, 0)
+    assert node_launch(config("distributed: {strategy: ddp}"), 8, None, "x.yaml").processes == 8  # one per GPU
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -33,32 +30,12 @@ def test_deepspeed_json_follows_the_training_settings(stage, tmp_path):
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.7
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert deepspeed_config(cfg.training, cfg.distributed.zero_stage, "no")["bf16"] == {"enabled": False}
-    command = launch_command(cfg, ["--config", "x.yaml"], tmp_path, gpus=2)
-    assert command[-3:] == ["trainer", "--config", "x.yaml"]
-    from trainer.models import mixed_precision
-
-    # the record of what each process hands the engine (bf16 where the GPUs compute in it; this machine has none)
-    assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text()) == deepspeed_config(cfg.training, cfg.distributed.zero_stage, mixed_precision(cfg, "cuda"))
-    written = yaml.safe_load((tmp_path / "launch" / "accelerate.yaml").read_text())
-    # trainer starts the engine itself in each process; accelerate must neither wrap the model nor autocast
-    assert written["distributed_type"] == "MULTI_GPU" and written["mixed_precision"] == "no" and "deepspeed_config" not in written
 
 
-def test_ddp_on_gpus_goes_through_accelerate_launch_with_its_config(tmp_path):
-    cfg = config("distributed: {strategy: ddp}")
-    command = launch_command(cfg, ["--config", "x.yaml", "--resume"], tmp_path, gpus=8)
-    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-4:] == ["trainer", "--config", "x.yaml", "--resume"]
-    written = yaml.safe_load((tmp_path / "launch" / "accelerate.yaml").read_text())
-    assert written["distributed_type"] == "MULTI_GPU" and written["num_processes"] == 8
-
-
-def test_cpu_processes_get_their_ranks_and_share_the_cores(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+def test_cpu_processes_share_the_cores(monkeypatch):
+    """torchrun would give each process one thread; the launcher shares the machine's cores out instead."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
-    envs = rank_environments(3, 29555)
-    assert [e["RANK"] for e in envs] == [e["LOCAL_RANK"] for e in envs] == ["0", "1", "2"]
-    assert {e["WORLD_SIZE"] for e in envs} == {"3"} and {e["MASTER_PORT"] for e in envs} == {"29555"}
-    assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}  # 8 cores / 3 processes, rounded down
+    assert (threads_per_process(3), threads_per_process(1), threads_per_process(16)) == (2, 8, 1)  # rounded down, at least 1
 
 
 def test_process_counts_are_checked_against_the_gpus():
@@ -174,20 +151,48 @@ def test_nodes_as_a_count_or_an_elastic_range():
     assert node_range(overridden.distributed) == (1, 8)
 
 
-def test_torchrun_options_for_fixed_and_elastic_nodes():
-    from trainer.distributed import torchrun_args
+def test_each_node_is_told_its_rank_the_rendezvous_and_the_elastic_range(monkeypatch):
+    for name in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    fixed = config("distributed: {strategy: ddp, nodes: 2, num_processes: 8, rendezvous: head, max_restarts: 1}\noutput: {dir: /shared/run}")
+    first, second = node_launch(fixed, 8, 0, "x.yaml"), node_launch(fixed, 8, 1, "x.yaml")
+    assert (first.nodes, first.endpoint, first.max_restarts, first.processes) == ((2, 2), "head:29500", 1, 8)
+    assert (first.node_rank, second.node_rank) == (0, 1) and first.run_id == second.run_id  # from the run directory they share
+    other = config("distributed: {strategy: ddp, nodes: 2, num_processes: 8, rendezvous: head}\noutput: {dir: /shared/other}")
+    assert node_launch(other, 8, 0, "x.yaml").run_id != first.run_id  # another run meets apart, at the same address
+    # Slurm's and SkyPilot's files export MASTER_ADDR (the first node); torchrun by hand gives NODE_RANK
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.7")
+    monkeypatch.setenv("NODE_RANK", "3")
+    elastic = node_launch(config("distributed: {strategy: ddp, nodes: '2:4', num_processes: 1}"), 0, None, "x.yaml")
+    assert (elastic.nodes, elastic.endpoint, elastic.node_rank) == ((2, 4), "10.0.0.7:29500", 3)
 
-    fixed = torchrun_args(config("distributed: {strategy: ddp, nodes: 2, max_restarts: 1}").distributed, 8, "head:29500", "job7", "$RANK")
-    assert fixed == ["--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=head:29500", "--rdzv-id=job7",
-                     "--max-restarts=1", "--shutdown-timeout=300", "--node-rank=$RANK"]
-    elastic = torchrun_args(config("distributed: {strategy: ddp, nodes: '2:4'}").distributed, 8, "head:29500", "job7", "$RANK")
-    assert "--nnodes=2:4" in elastic and not any(a.startswith("--node-rank") for a in elastic)  # c10d numbers elastic nodes
+
+def test_trainer_statuses_end_a_run_and_failures_restart_it():
+    """What the launcher's agent does when a node's processes exit: trainer's own statuses end the run (a restart
+    would stop, fail on the same input or ignore a second Ctrl-C), anything else is a failure to restart from."""
+    assert ended_as_asked({3}) == 3 and ended_as_asked({3, 2}) == 2 and ended_as_asked({130, 3}) == 130
+    assert ended_as_asked({3, 1}) is None and ended_as_asked({-9}) is None and ended_as_asked(set()) is None
+
+
+@pytest.mark.parametrize("rank, env, says", [
+    (None, {"MASTER_ADDR": "head"}, "needs which node this is (--node-rank N, or NODE_RANK in the environment"),
+    (0, {}, "needs where the nodes meet (distributed.rendezvous: host:port of the first node, or MASTER_ADDR"),
+    (2, {"MASTER_ADDR": "head"}, "needs a node rank below 2 (--node-rank 2 was given; distributed.nodes is 2)"),
+])
+def test_a_node_missing_its_rank_or_rendezvous_is_refused(monkeypatch, rank, env, says):
+    for name in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as raised:
+        node_launch(config("distributed: {strategy: ddp, nodes: 2, num_processes: 1}"), 0, rank, "x.yaml")
+    assert says in raised.value.render() and "nothing was run" in raised.value.render()
 
 
 def test_several_nodes_outside_a_launcher_refuse_and_say_how_to_launch(tmp_path, monkeypatch, capsys):
     from trainer.cli import main
 
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.jsonl").write_text('{"text": "hello"}\n')
@@ -195,8 +200,8 @@ def test_several_nodes_outside_a_launcher_refuse_and_say_how_to_launch(tmp_path,
                                      "distributed: {strategy: ddp, nodes: 2, num_processes: 4}\noutput: {dir: run}\n")
     assert main(["--config", "x.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "nothing was run on this one alone" in err and "trainer launch --to slurm --config x.yaml" in err
-    assert "torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=<first node>:29500" in err
+    assert "nothing was run" in err and "trainer launch --to slurm --config x.yaml" in err
+    assert "trainer --config x.yaml --node-rank N --set distributed.rendezvous=FIRST_NODE:29500" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 

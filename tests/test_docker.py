@@ -28,6 +28,9 @@ def test_dockerfile_shape():
     for arg in ("CUDA_IMAGE", "TORCH_VERSION", "TORCH_INDEX", "FLASH_ATTN"):
         assert f"ARG {arg}=" in DOCKERFILE
     assert "FROM gpu AS autotrain" in DOCKERFILE
+    extras = re.search(r'pip install "\.\[([a-z,]+)\]"', DOCKERFILE)
+    assert extras and {"gpu", "ui", "serve", "api", "postgres"} <= set(extras.group(1).split(","))  # trainer api in the image
+    assert re.search(r"^EXPOSE 7860 8000$", DOCKERFILE, re.M)
     assert not re.search(r"^(ENV|ARG)\b.*HF_TOKEN", DOCKERFILE, re.M)  # a token comes from `docker run -e` only
     for source in re.findall(r"^COPY (\S+) ", DOCKERFILE, re.M):
         assert (REPO / source).exists(), f"COPY {source}: missing from the repository"

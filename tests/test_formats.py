@@ -214,3 +214,19 @@ def test_odd_tool_shapes_are_problems_never_tracebacks(tmp_path, bad):
         example, problems = to_example(Record(row, "f.jsonl", 1), fmt, columns_for(fmt, {}), "assistant")
         assert (example is None) == bool(problems)
         assert all(str(p).startswith("f.jsonl:1: ") for p in problems)
+
+
+def test_thinking_is_reasoning_as_gpt_oss_data_writes_it():
+    # HuggingFaceH4/Multilingual-Thinking (OpenAI's gpt-oss fine-tuning guide) keeps the analysis in `thinking`, null elsewhere
+    from trainer.data.formats import columns_for, to_example
+    from trainer.data.records import Record
+
+    row = {"reasoning_language": "French", "messages": [
+        {"role": "system", "content": "reasoning language: French", "thinking": None},
+        {"role": "user", "content": "Salut ?", "thinking": None},
+        {"role": "assistant", "content": "Bonjour !", "thinking": "L'utilisateur salue."}]}
+    example, problems = to_example(Record(row, "f.jsonl", 1), "messages", columns_for("messages", {}), "assistant")
+    assert problems == [] and example.messages[-1].reasoning == "L'utilisateur salue." and example.messages[1].reasoning is None
+    bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "thinking": 3}]}
+    _, problems = to_example(Record(bad, "f.jsonl", 2), "messages", columns_for("messages", {}), "assistant")
+    assert [str(p) for p in problems] == ["f.jsonl:2: message 2 'thinking' must be text, got 3."]

@@ -93,3 +93,28 @@ def test_shipped_recipe_prompts_never_train_on_what_the_example_is_scored_on():
     assert len(scored) >= 200 and len(set(scored)) == len(scored) and trained
     assert not set(trained) & set(scored)
     assert not quickstart & (set(trained) | set(scored))
+
+
+def test_the_short_list_example_has_no_answers_and_its_grader_checks_the_answer_alone():
+    """configs/recipes-grpo-short.yaml: prompts with nothing but the conversation (no reference anywhere), the same
+    split as recipes-grpo (test recipes never trained on), and the python grader's scores on literal answers: half for
+    at most 5 distinct items (5/n beyond), half for the share found in the recipe's ingredient lines."""
+    from pathlib import Path
+
+    from trainer.config import load_config
+    from trainer.graders import grade
+
+    repo = Path(__file__).resolve().parent.parent
+    folder = repo / "data" / "recipes-grpo-short"
+    rows = {name: [json.loads(line) for line in (folder / name).read_text().splitlines()] for name in ("train.jsonl", "test.jsonl")}
+    assert all(set(r) == {"messages"} and [m["role"] for m in r["messages"]] == ["system", "user"] for rs in rows.values() for r in rs)
+    assert len(rows["test.jsonl"]) == 200 and not {json.dumps(r) for r in rows["train.jsonl"]} & {json.dumps(r) for r in rows["test.jsonl"]}
+    config = load_config(repo / "configs" / "recipes-grpo-short.yaml", check_files=False)  # its start, runs/quickstart, comes from make demo
+    (reward,) = load_rewards(config.training.grpo.graders)
+    recipe = {"messages": [{"role": "user", "content": 'Ingredients: ["2 medium onions, sliced", "salt and pepper", "1 c. rice"]'}]}
+    answers = {'["onions", "salt", "rice"]': 1.0,
+               '["onions", "salt", "rice", "pepper", "medium", "sliced", "butter"]': 0.5 * 5 / 7 + 0.5 * 6 / 7,
+               '["onions", "onions"]': 0.5 * 5 / 6 + 0.5, '["onions", "butter"]': 0.75, "Onions and salt.": 0.0, "[]": 0.0}
+    for text, expected in answers.items():
+        graded = grade(reward.grader, {"output_text": text}, recipe)
+        assert graded.error is None and abs(graded.score - expected) < 1e-9, (text, graded)

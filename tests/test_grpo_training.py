@@ -122,3 +122,71 @@ def test_trainer_eval_on_a_grpo_run_measures_its_reward_on_held_out_prompts(tmp_
     result = cli("eval", "--config", str(config))
     assert result.returncode == 2 and "the grader 'close' reads item.word, and this record has no field 'word'" in result.stderr
     assert "a chat case's item is its record plus `reference`" in result.stderr
+
+
+SLOW_OUT_OF_ORDER = '''
+import time
+
+def grade(sample, item):
+    text = sample["output_text"]
+    time.sleep(0.3 if len(text) % 2 else 0.0)  # the graders finish in another order than they started
+    return len(text) / 100 + (1.0 if item["word"] in text else 0.0)
+'''
+
+
+def test_answers_are_graded_as_they_end_and_the_grades_equal_grading_after_the_round(tmp_path, tiny_model_dir, monkeypatch):
+    """The overlapped round (each answer graded as generate ends it, the next micro-batch sampled meanwhile) gives the
+    answers, grades and advantages of sampling the whole round first and then grading one answer after the other;
+    answers are sent to the graders in the order they end (shortest first), not at the end of generate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.config import load_config
+    from trainer.reinforcement import loop, sampling
+    from trainer.reinforcement.loop import grade_round, round_prompts, sample_round
+    from trainer.reinforcement.recipe import setup
+    from trainer.reinforcement.rewards import score_answers
+
+    grader = {"type": "python", "name": "slow", "source": SLOW_OUT_OF_ORDER}
+    path = grpo_config(tmp_path, tiny_model_dir, grader=grader, gradient_accumulation=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["training"]["grpo"]["max_completion_length"] = 40
+    raw["data"]["max_seq_length"] = 80
+    path.write_text(yaml.safe_dump(raw))
+    run = setup(load_config(path), tmp_path / "run", resume=False)
+    prompts = round_prompts(run.prompts, 4, 0, 0, seed=1)  # 2 micro-batches of 2 prompts x 4 answers
+
+    told: list[tuple[int, int, str]] = []  # (micro-batch, index, text) in the order the graders heard of them
+    original = sampling.sample_answers
+
+    def recording(*args, on_answer, **kwargs):
+        batch = len({b for b, _, _ in told}) if told else 0
+        def note(index, text):
+            told.append((batch, index, text))
+            on_answer(index, text)
+        return original(*args, on_answer=note, **kwargs)
+
+    monkeypatch.setattr(loop, "sample_answers", recording)
+    torch.manual_seed(5)
+    with ThreadPoolExecutor(8) as pool:
+        overlapped = sample_round(run, prompts, pool)
+        scored, advantages = grade_round(run, overlapped)
+
+        torch.manual_seed(5)
+        batches = [original(run.model, run.tokenizer, prompts[i : i + 2], run.config.training.grpo, "cpu") for i in (0, 2)]
+        texts = [text for b in batches for text in b.texts]
+        items = [p.item for p in prompts for _ in range(4)]
+        sequential = score_answers(run.rewards, texts, items, pool)
+
+    assert [text for b in overlapped.batches for text in b.texts] == texts
+    for mine, theirs in zip(overlapped.batches, batches):
+        assert torch.equal(mine.input_ids, theirs.input_ids) and torch.equal(mine.completion_mask, theirs.completion_mask)
+    assert scored.rewards == sequential.rewards and [[g.score for g in row] for row in scored.grades] == [[g.score for g in row] for row in sequential.grades]
+    assert all(g.error is None for row in scored.grades for g in row)
+    assert torch.equal(advantages, run.objective.advantages(torch.tensor(sequential.rewards, dtype=torch.float32)))
+    # each micro-batch's answers reached the graders shortest first, each once, with the text the loss trains on
+    for b, samples in enumerate(batches):
+        order = [(index, text) for batch, index, text in told if batch == b]
+        lengths = samples.completion_mask.sum(1).tolist()
+        assert sorted(i for i, _ in order) == list(range(samples.answers)) and all(text == samples.texts[i] for i, text in order)
+        assert [i for i, _ in order] == sorted(range(samples.answers), key=lambda i: (lengths[i], i))
+        assert min(lengths) < max(lengths)  # some answers ended before the longest: they were graded during generation

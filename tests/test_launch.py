@@ -33,6 +33,10 @@ PartitionName=gpu Nodes=node[1-8] Default=YES State=UP
 """
 # config.json of the shipped configs' models, as the Hub serves them (the plan reads nothing else): the Hub is not
 # reachable from the test machines, so they go into a Hub cache of the test's own, read with HF_HUB_OFFLINE
+# The Llama values (hidden, MLP and head sizes, layers, heads, KV heads, vocabulary, rope_scaling, tied embeddings) were
+# compared on 2026-12-02 with the published config.json files as copied into public code (e.g. the 1B-Instruct's in
+# kevinstephano/thunder_model_blocks hf_llama/llama_config.py) and model tables (oumi's configs/recipes/llama3_1, 8B):
+# no difference.
 LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
              max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, hidden_act="silu", torch_dtype="bfloat16",
              bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
@@ -44,6 +48,19 @@ HUB_CONFIGS = {
                                          "tie_word_embeddings": True, "rope_scaling": {"factor": 32.0, **ROPE}},
     "meta-llama/Llama-3.2-3B-Instruct": {**LLAMA, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
                                          "head_dim": 128, "tie_word_embeddings": True, "rope_scaling": {"factor": 32.0, **ROPE}},
+    # openai/gpt-oss-20b's config.json (transformers 4.55): 24 layers, 32 experts of which 4 per token, experts in MXFP4
+    "openai/gpt-oss-20b": {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "pad_token_id": 199999, "experts_per_token": 4, "num_experts_per_tok": 4, "num_local_experts": 32,
+        "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880, "intermediate_size": 2880, "initial_context_length": 4096,
+        "initializer_range": 0.02, "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+        "num_attention_heads": 64, "num_hidden_layers": 24, "num_key_value_heads": 8, "output_router_logits": False,
+        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                                           "lm_head"], "quant_method": "mxfp4"},
+        "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                                                "rope_type": "yarn", "truncate": False},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0, "tie_word_embeddings": False,
+        "use_cache": True, "vocab_size": 201088},
 }
 
 
@@ -96,10 +113,12 @@ def test_slurm_script_for_two_nodes_carries_the_plan_and_requeues(tiny_two_nodes
     assert options == ["#SBATCH --job-name=run", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=2",
                        "#SBATCH --cpus-per-task=16", "#SBATCH --output=run-%j.out", "#SBATCH --open-mode=append", "#SBATCH --requeue",
                        "#SBATCH --signal=B:USR1@600"]
-    assert 'RENDEZVOUS=${TRAINER_RENDEZVOUS:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500}' in text
-    assert ('srun --kill-on-bad-exit=1 --ntasks-per-node=1 "$PYTHON" -m torch.distributed.run --nnodes=2 --nproc-per-node=2 '
-            '--rdzv-backend=c10d --rdzv-endpoint="$RENDEZVOUS" --rdzv-id="$SLURM_JOB_ID"') in text
-    assert f"-m trainer --config {tiny_two_nodes} --resume &" in text
+    assert 'export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}' in text
+    assert "export MASTER_PORT=${MASTER_PORT:-29500}" in text
+    # every node runs trainer itself, told its rank: its launcher starts the node's processes
+    assert ("""srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c 'exec "$0" "$@" --node-rank "$SLURM_NODEID"' "$PYTHON" \\\n"""
+            f"    -m trainer --config {tiny_two_nodes} --resume &") in text
+    assert "torch.distributed.run" not in text
     assert "trap stop USR1 TERM" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     assert f"RUN_DIR={tmp_path / 'run'}" in text and 'srun --ntasks-per-node=1 test -e "$RUN_DIR/.slurm-$SLURM_JOB_ID"' in text
     # the plan's time and cost on the 4 GPUs, one line per GPU of the table, each a comment
@@ -124,7 +143,7 @@ def test_the_trap_requeues_after_the_training_stopped(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/scontrol.log\n")
-    (fake / "srun").write_text("#!/bin/bash\nsleep 30 &\ntrap 'kill $!; echo training stopped by TERM; exit 1' TERM\nwait\n")
+    (fake / "srun").write_text("#!/bin/bash\nsleep 30 &\ntrap 'kill $!; echo training stopped by TERM; exit 3' TERM\nwait\n")
     for tool in fake.iterdir():
         tool.chmod(0o755)
     (tmp_path / "tail.sh").write_text("set -uo pipefail\nSLURM_JOB_ID=42\nPYTHON=python\nRENDEZVOUS=x:1\n" + text[text.index("stopping=0"):])
@@ -134,7 +153,7 @@ def test_the_trap_requeues_after_the_training_stopped(tmp_path):
     started.send_signal(signal.SIGTERM)
     out, err = started.communicate(timeout=20)
     assert "training stopped by TERM" in out and "requeued: the next start continues with --resume" in err
-    assert started.returncode == 1  # torchrun's status after a stop (trainer's own 3 does not come through it)
+    assert started.returncode == 3  # trainer's status after a stop, passed on
     assert (tmp_path / "scontrol.log").read_text() == "requeue 42\n"
 
 
@@ -152,8 +171,8 @@ def test_skypilot_task_uploads_the_local_files_and_mounts_the_run_directory(tiny
     assert mounts["/runs"] == {"name": "trainer-run", "mode": "MOUNT_CACHED"}
     assert "secrets" not in task  # a local model: no Hub token to pass
     run = task["run"]
-    assert '--nproc-per-node="$SKYPILOT_NUM_GPUS_PER_NODE"' in run and '--node-rank="$SKYPILOT_NODE_RANK"' in run
-    assert '--rdzv-endpoint="$(echo "$SKYPILOT_NODE_IPS" | head -n 1)":29500' in run
+    assert run.rstrip().endswith('--resume \\\n    --node-rank "$SKYPILOT_NODE_RANK"')
+    assert 'export MASTER_ADDR="$(echo "$SKYPILOT_NODE_IPS" | head -n 1)"' in run and "export MASTER_PORT=29500" in run
     assert ("--config trainer-run/config.yaml --set data.train=trainer-run/files/data-train-data.jsonl "
             "--set data.validation=trainer-run/files/data-validation-data.jsonl") in run
     assert "--set output.dir=/runs/run --resume" in run
@@ -182,7 +201,7 @@ def test_each_shipped_gpu_config_launches_on_two_nodes(name, tmp_path):
     slurm = run_trainer("launch", "--to", "slurm", "--config", config, *sets, "-o", str(tmp_path / "job.sbatch"), env=env, cwd=tmp_path)
     assert slurm.returncode == 0, slurm.stderr
     script = (tmp_path / "job.sbatch").read_text()
-    assert "#SBATCH --nodes=2" in script and "--nnodes=2 --nproc-per-node=1" in script and "(this file asks for " in script
+    assert "#SBATCH --nodes=2" in script and "--set distributed.num_processes=1" in script and "(this file asks for " in script
     assert "fits: micro-batch" in script  # the plan's GPU table, as comments
     bash_parses(tmp_path / "job.sbatch")
     sbatch_parses(tmp_path / "job.sbatch", tmp_path)
@@ -198,13 +217,13 @@ def test_elastic_nodes_and_a_given_rendezvous(tiny_two_nodes, tmp_path, cli):
     sets = ["--set", "distributed.nodes=2:4", "--set", "distributed.rendezvous=10.0.0.5", "--set", "distributed.max_restarts=2"]
     assert cli("launch", "--to", "slurm", "--config", str(tiny_two_nodes), *sets, "-o", "e.sbatch", cwd=tmp_path).returncode == 0
     script = (tmp_path / "e.sbatch").read_text()
-    assert "#SBATCH --nodes=2-4" in script and "RENDEZVOUS=${TRAINER_RENDEZVOUS:-10.0.0.5:29500}" in script
-    assert "--nnodes=2:4" in script and "--max-restarts=2" in script and "--node-rank" not in script
+    assert "#SBATCH --nodes=2-4" in script and "MASTER_ADDR" not in script  # the config says where the nodes meet
+    assert "--set distributed.nodes=2:4 --set distributed.rendezvous=10.0.0.5 --set distributed.max_restarts=2" in script
     sbatch_parses(tmp_path / "e.sbatch", tmp_path)
     assert cli("launch", "--to", "skypilot", "--config", str(tiny_two_nodes), *sets, "-o", "e.yaml", cwd=tmp_path).returncode == 0
     task = yaml.safe_load((tmp_path / "e.yaml").read_text())
     assert task["num_nodes"] == 4 and task["resources"]["job_recovery"] == {"max_restarts_on_errors": 2}
-    assert "--rdzv-endpoint=10.0.0.5:29500" in task["run"] and "--node-rank" not in task["run"]  # c10d numbers elastic nodes
+    assert "--set distributed.rendezvous=10.0.0.5" in task["run"] and "MASTER_ADDR" not in task["run"]
     assert skypilot_loads(tmp_path / "e.yaml")["num_nodes"] == 4
 
 

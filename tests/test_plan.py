@@ -257,3 +257,74 @@ def test_memory_estimate_within_a_quarter_of_the_measured_peak(tmp_path, wider_m
     measured = _measured_peak(config, env)
     estimated = plan["memory"]["peak_bytes"]
     assert abs(estimated / measured - 1) < 0.25, (estimated / 2**30, measured / 2**30, plan["memory"]["parts_bytes"])
+
+
+def test_a_mixture_of_experts_counts_the_experts_a_token_goes_through(tmp_path):
+    # A tiny gpt-oss (2 layers, 4 experts, 2 per token), built for real: the plan's counts are the model's, and one token's
+    # backward pass reaches exactly experts_per_token experts in each layer, the share `active` counts.
+    import torch
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    from trainer.config import parse_config
+
+    small = GptOssConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+                         layer_types=["sliding_attention", "full_attention"], sliding_window=8)
+    torch.manual_seed(0)
+    model = GptOssForCausalLM(small)
+    with torch.no_grad():
+        for weight in model.parameters():  # random experts (they are built empty)
+            weight.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "gpt-oss")
+    arch = architecture(read_model_config(parse_config(f"model: {{name_or_path: {tmp_path / 'gpt-oss'}}}\ndata: {{train: x.jsonl}}\n"
+                                                       "training: {epochs: 1}\n", check_files=False).model))
+    assert arch.total == sum(p.numel() for p in model.parameters()) and (arch.experts, arch.experts_per_token) == (4, 2)
+    experts = {name: p for name, p in model.named_parameters() if ".experts." in name}
+    assert arch.expert_params == sum(p.numel() for p in experts.values())
+    assert arch.active == arch.total - arch.expert_params // 2
+    model(input_ids=torch.tensor([[5]])).logits.square().sum().backward()  # one token
+    reached = {name: sum(bool(p.grad[e].abs().sum() > 0) for e in range(4)) for name, p in experts.items()}
+    assert set(reached.values()) == {2}, reached
+
+
+@pytest.mark.integration
+def test_gpt_oss_20b_plan_against_its_model_card(tmp_path):
+    """configs/gpt-oss-20b-lora-gpu.yaml: 20.9 billion parameters, 3.6 billion a token goes through (the model card's
+    21B / 3.6B active, the latter without the input embeddings), bf16 weights (MXFP4 dequantised) on an 80 GB GPU."""
+    from test_launch import HUB_CONFIGS
+
+    from conftest import REPO
+
+    snapshot = tmp_path / "hub" / "models--openai--gpt-oss-20b" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(HUB_CONFIGS["openai/gpt-oss-20b"]))
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    result = run_trainer("plan", "--config", str(REPO / "configs" / "gpt-oss-20b-lora-gpu.yaml"), "--json",
+                         env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    p = plan["parameters"]
+    assert round(p["base"] / 1e9, 1) == 20.9 and p["experts"] == "4 of 32"
+    embeddings = 201088 * 2880
+    assert round((p["per_token"] - embeddings) / 1e9, 2) == 3.61
+    assert plan["time"]["flops_per_token"] == 6 * p["per_token"]  # 4 + 2 (checkpointing) x the parameters a token goes through
+    rows = {row["gpu"]: row for row in plan["gpus"]["rows"]}
+    assert rows["H100 80GB"]["fits"] and not rows["A100 40GB"]["fits"]
+    assert rows["H100 80GB"]["peak_gib"] > p["base"] * 2 / 2**30  # the bf16 weights and more
+
+
+def test_gpt_oss_mxfp4_experts_load_dequantised_for_training(tmp_path, tiny_model_dir):
+    # gpt-oss's MXFP4 kernels have no backward pass: its checkpoint is loaded with Mxfp4Config(dequantize=True) (bf16
+    # weights, what the plan counts), as OpenAI's fine-tuning guide loads it; other checkpoints load as they are.
+    from test_launch import HUB_CONFIGS
+
+    from trainer.models import _dequantised_mxfp4
+
+    folder = tmp_path / "gpt-oss-20b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(HUB_CONFIGS["openai/gpt-oss-20b"]))
+    model = load_config(str(tiny_config(tmp_path, tiny_model_dir))).model
+    options = _dequantised_mxfp4(str(folder), model)
+    assert options["quantization_config"].dequantize is True
+    assert _dequantised_mxfp4(str(tiny_model_dir), model) == {}

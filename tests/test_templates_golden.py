@@ -381,3 +381,34 @@ def test_gpt_oss_parallel_calls_one_per_message(saved_smollm2):
     assert ('{"city": "Paris"}<|call|><|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"{\\"temp_c\\": 18}"<|end|>'
             "<|start|>assistant to=functions.get_time") in text
     assert '<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>"\\"3 pm\\""<|end|>' in text
+
+
+MISTRAL3 = ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+            "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[CALL_ID]", "[ARGS]", "[TOOL_CONTENT]", "[IMG]"]
+FAMILIES["mistral3"] = (MISTRAL3, "<s>", "</s>")
+
+
+def test_mistral_small_32_tools_system_prompt_and_remapped_ids(saved_smollm2):
+    # Mistral Small 3.2: its own system prompt unless the data gives one, [TOOL_CALLS]name[CALL_ID]id[ARGS]{...}, results as
+    # [TOOL_RESULTS]id[TOOL_CONTENT]...; it raises on ids that are not 9 characters, so OpenAI's are remapped (auto); its
+    # default system prompt writes today's date, pinned by data.template_date.
+    from trainer.data.masks import short_call_id
+    from trainer.data.templates import with_variables
+
+    tokenizer = family_tokenizer(saved_smollm2, "mistral3")
+    chosen = with_variables(ChatTemplate("tokenizer", template("mistral-small-3.2.jinja"), None), {}, "2025-08-05")
+    runs, result = trained(tokenizer, chosen, conversation())
+    assert runs == ['[TOOL_CALLS]get_weather[CALL_ID]call00001[ARGS]{"city": "Paris"}</s>', "It is 18 C in Paris.</s>", "You're welcome.</s>"]
+    assert tokenizer.decode(result.input_ids) == (
+        '<s>[SYSTEM_PROMPT]You are a weather bot.[/SYSTEM_PROMPT][INST]Weather in Paris?[/INST][TOOL_CALLS]get_weather[CALL_ID]call00001'
+        '[ARGS]{"city": "Paris"}</s>[TOOL_RESULTS]call00001[TOOL_CONTENT]{"temp_c": 18}[/TOOL_RESULTS]It is 18 C in Paris.</s>'
+        '[AVAILABLE_TOOLS][{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.", '
+        '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}][/AVAILABLE_TOOLS]'
+        "[INST]Thanks![/INST]You're welcome.</s>")
+    new = short_call_id("call_8Zt1mQkX0aWv3LpR")
+    runs, result = trained(tokenizer, chosen, with_call_id(conversation(), "call_8Zt1mQkX0aWv3LpR"))
+    assert runs[0] == f'[TOOL_CALLS]get_weather[CALL_ID]{new}[ARGS]{{"city": "Paris"}}</s>'
+    assert f"[TOOL_RESULTS]{new}[TOOL_CONTENT]" in tokenizer.decode(result.input_ids)
+    quiet = Example(conversation(tools=False).messages[1:], None, "chat.jsonl", 4)  # no system prompt: the model's own, dated
+    _, result = trained(tokenizer, chosen, quiet)
+    assert "The current date is 2025-08-05." in tokenizer.decode(result.input_ids)

@@ -24,11 +24,16 @@ import re
 import shutil
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
 STATE_FILE = "trainer_state.json"
 ZERO_DIR, ZERO_TAG = "zero", "state"  # DeepSpeed's checkpoint inside ours
@@ -69,14 +74,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _unwrapped(optimizer: Any) -> Any:
+def _unwrapped(optimizer: Optimizer) -> Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer holds the torch one
 
 
 _WHOLE_ON_CPU = dict(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def gather_trainable(model: Any, optimizer: Any) -> tuple[dict, dict]:
+def gather_trainable(model: torch.nn.Module, optimizer: Optimizer) -> tuple[dict, dict]:
     """The trainable weights and the optimizer state, whole and on the CPU.
 
     Every process must call it (under fsdp the shards are gathered); the main process gets the dicts, the others
@@ -89,14 +94,14 @@ def gather_trainable(model: Any, optimizer: Any) -> tuple[dict, dict]:
     return {k: v for k, v in weights.items() if k in names}, optimizer_state
 
 
-def gather_weights(model: Any) -> dict:
+def gather_weights(model: torch.nn.Module) -> dict:
     """The trainable weights alone, as gather_trainable gathers them (every process calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(**_WHOLE_ON_CPU))
 
 
-def gather_zero_weights(model: Any) -> dict:
+def gather_zero_weights(model: torch.nn.Module) -> dict:
     """The trainable weights of a DeepSpeed run, whole and in float32 (the optimizer's master copies, not the bf16 ones
     the model computes with). Every process must call it; the main process gets the dict, the others an empty one."""
     import torch.distributed as dist
@@ -112,7 +117,7 @@ def gather_zero_weights(model: Any) -> dict:
     return weights
 
 
-def stage_zero_state(engine: Any, run_dir: Path, name: str) -> Path:
+def stage_zero_state(engine: DeepSpeedEngine, run_dir: Path, name: str) -> Path:
     """Every process writes its ZeRO shard of the optimizer into a staging folder that save_checkpoint completes."""
     import torch.distributed as dist
 
@@ -131,7 +136,7 @@ def stage_zero_state(engine: Any, run_dir: Path, name: str) -> Path:
     return staged
 
 
-def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict | None, scheduler: Any, state: dict,
+def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: dict | None, scheduler: LRScheduler, state: dict,
                     config_yaml: str, staged: Path | None = None) -> Path:
     """Write checkpoints/<name> atomically and return its path; `weights` and `optimizer_state` from gather_trainable.
 
@@ -176,7 +181,7 @@ def save_checkpoint(run_dir: Path, name: str, weights: dict, optimizer_state: di
     return final
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, engine: Any = None) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Optimizer, scheduler: LRScheduler, engine: DeepSpeedEngine | None = None) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `path`; every process calls it (fsdp shards what it reads).
 
     `engine`: DeepSpeed's, which reads its own shards back (weights and optimizer state).
@@ -204,7 +209,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, engi
     return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
 
 
-def _load_zero_state(path: Path, zero: dict | None, engine: Any) -> None:
+def _load_zero_state(path: Path, zero: dict | None, engine: DeepSpeedEngine | None) -> None:
     """DeepSpeed reads back its shards, written by as many processes as there are now."""
     if engine is None:
         assert zero is not None  # load_checkpoint comes here without an engine only for a checkpoint of ZeRO's

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trainer {__version__}")
     add_config_args(parser, dest="run_config", required=False)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run directory")
+    parser.add_argument("--node-rank", type=int, metavar="N", default=None,
+                        help="in a run on several machines (distributed.nodes), which one this is: 0 on the first, where the "
+                             "nodes meet (default: NODE_RANK from the environment)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add(sub)

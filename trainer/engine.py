@@ -4,8 +4,8 @@ Exit codes of `trainer --config` (trainer/errors.py, README.md; the UI and the m
   0    EXIT_OK: the run finished (or, in a launching or non-main process, its part of it did)
   2    EXIT_BAD_INPUT: a problem with the config, the data or the machine, said before or during the run
   3    EXIT_STOPPED: a stop (Ctrl-C, SIGTERM) ended the run as asked, after saving a checkpoint (continue it with
-       --resume); every process of a multi-process run exits 3, and so does the process that launched them on CPUs
-       (on GPUs `accelerate launch` turns any non-zero status of its processes into 1). The AutoTrain backend exits
+       --resume); every process of a multi-process run exits 3, and so does the launcher of each node (CPUs and
+       GPUs alike: trainer/distributed.py's `run_node`). The AutoTrain backend exits
        3 too, but it cannot resume: --resume starts it again from the beginning.
   130  EXIT_INTERRUPTED: a second Ctrl-C ended the run at once, without a checkpoint
 Any other status is not trainer's own: 1 is an uncaught exception (a bug); a process killed by a signal has none (a
@@ -22,7 +22,7 @@ from trainer import distributed
 from trainer.backends import Backend, get_backend
 from trainer.config import Config
 from trainer.config.rules import check_hardware
-from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
+from trainer.errors import EXIT_OK, EXIT_STOPPED, Problem, RunStopped, UserError
 from trainer.hardware import Hardware
 from trainer.rundir import SUMMARY_FILE, RunSummary
 
@@ -60,21 +60,23 @@ def preflight(config: Config, config_file: str) -> Backend:
     return get_backend(config.backend.name)
 
 
-def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None) -> RunResult:
+def run(config: Config, config_file: str, resume: bool = False, argv: list[str] | None = None, node_rank: int | None = None) -> RunResult:
+    """`node_rank`: which machine this is, in a run on several (distributed.nodes; else NODE_RANK from the environment)."""
     backend = preflight(config, config_file)
     run_dir = Path(config.output.dir).expanduser()
     if distributed.is_launched():
+        distributed.die_with_launcher()
         distributed.check_launched_nodes(config.distributed)
-    elif distributed.several_nodes(config.distributed):
-        distributed.refuse_unlaunched_nodes(config.distributed, config_file)
-    if config.distributed.strategy != "none" and not distributed.is_launched():
-        _relaunch(config, run_dir, argv if argv is not None else sys.argv[1:])
+    elif config.distributed.strategy != "none":
+        _relaunch(config, config_file, run_dir, argv if argv is not None else sys.argv[1:], node_rank)
         return RunResult(run_dir, reports=False)  # the launched processes did the run and said how it went
-    resuming = resume or config.resume == "auto"
+    resuming = resume or config.resume == "auto" or distributed.restarted()  # a restart goes on from the last checkpoint
     resumed = resuming and _has_checkpoint(run_dir)
     try:
         run_dir = backend.train(config, run_dir, resuming)
     except RunStopped as stop:
+        if distributed.is_launched():
+            distributed.stay_until_done()
         return RunResult(run_dir, stopped=True, message=stop.render(), reports=distributed.is_main_process())
     if not distributed.is_main_process():
         return RunResult(run_dir, reports=False)
@@ -114,21 +116,27 @@ def _record_seconds(config: Config, part: str, seconds: float, summary: RunSumma
         record(f"{throughput_key(config)}|{part}_seconds", Measurement(seconds, summary.steps, summary.trained_tokens))
 
 
-def _relaunch(config: Config, run_dir: Path, argv: list[str]) -> None:
-    """Start one trainer process per device with the same arguments, and wait for them (they do the whole run)."""
+def _relaunch(config: Config, config_file: str, run_dir: Path, argv: list[str], node_rank: int | None) -> None:
+    """Start this machine's trainer processes (one per device) with the same arguments, and wait for them (they do
+    the whole run, with the other nodes' where there are several)."""
+    import json
+
     import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    processes = distributed.num_processes(config.distributed, gpus)
-    if gpus:
-        import subprocess
+    from trainer.models import mixed_precision
 
-        command = distributed.launch_command(config, argv, run_dir, gpus)
-        print(f"Starting {config.distributed.strategy} training on {processes} GPUs: accelerate launch "
-              f"--config_file {run_dir / 'launch' / 'accelerate.yaml'} ...", file=sys.stderr, flush=True)
-        code = distributed.run_together([subprocess.Popen(command)])
-    else:
-        print(f"Starting {config.distributed.strategy} training in {processes} CPU processes ...", file=sys.stderr, flush=True)
-        code = distributed.run_local_processes(processes, argv)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    launch = distributed.node_launch(config, gpus, node_rank, config_file)
+    if config.distributed.strategy == "deepspeed":  # a record of what each process hands the engine
+        (run_dir / "launch").mkdir(parents=True, exist_ok=True)
+        settings = distributed.deepspeed_config(config.training, config.distributed.zero_stage, mixed_precision(config, "cuda" if gpus else "cpu"))
+        (run_dir / "launch" / "deepspeed.json").write_text(json.dumps(settings, indent=2))
+    unit = ("GPU" if gpus else "CPU process") + ("" if launch.processes == 1 else "s" if gpus else "es")
+    where = f"{launch.processes} {unit}"
+    if launch.nodes != (1, 1):
+        low, high = launch.nodes
+        where += (f" on node {launch.node_rank} of {low if low == high else f'{low} to {high}'}, meeting at {launch.endpoint}")
+    print(f"Starting {config.distributed.strategy} training in {where} ...", file=sys.stderr, flush=True)
+    code = distributed.run_node(launch, argv)
     if code != EXIT_OK:  # the processes have said what went wrong, or that they stopped (EXIT_STOPPED)
-        sys.exit(code if code > 0 else EXIT_BAD_INPUT)
+        sys.exit(code)

@@ -6,11 +6,19 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.methods import method_for
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from trainer.config.sections import ModelConfig
 
 
 def is_gguf(name_or_path: str) -> bool:
@@ -26,7 +34,7 @@ def _gguf_cache(path: Path, what: str = "tokenizer") -> Path:
     return cache_dir() / f"gguf-{what}s" / f"{path.stem}-{key}"
 
 
-def _save_once(obj: Any, final: Path) -> None:
+def _save_once(obj: PreTrainedModel | PreTrainedTokenizerBase, final: Path) -> None:
     """save_pretrained into a temporary folder, then rename: a killed save never looks finished."""
     import shutil
 
@@ -39,7 +47,7 @@ def _save_once(obj: Any, final: Path) -> None:
         os.replace(partial, final)
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     path = Path(os.path.expanduser(name_or_path))
@@ -89,7 +97,7 @@ def native_bf16(device: str) -> bool:
     return False
 
 
-def torch_dtype(config: Config, device: str) -> Any:
+def torch_dtype(config: Config, device: str) -> torch.dtype:
     """The dtype the base weights are loaded in: model.dtype, or for auto, bf16 where the device computes in bf16
     natively (frozen weights only: a full fine-tune keeps float32 weights on a CPU), else float32."""
     import torch
@@ -145,12 +153,14 @@ def deepspeed_only_when_used() -> None:
     accelerate_other.is_deepspeed_available = lambda: "deepspeed" in sys.modules
 
 
-def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
+def load_model(config: Config, device: str, zero3: dict | None = None, empty: bool = False) -> PreTrainedModel:
     """The base model, on `device`, in the configured dtype (4-bit NF4 for qlora).
 
     `zero3`: a DeepSpeed ZeRO-3 configuration. The model is then built partitioned across the processes
     (transformers creates it under deepspeed.zero.Init) and each process keeps only its share of every weight,
     on its device: without it every process would load the whole model, and DeepSpeed move it whole to the GPU.
+    `empty`: built from its config.json with its weights on the meta device (no memory, no values) and its buffers
+    real: an FSDP process other than the first, which receives its shards from the first (strategies.FSDP).
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -171,6 +181,10 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
             source = dequantised_gguf(path)  # before any partitioning: a plain load, cached for the next runs
         else:
             source, kwargs["revision"] = str(path) if path.exists() else m.name_or_path, m.revision
+            if "quantization_config" not in kwargs:
+                kwargs.update(_dequantised_mxfp4(str(source), m))
+        if empty:
+            return _empty_model(source, kwargs)
         with _built_partitioned(zero3):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except UserError:
@@ -180,6 +194,36 @@ def load_model(config: Config, device: str, zero3: dict | None = None) -> Any:
     if not method.places_model() and zero3 is None:
         model.to(device)
     return model
+
+
+def _empty_model(source: str | Path, kwargs: dict) -> PreTrainedModel:
+    """The model of `source` built on the meta device, but for its buffers (rotary frequencies: computed, not loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = AutoConfig.from_pretrained(source, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"])
+    options = {k: v for k, v in kwargs.items() if k in ("dtype", "attn_implementation", "trust_remote_code")}
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(settings, **options)
+
+
+def _dequantised_mxfp4(source: str, m: ModelConfig) -> dict[str, object]:
+    """gpt-oss ships its experts in MXFP4, whose kernels have no backward pass: they are dequantised to bf16 as they load,
+    as OpenAI's fine-tuning guide for gpt-oss loads them (Mxfp4Config(dequantize=True)), so LoRA, DoRA and full
+    fine-tuning train on bf16 weights (20.9 billion: about 42 GB). Other checkpoints load as they are."""
+    from transformers import AutoConfig
+
+    try:
+        quantization = getattr(AutoConfig.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code),
+                               "quantization_config", None)
+    except Exception:  # noqa: BLE001 - the load that follows says what is wrong with the model
+        return {}
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    if str(getattr(method, "value", method)) != "mxfp4":
+        return {}
+    from transformers import Mxfp4Config
+
+    return {"quantization_config": Mxfp4Config(dequantize=True)}
 
 
 @contextlib.contextmanager
@@ -199,7 +243,7 @@ def _built_partitioned(zero3: dict | None) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
-def add_adapter(model: Any, config: Config) -> Any:
+def add_adapter(model: PreTrainedModel, config: Config) -> nn.Module:
     """Wrap the model for the configured method: LoRA/DoRA/QLoRA adapters through peft, or every weight trainable."""
     t = config.training
     if t.gradient_checkpointing:
@@ -218,7 +262,7 @@ def adapter_folder(ref: str) -> Path:
                     "give the run directory of a lora or dora run, or its model/ folder.")
 
 
-def load_trainable_adapter(model: Any, ref: str) -> Any:
+def load_trainable_adapter(model: PreTrainedModel, ref: str) -> PeftModel:
     """The model with an adapter trained before, to train further (its own rank, alpha and targets are kept)."""
     from peft import PeftModel
 

@@ -13,12 +13,17 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer import __version__
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.methods import method_for
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 SUMMARY_FILE = "summary.json"
 
@@ -140,7 +145,7 @@ def guard_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
-def write_merged(run_dir: Path, adapted_model: Any, tokenizer: Any) -> None:
+def write_merged(run_dir: Path, adapted_model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """<run>/merged: `adapted_model` (a peft model) with its adapter folded into the base weights."""
     merged = adapted_model.merge_and_unload()
     shutil.rmtree(run_dir / "merged", ignore_errors=True)
@@ -165,7 +170,7 @@ def plot_losses(history: list, metrics: MetricsLog, path: Path) -> None:
     plt.close(fig)
 
 
-def loss_figure(training: tuple[list, list], validation: tuple[list, list], rewards: dict[str, tuple[list, list]] | None = None) -> Any:
+def loss_figure(training: tuple[list, list], validation: tuple[list, list], rewards: dict[str, tuple[list, list]] | None = None) -> Figure:
     """The loss curves as a matplotlib Figure: (steps, losses) of training and of validation. Steps are whole
     numbers on the axis, and each validation loss is a marked point, so a single one shows. With `rewards` (a grpo
     run's mean reward per step, in all and per grader: {name: (steps, rewards)}), a second panel below shows them."""

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from trainer import checkpoint
 from trainer.config import Config
-from trainer.distributed import deepspeed_engine, end_deepspeed, shard_model, zero3_loading
+from trainer.distributed import deepspeed_engine, end_deepspeed, fill_shards_from_first, shard_model, whole_weights, zero3_loading
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from deepspeed import DeepSpeedEngine
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
 
-def make_accelerator(config: Config, device: str) -> Any:
+def make_accelerator(config: Config, device: str) -> Accelerator:
     """The Accelerator for a run on `device`, with the run's mixed precision (none under deepspeed)."""
     import torch
     from accelerate import Accelerator
@@ -42,8 +48,10 @@ class SingleProcess:
 
     name = "none"
 
-    def __init__(self, accelerator: Any = None):
-        self.accelerator = accelerator
+    def __init__(self, accelerator: Accelerator | None = None):
+        # None only where a strategy is asked for its settings before the run has an accelerator (make_accelerator,
+        # models.load_model's zero3_loading); every method that steps or saves runs with one
+        self.accelerator = cast("Accelerator", accelerator)
 
     def accelerator_precision(self, config: Config, device: str) -> str:
         from trainer.models import mixed_precision
@@ -54,15 +62,19 @@ class SingleProcess:
         """The ZeRO-3 settings to build the model partitioned with (see models.load_model); None: load it whole."""
         return None
 
+    def loading(self, device: str) -> tuple[str, bool]:
+        """(the device this process loads the model on, whether it builds it empty on the meta device instead)."""
+        return device, False
+
     def wrap(self, loss_module: nn.Module, model: nn.Module) -> nn.Module:
         """The loss module the loop calls, before the optimizer is made (a sharding strategy replaces parameters)."""
         return self.accelerator.prepare(loss_module)
 
-    def prepare(self, module: nn.Module, optimizer: Any, config: Config, precision: str) -> tuple[nn.Module, Any]:
+    def prepare(self, module: nn.Module, optimizer: Optimizer, config: Config, precision: str) -> tuple[nn.Module, Optimizer]:
         """The module and optimizer as the loop drives them, once the optimizer exists (the scheduler comes after)."""
         return module, optimizer
 
-    def prepare_optimizer(self, optimizer: Any) -> Any:
+    def prepare_optimizer(self, optimizer: Optimizer) -> Optimizer:
         """After the scheduler is made: the optimizer the loop steps."""
         return self.accelerator.prepare(optimizer)
 
@@ -76,7 +88,7 @@ class SingleProcess:
             acc.backward(loss_sum * scale)
         return loss_sum.item()
 
-    def step(self, optimizer: Any, trainable: list, max_grad_norm: float) -> None:
+    def step(self, optimizer: Optimizer, trainable: list, max_grad_norm: float) -> None:
         """The end of an accumulation window: clip, step, zero the gradients."""
         if max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(trainable, max_grad_norm)
@@ -87,7 +99,7 @@ class SingleProcess:
         """The loss module without a gradient-syncing wrapper: evaluation needs no gradient sync."""
         return module
 
-    def checkpoint_state(self, model: nn.Module, optimizer: Any, run_dir: Path, name: str) -> tuple[dict, dict | None, Path | None]:
+    def checkpoint_state(self, model: nn.Module, optimizer: Optimizer, run_dir: Path, name: str) -> tuple[dict, dict | None, Path | None]:
         """(trainable weights, optimizer state, staged folder) for checkpoint.save_checkpoint; every process calls it."""
         weights, optimizer_state = checkpoint.gather_trainable(model, optimizer)
         return weights, optimizer_state, None
@@ -96,7 +108,7 @@ class SingleProcess:
         """The trainable weights, whole, where the main process's own parameters are not (None: they are)."""
         return None
 
-    def load(self, path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    def load(self, path: Path, model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler) -> dict:
         """Restore a checkpoint into this process; returns its saved training state."""
         return checkpoint.load_checkpoint(path, model, optimizer, scheduler)
 
@@ -120,8 +132,20 @@ class FSDP(SingleProcess):
 
     name = "fsdp"
 
+    def loading(self, device: str) -> tuple[str, bool]:
+        """Only the first process reads the weights, into CPU memory; the others build the model on the meta device and
+        receive their shards from it (`wrap`), so no process but the first holds a whole model, and no GPU ever does."""
+        if self.accelerator.num_processes == 1:
+            return device, False
+        return ("cpu", False) if self.accelerator.is_main_process else (device, True)
+
     def wrap(self, loss_module: nn.Module, model: nn.Module) -> nn.Module:
-        return shard_model(loss_module, model)  # replaces the parameters by shards
+        if self.accelerator.num_processes == 1:
+            return shard_model(loss_module, model)
+        whole = whole_weights(model) if self.accelerator.is_main_process else {}  # the loaded tensors, not copies
+        shard_model(loss_module, model)  # replaces the parameters by shards (on the others: shards of nothing, on meta)
+        fill_shards_from_first(model, whole, self.accelerator.device)
+        return loss_module
 
     def final_weights(self, model: nn.Module) -> dict | None:
         return checkpoint.gather_weights(model)
@@ -132,9 +156,14 @@ class DeepSpeed(SingleProcess):
 
     name = "deepspeed"
 
-    def __init__(self, accelerator: Any = None):
+    def __init__(self, accelerator: Accelerator | None = None):
         super().__init__(accelerator)
-        self.engine: Any = None
+        self._engine: DeepSpeedEngine | None = None
+
+    @property
+    def engine(self) -> DeepSpeedEngine:
+        assert self._engine is not None, "prepare() makes DeepSpeed's engine before anything steps or saves"
+        return self._engine
 
     def accelerator_precision(self, config: Config, device: str) -> str:
         return "no"  # the engine casts the model itself (deepspeed.json), so nothing is autocast
@@ -145,13 +174,13 @@ class DeepSpeed(SingleProcess):
     def wrap(self, loss_module: nn.Module, model: nn.Module) -> nn.Module:
         return loss_module  # the engine wraps it once the optimizer exists
 
-    def prepare(self, module: nn.Module, optimizer: Any, config: Config, precision: str) -> tuple[nn.Module, Any]:
+    def prepare(self, module: nn.Module, optimizer: Optimizer, config: Config, precision: str) -> tuple[nn.Module, Optimizer]:
         # ZeRO takes over the optimizer's state and drops its empty param groups; the scheduler, made after, sets the
         # learning rate in those that are left
-        self.engine = deepspeed_engine(module, optimizer, config, precision)
-        return self.engine, optimizer
+        self._engine = deepspeed_engine(module, optimizer, config, precision)
+        return self._engine, optimizer
 
-    def prepare_optimizer(self, optimizer: Any) -> Any:
+    def prepare_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
     def backward(self, module: nn.Module, batch: dict, scale: float, last: bool) -> float:
@@ -162,20 +191,20 @@ class DeepSpeed(SingleProcess):
         engine.step()  # at the boundary: clip, step the optimizer, zero the gradients; before it, only counts
         return loss_sum.item()
 
-    def step(self, optimizer: Any, trainable: list, max_grad_norm: float) -> None:
+    def step(self, optimizer: Optimizer, trainable: list, max_grad_norm: float) -> None:
         pass  # the engine clipped and stepped at the window's last micro-batch
 
     def eval_module(self, module: nn.Module) -> nn.Module:
         return self.engine.module
 
-    def checkpoint_state(self, model: nn.Module, optimizer: Any, run_dir: Path, name: str) -> tuple[dict, dict | None, Path | None]:
+    def checkpoint_state(self, model: nn.Module, optimizer: Optimizer, run_dir: Path, name: str) -> tuple[dict, dict | None, Path | None]:
         # every process writes its ZeRO shard; the main one adds the rest
         return checkpoint.gather_zero_weights(model), None, checkpoint.stage_zero_state(self.engine, run_dir, name)
 
     def final_weights(self, model: nn.Module) -> dict | None:
         return checkpoint.gather_zero_weights(model)
 
-    def load(self, path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict:
+    def load(self, path: Path, model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler) -> dict:
         return checkpoint.load_checkpoint(path, model, optimizer, scheduler, self.engine)
 
     def end(self, together: bool) -> None:
@@ -185,6 +214,6 @@ class DeepSpeed(SingleProcess):
 STRATEGIES: dict[str, type[SingleProcess]] = {s.name: s for s in (SingleProcess, DDP, FSDP, DeepSpeed)}
 
 
-def choose_strategy(config: Config, accelerator: Any = None) -> SingleProcess:
+def choose_strategy(config: Config, accelerator: Accelerator | None = None) -> SingleProcess:
     """The strategy object for distributed.strategy (none, ddp, fsdp, deepspeed)."""
     return STRATEGIES[config.distributed.strategy](accelerator)

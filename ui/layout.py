@@ -1,4 +1,4 @@
-"""The UI's Gradio Blocks: the form, the Run and Results tabs, their events, and the scripting API.
+"""The UI's Gradio Blocks: the form, the Run, Results and Jobs tabs, their events, and the scripting API.
 
 `build_blocks` lays out each part with a small function and wires its events
 with another; the functions behind the events are App's methods (ui/app.py).
@@ -78,6 +78,7 @@ def build_blocks(app: App) -> gr.Blocks:
                 form = _form(app)
             run_tab = _run_tab()
             results = _results_tab(app)
+            _service_tab()
         _wire_form(app, demo, form)
         _wire_data(app, form)
         _wire_run(app, form, run_tab, job_state)
@@ -194,6 +195,40 @@ def _results_tab(app: App) -> ResultsTab:
         chatbot = gr.Chatbot(label="Chat with the fine-tuned model", elem_id="chatbot", height=360)
         message = gr.Textbox(label="Your message", elem_id="chat-input")
     return ResultsTab(run_choice, refresh_runs, evaluate, zip_button, export, report, export_files, use_it, chatbot, message)
+
+
+def _service_tab() -> None:
+    """The Jobs tab: a `trainer api` service's jobs (ui/service.py), listed, followed (every 5 s) and cancelled."""
+    from ui import service
+
+    fixed = service.fixed_url()
+    with gr.Tab("Jobs", elem_id="tab-jobs"):
+        gr.Markdown("The fine-tuning jobs of a `trainer api` service (OpenAI's fine-tuning API, docs/coming-from-openai.md): "
+                    "give its URL and your API key, list your jobs, follow one, cancel it.")
+        with gr.Row():
+            url = gr.Textbox(label="Service URL", value=fixed or "http://127.0.0.1:8000/v1", interactive=fixed is None, elem_id="service-url")
+            key = gr.Textbox(label="API key", type="password", elem_id="service-key")
+            refresh = gr.Button("List jobs", elem_id="service-list")
+        status = gr.Markdown(elem_id="service-status")
+        table = gr.Dataframe(headers=service.JOB_COLUMNS, interactive=False, elem_id="service-jobs")
+        with gr.Row():
+            job = gr.Textbox(label="Job (click its row, or type its id)", elem_id="service-job")
+            show = gr.Button("Show", elem_id="service-show")
+            cancel = gr.Button("Cancel job", variant="stop", elem_id="service-cancel")
+        summary = gr.Markdown(elem_id="service-summary")
+        events = gr.Dataframe(headers=service.EVENT_COLUMNS, label="Events (newest first)", interactive=False, elem_id="service-events")
+        timer = gr.Timer(5.0)
+
+    def picked(event: gr.SelectData) -> str:
+        row = event.row_value if isinstance(event.row_value, list) else []
+        return str(row[0]) if row else gr.skip()
+
+    refresh.click(service.listed, [url, key], [table, status])
+    table.select(picked, None, job).then(service.shown, [url, key, job], [summary, events])
+    show.click(service.shown, [url, key, job], [summary, events])
+    cancel.click(service.cancelled, [url, key, job], [summary, events])
+    timer.tick(lambda u, k, j: service.shown(u, k, j) if j.strip() else (gr.skip(), gr.skip()), [url, key, job], [summary, events],
+               show_progress="hidden")
 
 
 # --- events --------------------------------------------------------------------------------------------------------

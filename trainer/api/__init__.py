@@ -1,10 +1,10 @@
 """`trainer api`: OpenAI's fine-tuning API, self-hosted on one machine, for the official clients unchanged.
 
-  trainer api --models models.yaml [--data-dir DIR] [--api-keys FILE]
+  trainer api --models models.yaml [--data-dir DIR] [--api-keys FILE] [--database URL]
 
 /v1/files, /v1/fine_tuning/jobs (events, checkpoints, cancel), /v1/models and /v1/chat/completions. The operator
 names the base models in a small YAML (trainer/api/catalog.py); jobs, files and events are kept in SQLite under
-the data directory (trainer/api/store.py) and trained one at a time as `trainer --config` children
+the data directory, or the database --database names (trainer/api/store.py) and trained one at a time as `trainer --config` children
 (trainer/api/queue.py). docs/coming-from-openai.md is the user's guide.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.api.catalog import Catalog
 from trainer.errors import Problem, UserError
@@ -27,6 +28,8 @@ class ApiOptions:
     max_upload_bytes: int = 512 * 1024 * 1024
     max_active_jobs: int = 8
     loaded_models: int = 2
+    database: str | None = None  # a SQLAlchemy URL; None: SQLite in the data directory
+    trust_graders: bool = False  # clients' python and score_model graders run (code on this machine, calls from it)
 
 
 def learning_rates(catalog: Catalog) -> dict[str, float]:
@@ -40,12 +43,32 @@ def learning_rates(catalog: Catalog) -> dict[str, float]:
     for model in catalog.models:
         try:
             rates[model.name] = parse_config(base_config(model), f"models.{model.name}", check_files=False).training.learning_rate
+            if "grpo" in (model.config.get("training") or {}):  # the settings of reinforcement jobs only
+                parse_config(base_config(model, "grpo"), f"models.{model.name}", check_files=False)
         except UserError as exc:
             # said at the operator's YAML (models.NAME.config.PATH), not at the job config it was laid into
             problems += [Problem(p.message, path=f"models.{model.name}.config" + (f".{p.path}" if p.path else "")) for p in exc.problems]
     if problems:
         raise UserError(problems, title="the models YAML asks for settings trainer refuses:")
     return rates
+
+
+def _open_store(store: Any, url: str) -> Any:
+    """The store at `url`, or a UserError saying what is wrong with the URL or the database (its password left out)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise UserError(f"--database {url!r} is not a database URL; e.g. postgresql+psycopg://user@host:5432/trainer "
+                        "(default: SQLite in the data directory)") from None
+    try:
+        return store(url)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"--database {shown} needs the Python package {exc.name}: pip install 'trainer[postgres]'") from None
+    except SQLAlchemyError as exc:
+        raise UserError(f"--database {shown} cannot be opened: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}") from None
 
 
 def run_api(options: ApiOptions) -> None:
@@ -61,7 +84,7 @@ def run_api(options: ApiOptions) -> None:
     from trainer.api.chat import LoadedModels
     from trainer.api.keys import load_keys
     from trainer.api.queue import JobQueue
-    from trainer.api.store import Store
+    from trainer.api.store import Store, database_url
 
     catalog = load_catalog(options.models)
     keys = load_keys(options.api_keys)
@@ -72,10 +95,10 @@ def run_api(options: ApiOptions) -> None:
     data_dir = options.data_dir.expanduser().resolve()
     for folder in ("files", "jobs"):
         (data_dir / folder).mkdir(parents=True, exist_ok=True)
-    store = Store(data_dir / "api.sqlite3")
+    store = _open_store(Store, database_url(options.database, data_dir))
     jobs = JobQueue(store, data_dir)
     service = Service(store, jobs, catalog, rates, data_dir, ApiLimits(max_upload_bytes=options.max_upload_bytes,
-                      max_active_jobs=options.max_active_jobs), LoadedModels(options.loaded_models))
+                      max_active_jobs=options.max_active_jobs, trust_graders=options.trust_graders), LoadedModels(options.loaded_models))
     app = create_app(service, keys)
     jobs.start()
     where = f"http://{options.host}:{options.port}/v1"
@@ -87,3 +110,4 @@ def run_api(options: ApiOptions) -> None:
     finally:
         jobs.close()
         service.models.close()
+        store.close()

@@ -8,9 +8,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainer.api import jobspec, queue
 from trainer.api.catalog import Catalog
-from trainer.api.chat import LoadedModels, base_engine, run_engine
+from trainer.api.chat import LoadedModels, base_source, run_source
 from trainer.api.keys import Keys
 from trainer.api.store import ACTIVE, FileRow, JobRow, Store
 from trainer.api.uploads import UploadProblem, count_lines, jsonl_problem, receive_upload
@@ -33,6 +33,7 @@ class ApiLimits:
     max_files: int = 1000  # per owner
     max_active_jobs: int = 8  # per owner: validating, queued, running or paused
     max_page: int = 100  # the most rows a list answers at once
+    trust_graders: bool = False  # clients' python and score_model graders are taken
     chat: ServeLimits = ServeLimits()
 
 
@@ -49,6 +50,7 @@ class Service:
 
 def create_app(service: Service, keys: Keys) -> FastAPI:
     app = FastAPI(title="trainer api", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
     add_error_handlers(app)
 
     @app.exception_handler(RequestValidationError)
@@ -64,6 +66,7 @@ def create_app(service: Service, keys: Keys) -> FastAPI:
 
     _file_routes(app, service)
     _job_routes(app, service)
+    _grader_routes(app, service)
     _model_routes(app, service)
     app.add_middleware(_Owners, keys=keys, limits=service.limits)
     return app
@@ -177,8 +180,32 @@ def _file_routes(app: FastAPI, service: Service) -> None:
         return {"id": file_id, "object": "file", "deleted": True}
 
 
+class _Missing(Exception):
+    """What a route needs is not there (or is another owner's): answered 404."""
+
+    def __init__(self, what: str, ident: str):
+        super().__init__(what, ident)
+        self.what, self.ident = what, ident
+
+
+def _owned_job(request: Request, job_id: str) -> JobRow:
+    """The job of the path, if it is the caller's: a dependency of every route below /v1/fine_tuning/jobs/{job_id}."""
+    service: Service = request.app.state.service
+    job = service.store.job(job_id, _owner(request))
+    if job is None:
+        raise _Missing("fine-tuning job", job_id)
+    return job
+
+
+OwnedJob = Annotated[JobRow, Depends(_owned_job)]  # module-level: FastAPI reads the routes' annotations from here
+
+
 def _job_routes(app: FastAPI, service: Service) -> None:
     store, limits = service.store, service.limits
+
+    @app.exception_handler(_Missing)
+    async def missing(request: Request, exc: _Missing) -> JSONResponse:
+        return _not_found(exc.what, exc.ident)
 
     def _job_now(job_id: str) -> dict[str, Any]:
         now = store.job(job_id)
@@ -193,7 +220,7 @@ def _job_routes(app: FastAPI, service: Service) -> None:
             return error_response(400, f"model {body.model!r} is not trained here; the models this service trains: "
                                   f"{', '.join(service.catalog.names())}", param="model", code="model_not_found")
         try:
-            objective, asked = jobspec.chosen_hyperparameters(body)
+            asked = jobspec.chosen_hyperparameters(body, limits.trust_graders)
         except jobspec.Refused as exc:
             return error_response(400, str(exc), param=exc.param, code="unsupported_parameter")
         files: dict[str, FileRow | None] = {}
@@ -211,7 +238,7 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         train = files["training_file"]
         assert train is not None
         examples = await run_in_threadpool(count_lines, Path(train.path))
-        resolved = jobspec.resolve(objective, asked, examples)
+        resolved = jobspec.resolve(asked, examples)
         seed = body.seed if body.seed is not None else jobspec.new_seed()
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         folder = service.data_dir / "jobs" / job_id
@@ -239,56 +266,41 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         return _page([r.public() for r in rows], more)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}", response_model=None)
-    async def retrieve_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
-        job = store.job(job_id, _owner(request))
-        return job.public() if job else _not_found("fine-tuning job", job_id)
+    async def retrieve_job(job: OwnedJob) -> dict[str, Any]:
+        return job.public()
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", response_model=None)
-    async def cancel_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
-        job = store.job(job_id, _owner(request))
-        if job is None:
-            return _not_found("fine-tuning job", job_id)
+    async def cancel_job(job: OwnedJob) -> JSONResponse | dict[str, Any]:
         if job.status not in ACTIVE:
             return error_response(400, f"the job has already ended ({job.status})", param="fine_tuning_job_id", code="job_not_cancellable")
         service.queue.cancel(job)
-        return _job_now(job_id)
+        return _job_now(job.id)
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause", response_model=None)
-    async def pause_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
-        job = store.job(job_id, _owner(request))
-        if job is None:
-            return _not_found("fine-tuning job", job_id)
+    async def pause_job(job: OwnedJob) -> JSONResponse | dict[str, Any]:
         if job.status not in ("queued", "running") or job.cancel_requested:
             return error_response(400, f"only a queued or running job can be paused; this one is {'being cancelled' if job.cancel_requested else job.status}",
                                   param="fine_tuning_job_id", code="job_not_pausable")
         service.queue.pause(job)
-        return _job_now(job_id)
+        return _job_now(job.id)
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume", response_model=None)
-    async def resume_job(request: Request, job_id: str) -> JSONResponse | dict[str, Any]:
-        job = store.job(job_id, _owner(request))
-        if job is None:
-            return _not_found("fine-tuning job", job_id)
+    async def resume_job(job: OwnedJob) -> JSONResponse | dict[str, Any]:
         if not service.queue.resume(job):
-            now = store.job(job_id)
+            now = store.job(job.id)
             pausing = now is not None and now.status == "running" and now.pause_requested
             return error_response(400, "the job is still saving its checkpoint to pause: resume it once it reads paused" if pausing
                                   else f"only a paused job can be resumed; this one is {now.status if now else job.status}",
                                   param="fine_tuning_job_id", code="job_not_resumable")
-        return _job_now(job_id)
+        return _job_now(job.id)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=None)
-    async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = Query(20, ge=1)) -> JSONResponse | dict[str, Any]:
-        if store.job(job_id, _owner(request)) is None:
-            return _not_found("fine-tuning job", job_id)
-        events, more = store.events(job_id, after, min(limit, limits.max_page))
+    async def list_events(job: OwnedJob, after: str | None = None, limit: int = Query(20, ge=1)) -> dict[str, Any]:
+        events, more = store.events(job.id, after, min(limit, limits.max_page))
         return {"object": "list", "data": events, "has_more": more}
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", response_model=None)
-    async def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: int = Query(10, ge=1)) -> JSONResponse | dict[str, Any]:
-        job = store.job(job_id, _owner(request))
-        if job is None:
-            return _not_found("fine-tuning job", job_id)
+    async def list_checkpoints(job: OwnedJob, after: str | None = None, limit: int = Query(10, ge=1)) -> dict[str, Any]:
         found = _checkpoints(job)
         if after is not None:
             found = found[next((i + 1 for i, c in enumerate(found) if c["id"] == after), len(found)):]
@@ -317,6 +329,68 @@ def _checkpoints(job: JobRow) -> list[dict[str, Any]]:
                     "created_at": int((path / STATE_FILE).stat().st_mtime), "fine_tuning_job_id": job.id, "step_number": step,
                     "fine_tuned_model_checkpoint": f"{queue.model_name(job)}:ckpt-step-{step}", "metrics": metrics})
     return out
+
+
+def _grader_routes(app: FastAPI, service: Service) -> None:
+    """OpenAI's /v1/fine_tuning/alpha/graders: a grader checked (validate) or run on one sample (run), by trainer/graders,
+    with the same limits as a reinforcement job's grader."""
+
+    def checked(body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("grader"), dict):
+            raise jobspec.Refused("grader: a grader object is needed, e.g. {type: string_check, ...}", "grader")
+        return jobspec.check_grader(body["grader"], service.limits.trust_graders)
+
+    def refused(exc: jobspec.Refused) -> JSONResponse:
+        param = (exc.param or "grader").removeprefix("method.reinforcement.")
+        return error_response(400, str(exc), param=param, code="invalid_grader")
+
+    @app.post("/v1/fine_tuning/alpha/graders/validate", response_model=None)
+    async def validate_grader(body: dict[str, Any]) -> JSONResponse | dict[str, Any]:
+        try:
+            return {"grader": checked(body)}
+        except jobspec.Refused as exc:
+            return refused(exc)
+
+    @app.post("/v1/fine_tuning/alpha/graders/run", response_model=None)
+    async def run_grader(body: dict[str, Any]) -> JSONResponse | dict[str, Any]:
+        from trainer.graders import grade, parse_grader
+
+        unknown = set(body) - {"grader", "model_sample", "item"}
+        if unknown:
+            return error_response(400, f"{sorted(unknown)[0]}: not a field this endpoint takes (grader, model_sample, item)",
+                                  param=sorted(unknown)[0], code="unsupported_parameter")
+        try:
+            data = checked(body)
+        except jobspec.Refused as exc:
+            return refused(exc)
+        sample, item = body.get("model_sample"), body.get("item", {})
+        if not isinstance(sample, str):
+            return error_response(400, "model_sample: the model's output, a string", param="model_sample")
+        if not isinstance(item, dict):
+            return error_response(400, "item: the data line the grader reads as item, an object", param="item")
+        grader = parse_grader(data)
+        started = time.perf_counter()
+        result = await run_in_threadpool(grade, grader, {"output_text": sample}, item)
+        return _grader_run(str(data["type"]), grader, result, time.perf_counter() - started)
+
+
+def _grader_run(kind_name: str, grader: Any, result: Any, seconds: float) -> dict[str, Any]:
+    """A grade in OpenAI's run answer. A failure sets the flag of its kind (python, model, else other_error), with
+    trainer's message in its `_details` field."""
+    from trainer.graders.objects import Python, ScoreModel
+
+    errors: dict[str, Any] = {key: False for key in (
+        "formula_parse_error", "invalid_variable_error", "model_grader_parse_error", "model_grader_refusal_error",
+        "model_grader_server_error", "other_error", "python_grader_runtime_error", "python_grader_server_error",
+        "sample_parse_error", "truncated_observation_error", "unresponsive_reward_error")}
+    errors |= {"model_grader_server_error_details": None, "python_grader_runtime_error_details": None, "python_grader_server_error_type": None}
+    if result.error is not None:
+        kind = "python_grader_runtime_error" if isinstance(grader, Python) else "model_grader_server_error" if isinstance(grader, ScoreModel) else "other_error"
+        errors[kind], errors[f"{kind}_details"] = True, result.error
+    parts = {name: part.score for name, part in result.parts.items()}
+    return {"reward": result.score, "sub_rewards": parts, "model_grader_token_usage_per_model": {},
+            "metadata": {"name": grader.name, "type": kind_name, "errors": errors, "execution_time": round(seconds, 4),
+                         "scores": parts or {grader.name: result.score}, "token_usage": None, "sampled_model_name": None}}
 
 
 def _model_routes(app: FastAPI, service: Service) -> None:
@@ -358,9 +432,10 @@ def _model_routes(app: FastAPI, service: Service) -> None:
         asked = body.model or ""
         job, base = tuned(_owner(request), asked), service.catalog.find(asked)
         if job is not None and job.fine_tuned_model is not None:
-            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, run_engine(queue.run_dir(job)))
+            run = queue.run_dir(job)
+            worker = await run_in_threadpool(service.models.get, job.fine_tuned_model, lambda: run_source(run))
         elif base is not None:  # an alias and its model share one engine, which answers with the model's own name
-            worker = await run_in_threadpool(service.models.get, base.name, base_engine(base))
+            worker = await run_in_threadpool(service.models.get, base.name, lambda: base_source(base))
             body = body.model_copy(update={"model": base.name})
         else:
             names = service.catalog.names() + [j.fine_tuned_model for j in store.succeeded(_owner(request)) if j.fine_tuned_model]

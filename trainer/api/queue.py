@@ -147,7 +147,10 @@ class JobQueue:
                 train_step, last = step, row
                 data = {"step": step, "total_steps": row.get("total_steps"), "train_loss": row["loss"],
                         "learning_rate": row.get("lr"), "trained_tokens": row.get("trained_tokens")}
-                self.store.add_event(job.id, f"Step {step}/{row.get('total_steps')}: training loss={row['loss']:.4f}",
+                # a reinforcement job's rewards, under trainer's metric names (reward, reward_std, reward_<grader>, ...)
+                data |= {k: v for k, v in row.items() if k.startswith("reward") or k in ("grader_errors", "zero_spread_groups")}
+                said = f", reward={row['reward']:.4f}" if isinstance(row.get("reward"), (int, float)) else ""
+                self.store.add_event(job.id, f"Step {step}/{row.get('total_steps')}: training loss={row['loss']:.4f}{said}",
                                      kind="metrics", data=data)
             elif "eval_loss" in row and step > eval_step:
                 eval_step = step
@@ -183,8 +186,13 @@ class JobQueue:
                 entry["train_loss"] = row["loss"]
             if "eval_loss" in row:
                 entry["valid_loss"] = row["eval_loss"]
+            if "reward" in row:
+                entry["train_reward"] = row["reward"]
         text = io.StringIO()
-        writer = csv.DictWriter(text, ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        if job.method.get("type") == "reinforcement":  # trainer's own column: the mean reward of the step's answers
+            columns.append("train_reward")
+        writer = csv.DictWriter(text, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows[step] for step in sorted(rows))
         file_id = f"file-{uuid.uuid4().hex[:24]}"
@@ -240,13 +248,37 @@ def _data_problem(config_file: Path, names: dict[str, str]) -> str | None:
     try:
         config = load_config(str(config_file))
         tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
-        prepare_data(config, tokenizer)
+        if config.training.objective == "grpo":
+            _prompt_problems(config, tokenizer)
+        else:
+            prepare_data(config, tokenizer)
     except UserError as exc:
         message = exc.render(limit=20)
         for path, file_id in names.items():
             message = message.replace(path, file_id)
         return message
     return None
+
+
+def _prompt_problems(config: Any, tokenizer: Any) -> None:
+    """A reinforcement job's prompts checked as its training will read them (trainer/reinforcement/recipe.py's setup):
+    the layout, the fields its grader reads, and that each prompt leaves room for an answer; UserError if not."""
+    from trainer.data.pipeline import _NO_TEMPLATE, model_label
+    from trainer.data.prompts import check_prompts, encode_prompts, read_prompts
+    from trainer.data.templates import resolve_template
+    from trainer.data.tokenize import Tokenizer
+    from trainer.reinforcement.rewards import load_rewards
+
+    prompt_set = read_prompts(config, load_rewards(config.training.grpo.graders))
+    check_prompts(prompt_set, config.data.on_invalid)
+    template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
+    encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
+                       fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
+    room = config.data.max_seq_length - config.training.grpo.max_completion_length
+    problems = [p for prompts in (prompt_set.train, prompt_set.validation) for p in encode_prompts(prompts, encode, room)[1]]
+    if problems and config.data.on_invalid == "error":
+        raise UserError(problems[:20], title=f"{len(problems)} prompt(s) do not leave max_completion_length tokens for the answer "
+                                             "within max_seq_length")
 
 
 def _checkpoint_step(run: Path) -> int:

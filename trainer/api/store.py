@@ -1,44 +1,77 @@
-"""Files, jobs and events of the fine-tuning API in one SQLite file (<data dir>/api.sqlite3), so the service survives
-restarts: nothing a client was told is forgotten, and a job that was running is picked up again.
+"""Files, jobs and events of the fine-tuning API in a database, so the service survives restarts: nothing a client was
+told is forgotten, and a job that was running is picked up again.
 
-The stdlib's sqlite3 rather than SQLAlchemy: three tables, a handful of queries, and no dependency to add; one
-connection behind a lock serves the web threads and the queue thread (SQLite writes one at a time anyway).
+SQLAlchemy Core, one code path for every database it speaks: SQLite in one file under the data directory by default
+(<data dir>/api.sqlite3, WAL), or a `--database` URL (postgresql+psycopg://user@host/db) where the service outgrows a
+file. Each write is its own transaction, committed before the caller goes on; a lock serialises the calls of the web
+threads and the queue thread, as SQLite writes one at a time anyway and the service's load is small.
 Listing is newest first with an `after` cursor (an id: the rows older than it), as OpenAI pages.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    false,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, Row
+from sqlalchemy.sql.elements import ColumnElement
+
 T = TypeVar("T")
 
 ACTIVE = ("validating_files", "queued", "running", "paused")  # a job in one of these may still change
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL, filename TEXT NOT NULL,
-    purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, path TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
-    model TEXT NOT NULL, method TEXT NOT NULL, hyperparameters TEXT NOT NULL, training_file TEXT NOT NULL,
-    validation_file TEXT, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT, status TEXT NOT NULL, error TEXT,
-    fine_tuned_model TEXT, finished_at INTEGER, trained_tokens INTEGER, result_files TEXT NOT NULL,
-    estimated_finish INTEGER, folder TEXT NOT NULL, pid INTEGER, resume INTEGER NOT NULL, cancel_requested INTEGER NOT NULL,
-    train_step INTEGER NOT NULL, eval_step INTEGER NOT NULL, restarts INTEGER NOT NULL, pause_requested INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
-    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
-CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, seq);
-"""
-# columns added since the first release, with what rows written before them read as: a data directory of an older
-# service opens as it was
-_ADDED_COLUMNS = {"jobs": {"pause_requested": "INTEGER NOT NULL DEFAULT 0"}}
+
+_META = MetaData()
+FILES = Table(
+    "files", _META,
+    Column("seq", Integer, primary_key=True, autoincrement=True), Column("id", Text, unique=True, nullable=False),
+    Column("owner", Text, nullable=False), Column("filename", Text, nullable=False), Column("purpose", Text, nullable=False),
+    Column("bytes", BigInteger, nullable=False), Column("created_at", BigInteger, nullable=False), Column("path", Text, nullable=False),
+    Index("files_by_owner", "owner", "seq"), sqlite_autoincrement=True)
+JOBS = Table(
+    "jobs", _META,
+    Column("seq", Integer, primary_key=True, autoincrement=True), Column("id", Text, unique=True, nullable=False),
+    Column("owner", Text, nullable=False), Column("created_at", BigInteger, nullable=False), Column("model", Text, nullable=False),
+    Column("method", Text, nullable=False), Column("hyperparameters", Text, nullable=False), Column("training_file", Text, nullable=False),
+    Column("validation_file", Text), Column("suffix", Text), Column("seed", BigInteger, nullable=False), Column("metadata", Text),
+    Column("status", Text, nullable=False), Column("error", Text), Column("fine_tuned_model", Text), Column("finished_at", BigInteger),
+    Column("trained_tokens", BigInteger), Column("result_files", Text, nullable=False), Column("estimated_finish", BigInteger),
+    Column("folder", Text, nullable=False), Column("pid", Integer), Column("resume", Boolean, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False), Column("train_step", Integer, nullable=False),
+    Column("eval_step", Integer, nullable=False), Column("restarts", Integer, nullable=False),
+    Column("pause_requested", Boolean, nullable=False, server_default=false()),
+    Index("jobs_by_owner", "owner", "seq"), sqlite_autoincrement=True)
+EVENTS = Table(
+    "events", _META,
+    Column("seq", Integer, primary_key=True, autoincrement=True), Column("id", Text, unique=True, nullable=False),
+    Column("job_id", Text, nullable=False), Column("created_at", BigInteger, nullable=False), Column("level", Text, nullable=False),
+    Column("message", Text, nullable=False), Column("type", Text, nullable=False), Column("data", Text),
+    Index("events_by_job", "job_id", "seq"), sqlite_autoincrement=True)
+# columns added since the first release: a database of an older service gets them (with their server default) when
+# it is opened, so it opens as it was
+_ADDED_COLUMNS = {"jobs": ("pause_requested",)}
+# sqlite_autoincrement: SQLite gives a deleted row's seq again otherwise, and the `after` cursors rely on it never being
 
 
 @dataclass
@@ -96,136 +129,148 @@ class JobRow:
 
 
 _JSON_COLUMNS = {"method", "hyperparameters", "metadata", "error", "result_files", "data"}
-_BOOL_COLUMNS = {"resume", "cancel_requested", "pause_requested"}
 
 
 def _to_sql(value: Any, column: str) -> Any:
-    if column in _JSON_COLUMNS:
-        return None if value is None else json.dumps(value)
-    return int(value) if column in _BOOL_COLUMNS else value
+    return (None if value is None else json.dumps(value)) if column in _JSON_COLUMNS else value
 
 
-def _from_sql(cls: type[T], row: sqlite3.Row) -> T:
+def _from_sql(cls: type[T], row: Row[Any]) -> T:
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS and row[k] is not None else row[k]) for k in row.keys() if k in names}
-    values.update({k: bool(values[k]) for k in _BOOL_COLUMNS if k in values})
+    values = {k: (json.loads(v) if k in _JSON_COLUMNS and v is not None else v) for k, v in row._mapping.items() if k in names}
     return cls(**values)
 
 
+def database_url(database: str | None, data_dir: Path) -> str:
+    """The SQLAlchemy URL of the service's database: --database as given, else SQLite in the data directory."""
+    return database or f"sqlite:///{data_dir / 'api.sqlite3'}"
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+        cursor.close()
+
+
 class Store:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # autocommit: each write is durable
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
-        for table, added in _ADDED_COLUMNS.items():
-            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            for column, declared in added.items():
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        connect = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, connect_args=connect, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        _META.create_all(self.engine)  # the tables and indexes that are not there yet
+        self._add_columns()
         self.lock = threading.Lock()
 
-    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        with self.lock:
-            return self.db.execute(sql, args).fetchall()
+    def _add_columns(self) -> None:
+        found = inspect(self.engine)
+        with self.engine.begin() as db:
+            for name, added in _ADDED_COLUMNS.items():
+                table, have = _META.tables[name], {c["name"] for c in found.get_columns(name)}
+                for column in (table.c[c] for c in added if c not in have):
+                    declared = column.type.compile(self.engine.dialect)
+                    default = column.server_default.arg.compile(dialect=self.engine.dialect)  # type: ignore[union-attr]
+                    db.execute(text(f"ALTER TABLE {name} ADD COLUMN {column.name} {declared} NOT NULL DEFAULT {default}"))
 
-    def _run(self, sql: str, *args: Any) -> int:
-        with self.lock:
-            return self.db.execute(sql, args).rowcount
+    def close(self) -> None:
+        self.engine.dispose()
 
-    def _insert(self, table: str, row: Any) -> None:
-        values = asdict(row)
-        self._run(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-                  *(_to_sql(v, k) for k, v in values.items()))
+    def _all(self, query: Any) -> list[Row[Any]]:
+        with self.lock, self.engine.connect() as db:
+            return list(db.execute(query).fetchall())
 
-    def _page(self, table: str, where: str, args: tuple[Any, ...], after: str | None, limit: int,
-              newest_first: bool = True) -> tuple[list[sqlite3.Row], bool]:
+    def _run(self, statement: Any) -> int:
+        """A write, committed before it returns; the number of rows it changed."""
+        with self.lock, self.engine.begin() as db:
+            return int(db.execute(statement).rowcount)
+
+    def _insert(self, table: Table, row: Any) -> None:
+        self._run(table.insert().values({k: _to_sql(v, k) for k, v in asdict(row).items()}))
+
+    def _page(self, table: Table, where: ColumnElement[bool], after: str | None, limit: int,
+              newest_first: bool = True) -> tuple[list[Row[Any]], bool]:
         """Up to `limit` rows past the cursor, and whether there are more."""
         if after is not None:
-            where += f" AND seq {'<' if newest_first else '>'} COALESCE((SELECT seq FROM {table} WHERE id = ?), -1)"
-            args = (*args, after)
-        rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?",
-                         *args, limit + 1)
+            cursor = func.coalesce(select(table.c.seq).where(table.c.id == after).scalar_subquery(), -1)
+            where = and_(where, table.c.seq < cursor if newest_first else table.c.seq > cursor)
+        order = table.c.seq.desc() if newest_first else table.c.seq.asc()
+        rows = self._all(select(table).where(where).order_by(order).limit(limit + 1))
         return rows[:limit], len(rows) > limit
 
     # --- files ---
     def add_file(self, row: FileRow) -> None:
-        self._insert("files", row)
+        self._insert(FILES, row)
 
     def file(self, owner: str, file_id: str) -> FileRow | None:
-        rows = self._all("SELECT * FROM files WHERE id = ? AND owner = ?", file_id, owner)
+        rows = self._all(select(FILES).where(FILES.c.id == file_id, FILES.c.owner == owner))
         return _from_sql(FileRow, rows[0]) if rows else None
 
     def files(self, owner: str, purpose: str | None, after: str | None, limit: int, newest_first: bool) -> tuple[list[FileRow], bool]:
-        where, args = "owner = ?", (owner,) + (() if purpose is None else (purpose,))
+        where = FILES.c.owner == owner
         if purpose is not None:
-            where += " AND purpose = ?"
-        rows, more = self._page("files", where, args, after, limit, newest_first)
+            where = and_(where, FILES.c.purpose == purpose)
+        rows, more = self._page(FILES, where, after, limit, newest_first)
         return [_from_sql(FileRow, r) for r in rows], more
 
     def count_files(self, owner: str) -> int:
-        return int(self._all("SELECT COUNT(*) FROM files WHERE owner = ?", owner)[0][0])
+        return int(self._all(select(func.count()).select_from(FILES).where(FILES.c.owner == owner))[0][0])
 
     def delete_file(self, owner: str, file_id: str) -> bool:
-        return self._run("DELETE FROM files WHERE id = ? AND owner = ?", file_id, owner) > 0
+        return self._run(FILES.delete().where(FILES.c.id == file_id, FILES.c.owner == owner)) > 0
 
     def file_in_use(self, file_id: str) -> bool:
         """Whether a job that may still start reads this file."""
-        return bool(self._all(f"SELECT 1 FROM jobs WHERE (training_file = ? OR validation_file = ?) AND status IN ({_marks(ACTIVE)})",
-                              file_id, file_id, *ACTIVE))
+        uses = (JOBS.c.training_file == file_id) | (JOBS.c.validation_file == file_id)
+        return bool(self._all(select(JOBS.c.id).where(uses, JOBS.c.status.in_(ACTIVE)).limit(1)))
 
     # --- jobs ---
     def add_job(self, row: JobRow) -> None:
-        self._insert("jobs", row)
+        self._insert(JOBS, row)
 
     def job(self, job_id: str, owner: str | None = None) -> JobRow | None:
-        rows = self._all("SELECT * FROM jobs WHERE id = ?", job_id)
+        rows = self._all(select(JOBS).where(JOBS.c.id == job_id))
         job = _from_sql(JobRow, rows[0]) if rows else None
         return job if job is not None and owner in (None, job.owner) else None
 
     def jobs(self, owner: str, after: str | None, limit: int) -> tuple[list[JobRow], bool]:
-        rows, more = self._page("jobs", "owner = ?", (owner,), after, limit)
+        rows, more = self._page(JOBS, JOBS.c.owner == owner, after, limit)
         return [_from_sql(JobRow, r) for r in rows], more
 
     def active_jobs(self) -> list[JobRow]:
         """Jobs that may still change, oldest first: the queue's order."""
-        return [_from_sql(JobRow, r) for r in self._all(f"SELECT * FROM jobs WHERE status IN ({_marks(ACTIVE)}) ORDER BY seq", *ACTIVE)]
+        return [_from_sql(JobRow, r) for r in self._all(select(JOBS).where(JOBS.c.status.in_(ACTIVE)).order_by(JOBS.c.seq))]
 
     def count_active(self, owner: str) -> int:
-        return int(self._all(f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ({_marks(ACTIVE)})", owner, *ACTIVE)[0][0])
+        query = select(func.count()).select_from(JOBS).where(JOBS.c.owner == owner, JOBS.c.status.in_(ACTIVE))
+        return int(self._all(query)[0][0])
 
     def succeeded(self, owner: str | None) -> list[JobRow]:
         """Jobs whose tuned model is served (of one owner, or of all), oldest first."""
-        where, args = "status = 'succeeded' AND fine_tuned_model IS NOT NULL", tuple[str, ...]()
+        query = select(JOBS).where(JOBS.c.status == "succeeded", JOBS.c.fine_tuned_model.is_not(None))
         if owner is not None:
-            where, args = where + " AND owner = ?", (owner,)
-        return [_from_sql(JobRow, r) for r in self._all(f"SELECT * FROM jobs WHERE {where} ORDER BY seq", *args)]
+            query = query.where(JOBS.c.owner == owner)
+        return [_from_sql(JobRow, r) for r in self._all(query.order_by(JOBS.c.seq))]
 
     def update_job(self, job_id: str, **changes: Any) -> None:
-        self._run(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
-                  *(_to_sql(v, k) for k, v in changes.items()), job_id)
+        self._run(JOBS.update().where(JOBS.c.id == job_id).values({k: _to_sql(v, k) for k, v in changes.items()}))
 
     def set_status(self, job_id: str, expected: tuple[str, ...], **changes: Any) -> bool:
         """Change a job only while its status is one of `expected` (a cancel and the queue may race); True if it did."""
-        sets = ", ".join(f"{k} = ?" for k in changes)
-        return self._run(f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ({_marks(expected)})",
-                         *(_to_sql(v, k) for k, v in changes.items()), job_id, *expected) > 0
+        statement = JOBS.update().where(JOBS.c.id == job_id, JOBS.c.status.in_(expected))
+        return self._run(statement.values({k: _to_sql(v, k) for k, v in changes.items()})) > 0
 
     # --- events ---
     def add_event(self, job_id: str, message: str, level: str = "info", kind: str = "message",
                   data: dict[str, Any] | None = None) -> None:
-        import uuid
-
-        self._run("INSERT INTO events (id, job_id, created_at, level, message, type, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  f"ftevent-{uuid.uuid4().hex[:24]}", job_id, int(time.time()), level, message, kind,
-                  json.dumps(data) if data is not None else None)
+        self._run(EVENTS.insert().values(id=f"ftevent-{uuid.uuid4().hex[:24]}", job_id=job_id, created_at=int(time.time()), level=level,
+                                         message=message, type=kind, data=json.dumps(data) if data is not None else None))
 
     def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        rows, more = self._page("events", "job_id = ?", (job_id,), after, limit)
-        return [{"id": r["id"], "object": "fine_tuning.job.event", "created_at": r["created_at"], "level": r["level"],
-                 "message": r["message"], "type": r["type"], "data": json.loads(r["data"]) if r["data"] else {}} for r in rows], more
-
-
-def _marks(values: tuple[str, ...]) -> str:
-    return ", ".join("?" * len(values))
+        rows, more = self._page(EVENTS, EVENTS.c.job_id == job_id, after, limit)
+        return [{"id": r.id, "object": "fine_tuning.job.event", "created_at": r.created_at, "level": r.level,
+                 "message": r.message, "type": r.type, "data": json.loads(r.data) if r.data else {}} for r in rows], more

@@ -22,7 +22,13 @@ def _add_api(sub: SubParsers) -> None:
                    "files, jobs and models (default: the environment variable TRAINER_API_KEY, one key); needed for any host but this machine")
     p.add_argument("--max-upload-mb", type=float, default=512, help="the largest file an upload may be (default 512 MB)")
     p.add_argument("--max-jobs", type=int, default=8, help="jobs one owner may have waiting or running at once (default 8)")
-    p.add_argument("--loaded-models", type=int, default=2, help="tuned models kept in memory for chat at once (default 2)")
+    p.add_argument("--loaded-models", type=int, default=2, help="base models kept in memory for chat at once (default 2), "
+                   "each with the adapters of up to 16 of its tuned models")
+    p.add_argument("--database", metavar="URL", help="where jobs, files and events are kept: a SQLAlchemy URL, e.g. "
+                   "postgresql+psycopg://user:password@host:5432/trainer (pip install 'trainer[postgres]'); default: SQLite "
+                   "in the data directory (DIR/api.sqlite3)")
+    p.add_argument("--trust-graders", action="store_true", help="let clients' reinforcement jobs use python graders (their code "
+                   "runs on this machine) and score_model graders (called from this machine, with its OPENAI_API_KEY); refused otherwise")
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -32,7 +38,7 @@ def _api(args: argparse.Namespace) -> int:
 
     run_api(ApiOptions(models=Path(args.models).expanduser(), data_dir=Path(args.data_dir), host=args.host, port=args.port,
                        api_keys=args.api_keys, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                       max_active_jobs=args.max_jobs, loaded_models=args.loaded_models))
+                       max_active_jobs=args.max_jobs, loaded_models=args.loaded_models, trust_graders=args.trust_graders, database=args.database))
     return 0
 
 

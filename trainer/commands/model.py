@@ -60,6 +60,8 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         for answer, offered in zip(answers, tools):
             line = {"answer": answer.text, "prompt_tokens": answer.prompt_tokens, "generated_tokens": answer.generated_tokens}
+            if answer.reasoning is not None:  # gpt-oss: its analysis channel
+                line["reasoning"] = answer.reasoning
             if offered:
                 line["tool_calls"] = parse_tool_calls(answer.text)  # None: the answer tries a call but it is malformed
             print(json.dumps(line, ensure_ascii=False))

@@ -10,7 +10,7 @@ def run_training(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     config = load_config(args.run_config, args.overrides)
-    result = engine.run(config, args.run_config, resume=args.resume, argv=args.argv)
+    result = engine.run(config, args.run_config, resume=args.resume, argv=args.argv, node_rank=args.node_rank)
     if not result.reports:
         return result.exit_code  # the main training process reports; other ranks and the launching process stay quiet
     if result.stopped:

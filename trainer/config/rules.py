@@ -58,6 +58,33 @@ def text_format_has_no_assistant(cfg: Config) -> Found:
         yield ("data", "train_on"), "plain text has no assistant turns to learn from, so train_on: assistant requires a chat format; set data.train_on: all."
 
 
+# apply_chat_template's own arguments, the names every render passes (transformers adds the special tokens: bos_token,
+# eos_token, ...) and strftime_now (data.template_date pins it): a template variable of one of these names would
+# replace what trainer passes, or be refused by transformers
+RENDER_NAMES = ("messages", "tools", "documents", "add_generation_prompt", "continue_final_message", "chat_template", "tokenize",
+                "padding", "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+                "tokenizer_kwargs", "sanitize_control_tokens", "strftime_now", "bos_token", "eos_token", "unk_token", "pad_token",
+                "sep_token", "cls_token", "mask_token", "additional_special_tokens")
+
+
+def template_kwargs_are_free(cfg: Config) -> Found:
+    for name in cfg.data.template_kwargs:
+        if name == "strftime_now":
+            yield ("data", "template_kwargs", name), "strftime_now is the template's clock; set the date it shows with data.template_date."
+        elif name in RENDER_NAMES:
+            yield ("data", "template_kwargs", name), (f"{name!r} is what trainer itself passes to every render (the conversation, its "
+                                                      "tools, the tokenizer's special tokens); remove it from data.template_kwargs.")
+
+
+def template_date_is_a_date(cfg: Config) -> Found:
+    import datetime
+
+    try:
+        datetime.date.fromisoformat(cfg.data.template_date)
+    except ValueError:
+        yield ("data", "template_date"), f"{cfg.data.template_date!r} is not a date of the calendar; write it as YYYY-MM-DD, e.g. 2025-08-05."
+
+
 # ---- objectives (sft, dpo, orpo, grpo) ----------------------------------------------------------
 
 PREFERENCE = ("dpo", "orpo")
@@ -291,6 +318,8 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     early_stopping_needs_validation,
     chat_template_is_named_or_jinja,
     text_format_has_no_assistant,
+    template_kwargs_are_free,
+    template_date_is_a_date,
     preference_learns_answers_only,
     objective_matches_data_format,
     preference_without_packing,

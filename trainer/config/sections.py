@@ -34,9 +34,10 @@ class Config(ConfigBase):
     """Which engine runs the training."""
 
     distributed: DistributedConfig
-    """Train on several GPUs (or CPU processes) at once, on this machine or on several. On one machine trainer
-    re-launches itself with one process per device; or run `accelerate launch -m trainer --config x.yaml`
-    yourself. On several (nodes), `trainer launch` writes the Slurm or SkyPilot file that starts it."""
+    """Train on several GPUs (or CPU processes) at once, on this machine or on several. trainer re-launches
+    itself with one process per device (torchrun's launcher, in its own process); on several machines (nodes)
+    each one runs `trainer --config x.yaml --node-rank N`, which the Slurm or SkyPilot file `trainer launch`
+    writes does."""
 
     logging: LoggingConfig
     """How progress is recorded."""
@@ -125,6 +126,19 @@ class DataConfig(Section):
     v0.3, Small 3.2) refuse any id that is not 9 characters, such as OpenAI's call_...: 'remap' replaces every
     id with 9 letters and digits made from it (the same for a call and its result), 'keep' passes the ids as
     written, and 'auto' remaps only for a template that refuses OpenAI-style ids. Default: "auto"."""
+
+    template_kwargs: dict
+    """Extra variables the chat template reads, passed to every render (training, evaluation, generate, chat,
+    serve) as apply_chat_template(**kwargs) passes them, e.g. gpt-oss's reasoning_effort (low, medium, high)
+    and model_identity, Qwen3's and SmolLM3's enable_thinking (false: answers without reasoning). A name the
+    template never reads is refused when the data is prepared. Written as YAML: {reasoning_effort: high}.
+    Default: {}."""
+
+    template_date: str
+    """The date a chat template that writes today's date (gpt-oss's 'Current date:', SmolLM3, Llama 3.2) shows in
+    the training data, as YYYY-MM-DD. Fixed, so that the data cache and a resumed run hold the same text on
+    any day (the date is in the prompt, never trained); generate, chat, serve and the answers of trainer eval
+    show the real date. The default is the day gpt-oss was released. Default: "2025-08-05"."""
 
     system_prompt: str
     """'keep' gives the system prompt to the template as a system message; 'fold' puts it at the start of the
@@ -460,17 +474,19 @@ class BackendAutotrainConfig(Section):
 
 @dataclass(frozen=True)
 class DistributedConfig(Section):
-    """Train on several GPUs (or CPU processes) at once, on this machine or on several. On one machine trainer
-    re-launches itself with one process per device; or run `accelerate launch -m trainer --config x.yaml`
-    yourself. On several (nodes), `trainer launch` writes the Slurm or SkyPilot file that starts it."""
+    """Train on several GPUs (or CPU processes) at once, on this machine or on several. trainer re-launches
+    itself with one process per device (torchrun's launcher, in its own process); on several machines (nodes)
+    each one runs `trainer --config x.yaml --node-rank N`, which the Slurm or SkyPilot file `trainer launch`
+    writes does."""
 
     strategy: str
     """none: one process. ddp: every process holds the whole model and they average gradients (simplest, fastest
     when the model fits one GPU). fsdp: the weights, gradients and optimizer state are sharded across the
-    processes (PyTorch FSDP2, one unit per decoder layer; the model is loaded whole before sharding, so it
-    must fit one GPU). deepspeed: DeepSpeed ZeRO (see zero_stage; needs `pip install 'trainer[deepspeed]'`);
-    at stage 3 the model is built partitioned, for models bigger than one GPU; a run resumes with the same
-    number of processes. Default: "none"."""
+    processes (PyTorch FSDP2, one unit per decoder layer; only the first process reads the weights, into CPU
+    memory, and each process receives its shards, so the model need not fit one GPU). deepspeed: DeepSpeed
+    ZeRO (see zero_stage; needs `pip install 'trainer[deepspeed]'`); at stage 3 the model is built
+    partitioned, for models bigger than one GPU; a run resumes with the same number of processes. Default:
+    "none"."""
 
     num_processes: int | None
     """How many processes on each machine (one per GPU). Empty means every visible GPU. Default: null."""
@@ -480,18 +496,20 @@ class DistributedConfig(Section):
 
     nodes: int | str | None
     """How many machines train together, each with num_processes processes: a count (2), or min:max (2:4) for an
-    elastic run that goes on while at least min of them are up. Empty means this machine only. Several nodes
-    are started on each machine by the files `trainer launch --to slurm|skypilot` writes, or by torchrun by
-    hand (docs: Several GPUs and several machines). Default: null."""
+    elastic run that goes on while at least min of them are up. Empty means this machine only. Each machine
+    runs `trainer --config x.yaml --node-rank N` (0 on the first; or NODE_RANK in the environment), as the
+    files `trainer launch --to slurm|skypilot` writes do (docs: Several GPUs and several machines). Default:
+    null."""
 
     rendezvous: str | None
     """Where the nodes find each other: host:port of the first node, or of a c10d endpoint every node can reach
-    (torchrun's --rdzv-endpoint; port 29500 when left out). Empty: the launch files take the first node of the
-    job. Default: null."""
+    (torchrun's --rdzv-endpoint; port 29500 when left out). Empty: MASTER_ADDR:MASTER_PORT from the
+    environment, which the launch files set to the first node of the job. Default: null."""
 
     max_restarts: int
     """How many times a run on several nodes starts again from its last checkpoint after a node fails (torchrun's
-    --max-restarts). 0: a failure ends the run. Default: 0."""
+    --max-restarts): the other nodes wait at the rendezvous for it to be started again (or, with min:max
+    nodes, go on with at least min). 0: a failure ends the run. Default: 0."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Problems from every step are collected and raised together as one UserError.
 """
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 from typing import Any, Iterable
@@ -119,8 +120,10 @@ def _apply_override(doc: Document, override: str) -> None:
     path = tuple(key.strip().split("."))
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a date that is not one (2025-02-30)
         value = raw
+    if isinstance(value, datetime.date):
+        value = raw.strip()  # a date is just text to us, as in yaml_loader
     if isinstance(value, (int, float)) and ":" in raw:
         value = raw.strip()  # YAML 1.1's base 60 (2:4 is 124), as in yaml_loader: min:max is text
     node = doc.data

@@ -4,7 +4,9 @@ An entry is a folder $TRAINER_CACHE/data/<key>/ (default ~/.cache/trainer/data) 
 examples.arrow (each valid example's record, for evaluation: build.py), train.npy and validation.npy (which rows
 each split has) and meta.json (the reports, written last); evaluation adds its BM25 index (bm25-*/) the first time it
 needs it. The key is a hash of: the data files' content (and their names, which problems quote), the tokenizer
-(its vocabulary, merges and special tokens) and the chat template, the data settings that change the rows, the seed
+(its vocabulary, merges and special tokens) and the chat template (with data.template_date's clock pinned in it, for a
+template that writes today's date: so an entry never goes stale by the day, and a date is in the key only where a
+template shows it), the data settings that change the rows, the seed
 that picks the held-out validation share, trainer's version and the entry's layout (LAYOUT). data.num_workers, data.packing and data.on_invalid
 change nothing in the rows, so they are not in it.
 
@@ -28,7 +30,7 @@ from trainer.config.rules import is_local_data
 from trainer.config.sections import DataConfig
 
 KEYED_SETTINGS = ("train", "validation", "validation_split", "format", "columns", "chat_template", "turns", "system_prompt", "tool_call_ids",
-                  "max_seq_length", "train_on")
+                  "template_kwargs", "max_seq_length", "train_on")
 LAYOUT = 2  # what an entry holds; 2: examples.arrow added (entries without it are not used)
 _READ = 1 << 20
 MEMO_FILES = 2000

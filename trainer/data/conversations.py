@@ -10,7 +10,8 @@ assistant tool_calls (content null)       Message.tool_calls (arguments parsed f
 assistant function_call (legacy)          Message.tool_calls with one call
 tool (tool_call_id) / function (legacy)   Message(role="tool"), answering the call it names
 content: [{type: text, text}]             the texts joined with newlines
-reasoning_content, or <think>...</think>  Message.reasoning
+reasoning_content (or thinking, gpt-oss's   Message.reasoning
+name for it), or <think>...</think>
 developer                                 system
 ShareGPT function_call / observation      assistant tool call / tool result; a `tools` column as tools
 """
@@ -27,7 +28,7 @@ OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "t
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
-MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call", "reasoning_content", "refusal"}
+MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call", "reasoning_content", "thinking", "refusal"}
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -247,9 +248,10 @@ def _content_and_reasoning(where: str, turn: dict, role: str, raw_content: Any, 
     if text is None and not (is_call and raw_content is None):
         return "", None, f"{where} {content_key!r} must be text, got {_short(raw_content)}."
     text = text or ""
-    reasoning = turn.get("reasoning_content")
+    field = "reasoning_content" if turn.get("reasoning_content") is not None else "thinking"  # gpt-oss's data (and its template) say thinking
+    reasoning = turn.get(field)
     if reasoning is not None and not isinstance(reasoning, str):
-        return "", None, f"{where} 'reasoning_content' must be text, got {_short(reasoning)}."
+        return "", None, f"{where} {field!r} must be text, got {_short(reasoning)}."
     if role == "assistant" and reasoning is None:
         reasoning, text = split_reasoning(text)
     return text, reasoning, None

@@ -21,9 +21,12 @@ import json
 import re
 import string
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from trainer.data.conversations import Message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _OPEN, _OPEN_END, _CLOSE, _CLOSE_END = "\ue000", "\ue001", "\ue002", "\ue003"
 _MARK = re.compile(f"([{_OPEN}{_CLOSE}])(\\d+)[{_OPEN_END}{_CLOSE_END}]")
@@ -52,6 +55,7 @@ class TemplateFeatures:
     last_close: str = ""  # closes the conversation's last answer when unlike `close` (gpt-oss: <|return|>, earlier answers <|end|>)
     call_close: str = ""  # closes a turn that ends with tool calls (gpt-oss: <|call|>; Command-R7B: <|END_ACTION|><|END_OF_TURN_TOKEN|>)
     parallel_calls: bool = True  # renders every call of a message (gpt-oss renders only the first: one call per message)
+    thinking_off: bool = False  # the generation prompt closes an empty reasoning block (Qwen3 with enable_thinking false): no reasoning is generated
 
     def describe(self) -> str:
         said = [
@@ -64,19 +68,23 @@ class TemplateFeatures:
         return ", ".join(said)
 
 
-def render(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
+           variables: Mapping[str, Any] | None = None) -> str:
+    """`variables`: the template's own (data.template_kwargs), as apply_chat_template(**kwargs) passes them."""
     extra = {"tools": list(tools)} if tools else {}
-    return tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra)
+    return tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation_prompt,
+                                         **{**(variables or {}), **extra})
 
 
-def _try(tokenizer: Any, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False) -> str | None:
+def _try(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False,
+         variables: Mapping[str, Any] | None = None) -> str | None:
     try:
-        return render(tokenizer, jinja, messages, tools, generation_prompt)
+        return render(tokenizer, jinja, messages, tools, generation_prompt, variables)
     except Exception:  # noqa: BLE001 - a probe that a template refuses is an answer, not an error
         return None
 
 
-def _special_texts(tokenizer: Any) -> list[str]:
+def _special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     added = set(getattr(tokenizer, "get_added_vocab", dict)() or {}) | set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted((t for t in added if t), key=len, reverse=True)
 
@@ -91,7 +99,7 @@ def _through_first_special(text: str, specials: list[str]) -> str:
     return text[: best[0] + best[1]] if best else text.rstrip()
 
 
-def _stop_texts(tokenizer: Any) -> set[str]:
+def _stop_texts(tokenizer: PreTrainedTokenizerBase) -> set[str]:
     """The tokens generation stops on (trainer.generate.stop_ids): eos and the known end-of-turn tokens."""
     from trainer.data.templates import END_OF_TURN
 
@@ -139,16 +147,22 @@ def _probe_call(content_style: str, arguments: str) -> dict:
     return message
 
 
-def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None, with_tools: bool = False) -> TemplateFeatures:
+def probe_template(tokenizer: PreTrainedTokenizerBase, jinja: str, specials: list[str] | None = None, with_tools: bool = False,
+                   variables: Mapping[str, Any] | None = None) -> TemplateFeatures:
     """Render small conversations with and without each feature, once per template (`with_tools`: every one with a tools
-    list, for a template that only renders conversations with tools)."""
+    list, for a template that only renders conversations with tools), with the template's variables (enable_thinking=false
+    changes Qwen3's generation prompt)."""
     specials = specials if specials is not None else _special_texts(tokenizer)
+
+    def attempt(messages: list[dict], tools: Sequence[dict] | None = None, generation_prompt: bool = False) -> str | None:
+        return _try(tokenizer, jinja, messages, tools, generation_prompt, variables)
+
     always = [PROBE_TOOL] if with_tools else None
     user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
-    plain = _try(tokenizer, jinja, [user, answer], always) or ""
-    header, user_tail = _generation_header(tokenizer, jinja, [user], specials, always)
+    plain = attempt([user, answer], always) or ""
+    header, user_tail = _generation_header(tokenizer, jinja, [user], specials, always, variables)
     # what follows an answer before the next message (a template may end the conversation otherwise: Phi-3.5 adds eos)
-    following = _try(tokenizer, jinja, [user, answer, {"role": "user", "content": "Nextprobezq"}], always) or plain
+    following = attempt([user, answer, {"role": "user", "content": "Nextprobezq"}], always) or plain
     after = following[following.rfind("Yo") + 2 :] if "Yo" in following else ""
     after = after[: after.find("Nextprobezq")] if "Nextprobezq" in after else after
     stops = _stop_texts(tokenizer)
@@ -159,10 +173,10 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
     last_close = "" if last_close == close else last_close
     tails = {"user": user_tail}
 
-    with_system = _try(tokenizer, jinja, [{"role": "system", "content": "Sysprobezq"}, user, answer], always)
+    with_system = attempt([{"role": "system", "content": "Sysprobezq"}, user, answer], always)
     system = "refuses" if with_system is None else "keeps" if "Sysprobezq" in with_system else "drops"
 
-    listed = _try(tokenizer, jinja, [user, answer], tools=[PROBE_TOOL])
+    listed = attempt([user, answer], tools=[PROBE_TOOL])
     tools = listed is not None and (listed != plain or with_tools) and "probe_lookup_zq" in listed
 
     tool_calls = tool_results = short_ids = False
@@ -172,13 +186,13 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
         for argument_style in ("object", "json"):
             result = {"role": "tool", "content": "Resultprobezq", "tool_call_id": "call00001", "name": "probe_lookup_zq"}
             conversation = [user, _probe_call(content_style, argument_style), result]
-            text = _try(tokenizer, jinja, conversation + [answer], tools=[PROBE_TOOL])
+            text = attempt(conversation + [answer], tools=[PROBE_TOOL])
             if text is None:
                 continue
             empty_content, arguments = content_style, argument_style
             openai_ids = [dict(m, tool_calls=[dict(c, id=OPENAI_ID) for c in m["tool_calls"]]) if "tool_calls" in m else
                           dict(m, tool_call_id=OPENAI_ID) if m["role"] == "tool" else m for m in conversation + [answer]]
-            short_ids = _try(tokenizer, jinja, openai_ids, tools=[PROBE_TOOL]) is None
+            short_ids = attempt(openai_ids, tools=[PROBE_TOOL]) is None
             tool_calls = "probeargzq" in text
             tool_results = "Resultprobezq" in text
             if tool_calls:  # what closes the call: from the first special token after its arguments, up to the result
@@ -187,37 +201,41 @@ def probe_template(tokenizer: Any, jinja: str, specials: list[str] | None = None
                 call_close = _from_first_special(_closing(after_call, specials, stops)[0], specials)
                 call_close = "" if call_close == close else call_close
                 two = dict(conversation[1], tool_calls=conversation[1]["tool_calls"] + [_second_call(conversation[1]["tool_calls"][0])])
-                both = _try(tokenizer, jinja, [user, two, result, dict(result, tool_call_id="call00002"), answer], tools=[PROBE_TOOL])
+                both = attempt([user, two, result, dict(result, tool_call_id="call00002"), answer], tools=[PROBE_TOOL])
                 parallel_calls = both is None or "probeargyq" in both  # a template that refuses two calls says so itself
-            tool_prompt = _try(tokenizer, jinja, conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
+            tool_prompt = attempt(conversation, tools=[PROBE_TOOL], generation_prompt=True) or ""
             if "Resultprobezq" in tool_prompt:
                 tails["tool"] = tool_prompt[tool_prompt.rfind("Resultprobezq") + len("Resultprobezq") :]
             break
         if text is not None:
             break
 
-    reasoning_field = _reasoning_field(tokenizer, jinja, user, always)
+    reasoning_field = _reasoning_field(tokenizer, jinja, user, always, variables)
 
     def thinking(text: str) -> dict:
         if reasoning_field:
             return {"role": "assistant", "content": f"Answer{text}", reasoning_field: f"Thought{text}zq"}
         return {"role": "assistant", "content": f"<think>\nThought{text}zq\n</think>\n\nAnswer{text}"}
 
-    two_turns = _try(tokenizer, jinja, [user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")], always) or ""
+    two_turns = attempt([user, thinking("one"), {"role": "user", "content": "More"}, thinking("two")], always) or ""
     last, first = "Thoughttwozq" in two_turns, "Thoughtonezq" in two_turns
     reasoning = "all" if last and first else "last" if last else "none"
+    # a generation prompt that is not in front of a rendered answer with reasoning, though it is in front of one without:
+    # it has closed the reasoning block already (Qwen3's empty think block with enable_thinking false)
+    with_thought = attempt([user, thinking("one")], always) or ""
+    thinking_off = reasoning != "none" and bool(header) and header in plain and "Thoughtonezq" in with_thought and header not in with_thought
     return TemplateFeatures(header, close, tails, system, tools, tool_calls, tool_results, reasoning, reasoning_field,
                             empty_content, arguments, "<|im_start|>" in jinja, with_tools, short_ids, stop, last_close, call_close,
-                            parallel_calls)
+                            parallel_calls, thinking_off)
 
 
-def _reasoning_field(tokenizer: Any, jinja: str, user: dict, tools: list[dict] | None) -> str:
+def _reasoning_field(tokenizer: PreTrainedTokenizerBase, jinja: str, user: dict, tools: list[dict] | None, variables: Mapping[str, Any] | None = None) -> str:
     """The field an answer's reasoning is read from, found by rendering a last answer with a different text in each:
     reasoning_content (Qwen3), thinking (gpt-oss). Both at once, because recent transformers copies one field into the
     other when only one is given. A template that renders neither but names reasoning_content drops it (the probe of
     two turns then says "none"); any other gets reasoning as a <think> block in the content."""
     fields = {"reasoning_content": "Contentprobezq", "thinking": "Thinkingprobezq"}
-    text = _try(tokenizer, jinja, [user, {"role": "assistant", "content": "Yo", **fields}], tools) or ""
+    text = _try(tokenizer, jinja, [user, {"role": "assistant", "content": "Yo", **fields}], tools, variables=variables) or ""
     return next((field for field, value in fields.items() if value in text), "reasoning_content" if "reasoning_content" in jinja else "")
 
 
@@ -233,11 +251,12 @@ def _from_first_special(text: str, specials: list[str]) -> str:
     return text[min(found) :] if found else text
 
 
-def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None) -> tuple[str, str]:
+def _generation_header(tokenizer: PreTrainedTokenizerBase, jinja: str, messages: list[dict], specials: list[str], tools: list[dict] | None = None,
+                       variables: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """For messages ending with the user turn "Hi": what the generation prompt adds (the assistant header), and the
     text between "Hi" and the answer (the user tail)."""
-    prompt = _try(tokenizer, jinja, messages, tools, generation_prompt=True) or ""
-    prompt_without = _try(tokenizer, jinja, messages, tools) or ""
+    prompt = _try(tokenizer, jinja, messages, tools, generation_prompt=True, variables=variables) or ""
+    prompt_without = _try(tokenizer, jinja, messages, tools, variables=variables) or ""
     common = 0
     while common < min(len(prompt), len(prompt_without)) and prompt[common] == prompt_without[common]:
         common += 1
@@ -249,14 +268,15 @@ def _generation_header(tokenizer: Any, jinja: str, messages: list[dict], special
     return header, prompt[prompt.rfind("Hi") + 2 :] if "Hi" in prompt else header
 
 
-def features_with_system(tokenizer: Any, jinja: str, features: TemplateFeatures, system: str, specials: list[str]) -> TemplateFeatures:
+def features_with_system(tokenizer: PreTrainedTokenizerBase, jinja: str, features: TemplateFeatures, system: str, specials: list[str],
+                         variables: Mapping[str, Any] | None = None) -> TemplateFeatures:
     """The features for conversations with this system prompt. A template may open the answers by what the system prompt
     says: SmolLM3's generation prompt writes an empty think block after '/no_think', so there the block is part of the
     header, prompt rather than answer, and not trained."""
     if features.system != "keeps":
         return features
     header, user_tail = _generation_header(tokenizer, jinja, [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], specials,
-                                           [PROBE_TOOL] if features.with_tools else None)
+                                           [PROBE_TOOL] if features.with_tools else None, variables)
     if not header or header == features.header:
         return features
     tails = {role: tail[: len(tail) - len(features.header)] + header if features.header and tail.endswith(features.header) else tail
@@ -380,12 +400,12 @@ class SpanError(Exception):
     """The turns of a rendered conversation could not be located; the message says which and why."""
 
 
-def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, items: list[dict], tools: Sequence[dict] | None = None,
-                      specials: list[str] | None = None) -> tuple[str, list[tuple[int, int, int]]]:
+def render_with_spans(tokenizer: PreTrainedTokenizerBase, jinja: str, features: TemplateFeatures, items: list[dict], tools: Sequence[dict] | None = None,
+                      specials: list[str] | None = None, variables: Mapping[str, Any] | None = None) -> tuple[str, list[tuple[int, int, int]]]:
     """The rendered conversation and, per assistant message, (index in items, start, end) of its trained text."""
     marked = [dict(m, content=_wrap(m["content"], k)) if m["role"] in MARKED_ROLES and isinstance(m.get("content"), str) else m
               for k, m in enumerate(items)]
-    text, starts, ends = _unmark(render(tokenizer, jinja, marked, tools))
+    text, starts, ends = _unmark(render(tokenizer, jinja, marked, tools, variables=variables))
     specials = specials if specials is not None else _special_texts(tokenizer)
     spans = []
     previous_end = 0
@@ -407,6 +427,8 @@ def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, it
             at = text.find(anchor, previous_end, following)
             if at >= 0:
                 start = at + len(anchor)
+                if features.header.startswith(anchor):
+                    start += _header_rest(features.header[len(anchor) :], text[start:following], specials)
                 break
         if start is None:
             raise SpanError(f"could not find where assistant message {i + 1} begins in the rendered conversation "
@@ -430,6 +452,17 @@ def render_with_spans(tokenizer: Any, jinja: str, features: TemplateFeatures, it
         spans.append((i, start, end))
         previous_end = end
     return text, spans
+
+
+def _header_rest(rest: str, text: str, specials: list[str]) -> int:
+    """How much more of a header the text holds after a cut of it, through the last line end or special token they share:
+    Qwen3 with enable_thinking false opens the last answer with an empty think block and earlier ones without, so an earlier
+    answer begins after "<|im_start|>assistant\n", not after "<|im_start|>"."""
+    shared = 0
+    while shared < min(len(rest), len(text)) and rest[shared] == text[shared]:
+        shared += 1
+    ends = [k for k in range(1, shared + 1) if rest[k - 1] == "\n" or any(rest[:k].endswith(s) for s in specials)]
+    return max(ends, default=0)
 
 
 def _anchors(features: TemplateFeatures, before: str, specials: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from trainer.data.prepare import PREFERENCE, convert, fields_of, split_turns
 from trainer.data.prepare import fields_of as fields_used  # noqa: F401 (its name before the data cache)
 from trainer.data.records import read_records
 from trainer.data.store import Rows, Store
-from trainer.data.templates import resolve_template
+from trainer.data.templates import ChatTemplate, resolve_template, template_of
 from trainer.data.tokenize import Tokenizer
 from trainer.errors import Problem, UserError
 
@@ -88,7 +88,7 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
     before. With on_invalid: error, any problem stops here, listed (unless the caller reports them)."""
     from trainer.data import cache
 
-    template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
+    template = checked_template(config, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
                        fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model), tool_call_ids=config.data.tool_call_ids)
     key, inputs = cache.cache_key(config.data, config.training.seed, tokenizer, template.key if template else None, model_label(config.model))
@@ -116,6 +116,25 @@ def prepare_data(config: Config, tokenizer: Any, stop_on_problems: bool = True, 
 
 
 _NO_TEMPLATE = resolve_template("chatml", None)
+
+
+def checked_template(config: Config, tokenizer: Any) -> ChatTemplate:
+    """The chat template the training data is rendered with (template_of), once every variable of data.template_kwargs is
+    known to be read by it."""
+    import difflib
+
+    from trainer.config.rules import RENDER_NAMES
+
+    template = template_of(config.data, tokenizer)
+    unread = template.unread()
+    if unread:
+        read = sorted(template.reads() - set(RENDER_NAMES))
+        hints = [f"{name!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, read, n=1)) else "")
+                 for name in unread]
+        raise UserError(f"data.template_kwargs: the chat template of {model_label(config.model)} never reads {', '.join(hints)}, so "
+                        "it would change nothing; remove it, or fix its name. The template reads (besides the conversation): "
+                        f"{', '.join(read) or 'nothing else'}.")
+    return template
 
 
 def model_label(model: ModelConfig) -> str:

@@ -6,8 +6,10 @@ learns to stop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import datetime
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
 
 from trainer.errors import UserError
 
@@ -78,6 +80,7 @@ class ChatTemplate:
     turn_end: str | None  # the text that closes an assistant turn (None: the turn's last special token)
     variant: str | None = None  # which of the tokenizer's named templates this is, when it keeps several (Hermes 3, Command-R)
     tool_use: ChatTemplate | None = None  # the template apply_chat_template picks instead for a conversation with tools
+    variables: Mapping[str, Any] = field(default_factory=dict)  # data.template_kwargs: given to every render as apply_chat_template(**variables)
 
     def for_tools(self, tools: Any) -> ChatTemplate:
         """The template apply_chat_template(tools=...) renders this conversation with: the tokenizer's "tool_use" one
@@ -89,8 +92,50 @@ class ChatTemplate:
 
     @property
     def key(self) -> str:
-        """Every template that may render a conversation, as one text (what the data cache is keyed by)."""
-        return "\0".join(t.jinja for t in self.variants())
+        """Every template that may render a conversation and the variables they get, as one text (what the data cache is
+        keyed by; a pinned date is in the templates' text)."""
+        return "\0".join([t.jinja for t in self.variants()] + [json.dumps(dict(self.variables), sort_keys=True)])
+
+    def reads(self) -> set[str]:
+        """The variables the templates read from their caller (a superset: also names a template sets before reading)."""
+        import jinja2.meta
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        environment = _compile_jinja_template("").environment  # transformers' own sandbox, with its extensions
+        return set().union(*(jinja2.meta.find_undeclared_variables(environment.parse(t.jinja)) for t in self.variants()))
+
+    def unread(self) -> list[str]:
+        """The variables none of the templates reads (a misspelt reasoning_effort would change nothing, silently)."""
+        read = self.reads()
+        return [name for name in self.variables if name not in read]
+
+
+def pinned_clock(jinja: str, date: str) -> str:
+    """The template with its clock stopped at `date` (YYYY-MM-DD): transformers gives templates strftime_now(format),
+    today's date, so a render made today and one made tomorrow differ, and a cached render would go stale by the day.
+    The clock is replaced by a macro of the same name at the top, which writes the pinned date in the formats templates
+    use (%Y-%m-%d for gpt-oss, "%d %B %Y" for SmolLM3, "%d %b %Y" for Llama 3.2). A macro, because transformers turns
+    every function passed to a render into a string; defined first, it shadows the global in the whole template. A
+    template that has no clock is returned as it is."""
+    if "strftime_now" not in jinja:
+        return jinja
+    day = datetime.date.fromisoformat(date)
+    fields = "".join(f" | replace('%{code}', '{day.strftime('%' + code)}')" for code in "YmdBbAayjeHMS")
+    return "{%- macro strftime_now(format) -%}{{- format" + fields + " -}}{%- endmacro -%}" + jinja
+
+
+def with_variables(template: ChatTemplate, variables: Mapping[str, Any], date: str | None) -> ChatTemplate:
+    """The template (and its tool_use one) with data.template_kwargs and, for the training data's renders,
+    data.template_date's clock."""
+    tool_use = with_variables(template.tool_use, variables, date) if template.tool_use is not None else None
+    jinja = pinned_clock(template.jinja, date) if date else template.jinja
+    return replace(template, jinja=jinja, tool_use=tool_use, variables=dict(variables))
+
+
+def template_of(data: Any, tokenizer: Any, pinned: bool = True) -> ChatTemplate:
+    """The chat template data.chat_template names, with data.template_kwargs; `pinned`: its clock at data.template_date
+    (the training data's renders; generate, chat, serve and evaluation answers show the real date)."""
+    return with_variables(resolve_template(data.chat_template, tokenizer), data.template_kwargs, data.template_date if pinned else None)
 
 
 def resolve_template(setting: str, tokenizer: Any) -> ChatTemplate:

@@ -8,7 +8,7 @@ response-template token ids, and no assumption that a prefix renders like the wh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -19,11 +19,15 @@ from trainer.data.masks import (
     features_with_system,
     one_call_each,
     probe_template,
+    render,
     render_with_spans,
     template_messages,
 )
 from trainer.data.templates import ChatTemplate
 from trainer.errors import Problem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100  # label of a position that is not in the loss
 
@@ -49,7 +53,7 @@ Rendered = tuple[str, list[tuple[int, int, int]]]  # the conversation's text, an
 class Tokenizer:
     """A tokenizer plus the template and settings that turn examples into ids and labels."""
 
-    def __init__(self, tokenizer: Any, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, train_on: str, max_length: int, fold_system: bool = False,
                  model_name: str = "the model", tool_call_ids: str = "auto"):
         self.tok = tokenizer
         self.template = template
@@ -73,7 +77,8 @@ class Tokenizer:
             from trainer.data.masks import _special_texts
 
             self._specials = _special_texts(self.tok)
-            self._features[template.jinja] = probe_template(self.tok, template.jinja, self._specials, with_tools=template.variant == "tool_use")
+            self._features[template.jinja] = probe_template(self.tok, template.jinja, self._specials, with_tools=template.variant == "tool_use",
+                                                            variables=template.variables)
         return self._features[template.jinja]
 
     def probe(self) -> None:
@@ -94,10 +99,8 @@ class Tokenizer:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def render(self, messages: list[dict], generation_prompt: bool, tools: Sequence[dict] | None = None) -> str:
-        extra = {"tools": list(tools)} if tools else {}
-        return self.tok.apply_chat_template(
-            messages, chat_template=self.template_for(tools).jinja, tokenize=False, add_generation_prompt=generation_prompt, **extra
-        )
+        template = self.template_for(tools)
+        return render(self.tok, template.jinja, messages, tools, generation_prompt, template.variables)
 
     def template_messages(self, messages: Sequence[Message] | None, tools: Sequence[dict] | None = None) -> list[dict]:
         return template_messages(self.laid_out(messages or (), tools), self.features_of(self.template_for(tools)), self.fold_system,
@@ -174,7 +177,8 @@ class Tokenizer:
         template = self.template_for(example.tools)
         items = self.template_messages(example.messages, example.tools)
         try:
-            return render_with_spans(self.tok, template.jinja, self._features_for(template, items), items, example.tools, self._specials)
+            return render_with_spans(self.tok, template.jinja, self._features_for(template, items), items, example.tools, self._specials,
+                                     template.variables)
         except SpanError as exc:
             return problem(str(exc))
         except Exception as exc:  # a Jinja template can raise anything (raise_exception, TypeError, ...)
@@ -198,7 +202,8 @@ class Tokenizer:
         if system is None:
             return features
         if (template.jinja, system) not in self._by_system:
-            self._by_system[template.jinja, system] = features_with_system(self.tok, template.jinja, features, system, self._specials or [])
+            self._by_system[template.jinja, system] = features_with_system(self.tok, template.jinja, features, system, self._specials or [],
+                                                                           template.variables)
         return self._by_system[template.jinja, system]
 
     def _message(self, example: Example, index: int) -> Message:
@@ -226,6 +231,11 @@ class Tokenizer:
             return f"the example has assistant 'tool_calls', but the chat template of {self.model_name} does not render them; {fix_tools}."
         if any(m.role == "tool" for m in messages) and not f.tool_results:
             return f"the example has 'tool' messages, but the chat template of {self.model_name} does not render them; {fix_tools}."
+        if any(m.reasoning for m in messages) and f.thinking_off:
+            said = ", ".join(f"{k}: {v}" for k, v in self.template_for(example.tools).variables.items())
+            return (f"the example has reasoning ('reasoning_content' or <think>), but the chat template of {self.model_name} "
+                    f"({said or 'as it is'}) opens every answer with an empty reasoning block, so the model would never write it; "
+                    "remove the reasoning from the data, or let the template think (drop enable_thinking: false from data.template_kwargs).")
         if any(m.reasoning for m in messages) and f.reasoning == "none":
             return (f"the example has reasoning ('reasoning_content' or <think>), but the chat template of {self.model_name} drops it, "
                     "so it would not be trained; remove the reasoning from the data, or use a template that keeps it "

@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from trainer.data.formats import Example
 from trainer.data.preference import Pair
 from trainer.errors import UserError
 from trainer.evaluation.prompts import Case, message_dict, to_case
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 INDEX_VERSION = 1  # of the BM25 index kept in the entry (retrieval.user_text and its tokenizing): a change makes a new one
 
@@ -57,7 +60,7 @@ class Pool(Sequence[Example]):
         return chat_of(self.examples[int(self.numbers[i])])
 
 
-def eval_cases(config: Config, tokenizer: Any = None) -> tuple[list[Case], Pool]:
+def eval_cases(config: Config, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[list[Case], Pool]:
     """The cases (test set, validation set, or the held-out share of the training data) and the few-shot pool, from the
     data cache (prepared first when it is not there; `tokenizer`: the one training uses, loaded when not given)."""
     from trainer.data.pipeline import prepare_data

@@ -89,12 +89,12 @@ def answer_loss(loaded: Loaded, conversations: Sequence[Sequence[ChatMessage]], 
 
     from trainer.data.batching import collate_padded
     from trainer.data.formats import Message
-    from trainer.data.templates import resolve_template
+    from trainer.data.templates import template_of
     from trainer.data.tokenize import IGNORE, Tokenizer
     from trainer.objectives.sft import LossOnTrainedTokens
 
     cfg = loaded.config
-    encode = Tokenizer(loaded.tokenizer, resolve_template(cfg.data.chat_template, loaded.tokenizer), "assistant", 10**9)
+    encode = Tokenizer(loaded.tokenizer, template_of(cfg.data, loaded.tokenizer), "assistant", 10**9)
     items = []
     for k, (messages, reference) in enumerate(zip(conversations, references)):
         case = cases[k] if cases else None

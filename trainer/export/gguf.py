@@ -14,11 +14,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainer.config import load_config
 from trainer.errors import UserError
 from trainer.export.llamacpp import LlamaCpp, Say
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by the converter directly
 QUANTIZER_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -89,7 +92,8 @@ def run_name(run_dir: Path) -> str:
 
 def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say, base_only: bool = False) -> tuple[str, tuple[str, ...]]:
     """The tuned model as a Hugging Face folder (float weights, adapter merged) whose tokenizer carries
-    the run's chat template and ends turns with the run's end-of-turn token. Returns (template, stop texts).
+    the run's chat template (all of the model's named ones where the run used them) and ends turns with the run's
+    end-of-turn token. Returns (the template of a conversation without tools, stop texts).
     `base_only`: the base model of a LoRA run without its adapter, with the run's tokenizer (the model a llama.cpp
     LoRA adapter is applied to, trainer.export.lora)."""
     from trainer.generate import load_base, load_run, stop_texts
@@ -107,8 +111,12 @@ def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say, base_only:
     tokenizer = loaded.tokenizer
     template = loaded.template
     stop = tuple(stop_texts(tokenizer))
-    if template is not None:
+    named = isinstance(tokenizer.chat_template, dict) and loaded.config.data.chat_template == "tokenizer"
+    if template is not None and not named:
         tokenizer.chat_template = template  # what the run was trained with, e.g. a built-in or a custom one
+    # else the model's named templates, as the run picked them for each example (tool_use for those with tools): the
+    # converter writes `default` as tokenizer.chat_template and each other one as tokenizer.chat_template.<name>, listed
+    # in tokenizer.chat_templates, where llama.cpp's server finds them (its --jinja picks tool_use for requests with tools)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
@@ -118,7 +126,7 @@ def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say, base_only:
     return template or "", stop
 
 
-def _write_generation_config(folder: Path, tokenizer: Any) -> None:
+def _write_generation_config(folder: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     """Every end-of-turn token as an end-of-sequence id, so llama.cpp stops where `trainer generate` stops."""
     from trainer.generate import stop_ids
 

@@ -1,8 +1,8 @@
 """`trainer launch --to slurm|skypilot`: the file that starts a run on several machines, written from its YAML.
 
-Both targets start the same thing on every node: PyTorch's torchrun (`python -m torch.distributed.run`), which
-starts one trainer process per GPU and meets the other nodes at a c10d rendezvous (distributed.rendezvous, else the
-first node of the job). What differs is how the nodes are got and how a run comes back after losing them: Slurm
+Both targets start the same thing on every node: `trainer --config x.yaml --node-rank N`, whose launcher (PyTorch's
+elastic agent, torchrun's, in trainer's process: trainer/distributed.py) starts one trainer process per GPU and meets
+the other nodes at a c10d rendezvous (distributed.rendezvous, else the first node of the job, as MASTER_ADDR). What differs is how the nodes are got and how a run comes back after losing them: Slurm
 requeues the job (slurm.py), SkyPilot's managed jobs bring spot nodes back (skypilot.py); either way the run goes
 on from its last checkpoint with --resume. `LaunchSpec` is everything a target needs, made once here; the GPU
 comes from `trainer plan`'s table, whose time and cost on the run's GPUs the file carries as a comment.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import Config, load_config
-from trainer.distributed import DEFAULT_RENDEZVOUS_PORT, node_range, several_nodes
+from trainer.distributed import node_range, rendezvous_endpoint, several_nodes
 from trainer.errors import UserError
 from trainer.plan.cost import Gpu, load_gpus
 from trainer.plan.report import GpusInfo, Plan, gpu_lines
@@ -44,10 +44,7 @@ class LaunchSpec:
     @property
     def endpoint(self) -> str | None:
         """distributed.rendezvous with its port; None: the launcher takes its first node."""
-        given = self.config.distributed.rendezvous
-        if given is None:
-            return None
-        return given if given.rpartition(":")[2].isdigit() and not given.endswith("]") else f"{given}:{DEFAULT_RENDEZVOUS_PORT}"
+        return rendezvous_endpoint(self.config.distributed)
 
     def trainer_args(self, overrides: tuple[str, ...] = ()) -> list[str]:
         """`-m trainer ...` as every node runs it: the config, the overrides, and --resume (a requeued or recovered job

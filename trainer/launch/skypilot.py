@@ -1,5 +1,5 @@
-"""The SkyPilot task: `num_nodes` machines with the planned accelerator, trainer installed from this source, torchrun
-on each with SkyPilot's node rank and the first node's IP.
+"""The SkyPilot task: `num_nodes` machines with the planned accelerator, trainer installed from this source, and
+`trainer --config ... --node-rank $SKYPILOT_NODE_RANK` on each, meeting at the first node's IP (MASTER_ADDR).
 
 The config and the local files it names are uploaded (file_mounts) and the run reads them from there (--set); the
 run directory is a bucket mounted on every node (MOUNT_CACHED: written locally, uploaded behind, as SkyPilot advises
@@ -17,7 +17,7 @@ import yaml
 
 import trainer
 from trainer import __version__
-from trainer.distributed import DEFAULT_RENDEZVOUS_PORT, torchrun_args
+from trainer.distributed import DEFAULT_RENDEZVOUS_PORT
 from trainer.launch import LaunchSpec, comment
 from trainer.patterns import is_local_data, is_local_model
 
@@ -38,8 +38,6 @@ def task(spec: LaunchSpec) -> dict[str, Any]:
     low, high = spec.nodes
     mounts, sets = _uploads(spec)
     run_dir = f"{RUNS}/{spec.run_dir.name}"
-    endpoint = spec.endpoint or f'"$(echo "$SKYPILOT_NODE_IPS" | head -n 1)":{DEFAULT_RENDEZVOUS_PORT}'
-    torchrun = torchrun_args(spec.config.distributed, '"$SKYPILOT_NUM_GPUS_PER_NODE"', endpoint, '"$SKYPILOT_TASK_ID"', '"$SKYPILOT_NODE_RANK"')
     trainer_args = spec.trainer_args((*sets, f"output.dir={run_dir}"))
     config_at = f"{REMOTE}/{spec.config_file.name}"
     command = " ".join(shlex.quote(a) for a in _remote_config(trainer_args, str(spec.config_file), config_at))
@@ -61,9 +59,12 @@ def task(spec: LaunchSpec) -> dict[str, Any]:
         "run": "\n".join([
             "set -e",
             *elastic,
-            "cd ~  # the uploaded files are read from the home folder; torchrun on each node starts a trainer process per GPU",
-            f"python -m torch.distributed.run {' '.join(torchrun)} \\",
-            f"    {command}",
+            "cd ~  # the uploaded files are read from the home folder; trainer on each node starts a process per GPU",
+            *([] if spec.endpoint else [  # distributed.rendezvous, when set, comes before these
+                'export MASTER_ADDR="$(echo "$SKYPILOT_NODE_IPS" | head -n 1)"  # where the nodes meet: node 0',
+                f"export MASTER_PORT={DEFAULT_RENDEZVOUS_PORT}"]),
+            f"python {command} \\",
+            '    --node-rank "$SKYPILOT_NODE_RANK"',
         ]) + "\n",
     }
     if not is_local_model(spec.config.model.name_or_path):

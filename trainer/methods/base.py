@@ -4,6 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
     from trainer.config import Config
     from trainer.plan.params import Architecture, ParameterCount
 
@@ -25,7 +28,7 @@ class Method(Protocol):
         """Whether loading puts the model on its device itself (else it is moved there after loading)."""
         ...
 
-    def adapt(self, model: Any, config: Config) -> Any:
+    def adapt(self, model: PreTrainedModel, config: Config) -> nn.Module:
         """The loaded base model made trainable for this method (gradient checkpointing is already set up)."""
         ...
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
     from trainer.config import Config
     from trainer.plan.params import Architecture, ParameterCount
 
@@ -21,7 +24,7 @@ class Full:
     def places_model(self) -> bool:
         return False
 
-    def adapt(self, model: Any, config: Config) -> Any:
+    def adapt(self, model: PreTrainedModel, config: Config) -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
         return model

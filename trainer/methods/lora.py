@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
     from trainer.config import Config
     from trainer.plan.params import Architecture, ParameterCount
 
@@ -24,13 +27,13 @@ class LoRA:
     def places_model(self) -> bool:
         return False
 
-    def prepare(self, model: Any, config: Config) -> Any:
+    def prepare(self, model: PreTrainedModel, config: Config) -> PreTrainedModel:
         """The frozen base made ready for an adapter: under gradient checkpointing, inputs that carry gradients."""
         if config.training.gradient_checkpointing:
             model.enable_input_require_grads()
         return model
 
-    def adapt(self, model: Any, config: Config) -> Any:
+    def adapt(self, model: PreTrainedModel, config: Config) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         from trainer.models import load_trainable_adapter

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from trainer.methods.lora import LoRA
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from trainer.config import Config
     from trainer.plan.params import Architecture
 
@@ -26,7 +28,7 @@ class QLoRA(LoRA):
     def places_model(self) -> bool:
         return True  # the device map puts the quantised weights on the GPU
 
-    def prepare(self, model: Any, config: Config) -> Any:
+    def prepare(self, model: PreTrainedModel, config: Config) -> PreTrainedModel:
         from peft import prepare_model_for_kbit_training
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.training.gradient_checkpointing)

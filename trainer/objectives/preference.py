@@ -15,7 +15,7 @@ import contextlib
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from trainer.data.preference import TokenizedPair
 from trainer.data.tokenize import IGNORE
 from trainer.modeling import attention_kernel_for, decoder_and_head
 from trainer.objectives import objective_for
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -194,7 +197,7 @@ class ORPO(Preference):
 
 
 def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatching, pairs: Sequence[TokenizedPair],
-                    accelerator: Any, fresh_adapter: bool) -> torch.Tensor:
+                    accelerator: Accelerator, fresh_adapter: bool) -> torch.Tensor:
     """(pairs, 2) summed log-probs of each pair's chosen and rejected answer under the model as the run starts.
 
     A new adapter starts at zero, so the model with its adapter switched off is that model (and is also what a
@@ -218,7 +221,7 @@ def reference_logps(loss: PreferenceLoss, model: nn.Module, batching: PairBatchi
 
 
 def load_or_compute_reference(run_dir: Path, loss: PreferenceLoss, model: nn.Module, batching: PairBatching,
-                              splits: Mapping[str, Sequence[Any]], accelerator: Any, fresh_adapter: bool) -> dict[str, torch.Tensor]:
+                              splits: Mapping[str, Sequence[Any]], accelerator: Accelerator, fresh_adapter: bool) -> dict[str, torch.Tensor]:
     """The reference log-probs of every split: computed at the start of a run and kept in the run directory, so
     that a resume (whose model has moved on) uses the same ones."""
     path = run_dir / REFERENCE_FILE

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainer.backends import get_backend
 from trainer.config import Config
@@ -38,18 +38,21 @@ from trainer.plan.memory import (
     precision_for,
 )
 from trainer.plan.params import Architecture, ModelSection, ParameterCount, architecture, read_model_config
-from trainer.plan.report import DataInfo, GpuRow, GpusInfo, Hosting, Plan, PromptTokens, TimeInfo, render_plan
+from trainer.plan.report import DataInfo, GpuRow, GpusInfo, Hosting, ParametersInfo, Plan, PromptTokens, TimeInfo, render_plan
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["make_plan", "render_plan", "Plan"]
 
 
-def _local_tokenizer(config: Config) -> Any:
+def _local_tokenizer(config: Config) -> PreTrainedTokenizerBase | None:
     m = config.model
     return _tokenizer(m.name_or_path, m.revision, m.trust_remote_code)
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
+def _tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
     """The model's (transformers) tokenizer when it is on this machine (a GGUF file, a folder, or the Hub cache), else None."""
     from trainer.models import is_gguf, load_tokenizer
 
@@ -93,7 +96,7 @@ class DataSide:
     seconds_per_epoch_measured: float | None
 
 
-def _data_side(config: Config, tokenizer: Any) -> DataSide:
+def _data_side(config: Config, tokenizer: PreTrainedTokenizerBase) -> DataSide:
     """Token counts of the training data and the shape of its largest micro-batch."""
     from trainer.data.pipeline import prepare_data
     from trainer.data.report import build_report
@@ -121,10 +124,10 @@ def _data_side(config: Config, tokenizer: Any) -> DataSide:
                     report.seconds_per_epoch)
 
 
-def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
+def _prompt_tokens(config: Config, tokenizer: PreTrainedTokenizerBase) -> PromptTokens | None:
     """Mean prompt tokens per request of the evaluation cases: as they are (the tuned model), with the few-shot
     examples, and with the retrieved ones (what the baselines need in every request)."""
-    from trainer.data.templates import resolve_template
+    from trainer.data.templates import template_of
     from trainer.evaluation.prompts import few_shot_messages, pick_shots
     from trainer.evaluation.retrieval import Retriever
     from trainer.evaluation.runner import eval_cases
@@ -134,11 +137,12 @@ def _prompt_tokens(config: Config, tokenizer: Any) -> PromptTokens | None:
         cases, pool = eval_cases(config, tokenizer)
     except UserError:  # no chat cases (plain text data): nothing to compare
         return None
-    template = resolve_template(config.data.chat_template, tokenizer).jinja if config.data.format != "text" else None
+    template = template_of(config.data, tokenizer) if config.data.format != "text" else None
+    jinja, variables = (template.jinja, dict(template.variables)) if template is not None else (None, None)
     e = config.evaluation
 
     def mean_tokens(conversations: list[list[ChatMessage]]) -> float:
-        return sum(len(tokenizer(render_prompt(tokenizer, c, template), add_special_tokens=False)["input_ids"])
+        return sum(len(tokenizer(render_prompt(tokenizer, c, jinja, variables=variables), add_special_tokens=False)["input_ids"])
                    for c in conversations) / len(conversations)
 
     shots = pick_shots(pool, e.few_shot, config.training.seed)
@@ -182,7 +186,7 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
         "model": {"name_or_path": config.model.name_or_path, "type": arch.model_type, "layers": arch.layers,
                   "hidden_size": arch.hidden_size, "vocab_size": arch.vocab_size},
         "method": t.method,
-        "parameters": {**count.to_dict(), "trainable_share": count.trainable / count.total},
+        "parameters": _parameters(arch, count),
         "device": device,
         "precision": {"weights": method_for(config).stored_weights(precision.weights), "compute": precision.compute},
         "shape": {"micro_batch": shape.batch, "tokens_per_row": shape.length, "trained_per_row": shape.trained_per_row,
@@ -190,9 +194,9 @@ def make_plan(config: Config, requests: int | None = None, price_per_million: fl
         "memory": memory.to_dict(),
         "memory_at_max_length": {"peak_bytes": at_max.peak, "tokens_per_row": d.max_seq_length},
         "gpus": _gpus(config, arch, count, shape, load_gpus(gpus_file), processed),
-        "time": _time(config, count, processed, data),
+        "time": _time(config, arch, count, processed, data),
     }
-    if data:
+    if data and tokenizer is not None:  # data is known only with a local tokenizer
         plan["data"] = _data_info(data)
         prompts = _prompt_tokens(config, tokenizer)
         if prompts:
@@ -205,7 +209,7 @@ def _gpus(config: Config, arch: Architecture, count: ParameterCount, shape: Shap
     from trainer.distributed import node_range
 
     t = config.training
-    flops, _ = flops_per_token(count.base, t.method, t.gradient_checkpointing)
+    flops, _ = flops_per_token(computed(count, arch), t.method, t.gradient_checkpointing)
     nodes, per_node = node_range(config.distributed)[1], config.distributed.num_processes or 1  # elastic: at its most
     rows = []
     for gpu in table.gpus:
@@ -233,13 +237,27 @@ def _gpus(config: Config, arch: Architecture, count: ParameterCount, shape: Shap
             "nodes": nodes, "gpus_per_node": per_node, "rows": rows}
 
 
-def _time(config: Config, count: ParameterCount, processed: float | None, data: DataSide | None) -> TimeInfo:
+def _parameters(arch: Architecture, count: ParameterCount) -> ParametersInfo:
+    info: ParametersInfo = {**count.to_dict(), "trainable_share": count.trainable / count.total}
+    if arch.experts:
+        info["per_token"], info["experts"] = arch.active, f"{arch.experts_per_token} of {arch.experts}"
+    return info
+
+
+def computed(count: ParameterCount, arch: Architecture) -> int:
+    """The parameters whose FLOPs a token costs: of a mixture of experts, only the experts it is routed to."""
+    return count.base - (arch.total - arch.active)
+
+
+def _time(config: Config, arch: Architecture, count: ParameterCount, processed: float | None, data: DataSide | None) -> TimeInfo:
     from trainer.throughput import estimates, throughput_key
 
     t = config.training
-    flops, why = flops_per_token(count.base, t.method, t.gradient_checkpointing)
+    flops, why = flops_per_token(computed(count, arch), t.method, t.gradient_checkpointing)
+    if arch.experts:
+        why += f"; of the parameters a token goes through, with {arch.experts_per_token} of {arch.experts} experts"
     time: TimeInfo = {"flops_per_token": flops, "flops_rule": why, "processed_tokens": processed, "measured_here_seconds": None}
-    here = time_here(estimates(), throughput_key(config), data.trained_tokens_per_epoch * data.epochs, count.base,
+    here = time_here(estimates(), throughput_key(config), data.trained_tokens_per_epoch * data.epochs, computed(count, arch),
                      config.evaluation.after_training) if data else None
     if here is not None:
         time["measured_here_seconds"], time["measured_here_from"] = here.training_seconds, here.training_from

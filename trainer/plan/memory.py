@@ -119,6 +119,8 @@ def per_token_layer(arch: Architecture, compute_bytes: float, attention_rows: in
     norms = 2 * (4 * h + 2 * compute_bytes * h)
     attention = compute_bytes * 5 * h
     mlp = compute_bytes * 4 * i
+    if arch.experts:  # a mixture of experts: that MLP in each expert a token is routed to, with its copy of the token's input
+        mlp = compute_bytes * (4 * i + h) * arch.experts_per_token + 4 * arch.experts  # and the router's float32 scores
     matrix = compute_bytes * arch.heads * attention_rows if attention_rows else 0
     return norms + attention + mlp + matrix
 

@@ -11,10 +11,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from trainer.config.sections import ModelConfig
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ModelSection = ModelConfig  # config.model
 
@@ -42,13 +45,25 @@ class Architecture:
     linears: tuple[Linear, ...] = field(repr=False)  # every nn.Linear in the decoder (not the output layer)
     output_layer: Linear | None = field(repr=False)  # None when tied to the embeddings
     embedding_params: int = 0  # the input embeddings (and the output layer when it is not tied)
+    experts: int = 0  # a mixture of experts (gpt-oss: 32 in each layer), 0 for a dense model
+    experts_per_token: int = 0  # how many of them each token goes through (gpt-oss: 4)
+    expert_params: int = 0  # the parameters of every expert of every layer (gpt-oss: 19.1 of its 20.9 billion)
 
     @property
     def linear_params(self) -> int:
         return sum(x.in_features * x.out_features for x in self.linears)
 
+    @property
+    def active(self) -> int:
+        """The parameters one token goes through: all of a dense model's; a mixture of experts' but the experts it is not
+        routed to (gpt-oss-20b: 4.19 billion, 3.61 without the input embeddings, which are looked up, not multiplied:
+        the "3.6B active" of its model card)."""
+        if not self.experts:
+            return self.total
+        return self.total - self.expert_params * (self.experts - self.experts_per_token) // self.experts
 
-def read_model_config(m: ModelSection) -> Any:
+
+def read_model_config(m: ModelSection) -> PretrainedConfig:
     """The transformers config (a PretrainedConfig) of `m` (config.model): from a GGUF file's header, a local folder, or a Hub config.json."""
     from transformers import AutoConfig
 
@@ -69,7 +84,7 @@ def read_model_config(m: ModelSection) -> Any:
                         "model.name_or_path at a local folder or .gguf file.") from None
 
 
-def architecture(model_config: Any) -> Architecture:
+def architecture(model_config: PretrainedConfig) -> Architecture:
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM
@@ -84,13 +99,18 @@ def architecture(model_config: Any) -> Architecture:
     heads = text.num_attention_heads
     hidden = text.hidden_size
     embedding = model.get_input_embeddings().weight.numel() + (0 if tied or output is None else output.weight.numel())
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    routed = getattr(text, "num_experts_per_tok", None) or getattr(text, "experts_per_token", None) or 0
+    # experts are kept as one 3-D parameter per projection (gpt-oss) or as modules of their own (Mixtral): in `experts`
+    expert_params = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name) if experts and routed else 0
     return Architecture(
         model_type=text.model_type, total=sum(p.numel() for p in model.parameters()), hidden_size=hidden,
         intermediate_size=getattr(text, "intermediate_size", 4 * hidden), layers=text.num_hidden_layers, heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=getattr(text, "head_dim", None) or hidden // heads, vocab_size=text.vocab_size, linears=linears,
         output_layer=None if tied or output is None else Linear("lm_head", output.in_features, output.out_features),
-        embedding_params=embedding,
+        embedding_params=embedding, experts=experts if expert_params else 0, experts_per_token=routed if expert_params else 0,
+        expert_params=expert_params,
     )
 
 

@@ -4,7 +4,7 @@ The shapes are fixed, so each is a TypedDict: make_plan fills them, render_plan 
 """
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Required, TypedDict
 
 from trainer.plan.memory import GIB, MemoryDict
 from trainer.plan.params import ParameterDict
@@ -18,8 +18,10 @@ class ModelInfo(TypedDict):
     vocab_size: int
 
 
-class ParametersInfo(ParameterDict):
-    trainable_share: float
+class ParametersInfo(ParameterDict, total=False):
+    trainable_share: Required[float]
+    per_token: int  # a mixture of experts: the parameters a token goes through
+    experts: str  # "4 of 32": the experts a token is routed to, of those in a layer
 
 
 class PrecisionInfo(TypedDict):
@@ -137,7 +139,8 @@ def _gib(b: float) -> str:
 def render_plan(plan: Plan) -> str:
     p = plan["parameters"]
     out = [f"Model: {plan['model']['name_or_path']} ({plan['model']['type']}, {plan['model']['layers']} layers)",
-           f"Parameters: {p['total']:,} in all, {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
+           f"Parameters: {p['total']:,} in all" + (f" ({p['per_token']:,} per token: {p['experts']} experts)" if "per_token" in p else "")
+           + f", {p['trainable']:,} trainable ({p['trainable_share']:.2%}) with {plan['method']}"
            + (f" on {p['adapted_layers']} linear layers" if p["adapted_layers"] else ""), ""]
     out += _memory_lines(plan)
     out += ["", *gpu_lines(plan["gpus"])]

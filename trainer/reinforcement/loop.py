@@ -2,7 +2,12 @@
 num_iterations optimizer steps over those answers (accumulation, clipping), logging and checkpoints as the sft loop.
 
 A round is one window of gradient_accumulation micro-batches of batch_size prompts each, num_generations answers per
-prompt. The advantages are computed over the whole round at once (TRL scales by the batch's spread the same way). A
+prompt. The advantages are computed over the whole round at once (TRL scales by the batch's spread the same way).
+Grading overlaps the rest of the round: each answer goes to the graders' threads as soon as generate ends it (while
+the longer answers of its micro-batch are still written), then the next micro-batches sample, and the old and
+reference log-probs (which need the answers, not their rewards) are computed; the loop waits for the grades only
+before the first backward pass. The grades are collected in answer order, so they are what grading one answer after
+the other gives (tests/test_grpo_training.py). A
 stop (SIGTERM, Ctrl-C) ends after the current step with a checkpoint; a round it interrupts is not sampled again on
 resume: the next round starts with the next prompts.
 """
@@ -25,7 +30,7 @@ from trainer import checkpoint
 from trainer.backends.peft.loop import Progress, SignalGuard, StopRequested, adapters_take_autocast_inputs
 from trainer.backends.peft.state import TrainState, state_to_json
 from trainer.data.prompts import Prompt
-from trainer.reinforcement.rewards import Reward, Scored, score_answers
+from trainer.reinforcement.rewards import Grading, Reward, Scored
 from trainer.reinforcement.sampling import Samples, sample_answers
 
 if TYPE_CHECKING:
@@ -73,16 +78,40 @@ def round_prompts(prompts: Sequence[Prompt], per_round: int, epoch: int, index: 
     return [prompts[order[(index * per_round + k) % len(order)]] for k in range(per_round)]
 
 
-def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) -> tuple[list[Samples], Scored, torch.Tensor]:
-    """The round's answers (one Samples per micro-batch), their grades, and the advantage of every answer."""
+@dataclass
+class Round:
+    """A round's answers, one Samples per micro-batch, and their grading (under way on the pool)."""
+
+    batches: list[Samples]
+    grading: Grading
+
+    @property
+    def answers(self) -> int:
+        return sum(b.answers for b in self.batches)
+
+
+def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) -> Round:
+    """The round's answers, each sent to the graders on the pool as soon as it ends (module docstring)."""
     t = run.config.training
+    group = t.grpo.num_generations
+    grading = Grading(run.rewards, pool)
+    batches = []
     run.model.eval()  # the dropout is 0 already (GRPO.module): eval only tells generate no gradients are coming
-    batches = [sample_answers(run.model, run.tokenizer, prompts[i : i + t.batch_size], t.grpo, str(run.accelerator.device))
-               for i in range(0, len(prompts), t.batch_size)]
+    for start in range(0, len(prompts), t.batch_size):
+        chunk, offset = prompts[start : start + t.batch_size], start * group
+
+        def submit(index: int, text: str, chunk: list[Prompt] = chunk, offset: int = offset) -> None:
+            grading.submit(offset + index, text, chunk[index // group].item)
+
+        batches.append(sample_answers(run.model, run.tokenizer, chunk, t.grpo, str(run.accelerator.device), on_answer=submit))
     run.model.train()
-    items = [prompt.item for s in batches for prompt in s.prompts for _ in range(t.grpo.num_generations)]
-    scored = score_answers(run.rewards, [text for s in batches for text in s.texts], items, pool)
-    return batches, scored, run.objective.advantages(torch.tensor(scored.rewards, dtype=torch.float32))
+    return Round(batches, grading)
+
+
+def grade_round(run: GrpoRun, answers: Round) -> tuple[Scored, torch.Tensor]:
+    """The round's grades, waiting for the graders still at work, and the advantage of every answer."""
+    scored = answers.grading.scored(answers.answers)
+    return scored, run.objective.advantages(torch.tensor(scored.rewards, dtype=torch.float32))
 
 
 def log_probs(run: GrpoRun, samples: Samples, reference: bool) -> torch.Tensor:
@@ -111,16 +140,20 @@ def train_loop(run: GrpoRun) -> TrainState:
         while state.step < run.total_steps:
             prompts = round_prompts(run.prompts, per_round, state.epoch, state.batch_in_epoch, t.seed)
             sampled_at = time.perf_counter()
-            batches, scored, advantages = sample_round(run, prompts, pool)
+            sampled = sample_round(run, prompts, pool)
+            batches = sampled.batches
             sample_seconds = time.perf_counter() - sampled_at
+            # the graders are still at work on the last answers: these passes need only the answers
+            old = [log_probs(run, b, reference=False) for b in batches] if settings.num_iterations > 1 else [None] * len(batches)
+            ref = [log_probs(run, b, reference=True) for b in batches] if run.objective.needs_reference else [None] * len(batches)
+            waited_at = time.perf_counter()
+            scored, advantages = grade_round(run, sampled)
+            grade_wait_seconds = time.perf_counter() - waited_at
             _add_reward_sums(run, scored)
             state.batch_in_epoch += 1
             if state.batch_in_epoch >= run.rounds_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            answers = [b.answers for b in batches]
-            splits = list(torch.split(advantages, answers))
-            old = [log_probs(run, b, reference=False) for b in batches] if settings.num_iterations > 1 else [None] * len(batches)
-            ref = [log_probs(run, b, reference=True) for b in batches] if run.objective.needs_reference else [None] * len(batches)
+            splits = list(torch.split(advantages, [b.answers for b in batches]))
             window_units = sum(run.objective.units({"completion_mask": b.completion_mask}) for b in batches)
             window_tokens = int(sum(int(b.completion_mask.sum()) for b in batches))
             if run.metrics is not None:
@@ -138,8 +171,8 @@ def train_loop(run: GrpoRun) -> TrainState:
                 state.history.append([state.step, step_loss])
                 elapsed = seconds_before + time.perf_counter() - started
                 speed = (state.trained_tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
-                _report_step(run, progress, step_loss, speed, elapsed, sample_seconds)
-                sample_seconds = 0.0  # the round's sampling is reported with its first step
+                _report_step(run, progress, step_loss, speed, elapsed, sample_seconds, grade_wait_seconds)
+                sample_seconds = grade_wait_seconds = 0.0  # the round's sampling is reported with its first step
                 last = state.step >= run.total_steps
                 if (t.save_every and state.step % t.save_every == 0) or (t.save_every is None and state.batch_in_epoch == 0) or last or guard.requested:
                     save_checkpoint(run, f"step-{state.step}", elapsed)
@@ -177,7 +210,8 @@ def _take_reward_metrics(run: GrpoRun) -> dict[str, float]:
     return out
 
 
-def _report_step(run: GrpoRun, progress: Progress, loss: float, speed: float, elapsed: float, sample_seconds: float) -> None:
+def _report_step(run: GrpoRun, progress: Progress, loss: float, speed: float, elapsed: float, sample_seconds: float,
+                 grade_wait_seconds: float) -> None:
     """metrics.jsonl every logging.log_every steps, the progress line, and the warning when most groups teach nothing."""
     state, log_every = run.state, run.config.logging.log_every
     if run.metrics is None:
@@ -186,7 +220,8 @@ def _report_step(run: GrpoRun, progress: Progress, loss: float, speed: float, el
         figures = run.objective.take_metrics() | _take_reward_metrics(run)
         run.metrics.write(step=state.step, epoch=round(state.epoch + state.batch_in_epoch / max(run.rounds_per_epoch, 1), 4), loss=loss,
                           lr=run.scheduler.get_last_lr()[0], trained_tokens=state.trained_tokens, trained_tokens_per_second=round(speed, 2),
-                          sample_seconds=round(sample_seconds, 3), total_steps=run.total_steps, **figures)
+                          sample_seconds=round(sample_seconds, 3),
+                          grade_wait_seconds=round(grade_wait_seconds, 3), total_steps=run.total_steps, **figures)
         if figures.get("zero_spread_groups", 0.0) > ZERO_SPREAD_WARNING:
             progress.message(f"warning: step {state.step}: {figures['zero_spread_groups']:.0%} of the prompts got the same reward for every "
                              "answer, and such a group teaches nothing. Raise training.grpo.temperature or num_generations, use easier "

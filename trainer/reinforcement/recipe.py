@@ -27,7 +27,7 @@ from trainer.config import Config
 from trainer.data.prompts import Prompt, check_prompts, encode_prompts, read_prompts
 from trainer.errors import RunStopped, UserError
 from trainer.objectives.grpo import GRPO
-from trainer.reinforcement.loop import GrpoRun, keep_completions_until, round_prompts, sample_round, say, train_loop
+from trainer.reinforcement.loop import GrpoRun, grade_round, keep_completions_until, round_prompts, sample_round, say, train_loop
 from trainer.reinforcement.rewards import load_rewards
 from trainer.rundir import MetricsLog, RunSummary, plot_losses, write_merged, write_model_card
 
@@ -57,8 +57,7 @@ def train(config: Config, run_dir: Path, resume: bool) -> Path:
 def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     from accelerate.utils import set_seed
 
-    from trainer.data.pipeline import _NO_TEMPLATE, model_label
-    from trainer.data.templates import resolve_template
+    from trainer.data.pipeline import _NO_TEMPLATE, checked_template, model_label
     from trainer.data.tokenize import Tokenizer
     from trainer.models import load_tokenizer, mixed_precision
 
@@ -71,7 +70,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     tokenizer = load_tokenizer(config.model.name_or_path, config.model.revision, config.model.trust_remote_code)
     prompt_set = read_prompts(config, rewards)
     check_prompts(prompt_set, config.data.on_invalid)
-    template = resolve_template(config.data.chat_template, tokenizer) if config.data.format != "text" else None
+    template = checked_template(config, tokenizer) if config.data.format != "text" else None
     encode = Tokenizer(tokenizer, template or _NO_TEMPLATE, config.data.train_on, config.data.max_seq_length,
                        fold_system=config.data.system_prompt == "fold", model_name=model_label(config.model))
     prompts, problems = encode_prompts(prompt_set.train, encode, config.data.max_seq_length - config.training.grpo.max_completion_length)
@@ -103,7 +102,8 @@ def dry_run(run: GrpoRun) -> None:
     settings = run.config.training.grpo
     prompts: list[Prompt] = round_prompts(run.prompts, min(DRY_RUN_PROMPTS, len(run.prompts)), 0, 0, run.config.training.seed + 1)
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="grader") as pool:
-        batches, scored, _ = sample_round(run, prompts, pool)
+        sampled = sample_round(run, prompts, pool)
+        scored, _ = grade_round(run, sampled)
     run.objective.reward_totals["train"].zero_()  # the dry run is not a training step's figures
     group = settings.num_generations
     groups = [scored.rewards[i : i + group] for i in range(0, len(scored.rewards), group)]
@@ -120,7 +120,7 @@ def dry_run(run: GrpoRun) -> None:
         values = sorted({round(r, 6) for r in scores})
         why = (f"every answer to the same prompt got the same reward (the rewards seen: {', '.join(f'{v:g}' for v in values[:5])})"
                + (f"; {len(scored.errors)} grades failed, the first: {scored.errors[0]}" if scored.errors else ""))
-    answer = batches[0].texts[0]
+    answer = sampled.batches[0].texts[0]
     raise UserError(f"the reward cannot teach anything: the starting model answered {len(prompts)} training prompts {group} times each, and "
                     f"{why}. grpo learns only from answers that score better or worse than the others to the same prompt. Check the "
                     f"graders on such answers with `trainer grade` (one answer: {answer!r}); raise training.grpo.temperature or "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,11 +127,40 @@ class Scored:
         return [g.error for row in self.grades for g in row if g.error is not None]
 
 
-def score_answers(rewards: Sequence[Reward], texts: Sequence[str], items: Sequence[Mapping[str, Any]], pool: ThreadPoolExecutor) -> Scored:
-    """Every answer graded by every reward, answers in parallel on the pool; items[i] is answer i's data record."""
-    def one(i: int) -> list[Grade]:
-        return [grade(r.grader, {"output_text": texts[i]}, items[i]) for r in rewards]
+def grade_answer(rewards: Sequence[Reward], text: str, item: Mapping[str, Any]) -> list[Grade]:
+    """One answer's grade by every reward."""
+    return [grade(r.grader, {"output_text": text}, item) for r in rewards]
 
-    grades = list(pool.map(one, range(len(texts))))
+
+def scored_from(rewards: Sequence[Reward], grades: list[list[Grade]]) -> Scored:
+    """The weighted total of each answer's grades (NaN where no grader scored it)."""
     totals = [sum(r.weight * g.score for r, g in zip(rewards, row)) if any(g.error is None for g in row) else math.nan for row in grades]
     return Scored(grades, totals)
+
+
+class Grading:
+    """A round's answers graded on the pool as they come (in any order, each with its index); `scored()` waits for
+    them all and gives them in index order, as score_answers would have graded them one after the other."""
+
+    def __init__(self, rewards: Sequence[Reward], pool: ThreadPoolExecutor):
+        self.rewards, self.pool = rewards, pool
+        self.pending: dict[int, Future[list[Grade]]] = {}
+
+    def submit(self, index: int, text: str, item: Mapping[str, Any]) -> None:
+        if index in self.pending:
+            raise ValueError(f"answer {index} was submitted twice")
+        self.pending[index] = self.pool.submit(grade_answer, self.rewards, text, item)
+
+    def scored(self, answers: int) -> Scored:
+        """The grades of answers 0 .. answers-1, waiting for those still being graded."""
+        if sorted(self.pending) != list(range(answers)):
+            raise ValueError(f"{answers} answers were expected and answers {sorted(self.pending)} were submitted")
+        return scored_from(self.rewards, [self.pending[i].result() for i in range(answers)])
+
+
+def score_answers(rewards: Sequence[Reward], texts: Sequence[str], items: Sequence[Mapping[str, Any]], pool: ThreadPoolExecutor) -> Scored:
+    """Every answer graded by every reward, answers in parallel on the pool; items[i] is answer i's data record."""
+    grading = Grading(rewards, pool)
+    for i, text in enumerate(texts):
+        grading.submit(i, text, items[i])
+    return grading.scored(len(texts))

@@ -5,10 +5,14 @@ from the model as it is now (the adapter on), up to max_completion_length tokens
 ids generate produced: decoding and encoding again can give other ids, and the loss must score the tokens that were
 sampled. A row is the left-padded prompt, then the answer right-padded; completion_mask marks the answer's tokens up to
 and including the token that ended it; the position ids are those generate used (left padding shifts them).
+
+`on_answer(index, text)` hears of each answer as soon as it ends, while generate is still writing the longer ones of
+its batch, so the graders can score it meanwhile (trainer/reinforcement/loop.py); the answers cut at
+max_completion_length are told when generate returns. The index and text are those of `Samples.texts`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +45,36 @@ class Samples:
                 "completion_mask": self.completion_mask, "advantages": advantages, "old_logps": old_logps, "ref_logps": ref_logps}
 
 
+class AnswerEnded:
+    """A stopping criterion of generate that stops nothing: it tells `on_answer` of each row whose last token ended it.
+
+    Called after every token generate adds (transformers' StoppingCriteria protocol); a finished row is padded from
+    then on, with a pad id that can be a stop id too, so each row is told once."""
+
+    def __init__(self, width: int, stops: list[int], tokenizer: Any, on_answer: Callable[[int, str], None]):
+        self.width, self.tokenizer, self.on_answer = width, tokenizer, on_answer
+        self.stops = torch.tensor(stops)
+        self.told: set[int] = set()
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        ended = torch.isin(input_ids[:, -1], self.stops.to(input_ids.device))
+        for row in ended.nonzero().flatten().tolist():
+            if row not in self.told:
+                self.told.add(row)
+                self.on_answer(row, _decode(self.tokenizer, input_ids[row, self.width :].tolist())[0])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """The positions generate gives a left-padded row: counted from its first real token (padding at 1, unused)."""
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
 
-def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str) -> Samples:
-    """num_generations sampled answers to each prompt (prompt.input_ids, encoded with the generation prompt)."""
-    from transformers import GenerationConfig
+def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str,
+                   on_answer: Callable[[int, str], None] | None = None) -> Samples:
+    """num_generations sampled answers to each prompt (prompt.input_ids, encoded with the generation prompt); each
+    answer's index and text told to on_answer as soon as it ends (module docstring)."""
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p.input_ids) for p in prompts)
@@ -63,8 +89,10 @@ def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], 
     # distribution than the one whose log-probabilities the loss computes
     generation = GenerationConfig(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
                                   max_new_tokens=settings.max_completion_length, eos_token_id=stops, pad_token_id=pad, use_cache=True)
+    told = AnswerEnded(width, stops, tokenizer, on_answer) if on_answer is not None else None
     with torch.no_grad():
-        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation,
+                                stopping_criteria=StoppingCriteriaList([told] if told is not None else []))
     answers = output[:, width:]
     ended = torch.isin(answers, torch.tensor(stops, device=answers.device))
     # an answer is its tokens up to and including the one that ended it; generate pads the rest
@@ -72,7 +100,11 @@ def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], 
     completion_mask = before_end.long()
     length = int(completion_mask.sum(1).max()) if completion_mask.numel() else 0
     answers, completion_mask = answers[:, :max(length, 1)], completion_mask[:, :max(length, 1)]
-    texts = [_decode(tokenizer, row[: int(n)].tolist()) for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    texts = [_decode(tokenizer, row[: int(n)].tolist())[0] for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    if on_answer is not None and told is not None:
+        for row in range(len(texts)):
+            if row not in told.told:  # cut at max_completion_length: it ended with generate
+                on_answer(row, texts[row])
     attention_mask = torch.cat([mask, completion_mask], dim=1)
     input_ids = torch.cat([ids, answers.masked_fill(completion_mask == 0, pad)], dim=1)
     return Samples(list(prompts), input_ids, attention_mask, position_ids(attention_mask), completion_mask, texts)

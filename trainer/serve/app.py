@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from trainer.callids import CallIds, render_with_call_ids
 from trainer.serve.engines import Cancel, Engine, Job, Piece, Sampling, ShuttingDown, Worker
-from trainer.serve.toolcalls import split_tool_calls
+from trainer.serve.toolcalls import answer_tool_calls
 
 T = TypeVar("T")
 
@@ -237,8 +238,8 @@ async def chat_completion(body: ChatRequest, request: Request, engine: Engine, w
     except ValueError as exc:
         return error_response(400, str(exc), param="messages")
     try:
-        prompt = await run_in_threadpool(engine.prompt, messages, body.tools)
-        ignores_tools = bool(body.tools) and prompt == await run_in_threadpool(engine.prompt, messages, None)
+        prompt, ids = await run_in_threadpool(render_with_call_ids, engine.prompt, messages, body.tools)  # Mistral's 9-character ids
+        ignores_tools = bool(body.tools) and prompt == await run_in_threadpool(engine.prompt, ids.apply(messages), None)
     except Exception as exc:  # the chat template raised (e.g. roles it does not accept)
         return error_response(400, f"the model's chat template cannot lay out these messages: {exc}", param="messages")
     if ignores_tools:
@@ -259,7 +260,7 @@ async def chat_completion(body: ChatRequest, request: Request, engine: Engine, w
         # the status waits for the first piece: an error before any text is still a 4xx or 503, not a broken stream
         first = await generation.first_or_gone(request)
         if body.stream:
-            return _Stream(_events(generation, first, ident, created, engine.model_id, bool(body.tools)), generation.cancel)
+            return _Stream(_events(generation, first, ident, created, engine.model_id, bool(body.tools), ids), generation.cancel)
         pieces = await generation.rest_or_gone(request, first)
     except ShuttingDown:
         return _shutting_down()
@@ -272,14 +273,16 @@ async def chat_completion(body: ChatRequest, request: Request, engine: Engine, w
         return _shutting_down()
     if not pieces:  # the client left before its turn
         return error_response(400, "the client went away", code="client_closed")
-    text, last = "".join(p.text for p in pieces), pieces[-1]
+    text, last = ids.restore("".join(p.text for p in pieces)), pieces[-1]
     message: dict[str, Any] = {"role": "assistant", "content": text}
     finish = last.finish_reason
     if body.tools:
-        content, calls = split_tool_calls(text)
+        content, calls = answer_tool_calls(text, last.calls)
         if calls:
             message = {"role": "assistant", "content": content or None, "tool_calls": calls}
             finish = "tool_calls"
+    if any(p.reasoning for p in pieces):  # gpt-oss's analysis channel
+        message["reasoning_content"] = "".join(p.reasoning for p in pieces)
     return {"id": ident, "object": "chat.completion", "created": created, "model": engine.model_id,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
@@ -367,7 +370,7 @@ def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _events(generation: _Generation, first: Piece | None, ident: str, created: int, model: str,
-                  tools: bool) -> AsyncIterator[str]:
+                  tools: bool, ids: CallIds) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format."""
 
     def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
@@ -386,6 +389,8 @@ async def _events(generation: _Generation, first: Piece | None, ident: str, crea
         while piece is not None:
             last = piece
             text += piece.text
+            if piece.reasoning:
+                yield event({"reasoning_content": piece.reasoning})
             if piece.text and not tools:
                 yield event({"content": piece.text})
             piece = await generation.next()
@@ -400,7 +405,7 @@ async def _events(generation: _Generation, first: Piece | None, ident: str, crea
         return
     finish = last.finish_reason
     if tools:  # a tool call is only known once the answer is complete: sent whole, as one delta
-        content, calls = split_tool_calls(text)
+        content, calls = answer_tool_calls(ids.restore(text), last.calls)
         delta: dict[str, Any] = {"content": content} if content else {}
         if calls:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +37,8 @@ class Piece:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop" or "length" on the last piece
+    reasoning: str = ""  # reasoning that came with this piece (gpt-oss's analysis channel): reasoning_content
+    calls: list | None = None  # on the last piece, the calls the answer made when its format says so (gpt-oss): trainer.tools.ToolCall
 
 
 @dataclass
@@ -94,12 +96,12 @@ def with_stop_strings(pieces: Iterator[Piece], stop: tuple[str, ...]) -> Iterato
         text += piece.text
         cut, found = _cut_at_stop(text, stop)
         if found:
-            yield Piece(cut[sent:], piece.prompt_tokens, piece.completion_tokens, "stop")
+            yield replace(piece, text=cut[sent:], finish_reason="stop")
             return
         safe = len(text) - _held_back(text, stop)
-        if safe > sent or piece.finish_reason:
-            upto = len(text) if piece.finish_reason else safe
-            yield Piece(text[sent:upto], piece.prompt_tokens, piece.completion_tokens, piece.finish_reason)
+        if safe > sent or piece.finish_reason or piece.reasoning:
+            upto = len(text) if piece.finish_reason else max(safe, sent)
+            yield replace(piece, text=text[sent:upto])
             sent = upto
     if last.finish_reason is None:
         yield Piece(text[sent:], last.prompt_tokens, last.completion_tokens, "stop")
@@ -144,7 +146,7 @@ class TransformersEngine:
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         from trainer.generate import render_prompt
 
-        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template_for(tools), tools=tools)
+        return render_prompt(self.loaded.tokenizer, messages, self.loaded.template_for(tools), tools=tools, variables=self.loaded.variables)
 
     def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
         import torch
@@ -154,10 +156,13 @@ class TransformersEngine:
 
         tok: Any = self.loaded.tokenizer  # a transformers tokenizer and model
         model: Any = self.loaded.model
+        from trainer import harmony
+
         with self.tokenizing:
             encoded = tok(prompt, return_tensors="pt", add_special_tokens=False).to(self.loaded.device)
         width = encoded["input_ids"].shape[1]
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        reader = harmony.Reader() if harmony.is_harmony(tok) else None  # gpt-oss: channels read from the special tokens
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=reader is None)
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # torch tensors in and out
@@ -185,7 +190,11 @@ class TransformersEngine:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         for text in streamer:
-            if text:
+            if reader is not None:
+                reasoning, text = reader.feed(text)
+                if reasoning or text:
+                    yield Piece(text, reasoning=reasoning)
+            elif text:
                 yield Piece(text)
         thread.join()
         if "error" in output:
@@ -194,7 +203,8 @@ class TransformersEngine:
         ended = next((k for k, t in enumerate(new) if t in stop_ids(tok)), None)
         count = ended + 1 if ended is not None else len(new)
         finish = "stop" if ended is not None or cancel.requested else "length"
-        yield Piece("", width, count, finish)
+        calls = [c for c in reader.answer.calls if c is not None] if reader is not None else []
+        yield Piece("", width, count, finish, calls=calls or None)
 
 
 @dataclass

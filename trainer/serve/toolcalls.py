@@ -14,6 +14,11 @@ def openai_tool_call(call: ToolCall) -> dict[str, Any]:
             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
 
 
+def answer_tool_calls(text: str, known: list[ToolCall] | None) -> tuple[str, list[dict[str, Any]]]:
+    """split_tool_calls, or the calls the engine read from the answer's own format (gpt-oss's messages to functions)."""
+    return (text, [openai_tool_call(call) for call in known]) if known is not None else split_tool_calls(text)
+
+
 def split_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     """The answer's text without its well-formed tool calls, and those calls in OpenAI's shape.
     A malformed call (not JSON, no name) stays in the text, so the caller sees what the model wrote."""

@@ -23,7 +23,7 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     """train.jsonl (and validation.jsonl) in AutoTrain's local layout, with the examples trainer's pipeline accepted,
     in the column data_columns() names: the conversations, or the text trainer's template renders from them.
     Preference pairs go as prompt/chosen/rejected text (pairs.py)."""
-    from trainer.data.templates import resolve_template
+    from trainer.data.templates import template_of
     from trainer.data.tokenize import Tokenizer
     from trainer.objectives import objective_for
 
@@ -36,7 +36,7 @@ def write_data(config: Config, tokenizer: Any, data: Any, folder: Path) -> None:
     column, _ = data_columns(config)
     encoder = None
     if column == "text" and config.data.format != "text":
-        encoder = Tokenizer(tokenizer, resolve_template(config.data.chat_template, tokenizer), "all", config.data.max_seq_length,
+        encoder = Tokenizer(tokenizer, template_of(config.data, tokenizer), "all", config.data.max_seq_length,
                             fold_system=config.data.system_prompt == "fold", tool_call_ids=config.data.tool_call_ids)
     for name, examples in (("train", data.examples(0)), ("validation", data.examples(1))):
         rows = []

@@ -45,7 +45,7 @@ def train(config: Config, run_dir: Path, resume: bool) -> Path:
     try:
         _train(run)
     except BaseException as exc:
-        run.strategy.end(together=isinstance(exc, (UserError, SystemExit)))  # a stop all processes agreed on, or not
+        run.strategy.end(together=isinstance(exc, (UserError, SystemExit)))  # a stop all processes agreed on (RunStopped), or not
         raise
     run.strategy.end(together=True)
     return run_dir
@@ -57,7 +57,7 @@ def _train(run: Run) -> None:
         state = train_loop(run)
     except StopRequested:
         if not run.accelerator.is_main_process:
-            raise SystemExit(2) from None  # the main process says where the checkpoint is
+            raise RunStopped("") from None  # exit 3 in every process; the main one says where the checkpoint is
         raise RunStopped(
             f"stopped at step {run.state.step}; the checkpoint is in {checkpoint.checkpoints_dir(run_dir)}. {resume_hint()}"
         ) from None
@@ -121,12 +121,17 @@ def setup_accelerator(config: Config) -> tuple[str, Accelerator, SingleProcess]:
     if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
         raise UserError(f"this run was launched with accelerate's {accelerator.distributed_type.name} settings, which would wrap "
                         "the model a second time; set distributed.strategy in the YAML (fsdp shards the model) and run "
-                        "`trainer --config` (or `accelerate launch` with the config it writes to <output.dir>/launch/).")
+                        "`trainer --config` (or torchrun -m trainer).")
     return device, accelerator, choose_strategy(config, accelerator)
 
 
 def setup_run_dir(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
-    """Check the run directory (main process) and return the checkpoint to resume from, if any."""
+    """Check the run directory (main process) and return the checkpoint to resume from, if any.
+
+    Several processes resume if any of them was asked to: a process the elastic agent started again after a node
+    failed resumes (engine.run), and so must the processes of a node that joined it afresh."""
+    if accelerator.num_processes > 1:
+        resume = bool(accelerator.reduce(torch.tensor([int(resume)], device=accelerator.device), "sum").item())
     if accelerator.is_main_process:
         guard_run_dir(run_dir, resume)
     accelerator.wait_for_everyone()
@@ -153,7 +158,8 @@ def setup_model(config: Config, device: str, precision: str, accelerator: Accele
     from trainer.models import add_adapter, load_model
 
     _say(accelerator, f"Loading {config.model.name_or_path} on {device} ...")
-    model = add_adapter(load_model(config, device, strategy.zero3_loading(config, precision)), config)
+    place, empty = strategy.loading(device)
+    model = add_adapter(load_model(config, place, strategy.zero3_loading(config, precision), empty=empty), config)
     if config.model.adapter is not None:
         _say(accelerator, f"Starting from the adapter in {config.model.adapter}")
     loss_module = strategy.wrap(objective.module(model), model)

@@ -274,6 +274,17 @@ def test_other_hosts_need_an_api_key(trained_run, cli):
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
 
 
+def test_several_runs_without_llama_cpp_are_refused_not_cut_to_one(trained_run, cli, tmp_path):
+    """With llama.cpp not set up, `--engine auto` falls back to transformers, which serves one run: two are refused."""
+    import shutil
+
+    other = tmp_path / "other-run"
+    shutil.copytree(trained_run, other)
+    result = cli("serve", "--run", str(trained_run), "--run", str(other), env={"TRAINER_CACHE": str(tmp_path / "empty-cache")})
+    assert result.returncode == 2 and "transformers serves one run (2 were given)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_api_key_stays_off_the_command_line(trained_run, cli, tmp_path):
     """--help points to TRAINER_API_KEY and --api-key-file; --api-key still works, with a warning that `ps` shows it."""
     result = cli("serve", "--help")

@@ -114,7 +114,11 @@ def serve_transformers(options: ServeOptions) -> None:
 
     if options.gguf is not None:
         raise UserError("--engine transformers serves a run directory; a GGUF file is served by llama.cpp (--engine llama.cpp).")
-    engine = TransformersEngine.of_run(expand_runs(options.runs)[0])
+    runs = expand_runs(options.runs)
+    if len(runs) > 1:  # asked for, or chosen because llama.cpp is not set up: never serve only the first run silently
+        raise UserError(f"transformers serves one run ({len(runs)} were given); several runs are served by llama.cpp "
+                        "(`trainer backends setup llama.cpp` once, then --engine llama.cpp) or vLLM (--engine vllm).")
+    engine = TransformersEngine.of_run(runs[0])
     worker = Worker(engine)
     app = create_app(engine, options.api_key, ServeLimits(max_tokens=options.max_tokens, body_seconds=options.body_timeout), worker)
     _banner([engine.model_id], "transformers", options)

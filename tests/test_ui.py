@@ -904,12 +904,15 @@ def test_in_a_browser_two_runs_are_served_from_the_results_tab(ui_server, two_lo
         page.goto(url)
         page.get_by_role("tab", name="Results").click()
         expect(page.locator("#serve-status")).to_contain_text("Nothing is served", timeout=60_000)
-        page.locator("#run-choice input").click()
-        page.get_by_role("option", name=str(recipes)).click()
-        expect(page.locator("#serve-runs")).to_contain_text(str(recipes), timeout=30_000)  # the current run, by default
+        expect(page.locator("#serve-runs")).to_contain_text(str(recipes))  # the run chosen above (the first), by default
+        page.locator("#run-choice input").fill(str(plain))
+        page.locator("#run-choice input").press("Enter")
+        expect(page.locator("#serve-runs")).to_contain_text(str(plain), timeout=60_000)  # ... and as it changes
+        expect(page.locator("#serve-runs")).not_to_contain_text(str(recipes))
         page.locator("#serve-runs input").click()
-        page.get_by_role("option", name=str(plain)).click()
-        expect(page.locator("#serve-runs")).to_contain_text(str(plain), timeout=30_000)
+        page.get_by_role("option", name=str(recipes)).click()
+        expect(page.locator("#serve-runs")).to_contain_text(str(recipes), timeout=30_000)
+        expect(page.locator("#serve-runs")).to_contain_text(str(plain))
         page.locator("#serve").click()
         expect(page.locator("#serve-status")).to_contain_text("Starting", timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "serve-starting.png"), full_page=True)

@@ -186,9 +186,10 @@ def _run_tab() -> RunTab:
 
 
 def _results_tab(app: App) -> ResultsTab:
+    runs = app.finished_runs()
     with gr.Tab("Results", elem_id="tab-results"):
         with gr.Row():
-            run_choice = gr.Dropdown(choices=app.finished_runs(), label="Run", allow_custom_value=True, elem_id="run-choice")
+            run_choice = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True, elem_id="run-choice")
             refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
             evaluate = gr.Button("Evaluate (base, few-shot, retrieval, tuned)", elem_id="evaluate")
             zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
@@ -199,7 +200,7 @@ def _results_tab(app: App) -> ResultsTab:
             use_it = gr.Markdown(elem_id="use-it")
         with gr.Accordion("Serve (an OpenAI-compatible API for one or several runs)", open=True, elem_id="serve-box"):
             with gr.Row():
-                serve_runs = gr.Dropdown(choices=app.finished_runs(), value=[], multiselect=True, allow_custom_value=True,
+                serve_runs = gr.Dropdown(choices=runs, value=runs[:1], multiselect=True, allow_custom_value=True,
                                          label="Runs to serve together", info="LoRA runs on one base share one copy of it; "
                                          "clients choose a run by its model name.", elem_id="serve-runs", scale=3)
                 serve = gr.Button("Serve", variant="primary", elem_id="serve", scale=1)
@@ -399,11 +400,13 @@ def _wire_results(app: App, tab: ResultsTab, job_state: gr.State) -> None:
 
 
 def _wire_serving(app: App, tab: ResultsTab) -> None:
-    """Serve the picked runs (the run chosen above, until others are picked), stop, and a status that follows it."""
+    """Serve the picked runs, stop, and a status that follows what is served. The runs to serve follow the run chosen
+    above while at most one is picked; a set of several, picked on purpose, stays as it is."""
     def offered(run: str | None, picked: list[str] | None) -> Any:
-        choices = app.finished_runs()
-        chosen = list(picked or []) or ([run] if run else [])
-        return gr.update(choices=sorted({*choices, *chosen}), value=chosen)
+        chosen = list(picked or [])
+        if len(chosen) <= 1:
+            chosen = [run] if run else chosen
+        return gr.update(choices=sorted({*app.finished_runs(), *chosen}), value=chosen)
 
     tab.run_choice.change(offered, [tab.run_choice, tab.serve_runs], tab.serve_runs)
     tab.refresh_runs.click(offered, [tab.run_choice, tab.serve_runs], tab.serve_runs)

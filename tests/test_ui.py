@@ -855,7 +855,7 @@ def test_two_runs_served_at_once_answer_by_name_and_a_new_set_replaces_them(two_
     messages = [{"role": "user", "content": "Give me a recipe for tomato soup."}]
     answers = {}
     for name in ("recipes", "plain"):
-        reply = client.chat.completions.create(model=name, messages=messages, max_tokens=12, temperature=0)
+        reply = client.chat.completions.create(model=name, messages=messages, max_tokens=4, temperature=0)
         assert reply.model == name and reply.choices[0].message.content.strip()
         answers[name] = reply.choices[0].message.content
     assert answers["recipes"] != answers["plain"], answers  # each name reached its own adapter

@@ -451,6 +451,10 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
 def _stop_with(app: App) -> None:
     """SIGTERM (a service manager, a container stopping) ends what the app serves, then the UI, as the signal would."""
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return
 
     def stop(signum: int, frame: object) -> None:
         app.shutdown()

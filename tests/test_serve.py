@@ -274,6 +274,17 @@ def test_other_hosts_need_an_api_key(trained_run, cli):
     assert result.returncode == 2 and "not a finished run directory" in result.stderr
 
 
+def test_several_runs_without_llama_cpp_are_refused_not_cut_to_one(trained_run, cli, tmp_path):
+    """With llama.cpp not set up, `--engine auto` falls back to transformers, which serves one run: two are refused."""
+    import shutil
+
+    other = tmp_path / "other-run"
+    shutil.copytree(trained_run, other)
+    result = cli("serve", "--run", str(trained_run), "--run", str(other), env={"TRAINER_CACHE": str(tmp_path / "empty-cache")})
+    assert result.returncode == 2 and "transformers serves one run (2 were given)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_api_key_stays_off_the_command_line(trained_run, cli, tmp_path):
     """--help points to TRAINER_API_KEY and --api-key-file; --api-key still works, with a warning that `ps` shows it."""
     result = cli("serve", "--help")
@@ -304,11 +315,90 @@ def test_vllm_command_serves_base_and_adapter(trained_run, tiny_model_dir):
     assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
     text = " ".join(command)
     rank = json.loads((trained_run / "model" / "adapter_config.json").read_text())["r"]
-    assert f"--enable-lora --lora-modules run={trained_run / 'model'} --max-lora-rank {rank}" in text and rank in (8, 16)
+    assert f"--enable-lora --lora-modules run={trained_run / 'model'} --max-loras 1 --max-lora-rank {rank}" in text and rank in (8, 16)
     assert "--tensor-parallel-size 4" in text and "--api-key" not in text and "--host 0.0.0.0 --port 9000" in text
     assert f"--chat-template {trained_run / 'export' / 'chat_template.jinja'}" in text
     merged = vllm_command(trained_run, "127.0.0.1", 8000, 1, 512, merged=trained_run / "merged")
     assert merged[2] == str(trained_run / "merged") and "--enable-lora" not in merged and "--served-model-name" in merged
+
+
+def test_vllm_serves_several_lora_runs_over_their_base(trained_run, tiny_model_dir, tmp_path):
+    """Every LoRA run on the base is a --lora-modules entry; --max-loras counts them, --max-lora-rank holds the largest."""
+    import shutil
+
+    import yaml
+
+    from trainer.serve.vllm import vllm_command
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["output"]["dir"] = str(other)
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    adapter = json.loads((other / "model" / "adapter_config.json").read_text())
+    (other / "model" / "adapter_config.json").write_text(json.dumps({**adapter, "r": 24}))
+    text = " ".join(vllm_command([trained_run, other], "127.0.0.1", 8000, 1, 512))
+    assert f"--lora-modules run={trained_run / 'model'} other={other / 'model'} --max-loras 2 --max-lora-rank 32" in text
+    config["model"]["name_or_path"] = str(tmp_path)  # another base: one vLLM cannot serve both
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match="one base model"):
+        vllm_command([trained_run, other], "127.0.0.1", 8000, 1, 512)
+
+
+def test_which_adapters_llama_cpp_can_serve(tmp_path):
+    """llama.cpp's LoRA format (A, B, one alpha): DoRA, whole trained modules and per-module ranks are served merged."""
+    from trainer.export.lora import lora_problem
+
+    (tmp_path / "model").mkdir()
+    assert "full fine-tune" in lora_problem(tmp_path)
+    base = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    for extra, says in [({}, None), ({"use_dora": True}, "DoRA"), ({"modules_to_save": ["lm_head"]}, "lm_head"),
+                        ({"rank_pattern": {"q_proj": 4}}, "per-module"), ({"use_rslora": True}, None)]:
+        (tmp_path / "model" / "adapter_config.json").write_text(json.dumps({**base, **extra}))
+        problem = lora_problem(tmp_path)
+        assert (problem is None) if says is None else (says in problem), (extra, problem)
+
+
+def test_llama_server_command_shares_one_base_between_adapters(tmp_path):
+    from trainer.serve.llamaserver import EngineSpec, Model
+
+    spec = EngineSpec(tmp_path / "base.gguf", [Model("a", lora=0), Model("b", lora=1)],
+                      [tmp_path / "a.gguf", tmp_path / "b.gguf"], tmp_path / "t.jinja", context=2048, slots=8, threads=2)
+    command = " ".join(spec.command(tmp_path / "llama-server", 9001))
+    assert f"--model {tmp_path / 'base.gguf'} --host 127.0.0.1 --port 9001 --ctx-size 16384 --parallel 8 --kv-unified --kv-unified-per-slot 2048" in command
+    assert f"--lora {tmp_path / 'a.gguf'} --lora {tmp_path / 'b.gguf'} --lora-init-without-apply" in command
+    assert "--jinja" in command and f"--chat-template-file {tmp_path / 't.jinja'}" in command and "--alias base" in command
+
+
+def test_router_refusals_are_openai_errors(tmp_path):
+    """What the router refuses itself (no engine involved): bad JSON, an unknown model, max_tokens over the limit; and an
+    engine that is not answering (starting, restarting) is a 503 with an error body, at once."""
+    import asyncio
+
+    from trainer.serve.app import ServeLimits
+    from trainer.serve.llamaserver import EngineProcess, EngineSpec, Model
+    from trainer.serve.router import Route, create_router
+
+    engine = EngineProcess(EngineSpec(tmp_path / "m.gguf", [Model("m")]), tmp_path / "llama-server", tmp_path / "log")
+    engine.problem = "starting"
+    app = create_router({"m": Route("m", engine, None)}, None, ServeLimits(max_tokens=100))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+            post = lambda body: http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})  # noqa: E731
+            return [await post(b"{oops"), await post(json.dumps({"model": "x", "messages": []}).encode()),
+                    await post(json.dumps({"model": "m", "max_tokens": 101}).encode()), await post(json.dumps({"model": "m"}).encode()),
+                    await http.get("/v1/models"), await http.get("/health"), await http.get("/nothing")]
+
+    bad_json, unknown, too_many, unavailable, models, health, nothing = asyncio.run(scenario())
+    for response, status, says in [(bad_json, 400, "not valid JSON"), (unknown, 404, "'x' is not served here"),
+                                   (too_many, 400, "max_tokens: 101"), (unavailable, 503, "starting"), (nothing, 404, "not served here")]:
+        assert response.status_code == status and says in response.json()["error"]["message"], response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert [m["id"] for m in models.json()["data"]] == ["m"]
+    assert health.status_code == 503 and health.json()["engines"][0]["problem"] == "starting"
 
 
 def test_vllm_without_gpus_is_a_message(trained_run, cli):
@@ -320,13 +410,14 @@ def test_vllm_without_gpus_is_a_message(trained_run, cli):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
-    """The default engine where llama.cpp is set up: the run's q8_0 GGUF, answering as llama.cpp does on it."""
+    """The default engine where llama.cpp is set up, serving the run merged (--merged): llama-server on the run's q8_0
+    GGUF, with the run's chat template, answers as llama.cpp does on prompts trainer renders."""
     from openai import OpenAI
 
     from conftest import validation_prompts
     from test_export import llama_cpp_answers
 
-    process, port = start_server("--run", str(demo_run))
+    process, port = start_server("--run", str(demo_run), "--merged")
     try:
         conversations, _ = validation_prompts(4)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
@@ -334,7 +425,7 @@ def test_llama_cpp_engine_serves_the_exported_gguf(demo_run):
                    for c in conversations]
     finally:
         stop_server(process)
-    assert "with llama.cpp" in process.stderr.read()
+    assert "with llama.cpp (llama-server)" in process.stderr.read()
     gguf = demo_run / "export" / "recipes-q8_0.gguf"
     assert answers == llama_cpp_answers(gguf, conversations, demo_run / "model")
 
@@ -351,7 +442,7 @@ def test_llama_cpp_engine_is_freed_by_a_client_that_leaves_a_stream(key_file):
     gguf = demo_model_path()
     if not gguf.exists():
         pytest.fail(f"{gguf} is missing: run `trainer download-demo-model` (make test does this)")
-    process, port = start_server("--gguf", str(gguf), "--api-key-file", key_file)
+    process, port = start_server("--gguf", str(gguf), "--api-key-file", key_file, "--parallel", "1")  # one slot: an abandoned answer would hold it
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
         messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
@@ -403,3 +494,33 @@ def test_health_says_503_while_the_engine_produces_nothing(trained_run):
     assert stalled.status_code == 503 and "produced nothing for over 1 s" in stalled.json()["reason"], stalled.text
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     assert after.status_code == 200 and after.json()["status"] == "ok"
+
+
+def test_llama_server_is_sized_from_the_gguf_header(tmp_path):
+    """Slots and context come from the GGUF's own metadata (read past its arrays, written here by gguf-py's writer)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from trainer.serve.llamaserver import EngineSpec, Model, gguf_metadata, gguf_shape, size_engine
+
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(30)
+    writer.add_token_list([f"t{i}" for i in range(1000)])
+    writer.add_token_scores([0.0] * 1000)
+    writer.add_embedding_length(576)
+    writer.add_head_count(9)
+    writer.add_head_count_kv(3)
+    writer.add_context_length(2048)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_metadata(path, lambda key: key.startswith("llama."))["llama.block_count"] == 30
+    assert gguf_shape(path).trained_context == 2048 and gguf_shape(path).kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
+    spec = EngineSpec(path, [Model("m")])
+    size_engine(spec, context=None, slots=None, threads=None)
+    assert spec.context == 2048 and 4 <= spec.slots <= 32  # never past what the model was trained on
+    size_engine(spec, context=1024, slots=3, threads=1)
+    assert (spec.context, spec.slots, spec.threads) == (1024, 3, 1)

@@ -781,3 +781,149 @@ def test_try_this_grader_shows_the_score_the_sub_scores_and_the_error(tmp_path, 
     assert app.try_grader(yaml.safe_dump(PYTHON_GRADER), "short", "{}").startswith("**Refused:** python graders run code")
     monkeypatch.setenv("TRAINER_UI_ALLOW_PYTHON_GRADERS", "1")
     assert app.try_grader(yaml.safe_dump(PYTHON_GRADER), "short", "{}") == "**Score: 1**"
+
+
+# --- serving runs from the Results tab (ui/serving.py: one `trainer serve` child of the UI) --------------------------
+
+def test_serving_nothing_or_an_unfinished_run_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    from ui.app import App
+
+    monkeypatch.delenv("TRAINER_UI_SERVE_PORT", raising=False)
+    app = App(Workspace(tmp_path, sandbox=True))
+    assert app.serve([]).startswith("**Nothing to serve:**") and app.serve(None).startswith("**Nothing to serve:**")
+    (tmp_path / "runs" / "half").mkdir(parents=True)
+    said = app.serve(["runs/half"])
+    assert said.startswith("**Cannot serve `runs/half`:** it has no trained model yet") and "Traceback" not in said
+    assert app.serve(["../../etc"]).startswith("**Cannot serve `../../etc`:** run ")  # the sandbox's refusal
+    monkeypatch.setenv("TRAINER_UI_SERVE_PORT", "80a")
+    assert "TRAINER_UI_SERVE_PORT='80a' is not a port number" in app.serve(["runs/half"])
+    assert app.serving.served is None and app.serve_status().startswith("Nothing is served.")
+
+
+@pytest.fixture(scope="module")
+def two_lora_runs(demo_run, tmp_path_factory):
+    """Two LoRA runs on one base, the cheapest llama-server can serve: the demo run, and a copy of it whose adapter is
+    zero (it answers as the base model does) under the name `plain` (as tests/test_serve_llamacpp.py serves them)."""
+    from test_serve_llamacpp import _zeroed_copy
+
+    return demo_run, _zeroed_copy(demo_run, tmp_path_factory.mktemp("plain") / "plain")
+
+
+def _serving_status(read, timeout: float = 900) -> str:
+    deadline = time.time() + timeout
+    while "**Serving" not in (status := read()):
+        assert "stopped**" not in status and time.time() < deadline, status
+        time.sleep(1)
+    return status
+
+
+def _engine_pids(base_url: str) -> list[int]:
+    return [e["pid"] for e in httpx.get(base_url.removesuffix("/v1") + "/health", timeout=10).json()["engines"]]
+
+
+def _gone(pid: int) -> bool:
+    from trainer import childproc
+
+    return not childproc.alive(pid)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_runs_served_at_once_answer_by_name_and_a_new_set_replaces_them(two_lora_runs, tmp_path, monkeypatch):
+    """App.serve: one real `trainer serve` for two runs, each answering by its model name to the official openai
+    client; serving another set stops that process and its engine; a killed server is said, not hidden."""
+    import re
+    import signal
+
+    from openai import APIConnectionError, OpenAI
+
+    from ui.app import App
+
+    for name in ("TRAINER_UI_SERVE_PORT", "TRAINER_UI_SERVE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    recipes, plain = two_lora_runs
+    app = App(Workspace(tmp_path, sandbox=False))
+    started = app.serve([str(recipes), str(plain)])
+    assert started.startswith("**Starting** `trainer serve`"), started
+    status = _serving_status(app.serve_status)
+    base = re.search(r"`(http://127\.0\.0\.1:\d+/v1)`", status).group(1)
+    assert "**Serving 2 models**" in status and f"| `recipes` | `{recipes}` |" in status and f"| `plain` | `{plain}` |" in status
+    assert f"OpenAI(base_url='{base}', api_key='none')" in status and f"curl {base}/chat/completions" in status
+    client = OpenAI(base_url=base, api_key="none", max_retries=0, timeout=300)
+    assert sorted(m.id for m in client.models.list().data) == ["plain", "recipes"]
+    messages = [{"role": "user", "content": "Give me a recipe for tomato soup."}]
+    answers = {}
+    for name in ("recipes", "plain"):
+        reply = client.chat.completions.create(model=name, messages=messages, max_tokens=4, temperature=0)
+        assert reply.model == name and reply.choices[0].message.content.strip()
+        answers[name] = reply.choices[0].message.content
+    assert answers["recipes"] != answers["plain"], answers  # each name reached its own adapter
+    first, engines = app.serving.served.process, _engine_pids(base)
+
+    app.serve([str(plain)])  # another set: the first server and its engine are stopped first
+    assert first.poll() is not None and all(_gone(pid) for pid in engines)
+    with pytest.raises(APIConnectionError):
+        client.models.list()
+    status = _serving_status(app.serve_status)
+    assert "**Serving 1 model**" in status and "`plain`" in status and "`recipes`" not in status
+    second = app.serving.served.process
+    os.kill(second.pid, signal.SIGKILL)  # killed from outside: the page says so
+    second.wait(timeout=30)
+    status = app.serve_status()
+    assert status.startswith("**`trainer serve` stopped** (killed by SIGKILL)") and "nothing is served now" in status
+    app.shutdown()
+    assert app.serving.served.process.poll() is not None
+
+
+@pytest.mark.browser
+@pytest.mark.llamacpp
+@pytest.mark.integration
+@pytest.mark.slow
+def test_in_a_browser_two_runs_are_served_from_the_results_tab(ui_server, two_lora_runs, tmp_path):
+    """The run chosen in Results is picked to serve; a second is added; Serve shows both model names and the URL;
+    Stop serving stops it."""
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: make test installs Debian's chromium package (apt-get install chromium)")
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from ui.jobs import Job, JobManager
+
+    recipes, plain = two_lora_runs
+    jobs = JobManager(tmp_path / "work")  # the two runs, as runs trained earlier in this UI
+    for i, run in enumerate((recipes, plain)):
+        (jobs.root / f"j{i}").mkdir()
+        jobs._save(Job(f"j{i}", "train", str(run / "config.yaml"), str(run), status="finished", created=float(i)))
+    url, _ = ui_server(sandbox=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Results").click()
+        expect(page.locator("#serve-status")).to_contain_text("Nothing is served", timeout=60_000)
+        expect(page.locator("#serve-runs")).to_contain_text(str(recipes))  # the run chosen above (the first), by default
+        page.locator("#run-choice input").fill(str(plain))
+        page.locator("#run-choice input").press("Enter")
+        expect(page.locator("#serve-runs")).to_contain_text(str(plain), timeout=60_000)  # ... and as it changes
+        expect(page.locator("#serve-runs")).not_to_contain_text(str(recipes))
+        page.locator("#serve-runs input").click()
+        page.get_by_role("option", name=str(recipes)).click()
+        expect(page.locator("#serve-runs")).to_contain_text(str(recipes), timeout=30_000)
+        expect(page.locator("#serve-runs")).to_contain_text(str(plain))
+        page.locator("#serve").click()
+        expect(page.locator("#serve-status")).to_contain_text("Starting", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "serve-starting.png"), full_page=True)
+        expect(page.locator("#serve-status")).to_contain_text("Serving 2 models", timeout=900_000)
+        status = page.locator("#serve-status").inner_text()
+        base = re.search(r"http://127\.0\.0\.1:\d+/v1", status).group(0)
+        assert "recipes" in status and "plain" in status and "base_url=" in status, status
+        assert sorted(m["id"] for m in httpx.get(f"{base}/models", timeout=30).json()["data"]) == ["plain", "recipes"]
+        page.screenshot(path=str(ARTIFACTS / "serving-two-runs.png"), full_page=True)
+        page.locator("#stop-serving").click()
+        expect(page.locator("#serve-status")).to_contain_text("Stopped serving", timeout=120_000)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/models", timeout=10)
+        browser.close()

@@ -30,6 +30,7 @@ from trainer.errors import UserError
 from trainer.generate import Loaded
 from ui.form import FieldSpec, differences, fields, from_config, to_document
 from ui.jobs import JobManager
+from ui.serving import ServeManager
 from ui.workspace import Workspace, path_keys
 
 _LABELS = {"cpu-demo": "CPU demo (SmolLM2-135M, LoRA)", "gpu-lora": "GPU LoRA (Llama 3.2 3B)",
@@ -58,6 +59,7 @@ class App:
         self.specs: list[FieldSpec] = fields(self.schema)
         self.paths = path_keys(self.schema)
         self.jobs = JobManager(self.ws.root)
+        self.serving = ServeManager(self.ws.root)  # the runs served from the Results tab (ui/serving.py)
         self._loaded: dict[str, Loaded] = {}
         self._read: dict[tuple, str | None] = {}  # the data files checked lately (by version), and what was unreadable
         if self.ws.sandbox:
@@ -331,6 +333,45 @@ class App:
             how += "\nPress **Export** for a GGUF file (llama.cpp, LM Studio) and an Ollama Modelfile."
         return offered, how
 
+    def serve(self, runs: list[str] | str | None) -> str:
+        """Serve these finished runs with one `trainer serve` (stopping what was served); the status as Markdown.
+        A bad choice is a message, not an error: no run picked, a run without a model, two runs of one name."""
+        from trainer.serve.runs import expand_runs, run_names
+
+        picked = [runs] if isinstance(runs, str) else [r for r in (runs or []) if r and r.strip()]
+        if not picked:
+            return "**Nothing to serve:** pick one or more finished runs first."
+        port = os.environ.get("TRAINER_UI_SERVE_PORT", "").strip()
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"**Cannot serve:** TRAINER_UI_SERVE_PORT={port!r} is not a port number (1 to 65535); fix it or unset it."
+        paths = []
+        for run in picked:
+            try:
+                path = self.run_path(run)
+            except ValueError as exc:
+                return f"**Cannot serve `{run}`:** {exc}"
+            if not (path / "config.yaml").is_file() or not (path / "model").is_dir():
+                return (f"**Cannot serve `{run}`:** it has no trained model yet ({path} holds no config.yaml and model/); "
+                        "pick a finished run, or let its training finish.")
+            paths.append(path)
+        try:
+            names = run_names(expand_runs(paths))
+        except UserError as exc:
+            return f"**Cannot serve these runs:** {exc.render()}"
+        self.serving.start(picked, paths, names)
+        return self.serving.status()
+
+    def serve_status(self) -> str:
+        return self.serving.status()
+
+    def stop_serving(self) -> str:
+        self.serving.stop()
+        return self.serving.status()
+
+    def shutdown(self) -> None:
+        """What the UI started and owns ends with it: the served runs (training jobs go on: ui/jobs.py)."""
+        self.serving.stop()
+
     def reply(self, run: str, history: list[dict], message: str, max_new_tokens: int = 256) -> Iterator[list[dict]]:
         """Stream the fine-tuned model's answer: yields the growing history."""
         from trainer.generate import load_run, stream_answer
@@ -397,10 +438,30 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     # localhost is not accessible, a shareable link must be created" when a busy machine answers later (seen with
     # training jobs on 2 cores); `_frontend=False` skips that probe, where this Gradio has the parameter.
     probe = {"_frontend": False} if "_frontend" in inspect.signature(gr.Blocks.launch).parameters else {}
-    build(app).queue(default_concurrency_limit=2).launch(
-        **probe, css=CSS, server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
-        allowed_paths=[str(app.ws.root / ".ui-downloads"), str(app.ws.root / ".ui-config.yaml")], show_error=True,
-    )
+    _stop_with(app)
+    try:
+        build(app).queue(default_concurrency_limit=2).launch(
+            **probe, css=CSS, server_name=host, server_port=port, auth=credentials, max_file_size=f"{app.ws.max_upload_mb:.0f}mb",
+            allowed_paths=[str(app.ws.root / ".ui-downloads"), str(app.ws.root / ".ui-config.yaml")], show_error=True,
+        )
+    finally:  # Ctrl-C: Gradio closes and launch returns
+        app.shutdown()
+
+
+def _stop_with(app: App) -> None:
+    """SIGTERM (a service manager, a container stopping) ends what the app serves, then the UI, as the signal would."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        app.shutdown()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ class ResultsTab:
     report: gr.Markdown
     export_files: gr.File  # the run's GGUF files and Modelfile, to download
     use_it: gr.Markdown  # the serve and Ollama commands
+    serve_runs: gr.Dropdown  # the runs to serve together (the current run by default)
+    serve: gr.Button
+    stop_serving: gr.Button
+    serve_status: gr.Markdown  # what is served, where, and how to ask it (ui/serving.py)
+    serve_timer: gr.Timer
     chatbot: gr.Chatbot
     message: gr.Textbox
 
@@ -181,9 +186,10 @@ def _run_tab() -> RunTab:
 
 
 def _results_tab(app: App) -> ResultsTab:
+    runs = app.finished_runs()
     with gr.Tab("Results", elem_id="tab-results"):
         with gr.Row():
-            run_choice = gr.Dropdown(choices=app.finished_runs(), label="Run", allow_custom_value=True, elem_id="run-choice")
+            run_choice = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True, elem_id="run-choice")
             refresh_runs = gr.Button("Refresh", elem_id="refresh-runs")
             evaluate = gr.Button("Evaluate (base, few-shot, retrieval, tuned)", elem_id="evaluate")
             zip_button = gr.DownloadButton("Download the run (zip)", elem_id="download-run")
@@ -192,9 +198,19 @@ def _results_tab(app: App) -> ResultsTab:
         with gr.Row():
             export_files = gr.File(label="GGUF and Modelfile", file_count="multiple", interactive=False, elem_id="export-files")
             use_it = gr.Markdown(elem_id="use-it")
+        with gr.Accordion("Serve (an OpenAI-compatible API for one or several runs)", open=True, elem_id="serve-box"):
+            with gr.Row():
+                serve_runs = gr.Dropdown(choices=runs, value=runs[:1], multiselect=True, allow_custom_value=True,
+                                         label="Runs to serve together", info="LoRA runs on one base share one copy of it; "
+                                         "clients choose a run by its model name.", elem_id="serve-runs", scale=3)
+                serve = gr.Button("Serve", variant="primary", elem_id="serve", scale=1)
+                stop_serving = gr.Button("Stop serving", elem_id="stop-serving", scale=1)
+            serve_status = gr.Markdown(app.serve_status(), elem_id="serve-status")
+            serve_timer = gr.Timer(2.0)
         chatbot = gr.Chatbot(label="Chat with the fine-tuned model", elem_id="chatbot", height=360)
         message = gr.Textbox(label="Your message", elem_id="chat-input")
-    return ResultsTab(run_choice, refresh_runs, evaluate, zip_button, export, report, export_files, use_it, chatbot, message)
+    return ResultsTab(run_choice, refresh_runs, evaluate, zip_button, export, report, export_files, use_it, serve_runs, serve,
+                      stop_serving, serve_status, serve_timer, chatbot, message)
 
 
 def _service_tab() -> None:
@@ -378,8 +394,25 @@ def _wire_results(app: App, tab: ResultsTab, job_state: gr.State) -> None:
     tab.run_choice.change(lambda run: app.exported(run) if run else ([], ""), tab.run_choice, exported)
     tab.refresh_runs.click(lambda run: app.exported(run) if run else ([], ""), tab.run_choice, exported)
     tab.export.click(app.export, tab.run_choice, job_state, api_name="export")
+    _wire_serving(app, tab)
     tab.message.submit(app.reply, [tab.run_choice, tab.chatbot, tab.message], tab.chatbot, api_name="chat").then(
         lambda: "", None, tab.message)
+
+
+def _wire_serving(app: App, tab: ResultsTab) -> None:
+    """Serve the picked runs, stop, and a status that follows what is served. The runs to serve follow the run chosen
+    above while at most one is picked; a set of several, picked on purpose, stays as it is."""
+    def offered(run: str | None, picked: list[str] | None) -> Any:
+        chosen = list(picked or [])
+        if len(chosen) <= 1:
+            chosen = [run] if run else chosen
+        return gr.update(choices=sorted({*app.finished_runs(), *chosen}), value=chosen)
+
+    tab.run_choice.change(offered, [tab.run_choice, tab.serve_runs], tab.serve_runs)
+    tab.refresh_runs.click(offered, [tab.run_choice, tab.serve_runs], tab.serve_runs)
+    tab.serve.click(app.serve, tab.serve_runs, tab.serve_status, api_name="serve")
+    tab.stop_serving.click(app.stop_serving, None, tab.serve_status, api_name="stop_serving")
+    tab.serve_timer.tick(app.serve_status, None, tab.serve_status, show_progress="hidden")
 
 
 def _api(app: App) -> None:

@@ -13,20 +13,22 @@ def _add_export(sub: SubParsers) -> None:
     p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, Ollama), or the config in AutoTrain's format",
                        description="--to gguf: the run's model (adapter merged) as one GGUF file with its tokenizer, chat template and "
                        "stop tokens, written by llama.cpp's converter (built once into the trainer cache). --to ollama: the same "
-                       "plus a Modelfile, and the `ollama create` command to run. --to autotrain: translate the config into the "
+                       "plus a Modelfile, and the `ollama create` command to run. --to gguf-lora: a LoRA run's adapter alone as a GGUF LoRA "
+                       "file (llama.cpp's convert_lora_to_gguf.py), for llama-server --lora over the base model's GGUF. --to autotrain: translate the config into the "
                        "LLM YAML `autotrain --config` reads; with --dir, also the data in AutoTrain's local layout and the model "
                        "as a folder AutoTrain's transformers reads, so `cd DIR && autotrain --config autotrain.yml` trains.")
-    p.add_argument("--to", dest="target_format", choices=["gguf", "ollama", "autotrain"], required=True, help="the format to write")
-    p.add_argument("--run", metavar="DIR", help="gguf/ollama: the run directory to export")
-    p.add_argument("--quant", default="q8_0", metavar="TYPE",
-                   help="gguf/ollama: f16, bf16, q8_0 (default), or a llama.cpp quantization such as q4_k_m")
-    p.add_argument("--out", metavar="FILE", help="gguf: where to write the file (default: <run>/export/<run name>-<quant>.gguf)")
+    p.add_argument("--to", dest="target_format", choices=["gguf", "gguf-lora", "ollama", "autotrain"], required=True, help="the format to write")
+    p.add_argument("--run", metavar="DIR", help="gguf/gguf-lora/ollama: the run directory to export")
+    p.add_argument("--quant", metavar="TYPE",
+                   help="gguf/ollama: f16, bf16, q8_0 (default), or a llama.cpp quantization such as q4_k_m; gguf-lora: f32, f16 (default), bf16 or q8_0")
+    p.add_argument("--out", metavar="FILE", help="gguf/gguf-lora: where to write the file (default: <run>/export/<run name>-<quant>.gguf, "
+                   "<run name>-lora-<type>.gguf)")
     add_config_args(p, required=False)
     p.add_argument("--dir", metavar="DIR", help="autotrain: write autotrain.yml, data/ and the model folder into DIR (default: print the YAML only)")
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.target_format in ("gguf", "ollama"):
+    if args.target_format in ("gguf", "gguf-lora", "ollama"):
         return _export_model(args)
     return _export_autotrain(args)
 
@@ -72,6 +74,15 @@ def _export_model(args: argparse.Namespace) -> int:
     from trainer.generate import finished_run
 
     run = finished_run(args.run)
+    if args.target_format == "gguf-lora":
+        from trainer.export.lora import export_gguf_lora
+
+        adapter = export_gguf_lora(run, args.quant or "f16", args.out)
+        print(adapter)
+        print(f"Use it over the base model's GGUF: llama-server -m BASE.gguf --lora {adapter}, or trainer serve --run {run}",
+              file=sys.stderr)
+        return 0
+    args.quant = args.quant or "q8_0"
     if args.target_format == "gguf":
         from trainer.export.gguf import export_gguf
 

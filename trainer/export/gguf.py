@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.config import load_config
 from trainer.errors import UserError
 from trainer.export.llamacpp import LlamaCpp, Say
 
@@ -41,17 +42,25 @@ class Exported:
 
 def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None = None, say: Say = _say) -> Exported:
     """Write <run>/export/<run name>-<quant>.gguf (or `out`) and return where it is."""
-    from trainer.export import llamacpp
-
     quant = quant.lower()
     if quant not in QUANT_TYPES:
         raise UserError(f"--quant {quant}: not a type trainer can write; choose one of {', '.join(QUANT_TYPES)}.")
     run_dir = Path(run_dir).expanduser()
     target = Path(out).expanduser() if out else run_dir / "export" / f"{run_name(run_dir)}-{quant}.gguf"
+    template, stop = export_folder_to_gguf(run_dir, target, quant, say)
+    say(f"Wrote {target} ({target.stat().st_size / 1e6:.0f} MB, {quant})")
+    return Exported(target, quant, template, stop)
+
+
+def export_folder_to_gguf(run_dir: Path, target: Path, quant: str, say: Say = _say, base_only: bool = False) -> tuple[str, tuple[str, ...]]:
+    """The run's model (write_merged_folder: merged, or `base_only`) converted to `target`; returns (template, stop texts)."""
+    from trainer.export import llamacpp
+
     tools = llamacpp.require(say)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.stem}.hf-{os.getpid()}"
     try:
-        template, stop = write_merged_folder(run_dir, staging, say)
+        template, stop = write_merged_folder(run_dir, staging, say, base_only=base_only)
         first = target if quant in CONVERTER_TYPES else target.with_name(f".{target.stem}.f16-{os.getpid()}.gguf")
         _convert(tools, staging, first, quant if quant in CONVERTER_TYPES else "f16", say)
         if quant in QUANTIZER_TYPES:
@@ -59,8 +68,7 @@ def export_gguf(run_dir: str | Path, quant: str = "q8_0", out: str | Path | None
             first.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    say(f"Wrote {target} ({target.stat().st_size / 1e6:.0f} MB, {quant})")
-    return Exported(target, quant, template, stop)
+    return template, stop
 
 
 def run_name(run_dir: Path) -> str:
@@ -82,14 +90,21 @@ def run_name(run_dir: Path) -> str:
     return "model"
 
 
-def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say) -> tuple[str, tuple[str, ...]]:
+def write_merged_folder(run_dir: Path, folder: Path, say: Say = _say, base_only: bool = False) -> tuple[str, tuple[str, ...]]:
     """The tuned model as a Hugging Face folder (float weights, adapter merged) whose tokenizer carries
     the run's chat template (all of the model's named ones where the run used them) and ends turns with the run's
-    end-of-turn token. Returns (the template of a conversation without tools, stop texts)."""
-    from trainer.generate import load_run, stop_texts
+    end-of-turn token. Returns (the template of a conversation without tools, stop texts).
+    `base_only`: the base model of a LoRA run without its adapter, with the run's tokenizer (the model a llama.cpp
+    LoRA adapter is applied to, trainer.export.lora)."""
+    from trainer.generate import load_base, load_run, stop_texts
 
-    say(f"Merging the adapter of {run_dir} into its base model ...")
-    loaded = load_run(run_dir, "cpu", dtype="float32")  # merged in full precision; the GGUF type rounds once, at the end
+    if base_only:
+        say(f"Writing the base model of {run_dir} (without its adapter) ...")
+        config = load_config(str(run_dir / "config.yaml"), check_files=False)
+        loaded = load_base(config.replace(model=config.model.replace(dtype="float32")), "cpu", tokenizer_from=str(run_dir / "model"))
+    else:
+        say(f"Merging the adapter of {run_dir} into its base model ...")
+        loaded = load_run(run_dir, "cpu", dtype="float32")  # merged in full precision; the GGUF type rounds once, at the end
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -126,11 +141,30 @@ def _convert(tools: LlamaCpp, folder: Path, target: Path, outtype: str, say: Say
     partial = target.with_name(target.name + ".partial")
     say(f"Converting to GGUF ({outtype}) with llama.cpp's convert_hf_to_gguf.py ...")
     command = [sys.executable, str(tools.converter), str(folder), "--outfile", str(partial), "--outtype", outtype]
-    result = subprocess.run(command, env=tools.converter_env(), capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip()[-3000:]
-        raise UserError(f"llama.cpp's converter could not convert {folder} (exit {result.returncode}):\n{tail}")
+    code, tail = run_showing_progress(command, tools.converter_env(), show=say is _say)
+    if code != 0:
+        raise UserError(f"llama.cpp's converter could not convert {folder} (exit {code}):\n{tail}")
     os.replace(partial, target)  # a killed conversion never leaves a file under the final name
+
+
+def run_showing_progress(command: list[str], env: dict[str, str], show: bool) -> tuple[int, str]:
+    """Run one of llama.cpp's converters; with `show`, its own progress bar (the tqdm line "Writing: 42%|...") goes to
+    stderr as it moves, and nothing else of its log (a line per tensor). Returns the exit code and the log's tail."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    tail, pending = b"", b""
+    while chunk := process.stdout.read1(65536):  # type: ignore[attr-defined]  # a BufferedReader: what has arrived
+        tail = (tail + chunk)[-6000:]
+        pending += chunk
+        *lines, pending = re.split(rb"[\r\n]", pending)
+        bars = [line for line in lines if line.startswith(b"Writing:")]
+        if show and bars:
+            sys.stderr.write("\r" + bars[-1].decode("utf-8", "replace"))
+            sys.stderr.flush()
+    code = process.wait()
+    if show:
+        sys.stderr.write("\n")
+    return code, tail.decode("utf-8", "replace").strip()[-3000:]
 
 
 def _quantize(tools: LlamaCpp, source: Path, target: Path, quant: str, say: Say) -> None:

@@ -5,7 +5,7 @@ PyPI's `llama-cpp-python` source distribution carries the whole llama.cpp tree: 
 
 1. downloads that sdist with pip (pinned: the converter, the quantizer and the library must agree
    on the GGUF format) and unpacks it into <cache>/llama.cpp/<version>-<cpu>/;
-2. builds `libllama` and `llama-quantize` there with CMake, once;
+2. builds `libllama`, `llama-quantize` and `llama-server` (the engine `trainer serve` runs) there with CMake, once;
 3. installs the `llama_cpp` Python package from the same sdist into trainer's environment without
    compiling it again (LLAMA_BUILD=OFF) and puts the libraries built in step 2 beside it.
 
@@ -31,7 +31,10 @@ from trainer.errors import UserError
 
 VERSION = "0.3.36"  # llama-cpp-python; its vendor/llama.cpp is the tree we build and convert with
 PACKAGE = f"llama-cpp-python=={VERSION}"
-BUILD_TARGETS = ("llama", "llama-quantize")
+BUILD_TARGETS = ("llama", "llama-quantize", "llama-server")
+# Part of the cache folder's name: a build made with other targets (the converter-and-quantizer build before
+# llama-server was added) lives in its own folder, so old and new coexist and neither is rebuilt in place.
+RECIPE = "server"
 # What the llama_cpp package needs (its pyproject), and the converter beyond torch, transformers and numpy
 # (its requirements-convert_hf_to_gguf.txt): Llama models' set_vocab tries sentencepiece first.
 BINDING_NEEDS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3", "sentencepiece>=0.1.98,<0.3.0")
@@ -65,7 +68,7 @@ def _flavour() -> str:
 class LlamaCpp:
     """Where the built llama.cpp lives."""
 
-    root: Path  # <cache>/llama.cpp/<version>-<flavour>
+    root: Path  # <cache>/llama.cpp/<version>-<flavour>-<recipe>
 
     @property
     def tree(self) -> Path:
@@ -88,6 +91,14 @@ class LlamaCpp:
         return self.bin / "llama-quantize"
 
     @property
+    def server(self) -> Path:
+        return self.bin / "llama-server"
+
+    @property
+    def lora_converter(self) -> Path:
+        return self.tree / "convert_lora_to_gguf.py"
+
+    @property
     def done(self) -> Path:
         return self.root / ".complete"
 
@@ -100,7 +111,7 @@ class LlamaCpp:
 def default_location() -> LlamaCpp:
     from trainer.demo import cache_dir
 
-    return LlamaCpp(cache_dir() / "llama.cpp" / f"{VERSION}-{_flavour()}")
+    return LlamaCpp(cache_dir() / "llama.cpp" / f"{VERSION}-{_flavour()}-{RECIPE}")
 
 
 def python_binding_problem() -> str | None:
@@ -124,7 +135,7 @@ def python_binding_problem() -> str | None:
 def find() -> LlamaCpp | None:
     """The completed build, or None."""
     built = default_location()
-    return built if built.done.is_file() and built.quantize.is_file() else None
+    return built if built.done.is_file() and built.quantize.is_file() and built.server.is_file() else None
 
 
 def require(say: Say = _say) -> LlamaCpp:
@@ -161,7 +172,7 @@ def _build(built: LlamaCpp, say: Say, jobs: int) -> None:
                             "(Debian/Ubuntu: apt-get install cmake g++; macOS: xcode-select --install and brew install cmake).")
     shutil.rmtree(built.root, ignore_errors=True)  # a build killed half-way is started over, never reused
     built.root.mkdir(parents=True)
-    say(f"Building llama.cpp from {PACKAGE} into {built.root} (once; about 8 minutes on 2 cores) ...")
+    say(f"Building llama.cpp from {PACKAGE} into {built.root} (once; 10-30 minutes on 2 cores) ...")
     with tempfile.TemporaryDirectory() as tmp:
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", "--dest", tmp, PACKAGE],
              f"pip download {PACKAGE}")
@@ -172,7 +183,7 @@ def _build(built: LlamaCpp, say: Say, jobs: int) -> None:
     build = built.root / "build"
     _run(["cmake", "-S", str(built.tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON",
           "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-          "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DGGML_CCACHE=OFF",
+          "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DGGML_CCACHE=OFF",
           *cpu_flags()], "configuring llama.cpp")
     _run(["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *BUILD_TARGETS],
          "building llama.cpp")

@@ -1,23 +1,22 @@
-"""What answers a request: the run's model through transformers (exactly what `trainer generate` computes),
-or an exported GGUF through llama.cpp (faster on a CPU). Both take the same messages, render them with the
-same chat template, and stop on the same end-of-turn tokens; the HTTP layer (trainer.serve.app) is shared.
+"""The transformers engine, the one of last resort: a run's model as `trainer generate` computes it, one request at
+a time on the Worker's thread, behind trainer.serve.app. (llama.cpp is served by its own server: trainer.serve.llamaserver.)
+
+Concurrent requests queue rather than batch: transformers' generate() batches prompts that arrive together (padded to
+one length, all finishing when the longest does), not requests that arrive at different times, and its streamer
+takes one sequence; its continuous-batching API (generate_batch / init_continuous_batching) is marked experimental
+and needs the paged attention kernels. Serving many users is llama.cpp's or vLLM's job.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
-
-from trainer.errors import UserError
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from llama_cpp.llama_types import CreateCompletionStreamResponse
-
     from trainer.generate import Loaded
 
 
@@ -206,59 +205,6 @@ class TransformersEngine:
         finish = "stop" if ended is not None or cancel.requested else "length"
         calls = [c for c in reader.answer.calls if c is not None] if reader is not None else []
         yield Piece("", width, count, finish, calls=calls or None)
-
-
-class LlamaCppEngine:
-    """A GGUF file through llama.cpp (llama-cpp-python, built by `trainer backends setup llama.cpp`)."""
-
-    def __init__(self, gguf: Path, tokenizer_source: str, template: str | None, model_id: str, context: int = 4096,
-                 threads: int | None = None):
-        from trainer.export.llamacpp import python_binding_problem
-        from trainer.models import load_tokenizer
-
-        problem = python_binding_problem()
-        if problem is not None:
-            raise UserError(f"serving a GGUF needs llama.cpp: {problem}. Set it up once with: trainer backends setup llama.cpp")
-        from llama_cpp import Llama
-
-        self.tokenizer = load_tokenizer(tokenizer_source)  # the same chat-template rendering as the run's
-        self.template = template
-        self.model_id = model_id
-        # llama-cpp-python's default is half the cores; one request at a time can use them all
-        threads = threads or os.cpu_count() or 1
-        self.llm = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
-        self.context: int | None = self.llm.n_ctx()
-
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
-
-    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        from trainer.generate import render_prompt
-
-        return render_prompt(self.tokenizer, messages, self.template, tools=tools)
-
-    def stream(self, prompt: str, sampling: Sampling, cancel: Cancel) -> Iterator[Piece]:
-        # Tokenized here without a BOS, as `trainer generate` does: the chat template writes whatever it needs.
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        if len(tokens) + sampling.max_tokens > self.llm.n_ctx():
-            raise ValueError(f"the prompt ({len(tokens)} tokens) plus max_tokens ({sampling.max_tokens}) exceed "
-                             f"the context of {self.llm.n_ctx()} tokens")
-        count, finish = 0, "length"
-        chunks = cast("Iterator[CreateCompletionStreamResponse]", self.llm.create_completion(tokens, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                            top_p=sampling.top_p, top_k=0 if sampling.temperature > 0 else 1,
-                                            seed=sampling.seed if sampling.seed is not None else 0, stream=True))
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            count += 1
-            if choice["text"]:
-                yield Piece(choice["text"])
-            reason = choice["finish_reason"]
-            if reason:
-                finish = reason
-            if cancel.requested:
-                finish = "stop"
-                break
-        yield Piece("", len(tokens), min(count, sampling.max_tokens), finish)
 
 
 @dataclass

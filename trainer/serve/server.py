@@ -10,6 +10,7 @@ import socket
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from trainer.serve.engines import Worker
 
@@ -35,3 +36,17 @@ def run_server(app: FastAPI, worker: Worker, host: str, port: int) -> None:
     # uvicorn's own limit only backs ours up: by then every request has been answered or stopped
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S) + 10)
     DrainingServer(config, worker).run()
+
+
+class _Router(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: object) -> None:
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        self._captured_signals.clear()  # a stop that was asked for is a clean exit (see DrainingServer)
+
+
+def run_router(app: ASGIApp, host: str, port: int) -> None:
+    """trainer.serve.router's app: on SIGTERM uvicorn stops accepting, lets the answers in flight finish (within
+    SHUTDOWN_GRACE_S), and returns; the caller then stops the engines."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+                            lifespan="on")
+    _Router(config).run()

@@ -14,7 +14,8 @@ size, PSS, of every process serving) and tokens/s with requests spread over the 
 
 Every server runs in its own process on 127.0.0.1 and is asked through the official `openai` client, streaming, so
 the time to the first content chunk is measured as a client sees it; each client sends one request (at least 4 in
-all); `ignore_eos` keeps every answer at 64 tokens
+all); `ignore_eos` keeps every answer at 64 tokens (with --natural-length it is not sent: every system then gives
+the same greedy answers, ended at their end-of-turn, which is the fair comparison with the old server, which ignores it)
 where the engine honours it (llama-server). Prompts are the quickstart's validation recipes. The 4 adapter runs are
 copies of --run with their LoRA B matrices scaled (0.5, 0.75, 1, 1.25): real adapters of the same shape.
 """
@@ -42,6 +43,9 @@ def prompts(count: int) -> list[list[dict]]:
     return [rows[i % len(rows)]["messages"][:-1] for i in range(count)]
 
 
+NATURAL_LENGTH = False  # --natural-length
+
+
 def measure(base_url: str, names: list[str], clients: int, requests: int, max_tokens: int) -> dict:
     """`requests` streamed chat completions from `clients` threads, spread over `names`; tokens/s over the wall time."""
     from openai import OpenAI
@@ -54,7 +58,7 @@ def measure(base_url: str, names: list[str], clients: int, requests: int, max_to
         begin, first, usage = time.perf_counter(), None, None
         stream = client.chat.completions.create(model=names[i % len(names)], messages=conversations[i], max_tokens=max_tokens,
                                                 temperature=0, stream=True, stream_options={"include_usage": True},
-                                                extra_body={"ignore_eos": True})
+                                                extra_body={} if NATURAL_LENGTH else {"ignore_eos": True})
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content and first is None:
                 first = time.perf_counter() - begin
@@ -246,16 +250,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=32, help="llama-server slots for (b) and (c)")
     parser.add_argument("--skip-adapters", action="store_true")
+    parser.add_argument("--natural-length", action="store_true", help="answers end at their end-of-turn (no ignore_eos), as the old server's do")
     parser.add_argument("--overhead-rounds", type=int, default=200)
     args = parser.parse_args()
     args.run = args.run.resolve()
+    global NATURAL_LENGTH
+    NATURAL_LENGTH = args.natural_length
     clients = [int(c) for c in args.clients.split(",")]
     load = os.getloadavg()
     lines = ["| system | clients | generated tokens/s (all clients) | median time to first token | p95 time to first token |",
              "|---|---|---|---|---|", *engine_table(args, clients)]
     if not args.skip_adapters:
         lines += adapters_table(args)
-    print(f"\n{args.max_tokens} tokens per answer, greedy, q8_0, run {args.run}; {os.cpu_count()} cores, load average "
+    print(f"\n{'at most ' if NATURAL_LENGTH else ''}{args.max_tokens} tokens per answer, greedy, q8_0, run {args.run}; {os.cpu_count()} cores, load average "
           f"{load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n")
     print("\n".join(lines))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from trainer.serve import is_loopback
+from trainer.serve.llamaserver import exit_text
 
 STOP_TIMEOUT_S = 40.0  # trainer serve lets answers in flight finish for up to 30 s (trainer.serve.server)
 EXAMPLE_PROMPT = "Hello! What can you do?"
@@ -126,7 +127,7 @@ class ServeManager:
         if code is not None:
             if served.stopped_by_us:
                 return f"Stopped serving {', '.join(f'`{n}`' for n in served.names)}."
-            return (f"**`trainer serve` stopped** ({_exit_text(code)}) serving {', '.join(f'`{r}`' for r in served.runs)}; "
+            return (f"**`trainer serve` stopped** ({exit_text(code)}) serving {', '.join(f'`{r}`' for r in served.runs)}; "
                     f"nothing is served now. The end of its log (`{served.log}`):\n\n```\n{_tail(served.log, 15)}\n```")
         probe = f"http://{_reachable(served.host)}:{served.port}"
         headers = {"Authorization": f"Bearer {_read_key(served.key_file)}"} if served.key_file else {}
@@ -226,12 +227,3 @@ def _tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"

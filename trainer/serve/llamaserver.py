@@ -127,8 +127,8 @@ class EngineProcess:
         while time.monotonic() < deadline and not self.stopping:
             code = self.process.poll()
             if code is not None:
-                self.problem = f"llama-server exited ({_exit_text(code)}) while starting"
-                raise UserError(f"llama-server for {self.spec.names} could not start ({_exit_text(code)}):\n{self.log_tail()}\n"
+                self.problem = f"llama-server exited ({exit_text(code)}) while starting"
+                raise UserError(f"llama-server for {self.spec.names} could not start ({exit_text(code)}):\n{self.log_tail()}\n"
                                 f"(the whole log: {self.log})")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
@@ -154,13 +154,13 @@ class EngineProcess:
             if self.stopping:
                 return
             self.port = None
-            self.problem = f"llama-server stopped ({_exit_text(code)}) and is being restarted"
+            self.problem = f"llama-server stopped ({exit_text(code)}) and is being restarted"
             if self.restarts >= self.max_restarts:
-                self.problem = f"llama-server stopped ({_exit_text(code)}) {self.restarts + 1} times; trainer serve gave up restarting it"
+                self.problem = f"llama-server stopped ({exit_text(code)}) {self.restarts + 1} times; trainer serve gave up restarting it"
                 self.say(f"error: {self.problem} (models {self.spec.names}); its log: {self.log}")
                 return
             self.restarts += 1
-            self.say(f"warning: llama-server for {self.spec.names} stopped ({_exit_text(code)}): restarting it "
+            self.say(f"warning: llama-server for {self.spec.names} stopped ({exit_text(code)}): restarting it "
                      f"(restart {self.restarts} of at most {self.max_restarts}); requests it was answering got a 503.")
             try:
                 self.start()
@@ -188,7 +188,8 @@ class EngineProcess:
             return ""
 
 
-def _exit_text(code: int) -> str:
+def exit_text(code: int) -> str:
+    """How a child process ended, from its return code (negative: the signal that killed it)."""
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from trainer.serve import is_loopback
-from trainer.serve.llamaserver import exit_text
+from trainer.serve.llamaserver import exit_text, free_port
 
 STOP_TIMEOUT_S = 40.0  # trainer serve lets answers in flight finish for up to 30 s (trainer.serve.server)
 EXAMPLE_PROMPT = "Hello! What can you do?"
@@ -64,7 +64,7 @@ class ServeManager:
         with self.lock:
             self._stop_locked()
             self.folder.mkdir(parents=True, exist_ok=True)
-            port = int(os.environ["TRAINER_UI_SERVE_PORT"]) if os.environ.get("TRAINER_UI_SERVE_PORT") else _free_port(host)
+            port = int(os.environ["TRAINER_UI_SERVE_PORT"]) if os.environ.get("TRAINER_UI_SERVE_PORT") else free_port(host)
             key_file = None if is_loopback(host) else self._key_file()
             args = [arg for path in paths for arg in ("--run", str(path))] + ["--host", host, "--port", str(port)]
             if key_file is not None:
@@ -180,12 +180,6 @@ class ServeManager:
         if len(models) > 1:
             lines.append(f"\nAsk another run by its name: `model={models[1]!r}`.")
         return "\n".join(lines)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host if host not in ("localhost", "") else "127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _reachable(host: str) -> str:

@@ -82,9 +82,10 @@ class EngineSpec:
         return command
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host if host not in ("localhost", "") else "127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 

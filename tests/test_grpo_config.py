@@ -133,3 +133,36 @@ def test_evaluation_graders_are_checked_like_grpo_graders(in_repo):
     assert len(found) == 3
     cfg = parse_config(MINIMAL + f"evaluation:\n  graders:\n    - {EXACT}\n", "x.yaml")
     assert cfg.evaluation.graders[0]["name"] == "exact" and parse_config(cfg.to_yaml()) == cfg
+
+
+def test_vllm_generation_is_refused_where_vllm_cannot_sample(in_repo):
+    """generation: vllm hands vLLM the policy as a LoRA adapter file: not for full or DoRA runs, not on a GGUF base."""
+    for extra, why in [("  method: full\n", "it trains every weight"), ("  method: dora\n", "does not apply DoRA adapters")]:
+        found = problems(grpo_yaml(f"      - {EXACT}\n    generation: vllm\n{extra}"))
+        assert len(found) == 1 and "training.grpo.generation: vLLM samples grpo's answers for lora and qlora runs" in found[0], found
+        assert why in found[0] and "set training.grpo.generation: transformers" in found[0]
+    gguf = grpo_yaml(f"      - {EXACT}\n    generation: vllm\n").replace("name_or_path: gpt2", "name_or_path: smol.Q4_1.gguf")
+    with pytest.raises(UserError) as info:
+        parse_config(gguf, "x.yaml", check_files=False)
+    assert "no LoRA adapter on a model read from a GGUF file" in str(info.value.problems[0])
+    for generation in ("vllm", "auto", "transformers"):
+        assert parse_config(grpo_yaml(f"      - {EXACT}\n    generation: {generation}\n  method: qlora\n")).training.grpo.generation == generation
+    # auto never asks for what cannot be: a full run with vLLM installed and a GPU would still sample with transformers
+    from trainer.reinforcement.vllm_sampling import choose_generation
+
+    full = parse_config(grpo_yaml(f"      - {EXACT}\n  method: full\n"))
+    assert choose_generation(full, "cpu") == "transformers" and choose_generation(full, "cuda") == "transformers"
+
+
+def test_answer_ids_end_with_the_token_that_ended_them():
+    """vLLM's CompletionOutput (its fields token_ids, finish_reason, stop_reason): an end-of-sequence token is in
+    token_ids, a stop id only in stop_reason in some versions; a cut answer has neither."""
+    from types import SimpleNamespace as Completion
+
+    from trainer.reinforcement.vllm_sampling import answer_ids
+
+    stops = [2, 7]
+    assert answer_ids(Completion(token_ids=(5, 6, 2), finish_reason="stop", stop_reason=None), stops, 2) == [5, 6, 2]
+    assert answer_ids(Completion(token_ids=(5, 6), finish_reason="stop", stop_reason=7), stops, 2) == [5, 6, 7]
+    assert answer_ids(Completion(token_ids=(5, 6, 7), finish_reason="stop", stop_reason=7), stops, 2) == [5, 6, 7]
+    assert answer_ids(Completion(token_ids=(5, 6, 9), finish_reason="length", stop_reason=None), stops, 2) == [5, 6, 9]

@@ -190,3 +190,15 @@ def test_answers_are_graded_as_they_end_and_the_grades_equal_grading_after_the_r
         assert sorted(i for i, _ in order) == list(range(samples.answers)) and all(text == samples.texts[i] for i, text in order)
         assert [i for i, _ in order] == sorted(range(samples.answers), key=lambda i: (lengths[i], i))
         assert min(lengths) < max(lengths)  # some answers ended before the longest: they were graded during generation
+
+
+def test_generation_vllm_on_a_cpu_is_a_message_before_the_model_loads(tmp_path, tiny_model_dir, cli):
+    import importlib.util
+
+    config = grpo_config(tmp_path, tiny_model_dir)
+    result = cli("--config", str(config), "--set", "training.grpo.generation=vllm", "--set", "backend.peft.device=cpu")
+    assert result.returncode == 2, result.stderr
+    assert "training.grpo.generation is vllm, which samples on NVIDIA GPUs, and this run is on the cpu" in result.stderr
+    assert "Loading" not in result.stderr and not (tmp_path / "run" / "model").exists()
+    if importlib.util.find_spec("vllm") is None:  # auto on this machine: transformers, said in no words
+        assert cli("--config", str(config), "--set", "training.max_steps=1").returncode == 0

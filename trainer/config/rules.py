@@ -184,6 +184,25 @@ def grpo_reference_is_the_adapter_off(cfg: Config) -> Found:
                                              "set training.grpo.beta: 0.")
 
 
+def why_vllm_cannot_sample(cfg: Config) -> str | None:
+    """Why vLLM cannot sample grpo's answers for this config (trainer/reinforcement/vllm_sampling.py), or None."""
+    from trainer.models import is_gguf
+
+    if cfg.training.method == "full":
+        return "it trains every weight, and vLLM gets the policy as a LoRA adapter file"
+    if cfg.training.method == "dora":
+        return "vLLM does not apply DoRA adapters"
+    if is_gguf(cfg.model.name_or_path):
+        return "vLLM puts no LoRA adapter on a model read from a GGUF file; name the original model (a Hugging Face id or folder)"
+    return None
+
+
+def grpo_vllm_samples_for_lora_runs(cfg: Config) -> Found:
+    if cfg.training.objective == "grpo" and cfg.training.grpo.generation == "vllm" and (why := why_vllm_cannot_sample(cfg)):
+        yield ("training", "grpo", "generation"), (f"vLLM samples grpo's answers for lora and qlora runs on a base it can load, and {why}; "
+                                                   "set training.grpo.generation: transformers (or auto, which chooses it here).")
+
+
 def grpo_runs_in_one_process(cfg: Config) -> Found:
     if cfg.training.objective == "grpo" and cfg.distributed.strategy != "none":
         yield ("distributed", "strategy"), ("grpo samples and trains in one process for now (its batches are graded as a "
@@ -330,6 +349,7 @@ CONFIG_RULES: list[Callable[[Config], Found]] = [
     graders_are_valid,
     evaluation_graders_have_own_names,
     grpo_runs_in_one_process,
+    grpo_vllm_samples_for_lora_runs,
     grpo_reference_is_the_adapter_off,
     local_files_exist,
     push_to_hub_needs_token,

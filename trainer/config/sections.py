@@ -388,6 +388,17 @@ class TrainingGrpoConfig(Section):
     """How many optimizer passes each batch of sampled answers gets (mu in the GRPO paper). Above 1, the clipping
     keeps the later passes near the model that sampled them. Default: 1."""
 
+    generation: str
+    """What samples the answers: transformers' generate (any machine), or vLLM (NVIDIA GPUs, LoRA and QLoRA runs
+    on a base that is not a GGUF file: many times faster; it runs beside training on the same GPU and gets the
+    adapter as training has it before each batch). auto takes vLLM where it is installed and the run can use
+    it, transformers otherwise. Default: "auto"."""
+
+    vllm_gpu_memory: float
+    """The share of the GPU's memory vLLM may take (its copy of the base model and its cache of answers in
+    progress), beside what training uses. 0.3 suits models up to a few billion parameters on a large GPU;
+    lower it if training runs out of memory, raise it if vLLM says its cache is too small. Default: 0.3."""
+
     graders: tuple[str | dict, ...]
     """What scores each sampled answer: a list of graders, each an OpenAI grader object (type string_check,
     text_similarity, score_model, python or multi, or trainer's builtin) with a name, or the path of a YAML or

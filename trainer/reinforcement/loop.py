@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from trainer.config import Config
     from trainer.objectives.grpo import GRPO
+    from trainer.reinforcement.vllm_sampling import VllmSampler
     from trainer.rundir import MetricsLog
     from trainer.strategies import SingleProcess
 
@@ -69,6 +70,7 @@ class GrpoRun:
     metrics: MetricsLog | None
     resumed_at_step: int | None
     reward_sums: dict[str, list[float]] = field(default_factory=dict)  # per reward since the last log: [n, sum, sum of squares]
+    sampler: VllmSampler | None = None  # vLLM samples the answers (vllm_sampling.py); None: transformers' generate
 
 
 def round_prompts(prompts: Sequence[Prompt], per_round: int, epoch: int, index: int, seed: int) -> list[Prompt]:
@@ -103,7 +105,8 @@ def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) 
         def submit(index: int, text: str, chunk: list[Prompt] = chunk, offset: int = offset) -> None:
             grading.submit(offset + index, text, chunk[index // group].item)
 
-        batches.append(sample_answers(run.model, run.tokenizer, chunk, t.grpo, str(run.accelerator.device), on_answer=submit))
+        sample = run.sampler.sample if run.sampler is not None else sample_answers
+        batches.append(sample(run.model, run.tokenizer, chunk, t.grpo, str(run.accelerator.device), on_answer=submit))
     run.model.train()
     return Round(batches, grading)
 

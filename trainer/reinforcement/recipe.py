@@ -29,6 +29,7 @@ from trainer.errors import RunStopped, UserError
 from trainer.objectives.grpo import GRPO
 from trainer.reinforcement.loop import GrpoRun, grade_round, keep_completions_until, round_prompts, sample_round, say, train_loop
 from trainer.reinforcement.rewards import load_rewards
+from trainer.reinforcement.vllm_sampling import VllmSampler, choose_generation
 from trainer.rundir import MetricsLog, RunSummary, plot_losses, write_merged, write_model_card
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def train(config: Config, run_dir: Path, resume: bool) -> Path:
         save_outputs(run)
         say(f"Done in {state.seconds / 60:.1f} min. Run directory: {run_dir}")
     finally:
+        if run.sampler is not None:
+            run.sampler.close()
         run.strategy.end(together=True)
     return run_dir
 
@@ -62,6 +65,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     from trainer.models import load_tokenizer, mixed_precision
 
     device, accelerator, strategy = setup_accelerator(config)
+    generation = choose_generation(config, device)  # before the model loads: generation: vllm on a CPU is said at once
     precision = mixed_precision(config, device)
     newest = setup_run_dir(run_dir, resume, accelerator)
     set_seed(config.training.seed)
@@ -93,8 +97,13 @@ def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     if resumed is not None:
         keep_completions_until(run_dir, resumed)
+    sampler = None
+    if generation == "vllm":
+        say(f"Answers sampled by vLLM on the GPU, in {config.training.grpo.vllm_gpu_memory:.0%} of its memory "
+            "(training.grpo.vllm_gpu_memory) ...")
+        sampler = VllmSampler(config, model, run_dir)
     return GrpoRun(config, run_dir, accelerator, strategy, tokenizer, model, loss_module, trainable, optimizer, scheduler, objective,
-                   rewards, prompts, state, steps, rounds_per_epoch, metrics, resumed)
+                   rewards, prompts, state, steps, rounds_per_epoch, metrics, resumed, sampler=sampler)
 
 
 def dry_run(run: GrpoRun) -> None:

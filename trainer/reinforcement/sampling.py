@@ -70,20 +70,45 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
 
-def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str,
-                   on_answer: Callable[[int, str], None] | None = None) -> Samples:
-    """num_generations sampled answers to each prompt (prompt.input_ids, encoded with the generation prompt); each
-    answer's index and text told to on_answer as soon as it ends (module docstring)."""
-    from transformers import GenerationConfig, StoppingCriteriaList
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def left_padded(prompts: Sequence[Prompt], pad: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts' ids, left-padded to one width, each row repeated `copies` times (a group), and their mask."""
     width = max(len(p.input_ids) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt.input_ids):] = torch.tensor(prompt.input_ids)
         mask[row, width - len(prompt.input_ids):] = 1
-    ids, mask = ids.repeat_interleave(settings.num_generations, 0).to(device), mask.repeat_interleave(settings.num_generations, 0).to(device)
+    return ids.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
+
+
+def samples_from(prompts: Sequence[Prompt], ids: torch.Tensor, mask: torch.Tensor, answers: torch.Tensor, stops: list[int],
+                 pad: int, tokenizer: Any) -> Samples:
+    """Samples from left-padded prompt rows and the answers sampled after them (one row each, padded on the right, on
+    the prompts' device): an answer is its tokens up to and including the one that ended it, or all of them."""
+    ended = torch.isin(answers, torch.tensor(stops, device=answers.device))
+    before_end = (ended.long().cumsum(1) - ended.long()) == 0
+    completion_mask = before_end.long()
+    length = int(completion_mask.sum(1).max()) if completion_mask.numel() else 0
+    answers, completion_mask = answers[:, :max(length, 1)], completion_mask[:, :max(length, 1)]
+    texts = [_decode(tokenizer, row[: int(n)].tolist())[0] for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    attention_mask = torch.cat([mask, completion_mask], dim=1)
+    input_ids = torch.cat([ids, answers.masked_fill(completion_mask == 0, pad)], dim=1)
+    return Samples(list(prompts), input_ids, attention_mask, position_ids(attention_mask), completion_mask, texts)
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str,
+                   on_answer: Callable[[int, str], None] | None = None) -> Samples:
+    """num_generations sampled answers to each prompt (prompt.input_ids, encoded with the generation prompt); each
+    answer's index and text told to on_answer as soon as it ends (module docstring)."""
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    pad = pad_id(tokenizer)
+    ids, mask = (t.to(device) for t in left_padded(prompts, pad, settings.num_generations))
+    width = ids.shape[1]
     stops = stop_ids(tokenizer)
     # a fresh GenerationConfig, not the model's: its top_k (often 50) or repetition penalty would sample from another
     # distribution than the one whose log-probabilities the loss computes
@@ -93,18 +118,9 @@ def sample_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], 
     with torch.no_grad():
         output = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation,
                                 stopping_criteria=StoppingCriteriaList([told] if told is not None else []))
-    answers = output[:, width:]
-    ended = torch.isin(answers, torch.tensor(stops, device=answers.device))
-    # an answer is its tokens up to and including the one that ended it; generate pads the rest
-    before_end = (ended.long().cumsum(1) - ended.long()) == 0
-    completion_mask = before_end.long()
-    length = int(completion_mask.sum(1).max()) if completion_mask.numel() else 0
-    answers, completion_mask = answers[:, :max(length, 1)], completion_mask[:, :max(length, 1)]
-    texts = [_decode(tokenizer, row[: int(n)].tolist())[0] for row, n in zip(answers.cpu(), completion_mask.sum(1).cpu())]
+    samples = samples_from(prompts, ids, mask, output[:, width:], stops, pad, tokenizer)
     if on_answer is not None and told is not None:
-        for row in range(len(texts)):
+        for row in range(samples.answers):
             if row not in told.told:  # cut at max_completion_length: it ended with generate
-                on_answer(row, texts[row])
-    attention_mask = torch.cat([mask, completion_mask], dim=1)
-    input_ids = torch.cat([ids, answers.masked_fill(completion_mask == 0, pad)], dim=1)
-    return Samples(list(prompts), input_ids, attention_mask, position_ids(attention_mask), completion_mask, texts)
+                on_answer(row, samples.texts[row])
+    return samples

@@ -44,7 +44,7 @@ def vllm_command(runs: Path | Sequence[Path], host: str, port: int, gpus: int, m
         config = configs[0]
         model = config.model.name_or_path
         extra = ["--enable-lora", "--lora-modules", *(f"{name}={run / 'model'}" for name, run in zip(names, runs)),
-                 "--max-loras", str(len(runs)), "--max-lora-rank", str(_lora_rank(max(int(a["r"]) for a in adapters if a)))]
+                 "--max-loras", str(len(runs)), "--max-lora-rank", str(vllm_max_lora_rank(max(int(a["r"]) for a in adapters if a)))]
         if config.model.revision:
             extra += ["--revision", config.model.revision]
     else:
@@ -72,7 +72,7 @@ def vllm_command(runs: Path | Sequence[Path], host: str, port: int, gpus: int, m
     return command
 
 
-def _lora_rank(r: int) -> int:
+def vllm_max_lora_rank(r: int) -> int:
     """vLLM accepts only these maximum ranks; the smallest one that holds r."""
     return next(size for size in (8, 16, 32, 64, 128, 256, 320, 512) if size >= r)
 

@@ -145,6 +145,7 @@ def test_vllm_generation_is_refused_where_vllm_cannot_sample(in_repo):
     with pytest.raises(UserError) as info:
         parse_config(gguf, "x.yaml", check_files=False)
     assert "no LoRA adapter on a model read from a GGUF file" in str(info.value.problems[0])
+    assert "vLLM samples at temperatures from 0.01 to 2" in problems(grpo_yaml(f"      - {EXACT}\n    generation: vllm\n    temperature: 3\n"))[0]
     for generation in ("vllm", "auto", "transformers"):
         assert parse_config(grpo_yaml(f"      - {EXACT}\n    generation: {generation}\n  method: qlora\n")).training.grpo.generation == generation
     # auto never asks for what cannot be: a full run with vLLM installed and a GPU would still sample with transformers

@@ -194,6 +194,9 @@ def why_vllm_cannot_sample(cfg: Config) -> str | None:
         return "vLLM does not apply DoRA adapters"
     if is_gguf(cfg.model.name_or_path):
         return "vLLM puts no LoRA adapter on a model read from a GGUF file; name the original model (a Hugging Face id or folder)"
+    if not 0.01 <= cfg.training.grpo.temperature <= 2:  # vLLM raises a lower one to 0.01 and refuses a higher one than 2
+        return (f"vLLM samples at temperatures from 0.01 to 2, and training.grpo.temperature is {cfg.training.grpo.temperature:g} "
+                "(the loss would score another distribution than the one sampled)")
     return None
 
 

@@ -80,10 +80,15 @@ class VllmSampler:
         self.folder = run_dir / ADAPTERS_DIR
         shutil.rmtree(self.folder, ignore_errors=True)
         self.batches = 0
+        t = config.training
+        rank = max([int(adapter.r), *(int(r) for r in (getattr(adapter, "rank_pattern", None) or {}).values())])  # vLLM checks both
+        # a batch's answers at once (max_num_seqs); max_num_batched_tokens as TRL sets it: vLLM's default misleads the
+        # memory profile it takes at start; bf16 where the GPU has it (a float32 config would be served as float16)
         self.llm = LLM(model=config.model.name_or_path, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
-                       enable_lora=True, max_loras=1, max_lora_rank=vllm_max_lora_rank(int(adapter.r)),
-                       gpu_memory_utilization=config.training.grpo.vllm_gpu_memory, max_model_len=config.data.max_seq_length,
-                       seed=config.training.seed, generation_config="vllm")
+                       enable_lora=True, max_loras=1, max_lora_rank=vllm_max_lora_rank(rank),
+                       gpu_memory_utilization=t.grpo.vllm_gpu_memory, max_model_len=config.data.max_seq_length,
+                       max_num_seqs=t.batch_size * t.grpo.num_generations, max_num_batched_tokens=max(4096, config.data.max_seq_length),
+                       dtype="bfloat16" if torch.cuda.is_bf16_supported() else "float16", seed=t.seed, generation_config="vllm")
 
     def sample(self, model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], settings: TrainingGrpoConfig, device: str,
                on_answer: Callable[[int, str], None] | None = None) -> Samples:
@@ -119,8 +124,9 @@ class VllmSampler:
 
 
 def answer_ids(completion: Any, stops: list[int], eos: int) -> list[int]:
-    """An answer's token ids, ending with the token that ended it: vLLM keeps an end-of-sequence token in token_ids, and
-    tells a stop id in stop_reason (kept or not, by version); samples_from needs it there to know the answer ended."""
+    """An answer's token ids, ending with the token that ended it, which samples_from needs to know the answer ended.
+    vLLM's V1 engine keeps it in token_ids, the end-of-sequence token and a stop id alike (stop_reason: None or the
+    id); appended here where a version leaves it out."""
     ids = list(completion.token_ids)
     if completion.finish_reason == "stop" and (not ids or ids[-1] not in stops):
         ids.append(completion.stop_reason if isinstance(completion.stop_reason, int) else eos)

@@ -98,7 +98,8 @@ def test_shipped_recipe_prompts_never_train_on_what_the_example_is_scored_on():
 def test_the_short_list_example_has_no_answers_and_its_grader_checks_the_answer_alone():
     """configs/recipes-grpo-short.yaml: prompts with nothing but the conversation (no reference anywhere), the same
     split as recipes-grpo (test recipes never trained on), and the python grader's scores on literal answers: half for
-    at most 5 distinct items (5/n beyond), half for the share found in the recipe's ingredient lines."""
+    the list's size (5 distinct items, or all of a shorter recipe's; 5/n beyond), half for the share found in the
+    recipe's ingredient lines."""
     from pathlib import Path
 
     from trainer.config import load_config
@@ -112,9 +113,12 @@ def test_the_short_list_example_has_no_answers_and_its_grader_checks_the_answer_
     config = load_config(repo / "configs" / "recipes-grpo-short.yaml", check_files=False)  # its start, runs/quickstart, comes from make demo
     (reward,) = load_rewards(config.training.grpo.graders)
     recipe = {"messages": [{"role": "user", "content": 'Ingredients: ["2 medium onions, sliced", "salt and pepper", "1 c. rice"]'}]}
+    # the recipe has 3 ingredient lines, so 3 items is the full size (5 for a recipe of 5 or more)
     answers = {'["onions", "salt", "rice"]': 1.0,
                '["onions", "salt", "rice", "pepper", "medium", "sliced", "butter"]': 0.5 * 5 / 7 + 0.5 * 6 / 7,
-               '["onions", "onions"]': 0.5 * 5 / 6 + 0.5, '["onions", "butter"]': 0.75, "Onions and salt.": 0.0, "[]": 0.0}
+               '["onions"]': 0.5 / 3 + 0.5,  # one item: what GRPO found when "at most 5" scored it in full
+               '["onions", "onions"]': 0.5 * (1 / 3) * (1 / 2) + 0.5, '["onions", "butter"]': 0.5 * 2 / 3 + 0.5 / 2,
+               "Onions and salt.": 0.0, "[]": 0.0}
     for text, expected in answers.items():
         graded = grade(reward.grader, {"output_text": text}, recipe)
         assert graded.error is None and abs(graded.score - expected) < 1e-9, (text, graded)

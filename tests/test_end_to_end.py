@@ -10,13 +10,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_quickstart_shortened(tmp_path):
     run = tmp_path / "quickstart"
+    # no separate validation-loss pass over the 100 validation recipes: the evaluation scores the loss of its 6
     overrides = ["--set", "training.epochs=null", "--set", "training.max_steps=4", "--set", f"output.dir={run}",
+                 "--set", "data.validation=null", "--set", "data.validation_split=0", "--set", "training.eval_every=null",
+                 "--set", "evaluation.test=data/recipes/validation.jsonl",
                  "--set", "evaluation.max_examples=6", "--set", "evaluation.max_new_tokens=48", "--set", "evaluation.after_training=true"]
     result = run_trainer("--config", "configs/quickstart.yaml", *overrides, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["final_eval_loss"] < 2.0
     report = json.loads((run / "eval.json").read_text())
+    assert summary["steps"] == 4 and report["tuned"]["loss"] < min(2.0, report["base_zero_shot"]["loss"])  # measured 0.83 and 1.55
     assert set(report) >= {"base_zero_shot", "base_few_shot", "base_retrieval", "tuned", "summary"}
     for system in ("base_zero_shot", "base_few_shot", "base_retrieval", "tuned"):
         assert {"json_list_f1", "loss", "prompt_tokens_mean", "generated_tokens_mean", "seconds_per_example", "ci95"} <= set(report[system])

@@ -326,8 +326,9 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
     assert bad["valid"] is False and "training.learning_rate" in bad["problems"]
 
     data = _tiny_chat_data(tmp_path)
-    # long enough that Stop lands mid-run (about 7.5 ms a step on one thread), short enough to resume to the end
-    job = client.predict(tiny_run_yaml(tiny_model_dir, str(data)).replace("max_steps: 4", "max_steps: 2000"), api_name="/start_yaml")
+    # long enough that Stop lands mid-run (about 7.5 ms a step on one thread: 7.5 s; about 40 ms on the 2-core fp32 CPU
+    # of CI), short enough to resume to the end
+    job = client.predict(tiny_run_yaml(tiny_model_dir, str(data)).replace("max_steps: 4", "max_steps: 1000"), api_name="/start_yaml")
     deadline = time.time() + 120
     while time.time() < deadline:
         status = client.predict(job, api_name="/job_status")
@@ -348,7 +349,7 @@ def test_api_validates_trains_stops_resumes_and_chats(ui_server, tiny_model_dir,
         time.sleep(1)
     assert "finished" in status["status"]
     assert "Resuming from" in (workdir / "jobs" / job / "log.txt").read_text()
-    assert status["losses"] and status["progress"].startswith("step 2000 of 2000")
+    assert status["losses"] and status["progress"].startswith("step 1000 of 1000")
     answer = client.predict("runs/tiny", "say red", 4, api_name="/chat_once")
     assert isinstance(answer, str)
     # another browser session (a closed and reopened page) sees the same job

@@ -97,6 +97,7 @@ def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) 
     t = run.config.training
     group = t.grpo.num_generations
     grading = Grading(run.rewards, pool)
+    sample = run.sampler.sample if run.sampler is not None else sample_answers
     batches = []
     run.model.eval()  # the dropout is 0 already (GRPO.module): eval only tells generate no gradients are coming
     for start in range(0, len(prompts), t.batch_size):
@@ -105,7 +106,6 @@ def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) 
         def submit(index: int, text: str, chunk: list[Prompt] = chunk, offset: int = offset) -> None:
             grading.submit(offset + index, text, chunk[index // group].item)
 
-        sample = run.sampler.sample if run.sampler is not None else sample_answers
         batches.append(sample(run.model, run.tokenizer, chunk, t.grpo, str(run.accelerator.device), on_answer=submit))
     run.model.train()
     return Round(batches, grading)

@@ -113,8 +113,9 @@ class VllmSampler:
             rows[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         ids, mask = left_padded(prompts, pad, group)
         samples = samples_from(prompts, ids.to(device), mask.to(device), rows.to(device), stops, pad, tokenizer)
-        for row, text in enumerate(samples.texts if on_answer is not None else []):
-            on_answer(row, text)  # type: ignore[misc]
+        if on_answer is not None:
+            for row, text in enumerate(samples.texts):
+                on_answer(row, text)
         return samples
 
 

@@ -6,7 +6,8 @@ concurrent clients, 64 generated tokens each, for
   (b) llama-server run by hand on the same GGUF, with the flags trainer serve would give it;
   (c) the new `trainer serve` (llama-server behind trainer's router);
 
-then the cost of the router per request (median latency of a 1-token answer through (c) minus straight from (b)),
+then the engine's decode ceiling on this machine (the decode rate of all sequences at once against one alone,
+from llama-server's own timings: the most any batching can give over a queue here), the cost of the router per request (median latency of a 1-token answer through (c) minus straight from (b)),
 and 4 LoRA adapters over one base against the same 4 runs merged and served apart: memory (the proportional set
 size, PSS, of every process serving) and tokens/s with requests spread over the 4 models.
 
@@ -175,6 +176,50 @@ def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]
     return lines + [overhead]
 
 
+def decode_ceiling(args: argparse.Namespace, clients_list: list[int]) -> list[str]:
+    """What batching can give on this machine at most: llama-server alone (the flags of (b)), `clients` requests at
+    once of `--max-tokens` tokens each (ignore_eos, no prompt cache), and the engine's own timings: the decode rate of
+    each sequence (prompt processing left out) and of all of them together, against one sequence alone. A queue gets
+    the 1-client rate at any load; continuous batching at most the best ratio here."""
+    import httpx
+
+    from trainer.export.gguf import run_name
+    from trainer.serve.llamaserver import EngineSpec, Model, free_port, server_binary, size_engine
+    from trainer.serve.runs import merged_gguf
+
+    name = run_name(args.run)
+    spec = EngineSpec(merged_gguf(args.run, "q8_0", print), [Model(name)])
+    size_engine(spec, None, args.parallel, None)
+    port = free_port()
+    engine = subprocess.Popen(spec.command(server_binary(), port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conversations = prompts(max(clients_list))
+    lines = ["", "| llama-server alone | clients | decode tokens/s per sequence | decode tokens/s, all sequences | against 1 client |",
+             "|---|---|---|---|---|"]
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", engine)
+        with httpx.Client(timeout=1800) as http:
+            def one(i: int) -> float:
+                body = {"messages": conversations[i], "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True,
+                        "cache_prompt": False}
+                reply = http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+                reply.raise_for_status()
+                return float(reply.json()["timings"]["predicted_per_second"])
+
+            one(0)  # warm-up
+            alone = None
+            for clients in clients_list:
+                with ThreadPoolExecutor(clients) as pool:
+                    rates = list(pool.map(one, range(clients)))
+                each = statistics.mean(rates)
+                alone = alone or (each if clients == 1 else None)
+                ratio = f"{each * clients / alone:.2f}x" if alone else "-"
+                lines.append(f"| (b) decode | {clients} | {each:.1f} | {each * clients:.1f} | {ratio} |")
+                print(f"measured: {lines[-1]}", file=sys.stderr, flush=True)
+    finally:
+        stop(engine)
+    return lines
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -252,15 +297,19 @@ def main() -> None:
     parser.add_argument("--skip-adapters", action="store_true")
     parser.add_argument("--natural-length", action="store_true", help="answers end at their end-of-turn (no ignore_eos), as the old server's do")
     parser.add_argument("--overhead-rounds", type=int, default=200)
+    parser.add_argument("--ceiling-only", action="store_true", help="only the engine's decode ceiling (1 client first)")
     args = parser.parse_args()
     args.run = args.run.resolve()
     global NATURAL_LENGTH
     NATURAL_LENGTH = args.natural_length
     clients = [int(c) for c in args.clients.split(",")]
     load = os.getloadavg()
-    lines = ["| system | clients | generated tokens/s (all clients) | median time to first token | p95 time to first token |",
-             "|---|---|---|---|---|", *engine_table(args, clients)]
-    if not args.skip_adapters:
+    lines = []
+    if not args.ceiling_only:
+        lines += ["| system | clients | generated tokens/s (all clients) | median time to first token | p95 time to first token |",
+                  "|---|---|---|---|---|", *engine_table(args, clients)]
+    lines += decode_ceiling(args, sorted({1, *clients}))
+    if not args.skip_adapters and not args.ceiling_only:
         lines += adapters_table(args)
     print(f"\n{'at most ' if NATURAL_LENGTH else ''}{args.max_tokens} tokens per answer, greedy, q8_0, run {args.run}; {os.cpu_count()} cores, load average "
           f"{load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n")

@@ -82,11 +82,13 @@ def test_f16_gguf_answers_as_the_run_in_llama_cpp_and_transformers(demo_run, run
     path = Path(gguf)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    by_transformers = []
-    for messages in conversations:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        out = model.generate(**ids, max_new_tokens=96, do_sample=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        by_transformers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    # one left-padded batch (measured: the same 20 answers as one prompt at a time, in 25 s instead of 59)
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) for messages in conversations]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**batch, max_new_tokens=96, do_sample=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    by_transformers = [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
     assert same_share(by_transformers, answers) >= 0.95, list(zip(by_transformers, answers))
 
 

@@ -202,3 +202,83 @@ def test_generation_vllm_on_a_cpu_is_a_message_before_the_model_loads(tmp_path, 
     assert "Loading" not in result.stderr and not (tmp_path / "run" / "model").exists()
     if importlib.util.find_spec("vllm") is None:  # auto on this machine: transformers, said in no words
         assert cli("--config", str(config), "--set", "training.max_steps=1").returncode == 0
+
+
+def _stand_in_vllm(folder, fails_in: str):
+    """A package named vllm with the names trainer imports from it, failing where another vLLM release (or a GPU short
+    of memory) would: in LLM() or in its generate. vLLM itself runs only on NVIDIA GPUs (tests/test_grpo_vllm.py); this
+    stands in for it to test what trainer does when it fails, not what it samples."""
+    package = folder / "vllm"
+    (package / "lora").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"""
+class LLM:
+    def __init__(self, **kwargs):
+        if {fails_in == "start"!r}:
+            raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'generation_config'")
+
+    def generate(self, *args, **kwargs):
+        raise ValueError("No available memory for the cache blocks")
+
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        pass
+""")
+    (package / "inputs.py").write_text("def TokensPrompt(**kwargs):\n    return kwargs\n")
+    (package / "lora" / "__init__.py").write_text("")
+    (package / "lora" / "request.py").write_text("class LoRARequest:\n    def __init__(self, *args):\n        pass\n")
+
+
+def _forget_vllm() -> None:
+    import sys
+
+    for name in [n for n in sys.modules if n == "vllm" or n.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize("fails_in", ["start", "first batch"])
+def test_auto_leaves_a_failing_vllm_for_generate_and_vllm_refuses_with_the_reason(tmp_path, tiny_model_dir, monkeypatch, capsys, request,
+                                                                                  fails_in):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.config import load_config
+    from trainer.errors import UserError
+    from trainer.reinforcement.loop import sample_round
+    from trainer.reinforcement.recipe import round_prompts, setup
+    from trainer.reinforcement.vllm_sampling import ADAPTERS_DIR, start_sampler
+
+    _stand_in_vllm(tmp_path / "packages", fails_in)
+    _forget_vllm()
+    request.addfinalizer(_forget_vllm)  # later tests must not find the stand-in (vllm_installed)
+    monkeypatch.syspath_prepend(str(tmp_path / "packages"))
+    path = grpo_config(tmp_path, tiny_model_dir)
+    run = setup(load_config(path), tmp_path / "run", resume=False)  # on this CPU: transformers samples
+    prompts = round_prompts(run.prompts, 2, 0, 0, seed=1)
+    assert run.sampler is None
+
+    run.sampler = start_sampler(run.config, run.model, run.run_dir)
+    if fails_in == "start":
+        assert run.sampler is None
+        assert "vLLM could not start (TypeError: EngineArgs.__init__() got an unexpected keyword argument 'generation_config'); " \
+               "sampling with transformers' generate instead" in capsys.readouterr().err
+    else:
+        assert run.sampler is not None
+        with ThreadPoolExecutor(2) as pool:
+            answers = sample_round(run, prompts, pool)
+            scored = answers.grading.scored(answers.answers)
+        assert run.sampler is None and not (run.run_dir / ADAPTERS_DIR).exists()
+        assert "vLLM failed on its first batch (ValueError: No available memory for the cache blocks); sampling with " \
+               "transformers' generate instead" in capsys.readouterr().err
+        assert answers.answers == 2 * 4 and len(scored.rewards) == 8 and all(0 <= r <= 1 for r in scored.rewards)
+
+    raw = yaml.safe_load(path.read_text())
+    raw["training"]["grpo"]["generation"] = "vllm"
+    path.write_text(yaml.safe_dump(raw))
+    insisting = run.config = load_config(path)
+    if fails_in == "start":
+        with pytest.raises(UserError, match="vLLM could not start: TypeError: .*Set training.grpo.generation: transformers"):
+            start_sampler(insisting, run.model, run.run_dir)
+    else:
+        run.sampler = start_sampler(insisting, run.model, run.run_dir)
+        with pytest.raises(UserError, match="vLLM failed on its first batch: ValueError: No available memory"), ThreadPoolExecutor(2) as pool:
+            sample_round(run, prompts, pool)

@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from trainer import checkpoint
 from trainer.backends.peft.loop import Progress, SignalGuard, StopRequested, adapters_take_autocast_inputs
 from trainer.backends.peft.state import TrainState, state_to_json
 from trainer.data.prompts import Prompt
+from trainer.errors import UserError
 from trainer.reinforcement.rewards import Grading, Reward, Scored
 from trainer.reinforcement.sampling import Samples, sample_answers
 
@@ -97,7 +98,6 @@ def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) 
     t = run.config.training
     group = t.grpo.num_generations
     grading = Grading(run.rewards, pool)
-    sample = run.sampler.sample if run.sampler is not None else sample_answers
     batches = []
     run.model.eval()  # the dropout is 0 already (GRPO.module): eval only tells generate no gradients are coming
     for start in range(0, len(prompts), t.batch_size):
@@ -106,9 +106,29 @@ def sample_round(run: GrpoRun, prompts: list[Prompt], pool: ThreadPoolExecutor) 
         def submit(index: int, text: str, chunk: list[Prompt] = chunk, offset: int = offset) -> None:
             grading.submit(offset + index, text, chunk[index // group].item)
 
-        batches.append(sample(run.model, run.tokenizer, chunk, t.grpo, str(run.accelerator.device), on_answer=submit))
+        batches.append(sample_batch(run, chunk, submit))
     run.model.train()
     return Round(batches, grading)
+
+
+def sample_batch(run: GrpoRun, chunk: list[Prompt], on_answer: Callable[[int, str], None]) -> Samples:
+    """A micro-batch's answers, by vLLM where it samples this run, else by transformers' generate. vLLM failing on its
+    first batch (another release's API, its memory) hands the rest of the run to generate under generation: auto, and
+    ends it with the reason under vllm (vllm_sampling.give_up); later failures are the run's own."""
+    settings, device = run.config.training.grpo, str(run.accelerator.device)
+    if run.sampler is None:
+        return sample_answers(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
+    try:
+        return run.sampler.sample(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
+    except Exception as error:
+        if run.sampler.batches > 1 or isinstance(error, UserError):
+            raise
+        from trainer.reinforcement.vllm_sampling import give_up
+
+        run.sampler.close()
+        run.sampler = None
+        give_up(run.config, error, "failed on its first batch")
+        return sample_answers(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
 
 
 def grade_round(run: GrpoRun, answers: Round) -> tuple[Scored, torch.Tensor]:

@@ -29,7 +29,7 @@ from trainer.errors import RunStopped, UserError
 from trainer.objectives.grpo import GRPO
 from trainer.reinforcement.loop import GrpoRun, grade_round, keep_completions_until, round_prompts, sample_round, say, train_loop
 from trainer.reinforcement.rewards import load_rewards
-from trainer.reinforcement.vllm_sampling import VllmSampler, choose_generation
+from trainer.reinforcement.vllm_sampling import choose_generation, start_sampler
 from trainer.rundir import MetricsLog, RunSummary, plot_losses, write_merged, write_model_card
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def setup(config: Config, run_dir: Path, resume: bool) -> GrpoRun:
     if generation == "vllm":
         say(f"Answers sampled by vLLM on the GPU, in {config.training.grpo.vllm_gpu_memory:.0%} of its memory "
             "(training.grpo.vllm_gpu_memory) ...")
-        sampler = VllmSampler(config, model, run_dir)
+        sampler = start_sampler(config, model, run_dir)
     return GrpoRun(config, run_dir, accelerator, strategy, tokenizer, model, loss_module, trainable, optimizer, scheduler, objective,
                    rewards, prompts, state, steps, rounds_per_epoch, metrics, resumed, sampler=sampler)
 

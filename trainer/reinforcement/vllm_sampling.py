@@ -16,12 +16,17 @@ ids transformers' path uses. vLLM computes in its own kernels, so its distributi
 by rounding; the loss takes its ratios against the training model's own log-probabilities of the sampled tokens, as
 it does for transformers' samples, with no importance correction for that difference. The rows are built by
 sampling.samples_from, as transformers' are.
+
+vLLM failing to start, or on its first batch, hands sampling to transformers' generate under generation: auto (said,
+with the reason: start_sampler, loop.sample_batch) and ends the run with the reason under vllm (give_up).
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +85,7 @@ class VllmSampler:
         self.folder = run_dir / ADAPTERS_DIR
         shutil.rmtree(self.folder, ignore_errors=True)
         self.batches = 0
+        self.llm: Any = None
         t = config.training
         rank = max([int(adapter.r), *(int(r) for r in (getattr(adapter, "rank_pattern", None) or {}).values())])  # vLLM checks both
         # a batch's answers at once (max_num_seqs); max_num_batched_tokens as TRL sets it: vLLM's default misleads the
@@ -120,8 +126,36 @@ class VllmSampler:
 
 
     def close(self) -> None:
-        """Remove the adapter files (the run's own adapter is in checkpoints/ and model/)."""
+        """Remove the adapter files (the run's own adapter is in checkpoints/ and model/) and let the engine go, with the
+        GPU memory it holds."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def start_sampler(config: Config, model: nn.Module, run_dir: Path) -> VllmSampler | None:
+    """vLLM's sampler for this run. Under generation: auto, None when vLLM cannot start here (another release's API,
+    too little free GPU memory beside training, ...): transformers' generate samples instead, and the run says why;
+    under generation: vllm, that failure ends the run with the reason."""
+    try:
+        return VllmSampler(config, model, run_dir)
+    except UserError:
+        raise
+    except Exception as error:
+        give_up(config, error, "could not start")
+        return None
+
+
+def give_up(config: Config, error: Exception, when: str) -> None:
+    """Under generation: auto, say that vLLM is left for transformers' generate and why; under vllm, refuse to go on."""
+    reason = f"{type(error).__name__}: {error}".strip()[:800]
+    if config.training.grpo.generation == "vllm":
+        raise UserError(f"vLLM {when}: {reason}. Set training.grpo.generation: transformers (or auto, which falls back to it), "
+                        "or lower training.grpo.vllm_gpu_memory if the GPU ran out of memory.") from error
+    print(f"vLLM {when} ({reason}); sampling with transformers' generate instead (training.grpo.generation: transformers "
+        "skips trying vLLM; vllm makes this an error).", file=sys.stderr, flush=True)
 
 
 def answer_ids(completion: Any, stops: list[int], eos: int) -> list[int]:

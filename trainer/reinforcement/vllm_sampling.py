@@ -130,9 +130,7 @@ class VllmSampler:
         GPU memory it holds."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _release_gpu_memory()
 
 
 def start_sampler(config: Config, model: nn.Module, run_dir: Path) -> VllmSampler | None:
@@ -144,8 +142,15 @@ def start_sampler(config: Config, model: nn.Module, run_dir: Path) -> VllmSample
     except UserError:
         raise
     except Exception as error:
+        _release_gpu_memory()  # what a half-built engine took
         give_up(config, error, "could not start")
         return None
+
+
+def _release_gpu_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def give_up(config: Config, error: Exception, when: str) -> None:
@@ -155,7 +160,7 @@ def give_up(config: Config, error: Exception, when: str) -> None:
         raise UserError(f"vLLM {when}: {reason}. Set training.grpo.generation: transformers (or auto, which falls back to it), "
                         "or lower training.grpo.vllm_gpu_memory if the GPU ran out of memory.") from error
     print(f"vLLM {when} ({reason}); sampling with transformers' generate instead (training.grpo.generation: transformers "
-        "skips trying vLLM; vllm makes this an error).", file=sys.stderr, flush=True)
+          "skips trying vLLM; vllm makes this an error).", file=sys.stderr, flush=True)
 
 
 def answer_ids(completion: Any, stops: list[int], eos: int) -> list[int]:

@@ -6,9 +6,10 @@ concurrent clients, 64 generated tokens each, for
   (b) llama-server run by hand on the same GGUF, with the flags trainer serve would give it;
   (c) the new `trainer serve` (llama-server behind trainer's router);
 
-then the engine's decode ceiling on this machine (the decode rate of all sequences at once against one alone,
-from llama-server's own timings: the most any batching can give over a queue here), the cost of the router per request (median latency of a 1-token answer through (c) minus straight from (b)),
-and 4 LoRA adapters over one base against the same 4 runs merged and served apart: memory (the proportional set
+then the engine's decode ceiling on this machine (the decode rate of all sequences at once against one alone, from
+llama-server's own timings: the most any batching can give over a queue here; --ceiling-only measures only that),
+the cost of the router per request (median latency of a 1-token answer through (c) minus straight from (b)), and 4
+LoRA adapters over one base against the same 4 runs merged and served apart: memory (the proportional set
 size, PSS, of every process serving) and tokens/s with requests spread over the 4 models.
 
     .venv/bin/python bench/serve_throughput.py --run runs/quickstart [--old-checkout /tmp/old] [--clients 1,8,32]

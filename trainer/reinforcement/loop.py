@@ -116,19 +116,18 @@ def sample_batch(run: GrpoRun, chunk: list[Prompt], on_answer: Callable[[int, st
     first batch (another release's API, its memory) hands the rest of the run to generate under generation: auto, and
     ends it with the reason under vllm (vllm_sampling.give_up); later failures are the run's own."""
     settings, device = run.config.training.grpo, str(run.accelerator.device)
-    if run.sampler is None:
-        return sample_answers(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
-    try:
-        return run.sampler.sample(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
-    except Exception as error:
-        if run.sampler.batches > 1 or isinstance(error, UserError):
-            raise
-        from trainer.reinforcement.vllm_sampling import give_up
+    if run.sampler is not None:
+        try:
+            return run.sampler.sample(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
+        except Exception as error:
+            if run.sampler.batches > 1 or isinstance(error, UserError):
+                raise
+            from trainer.reinforcement.vllm_sampling import give_up
 
-        run.sampler.close()
-        run.sampler = None
-        give_up(run.config, error, "failed on its first batch")
-        return sample_answers(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
+            run.sampler.close()
+            run.sampler = None
+            give_up(run.config, error, "failed on its first batch")
+    return sample_answers(run.model, run.tokenizer, chunk, settings, device, on_answer=on_answer)
 
 
 def grade_round(run: GrpoRun, answers: Round) -> tuple[Scored, torch.Tensor]:

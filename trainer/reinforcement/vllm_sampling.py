@@ -26,7 +26,6 @@ import gc
 import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ import torch
 
 from trainer.errors import UserError
 from trainer.generate import stop_ids
+from trainer.reinforcement.loop import say
 from trainer.reinforcement.sampling import Samples, left_padded, pad_id, samples_from
 from trainer.serve.vllm import vllm_max_lora_rank
 
@@ -85,7 +85,6 @@ class VllmSampler:
         self.folder = run_dir / ADAPTERS_DIR
         shutil.rmtree(self.folder, ignore_errors=True)
         self.batches = 0
-        self.llm: Any = None
         t = config.training
         rank = max([int(adapter.r), *(int(r) for r in (getattr(adapter, "rank_pattern", None) or {}).values())])  # vLLM checks both
         # a batch's answers at once (max_num_seqs); max_num_batched_tokens as TRL sets it: vLLM's default misleads the
@@ -159,8 +158,8 @@ def give_up(config: Config, error: Exception, when: str) -> None:
     if config.training.grpo.generation == "vllm":
         raise UserError(f"vLLM {when}: {reason}. Set training.grpo.generation: transformers (or auto, which falls back to it), "
                         "or lower training.grpo.vllm_gpu_memory if the GPU ran out of memory.") from error
-    print(f"vLLM {when} ({reason}); sampling with transformers' generate instead (training.grpo.generation: transformers "
-          "skips trying vLLM; vllm makes this an error).", file=sys.stderr, flush=True)
+    say(f"vLLM {when} ({reason}); sampling with transformers' generate instead (training.grpo.generation: transformers "
+        "skips trying vLLM; vllm makes this an error).")
 
 
 def answer_ids(completion: Any, stops: list[int], eos: int) -> list[int]:

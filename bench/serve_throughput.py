@@ -135,11 +135,29 @@ def row(name: str, clients: int, r: dict) -> str:
     return line
 
 
+def start_llama_server(args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
+    """llama-server run by hand on the run's merged q8_0 GGUF (exported first if missing), with the flags trainer serve
+    gives it and --parallel slots; answering when this returns."""
+    from trainer.export.gguf import run_name
+    from trainer.serve.llamaserver import EngineSpec, Model, free_port, server_binary, size_engine
+    from trainer.serve.runs import merged_gguf
+
+    spec = EngineSpec(merged_gguf(args.run, "q8_0", print), [Model(run_name(args.run))])
+    size_engine(spec, None, args.parallel, None)
+    port = free_port()
+    engine = subprocess.Popen(spec.command(server_binary(), port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", engine)
+    except BaseException:
+        stop(engine)
+        raise
+    return engine, port
+
+
 def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]:
     import httpx
 
     from trainer.export.gguf import run_name
-    from trainer.serve.llamaserver import EngineSpec, Model, free_port, server_binary, size_engine
 
     lines = []
     if args.old_checkout:
@@ -162,13 +180,8 @@ def engine_table(args: argparse.Namespace, clients_list: list[int]) -> list[str]
         overhead = router_overhead(engine_port, port, router.pid, name, args.overhead_rounds)
     finally:
         stop(router)
-    gguf = args.run / "export" / f"{name}-q8_0.gguf"
-    spec = EngineSpec(gguf, [Model(name)])
-    size_engine(spec, None, args.parallel, None)
-    direct_port = free_port()
-    engine = subprocess.Popen(spec.command(server_binary(), direct_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine, direct_port = start_llama_server(args)  # the GGUF (c) exported
     try:
-        wait_ready(f"http://127.0.0.1:{direct_port}/health", engine)
         for clients in clients_list:
             lines.append(row("(b) llama-server by hand, same GGUF and flags", clients,
                              measure(f"http://127.0.0.1:{direct_port}/v1", [name], clients, max(4, clients), args.max_tokens)))
@@ -184,20 +197,11 @@ def decode_ceiling(args: argparse.Namespace, clients_list: list[int]) -> list[st
     the 1-client rate at any load; continuous batching at most the best ratio here."""
     import httpx
 
-    from trainer.export.gguf import run_name
-    from trainer.serve.llamaserver import EngineSpec, Model, free_port, server_binary, size_engine
-    from trainer.serve.runs import merged_gguf
-
-    name = run_name(args.run)
-    spec = EngineSpec(merged_gguf(args.run, "q8_0", print), [Model(name)])
-    size_engine(spec, None, args.parallel, None)
-    port = free_port()
-    engine = subprocess.Popen(spec.command(server_binary(), port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine, port = start_llama_server(args)
     conversations = prompts(max(clients_list))
     lines = ["", "| llama-server alone | clients | decode tokens/s per sequence | decode tokens/s, all sequences | against 1 client |",
              "|---|---|---|---|---|"]
     try:
-        wait_ready(f"http://127.0.0.1:{port}/health", engine)
         with httpx.Client(timeout=1800) as http:
             def one(i: int) -> float:
                 body = {"messages": conversations[i], "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True,
